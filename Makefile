@@ -1,0 +1,28 @@
+# Bento's two entry points: `make demo` and `make test`. Both install what is missing first.
+SHELL := /bin/bash
+NIX_SETTINGS = source scripts/nix-env.sh
+
+.PHONY: setup test lint unit demo fuzz bench
+
+setup:
+	@scripts/setup.sh
+
+## Everything CI checks: formatting, lints, every test (unit, integration against real Nix).
+test: setup
+	cargo fmt --check
+	cargo clippy --all-targets -- -D warnings
+	$(NIX_SETTINGS) && cargo test --all-targets -- --test-threads=2
+
+## The demo: what Bento does, end to end, on this machine.
+demo: setup
+	cargo build --release
+	$(NIX_SETTINGS) && scripts/demo.sh
+
+## Fuzz the parsers (narinfo, keys) for FUZZ_SECONDS each (default 60).
+fuzz:
+	scripts/fuzz.sh
+
+## Benchmarks print figures; none of them asserts a time.
+bench: setup
+	cargo build --release
+	$(NIX_SETTINGS) && scripts/bench.sh

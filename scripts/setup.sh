@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs what Bento's build, tests and demo need on a Debian 12 machine, when missing.
+# Safe to run again: it only installs what is absent.
+set -euo pipefail
+
+need=()
+have() { command -v "$1" >/dev/null 2>&1; }
+have nix || need+=(nix-bin)
+have sftp || need+=(openssh-client)
+have ssh-keygen || need+=(openssh-client)
+have ip || need+=(iproute2)
+have unshare || need+=(util-linux)
+have git || need+=(git)
+have wrk || need+=(wrk)
+have nginx || need+=(nginx-light)
+have cc || need+=(gcc)
+have curl || need+=(curl)
+
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "setup: missing ${need[*]}; run as root (or install them) first" >&2
+    exit 1
+  fi
+  echo "setup: installing ${need[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+if ! have cargo; then
+  echo "setup: cargo not found; install Rust (rustup) first" >&2
+  exit 1
+fi
+rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt

@@ -1,0 +1,31 @@
+//! The command line: one file per subcommand, each with its clap `Args` (whose doc comments
+//! are the `--help` text) and a `run()`. Human output lives here and only here.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+pub mod keygen;
+
+/// Bento keeps a fleet of NixOS machines on the configuration kept in one repository.
+/// The server builds every host; hosts pull a small signed release, copy their system
+/// from the server's binary cache, activate it, and roll back by themselves when it breaks.
+#[derive(Debug, Parser)]
+#[command(name = "bento", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    Keygen(keygen::Args),
+}
+
+impl Cli {
+    pub fn run(self) -> anyhow::Result<ExitCode> {
+        match self.command {
+            Command::Keygen(args) => keygen::run(args),
+        }
+    }
+}

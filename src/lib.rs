@@ -1,0 +1,7 @@
+//! Bento: pull-based deployment for fleets of NixOS machines.
+//!
+//! Layers, data flowing one way (see `docs/architecture.md`):
+//! `nix` (pure formats and the process runner) is under everything; the CLI sits on top.
+
+pub mod cli;
+pub mod nix;
