@@ -5,3 +5,5 @@
 
 pub mod cli;
 pub mod nix;
+pub mod release;
+pub mod state;
