@@ -59,10 +59,6 @@ fn content_addressed(nix: &Nix, dir: &Path, nonce: &str) -> Vec<String> {
     ]
 }
 
-fn delete_from_store(nix: &Nix, paths: &[String]) {
-    let _ = nix.cmd("nix-store").arg("--delete").args(paths).run();
-}
-
 #[test]
 fn nix_made_keys_parse_and_give_nix_public_key() {
     if !common::root_or_skip("nix_made_keys_parse_and_give_nix_public_key") {
@@ -176,6 +172,7 @@ fn narinfos_written_by_nix_parse_render_and_verify() {
     let nonce = common::nonce();
     let built = closure(&nix, &nonce);
     let added = content_addressed(&nix, dir.path(), &nonce);
+    let _cleanup = common::DeleteOnDrop(added.clone());
     let key = nix.generate_key(&format!("bento-test-{nonce}"), dir.path());
     let public = PublicKey::parse(&key.public).unwrap();
     let sk = SecretKey::parse(&key.secret).unwrap();
@@ -305,8 +302,4 @@ fn narinfos_written_by_nix_parse_render_and_verify() {
             );
         }
     }
-    drop(built);
-    let mut extra = added.clone();
-    extra.push(top_drv);
-    delete_from_store(&nix, &extra);
 }

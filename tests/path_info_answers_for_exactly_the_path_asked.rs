@@ -90,14 +90,11 @@ fn a_derivation_whose_outputs_were_never_built_is_still_valid() {
     )
     .unwrap();
     let drv = nix.run(nix.cmd("nix-instantiate").arg(&file)).stdout_text();
+    let _cleanup = common::DeleteOnDrop(vec![drv.clone()]);
     let drv = store::parse(&drv).unwrap();
     let infos = nix.store(None).query(std::slice::from_ref(&drv)).unwrap();
     assert_eq!(infos.len(), 1);
     assert_eq!(infos[0].path, drv);
-    let _ = nix
-        .cmd("nix-store")
-        .args(["--delete", &store::render(&drv)])
-        .run();
 }
 
 /// A substituter on 127.0.0.1 that counts the requests it gets and answers each with 404.

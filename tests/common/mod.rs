@@ -256,6 +256,22 @@ impl Built {
     }
 }
 
+/// Store paths a test made only for itself, deleted when this is dropped (also when the
+/// test fails). Best effort: paths still referenced by others stay.
+pub struct DeleteOnDrop(pub Vec<String>);
+
+impl Drop for DeleteOnDrop {
+    fn drop(&mut self) {
+        if !self.0.is_empty() {
+            let _ = Command::new("nix-store")
+                .env("NIX_CONFIG", NIX_CONFIG)
+                .arg("--delete")
+                .args(&self.0)
+                .run();
+        }
+    }
+}
+
 impl Drop for Built {
     fn drop(&mut self) {
         if !self.delete_on_drop {
