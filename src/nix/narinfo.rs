@@ -17,6 +17,10 @@ use super::store::{self, StorePath};
 pub enum NarInfoError {
     #[error("malformed narinfo: {0}")]
     Parse(#[from] nix_narinfo::ParseError),
+    #[error(
+        "malformed narinfo: line {line} contains a carriage return; Nix ends lines with \\n only"
+    )]
+    CarriageReturn { line: usize },
     #[error("cannot build narinfo for {path}: {reason}")]
     Build { path: String, reason: String },
     #[error("narinfo for {path} has no signature by {key}")]
@@ -100,7 +104,15 @@ pub fn build(
 }
 
 /// Parses a narinfo in the `/nix/store` store directory.
+///
+/// A carriage return anywhere is refused: Nix never writes one, and the parser below
+/// would take `\r\n` as a line end while [`render`] writes `\n`, so a value ending in
+/// `\r` would not survive a round trip (found by `fuzz/` target `narinfo_parse`).
 pub fn parse(bytes: &[u8]) -> Result<NarInfo, NarInfoError> {
+    if let Some(at) = bytes.iter().position(|b| *b == b'\r') {
+        let line = 1 + bytes[..at].iter().filter(|b| **b == b'\n').count();
+        return Err(NarInfoError::CarriageReturn { line });
+    }
     Ok(NarInfo::parse_in(&store::store_dir(), bytes)?)
 }
 
@@ -193,6 +205,36 @@ mod tests {
             verify(&unsigned, &key.public()),
             Err(NarInfoError::Unsigned { .. })
         ));
+    }
+
+    #[test]
+    fn carriage_returns_are_refused_so_parse_and_render_round_trip() {
+        // Found by the fuzzer: `\r\r\n` parsed as a value ending in `\r`, which render
+        // wrote back as `\r\n`, which parsed without it.
+        let good = render(&build(&sample(), "nar/x.nar", Compression::None, None, None).unwrap());
+        assert!(parse(&good).is_ok());
+        let text = String::from_utf8(good).unwrap();
+        for (bad, line) in [
+            (text.replace("URL: nar/x.nar\n", "URL: nar/x.nar\r\r\n"), 2),
+            (text.replace('\n', "\r\n"), 1),
+            (format!("{text}X-Extra: \0\r\r\n"), 8),
+            (format!("{text}X-Extra: a\rb\n"), 8),
+            // The fuzzer's minimized input.
+            (
+                "StorePath:/nix/store/d81kyln7m3fg1cpqmb3j3fzf3cyam7cf-sh\nURL:6\n\
+                 NarHash: sha256:1l4wp0alirq78ys38nv2pdpqjr65mhxcmr2ykznfcr5bfv2rq622\n\
+                 NarSize:76\nR:\0\r\r\nR/: "
+                    .to_owned(),
+                5,
+            ),
+        ] {
+            match parse(bad.as_bytes()) {
+                Err(e @ NarInfoError::CarriageReturn { .. }) => {
+                    assert!(e.to_string().contains(&format!("line {line} ")), "{e}")
+                }
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
     }
 
     #[test]

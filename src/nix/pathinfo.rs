@@ -144,9 +144,24 @@ fn parse_entry(path: &str, item: &Value) -> Result<PathInfo, PathInfoError> {
 
 /// Where to query: the machine's default store, or another one (`local?root=/tmp/h1`,
 /// `file:///...`).
-#[derive(Debug, Clone, Default)]
+///
+/// A query never substitutes: Nix 2.8's `path-info` otherwise asks every configured
+/// substituter (the network) about each path that is not valid.
+#[derive(Clone, Default)]
 pub struct Store {
     pub url: Option<String>,
+    /// Extra environment for the `nix` processes of queries (e.g. `NIX_CONFIG`).
+    pub env: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for Store {
+    /// Shows the names of the extra variables only: `NIX_CONFIG` may carry access tokens.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("url", &self.url)
+            .field("env", &self.env.iter().map(|(k, _)| k).collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 impl Store {
@@ -157,11 +172,21 @@ impl Store {
     pub fn at(url: impl Into<String>) -> Self {
         Store {
             url: Some(url.into()),
+            env: Vec::new(),
         }
     }
 
+    /// Sets an environment variable for the `nix` processes of this store's queries.
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
     fn path_info(&self, recursive: bool) -> cmd::Command {
-        let mut c = cmd::nix().args(["path-info", "--json"]);
+        let mut c = cmd::nix().args(["path-info", "--json", "--option", "substitute", "false"]);
+        for (key, value) in &self.env {
+            c = c.env(key, value);
+        }
         if let Some(url) = &self.url {
             c = c.args(["--store", url]);
         }
@@ -171,7 +196,8 @@ impl Store {
         c
     }
 
-    /// Path info for each of `paths`, in one process per 2000 paths.
+    /// Path info for each of `paths`, each for itself (a `.drv` for the derivation, not its
+    /// outputs), in one process per 2000 paths of each kind.
     pub fn query(&self, paths: &[StorePath]) -> Result<Vec<PathInfo>, PathInfoError> {
         self.query_inner(paths, false)
     }
@@ -190,20 +216,35 @@ impl Store {
         recursive: bool,
     ) -> Result<Vec<PathInfo>, PathInfoError> {
         let mut out = Vec::with_capacity(paths.len());
-        for chunk in paths.chunks(BATCH) {
-            let cmd = self
-                .path_info(recursive)
-                .args(chunk.iter().map(store::render));
+        // Given a `.drv` path, `nix path-info` answers for the derivation's outputs unless
+        // told `--derivation`; given any other path with that flag, it answers for its
+        // deriver. So each kind gets its own call.
+        let (drvs, others): (Vec<_>, Vec<_>) = paths
+            .iter()
+            .cloned()
+            .partition(|p| p.name().ends_with(".drv"));
+        let groups = [(others, false), (drvs, true)];
+        for (chunk, derivation) in groups
+            .iter()
+            .flat_map(|(group, drv)| group.chunks(BATCH).map(move |c| (c, *drv)))
+        {
+            let mut cmd = self.path_info(recursive);
+            if derivation {
+                cmd = cmd.arg("--derivation");
+            }
+            let cmd = cmd.args(chunk.iter().map(store::render));
             let result = cmd.run();
             let output = match result {
                 Ok(o) => o,
                 Err(e) => {
-                    // Name the missing path rather than only quoting Nix.
-                    if let Some(p) = chunk
-                        .iter()
-                        .map(store::render)
-                        .find(|p| e.stderr_tail().contains(&format!("'{p}' is not valid")))
-                    {
+                    // Name the missing path rather than only quoting Nix. (Nix 2.8 says
+                    // "is not a valid store path" for a missing `.drv`, newer Nix "is not
+                    // valid".)
+                    if let Some(p) = chunk.iter().map(store::render).find(|p| {
+                        let tail = e.stderr_tail();
+                        tail.contains(&format!("'{p}' is not valid"))
+                            || tail.contains(&format!("'{p}' is not a valid store path"))
+                    }) {
                         return Err(PathInfoError::NotValid(p));
                     }
                     return Err(e.into());
@@ -238,6 +279,17 @@ mod tests {
         }
         let object = parse_json(serde_json::to_string(&obj).unwrap().as_bytes()).unwrap();
         assert_eq!(object, list);
+    }
+
+    #[test]
+    fn debug_output_does_not_show_environment_values() {
+        let s = Store::at("local?root=/tmp/h1").env("NIX_CONFIG", "access-tokens = x=hunter2");
+        let shown = format!("{s:?}");
+        assert!(
+            shown.contains("NIX_CONFIG") && shown.contains("/tmp/h1"),
+            "{shown}"
+        );
+        assert!(!shown.contains("hunter2"), "{shown}");
     }
 
     #[test]
