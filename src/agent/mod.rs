@@ -3,4 +3,6 @@
 //! May import: `nix`, `release`, `report`, `state`, and the publisher's client. Never the
 //! server-side modules (`config`, `build`, `cache`).
 
+pub mod config;
 pub mod decide;
+pub mod memory;
