@@ -6,3 +6,4 @@
 pub mod config;
 pub mod decide;
 pub mod memory;
+pub mod system;
