@@ -4,6 +4,9 @@
 //! server-side modules (`config`, `build`, `cache`).
 
 pub mod config;
+pub mod cycle;
 pub mod decide;
+pub mod link;
 pub mod memory;
+pub mod outbox;
 pub mod system;
