@@ -52,20 +52,27 @@ struct Attempt {
     started_ms: u64,
     log: String,
     timings: Timings,
+    progress: Progress,
 }
 
+/// Where an attempt's log lines are also sent as they happen (`bento agent trigger`).
+pub type Progress = tokio::sync::broadcast::Sender<String>;
+
 impl Attempt {
-    fn new() -> Self {
+    fn new(progress: &Progress) -> Self {
         Attempt {
             started_ms: now_ms(),
             log: String::new(),
             timings: Timings::default(),
+            progress: progress.clone(),
         }
     }
 
     fn note(&mut self, line: impl AsRef<str>) {
         let line = line.as_ref();
         tracing::info!("{line}");
+        // Nobody listening is fine.
+        let _ = self.progress.send(line.to_owned());
         let t = now_ms().saturating_sub(self.started_ms);
         self.log
             .push_str(&format!("[{:>4}.{:03}s] {line}\n", t / 1000, t % 1000));
@@ -100,14 +107,18 @@ fn ms(since: Instant) -> Option<u64> {
 }
 
 /// Runs one attempt. The caller holds the agent lock.
-pub async fn run_once<L: Link + Sync>(agent: &Agent, link: &L) -> Result<Ended, CycleError> {
+pub async fn run_once<L: Link + Sync>(
+    agent: &Agent,
+    link: &L,
+    progress: &Progress,
+) -> Result<Ended, CycleError> {
     let dir = &agent.raw.state_dir;
     let mut mem = Persisted::load(dir)?;
     // Reports from earlier attempts first: the server learns what happened in order.
     outbox::flush(dir, link).await?;
 
     if let Some(flight) = mem.in_flight.clone() {
-        let ended = recover(agent, link, &mut mem, flight).await?;
+        let ended = recover(agent, link, &mut mem, flight, progress).await?;
         if ended != Ended::Idle {
             return Ok(ended);
         }
@@ -123,7 +134,7 @@ pub async fn run_once<L: Link + Sync>(agent: &Agent, link: &L) -> Result<Ended, 
     if decide::plan(untrusted_generation, &mem.memory()) == Plan::Idle {
         return Ok(Ended::Idle);
     }
-    let mut attempt = Attempt::new();
+    let mut attempt = Attempt::new(progress);
     let expect = Expectation {
         key: &agent.fleet_key,
         host: &agent.raw.host,
@@ -418,11 +429,12 @@ async fn recover<L: Link + Sync>(
     link: &L,
     mem: &mut Persisted,
     flight: InFlight,
+    progress: &Progress,
 ) -> Result<Ended, CycleError> {
     let running = system::running_system(&agent.raw.current_system);
     let is_new = running.as_deref() == Some(flight.store_path.as_str());
     let is_prev = running.is_some() && running == flight.previous;
-    let mut attempt = Attempt::new();
+    let mut attempt = Attempt::new(progress);
     let decision = decide::recover(flight.phase, is_new, is_prev, now_secs(), flight.deadline);
     attempt.note(format!(
         "recovering generation {} left {:?} by an interrupted agent: {decision:?}",

@@ -6,7 +6,9 @@
 pub mod config;
 pub mod cycle;
 pub mod decide;
+pub mod exit;
 pub mod link;
 pub mod memory;
 pub mod outbox;
 pub mod system;
+pub mod trigger;
