@@ -131,6 +131,10 @@ pub async fn run_once<L: Link + Sync>(
     let untrusted_generation = Release::parse_untrusted(&bytes)
         .map(|r| r.generation)
         .unwrap_or(0);
+    if mem.last_seen != Some(untrusted_generation) {
+        mem.last_seen = Some(untrusted_generation);
+        mem.save(&agent.raw.state_dir)?;
+    }
     if decide::plan(untrusted_generation, &mem.memory()) == Plan::Idle {
         return Ok(Ended::Idle);
     }

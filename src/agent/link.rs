@@ -3,6 +3,7 @@
 //! report. The implementation is `publish::client`.
 
 use std::future::Future;
+use std::time::Duration;
 
 /// A failure to talk to the server, with the client's message.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -21,4 +22,12 @@ pub trait Link {
         name: &str,
         bytes: &[u8],
     ) -> impl Future<Output = Result<(), LinkError>> + Send;
+    /// Waits, on one long-lived session, until the server's release for this host has a
+    /// generation other than `known`, or `timeout` passes. `Ok(true)` when it changed.
+    /// An error means instant updates are unavailable now; the caller falls back to polling.
+    fn wait_for_change(
+        &self,
+        known: Option<u64>,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<bool, LinkError>> + Send;
 }

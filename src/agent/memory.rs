@@ -58,6 +58,10 @@ pub struct Persisted {
     /// (generation, not before Unix seconds, attempts so far)
     pub retry: Option<(u64, u64, u32)>,
     pub in_flight: Option<InFlight>,
+    /// Generation of the last release fetched (applied or not): instant updates wait for a
+    /// different one, so a refused release does not wake the agent again and again.
+    #[serde(default)]
+    pub last_seen: Option<u64>,
 }
 
 impl Persisted {
@@ -137,6 +141,7 @@ mod tests {
                 deadline: 100,
                 started: 10,
             }),
+            last_seen: Some(4),
         };
         s.save(dir.path()).unwrap();
         assert_eq!(Persisted::load(dir.path()).unwrap(), s);

@@ -10,5 +10,6 @@ pub mod exit;
 pub mod link;
 pub mod memory;
 pub mod outbox;
+pub mod run;
 pub mod system;
 pub mod trigger;
