@@ -102,6 +102,35 @@ impl Attempt {
     }
 }
 
+/// Tells the server, best effort and without queueing, how far an attempt has come
+/// (`bento status` shows "deploying" and "unconfirmed" from these).
+async fn interim<L: Link + Sync>(
+    agent: &Agent,
+    link: &L,
+    attempt: &Attempt,
+    generation: u64,
+    wanted: &str,
+    outcome: Outcome,
+) {
+    let snapshot = Attempt {
+        started_ms: attempt.started_ms,
+        log: attempt.log.clone(),
+        timings: attempt.timings.clone(),
+        progress: attempt.progress.clone(),
+    };
+    let r = snapshot.report(agent, generation, Some(wanted), outcome, None);
+    let (name, bytes) = (r.file_name(), r.to_bytes());
+    let upload = link.upload_report(&name, &bytes);
+    match tokio::time::timeout(INTERIM_TIMEOUT, upload).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!(error = %e, "interim report not delivered"),
+        Err(_) => tracing::debug!("interim report timed out"),
+    }
+}
+
+/// How long an interim report may take; it must never delay a rollback.
+const INTERIM_TIMEOUT: Duration = Duration::from_secs(5);
+
 fn ms(since: Instant) -> Option<u64> {
     Some(since.elapsed().as_millis() as u64)
 }
@@ -194,6 +223,15 @@ async fn apply<L: Link + Sync>(
         "generation {generation}: copying {wanted} from {}",
         agent.raw.cache_url
     ));
+    interim(
+        agent,
+        link,
+        &attempt,
+        generation,
+        wanted,
+        Outcome::Deploying,
+    )
+    .await;
     let t = Instant::now();
     let copied = system::copy_closure(agent, wanted, &mut attempt.log).await;
     attempt.timings.copy_ms = ms(t);
@@ -287,6 +325,15 @@ async fn confirm<L: Link + Sync>(
     }
     mem.save(dir)?;
     let budget = Duration::from_secs(deadline.saturating_sub(now_secs()));
+    interim(
+        agent,
+        link,
+        &attempt,
+        generation,
+        wanted,
+        Outcome::Unconfirmed,
+    )
+    .await;
     attempt.note(format!(
         "confirming: server and health checks, within {}s",
         budget.as_secs()

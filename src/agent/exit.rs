@@ -30,6 +30,7 @@ pub fn code(ended: &Ended) -> u8 {
             Outcome::Refused => REFUSED,
             Outcome::CopyFailed | Outcome::ActivationFailed => FAILED,
             Outcome::RolledBack | Outcome::RetryLater | Outcome::Recovered => ROLLED_BACK,
+            Outcome::Deploying | Outcome::Unconfirmed => ERROR,
         },
     }
 }

@@ -54,6 +54,10 @@ pub enum Outcome {
     RetryLater,
     /// The agent was interrupted (killed, rebooted) and recovered at its next start.
     Recovered,
+    /// Interim: the agent started copying and activating this generation.
+    Deploying,
+    /// Interim: the new system is active and being confirmed.
+    Unconfirmed,
 }
 
 impl Outcome {
@@ -67,12 +71,19 @@ impl Outcome {
             Outcome::RolledBack => "rolled-back",
             Outcome::RetryLater => "retry-later",
             Outcome::Recovered => "recovered",
+            Outcome::Deploying => "deploying",
+            Outcome::Unconfirmed => "unconfirmed",
         }
     }
 
     /// Whether the host now runs what its release asks for.
     pub fn is_success(self) -> bool {
         matches!(self, Outcome::Applied | Outcome::UpToDate)
+    }
+
+    /// Whether this only marks progress; a final report follows.
+    pub fn is_interim(self) -> bool {
+        matches!(self, Outcome::Deploying | Outcome::Unconfirmed)
     }
 }
 
