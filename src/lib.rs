@@ -9,3 +9,4 @@ pub mod nix;
 pub mod release;
 pub mod report;
 pub mod state;
+pub mod status;
