@@ -79,7 +79,7 @@ pub struct Facts<'a> {
 }
 
 /// The newest report (by finishing time) satisfying `pred`.
-pub fn newest<'a>(reports: &'a [Report], pred: impl Fn(&Report) -> bool) -> Option<&'a Report> {
+pub fn newest(reports: &[Report], pred: impl Fn(&Report) -> bool) -> Option<&Report> {
     reports
         .iter()
         .filter(|r| pred(r))
@@ -146,7 +146,8 @@ mod tests {
         use HostState as S;
         use Outcome as O;
         let now = 10_000;
-        let cases: Vec<(&str, Option<u64>, Vec<Report>, Option<u64>, S)> = vec![
+        type Case = (&'static str, Option<u64>, Vec<Report>, Option<u64>, S);
+        let cases: Vec<Case> = vec![
             ("no release, no news", None, vec![], None, S::NotDeployed),
             ("release, never heard", Some(1), vec![], None, S::NeverSeen),
             (
