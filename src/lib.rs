@@ -3,7 +3,10 @@
 //! Layers, data flowing one way (see `docs/architecture.md`):
 //! `nix` (pure formats and the process runner) is under everything; the CLI sits on top.
 
+pub mod agent;
 pub mod cli;
 pub mod nix;
 pub mod release;
+pub mod report;
 pub mod state;
+pub mod status;

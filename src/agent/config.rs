@@ -1,0 +1,271 @@
+//! The agent's configuration file (TOML, rendered by the NixOS module): where the server
+//! is and how to trust it, which host this is, how to activate and confirm.
+//!
+//! Defaults live in this file only. Unknown fields are refused.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::nix::keys::PublicKey;
+use crate::release::check_host_name;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read agent config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("agent config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("agent config {path}: field `{field}`: {message}")]
+    Field {
+        path: PathBuf,
+        field: &'static str,
+        message: String,
+    },
+}
+
+/// What `switch-to-configuration` is asked to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ActivationAction {
+    /// Activate now and make it the boot default.
+    Switch,
+    /// Make it the boot default only; it runs after the next reboot (not confirmed now).
+    Boot,
+    /// Activate now without making it the boot default.
+    Test,
+}
+
+impl ActivationAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActivationAction::Switch => "switch",
+            ActivationAction::Boot => "boot",
+            ActivationAction::Test => "test",
+        }
+    }
+}
+
+fn default_profile() -> PathBuf {
+    PathBuf::from("/nix/var/nix/profiles/system")
+}
+fn default_current_system() -> PathBuf {
+    PathBuf::from("/run/current-system")
+}
+fn default_action() -> ActivationAction {
+    ActivationAction::Switch
+}
+fn default_poll_interval() -> u64 {
+    60
+}
+fn default_jitter() -> f64 {
+    0.2
+}
+fn default_confirm_timeout() -> u64 {
+    90
+}
+fn default_confirm_retry() -> u64 {
+    3
+}
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/bento-agent")
+}
+fn default_trigger_socket() -> PathBuf {
+    PathBuf::from("/run/bento-agent/trigger.sock")
+}
+fn default_true() -> bool {
+    true
+}
+
+/// The agent configuration as written in the file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// This host's name, as in the fleet file; it is also the SFTP user name.
+    pub host: String,
+    /// SFTP server address, `host:port`.
+    pub server: String,
+    /// The server's SSH host key (`ssh-ed25519 AAAA...`), pinned: nothing else is trusted.
+    pub server_host_key: String,
+    /// This host's SSH private key, used to log in to the server.
+    pub ssh_key: PathBuf,
+    /// The binary cache URL (`http://server:8080`).
+    pub cache_url: String,
+    /// A netrc file with this host's cache token, when the cache requires one.
+    #[serde(default)]
+    pub cache_netrc: Option<PathBuf>,
+    /// The fleet's public key (`name:base64`), the only signer of releases and narinfos.
+    pub fleet_public_key: String,
+    #[serde(default = "default_profile")]
+    pub profile: PathBuf,
+    /// The link to the running system (NixOS: `/run/current-system`).
+    #[serde(default = "default_current_system")]
+    pub current_system: PathBuf,
+    #[serde(default = "default_action")]
+    pub action: ActivationAction,
+    #[serde(default = "default_poll_interval")]
+    pub poll_interval_secs: u64,
+    /// Random spread of the poll interval, as a fraction (0.2 = ±20 %).
+    #[serde(default = "default_jitter")]
+    pub poll_jitter: f64,
+    #[serde(default = "default_confirm_timeout")]
+    pub confirm_timeout_secs: u64,
+    #[serde(default = "default_confirm_retry")]
+    pub confirm_retry_secs: u64,
+    /// Commands (argv lists) that must all exit 0 for a new system to be confirmed.
+    #[serde(default)]
+    pub health_checks: Vec<Vec<String>>,
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// Unix socket for `bento agent trigger`; writable by root (and `trigger_group`).
+    #[serde(default = "default_trigger_socket")]
+    pub trigger_socket: PathBuf,
+    #[serde(default)]
+    pub trigger_group: Option<String>,
+    /// Keep one SSH session open to be told of new releases at once (polling stays the
+    /// fallback).
+    #[serde(default = "default_true")]
+    pub instant_updates: bool,
+}
+
+/// A checked configuration: parsed keys, durations.
+#[derive(Debug, Clone)]
+pub struct Agent {
+    pub raw: AgentConfig,
+    pub fleet_key: PublicKey,
+    pub poll_interval: Duration,
+    pub confirm_timeout: Duration,
+    pub confirm_retry: Duration,
+}
+
+impl AgentConfig {
+    pub fn load(path: &Path) -> Result<Agent, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Agent, ConfigError> {
+        let raw: AgentConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        let field = |field: &'static str, message: String| ConfigError::Field {
+            path: path.to_owned(),
+            field,
+            message,
+        };
+        check_host_name(&raw.host).map_err(|e| field("host", e.to_string()))?;
+        let fleet_key = PublicKey::parse(&raw.fleet_public_key)
+            .map_err(|e| field("fleet_public_key", e.to_string()))?;
+        let mut parts = raw.server_host_key.split_whitespace();
+        let (kind, blob) = (parts.next(), parts.next());
+        if !matches!(kind, Some(k) if k.starts_with("ssh-") || k.starts_with("ecdsa-"))
+            || blob.is_none()
+        {
+            return Err(field(
+                "server_host_key",
+                "expected an OpenSSH public key such as `ssh-ed25519 AAAA...` (bento serve prints it)".into(),
+            ));
+        }
+        if !raw.server.contains(':') {
+            return Err(field("server", "expected host:port".into()));
+        }
+        if !(raw.cache_url.starts_with("http://") || raw.cache_url.starts_with("https://")) {
+            return Err(field(
+                "cache_url",
+                "expected an http:// or https:// URL".into(),
+            ));
+        }
+        if raw.poll_interval_secs == 0 {
+            return Err(field("poll_interval_secs", "must be at least 1".into()));
+        }
+        if !(0.0..=1.0).contains(&raw.poll_jitter) {
+            return Err(field("poll_jitter", "must be between 0 and 1".into()));
+        }
+        if raw.confirm_timeout_secs == 0 || raw.confirm_retry_secs == 0 {
+            return Err(field(
+                "confirm_timeout_secs",
+                "confirm_timeout_secs and confirm_retry_secs must be at least 1".into(),
+            ));
+        }
+        if let Some(empty) = raw.health_checks.iter().position(Vec::is_empty) {
+            return Err(field(
+                "health_checks",
+                format!("check #{} is an empty command", empty + 1),
+            ));
+        }
+        Ok(Agent {
+            fleet_key,
+            poll_interval: Duration::from_secs(raw.poll_interval_secs),
+            confirm_timeout: Duration::from_secs(raw.confirm_timeout_secs),
+            confirm_retry: Duration::from_secs(raw.confirm_retry_secs),
+            raw,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "test1:cb1G7tENqlCU2ZJAj+1Tk7f3LzTABDCtJrspN2aDpzw=";
+
+    fn minimal() -> String {
+        format!(
+            r#"
+host = "web1"
+server = "10.77.0.1:2222"
+server_host_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG5vdGFyZWFsa2V5Zm9ydGVzdGluZ29ubHkxMjM0"
+ssh_key = "/etc/bento/id_ed25519"
+cache_url = "http://10.77.0.1:8080"
+fleet_public_key = "{KEY}"
+"#
+        )
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let a = AgentConfig::parse(Path::new("agent.toml"), &minimal()).unwrap();
+        assert_eq!(a.raw.profile, PathBuf::from("/nix/var/nix/profiles/system"));
+        assert_eq!(a.raw.action, ActivationAction::Switch);
+        assert_eq!(a.poll_interval, Duration::from_secs(60));
+        assert_eq!(a.fleet_key.to_string(), KEY);
+        assert!(a.raw.instant_updates);
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        let cases = [
+            ("host = \"web1\"", "host = \"web 1\"", "host"),
+            (KEY, "nonsense", "fleet_public_key"),
+            ("ssh-ed25519 AAAAC3", "AAAAC3", "server_host_key"),
+            ("10.77.0.1:2222", "10.77.0.1", "server"),
+            ("http://10.77.0.1:8080", "ftp://x", "cache_url"),
+        ];
+        for (from, to, field) in cases {
+            let text = minimal().replacen(from, to, 1);
+            let err = AgentConfig::parse(Path::new("agent.toml"), &text)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains(field), "{field}: {err}");
+        }
+        let unknown = format!("{}\nsurprise = 1\n", minimal());
+        let err = AgentConfig::parse(Path::new("agent.toml"), &unknown)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("surprise"), "{err}");
+        let empty_check = format!("{}\nhealth_checks = [[]]\n", minimal());
+        assert!(AgentConfig::parse(Path::new("a"), &empty_check).is_err());
+    }
+}

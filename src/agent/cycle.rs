@@ -1,0 +1,538 @@
+//! One attempt of the agent: recover an unfinished activation, fetch the release, verify it,
+//! copy the closure, activate, confirm or roll back, and queue a report. The decisions are
+//! in `decide`; this file only sequences effects and persists state before each step that
+//! changes the system.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use thiserror::Error;
+
+use super::config::{ActivationAction, Agent};
+use super::decide::{self, Action, Confirm, Phase, Plan, Recovery};
+use super::link::Link;
+use super::memory::{InFlight, MemoryError, Persisted};
+use super::outbox::{self, OutboxError};
+use super::system::{self, SystemError};
+use crate::release::{self, Expectation, Release};
+use crate::report::{self, Outcome, Report, Timings};
+
+#[derive(Debug, Error)]
+pub enum CycleError {
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
+    #[error("cannot fetch the release from {server}: {message}")]
+    Fetch { server: String, message: String },
+}
+
+/// How an attempt ended, for the exit code and the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ended {
+    /// Nothing to do (same generation, already failed, waiting to retry).
+    Idle,
+    /// An attempt ran and was reported with this outcome.
+    Reported(Outcome),
+}
+
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The log and timings of one attempt, turned into a report at the end.
+struct Attempt {
+    started_ms: u64,
+    log: String,
+    timings: Timings,
+    progress: Progress,
+}
+
+/// Where an attempt's log lines are also sent as they happen (`bento agent trigger`).
+pub type Progress = tokio::sync::broadcast::Sender<String>;
+
+impl Attempt {
+    fn new(progress: &Progress) -> Self {
+        Attempt {
+            started_ms: now_ms(),
+            log: String::new(),
+            timings: Timings::default(),
+            progress: progress.clone(),
+        }
+    }
+
+    fn note(&mut self, line: impl AsRef<str>) {
+        let line = line.as_ref();
+        tracing::info!("{line}");
+        // Nobody listening is fine.
+        let _ = self.progress.send(line.to_owned());
+        let t = now_ms().saturating_sub(self.started_ms);
+        self.log
+            .push_str(&format!("[{:>4}.{:03}s] {line}\n", t / 1000, t % 1000));
+    }
+
+    fn report(
+        self,
+        agent: &Agent,
+        generation: u64,
+        wanted: Option<&str>,
+        outcome: Outcome,
+        reason: Option<String>,
+    ) -> Report {
+        Report {
+            format: report::FORMAT,
+            host: agent.raw.host.clone(),
+            generation,
+            wanted: wanted.map(str::to_owned),
+            running: system::running_system(&agent.raw.current_system),
+            outcome,
+            reason,
+            started_ms: self.started_ms,
+            finished_ms: now_ms(),
+            timings: self.timings,
+            log: self.log,
+        }
+    }
+}
+
+/// Tells the server, best effort and without queueing, how far an attempt has come
+/// (`bento status` shows "deploying" and "unconfirmed" from these).
+async fn interim<L: Link + Sync>(
+    agent: &Agent,
+    link: &L,
+    attempt: &Attempt,
+    generation: u64,
+    wanted: &str,
+    outcome: Outcome,
+) {
+    let snapshot = Attempt {
+        started_ms: attempt.started_ms,
+        log: attempt.log.clone(),
+        timings: attempt.timings.clone(),
+        progress: attempt.progress.clone(),
+    };
+    let r = snapshot.report(agent, generation, Some(wanted), outcome, None);
+    let (name, bytes) = (r.file_name(), r.to_bytes());
+    let upload = link.upload_report(&name, &bytes);
+    match tokio::time::timeout(INTERIM_TIMEOUT, upload).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!(error = %e, "interim report not delivered"),
+        Err(_) => tracing::debug!("interim report timed out"),
+    }
+}
+
+/// How long an interim report may take; it must never delay a rollback.
+const INTERIM_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn ms(since: Instant) -> Option<u64> {
+    Some(since.elapsed().as_millis() as u64)
+}
+
+/// Runs one attempt. The caller holds the agent lock.
+pub async fn run_once<L: Link + Sync>(
+    agent: &Agent,
+    link: &L,
+    progress: &Progress,
+) -> Result<Ended, CycleError> {
+    let dir = &agent.raw.state_dir;
+    let mut mem = Persisted::load(dir)?;
+    // Reports from earlier attempts first: the server learns what happened in order.
+    outbox::flush(dir, link).await?;
+
+    if let Some(flight) = mem.in_flight.clone() {
+        let ended = recover(agent, link, &mut mem, flight, progress).await?;
+        if ended != Ended::Idle {
+            return Ok(ended);
+        }
+    }
+
+    let bytes = link.fetch_release().await.map_err(|e| CycleError::Fetch {
+        server: agent.raw.server.clone(),
+        message: e.0,
+    })?;
+    let untrusted_generation = Release::parse_untrusted(&bytes)
+        .map(|r| r.generation)
+        .unwrap_or(0);
+    if mem.last_seen != Some(untrusted_generation) {
+        mem.last_seen = Some(untrusted_generation);
+        mem.save(&agent.raw.state_dir)?;
+    }
+    if decide::plan(untrusted_generation, &mem.memory()) == Plan::Idle {
+        return Ok(Ended::Idle);
+    }
+    let mut attempt = Attempt::new(progress);
+    let expect = Expectation {
+        key: &agent.fleet_key,
+        host: &agent.raw.host,
+        last_applied: mem.last_applied,
+    };
+    let release = match release::verify(&bytes, expect) {
+        Ok(r) => r,
+        Err(e) => {
+            attempt.note(format!("release refused: {e}"));
+            let r = attempt.report(
+                agent,
+                untrusted_generation,
+                None,
+                Outcome::Refused,
+                Some(e.to_string()),
+            );
+            return finish(agent, link, &mut mem, r).await;
+        }
+    };
+    let running = system::running_system(&agent.raw.current_system);
+    let (generation, wanted) = (release.generation, release.store_path.as_str());
+    match decide::action(
+        generation,
+        wanted,
+        running.as_deref(),
+        &mem.memory(),
+        now_secs(),
+    ) {
+        Action::SkipFailed | Action::WaitRetry { .. } => Ok(Ended::Idle),
+        Action::AlreadyRunning => {
+            attempt.note(format!("generation {generation}: {wanted} already runs"));
+            mem.last_applied = Some(generation);
+            mem.retry = None;
+            mem.save(dir)?;
+            let r = attempt.report(agent, generation, Some(wanted), Outcome::UpToDate, None);
+            finish(agent, link, &mut mem, r).await
+        }
+        Action::Apply => apply(agent, link, &mut mem, attempt, &release, running).await,
+    }
+}
+
+async fn apply<L: Link + Sync>(
+    agent: &Agent,
+    link: &L,
+    mem: &mut Persisted,
+    mut attempt: Attempt,
+    release: &Release,
+    previous: Option<String>,
+) -> Result<Ended, CycleError> {
+    let dir = &agent.raw.state_dir;
+    let (generation, wanted) = (release.generation, release.store_path.as_str());
+    attempt.note(format!(
+        "generation {generation}: copying {wanted} from {}",
+        agent.raw.cache_url
+    ));
+    interim(
+        agent,
+        link,
+        &attempt,
+        generation,
+        wanted,
+        Outcome::Deploying,
+    )
+    .await;
+    let t = Instant::now();
+    let copied = system::copy_closure(agent, wanted, &mut attempt.log).await;
+    attempt.timings.copy_ms = ms(t);
+    if let Err(e) = copied {
+        let outcome = match e {
+            SystemError::CopyRefused { .. } => Outcome::Refused,
+            _ => Outcome::CopyFailed,
+        };
+        attempt.note(e.to_string());
+        let r = attempt.report(
+            agent,
+            generation,
+            Some(wanted),
+            outcome,
+            Some(e.to_string()),
+        );
+        return finish(agent, link, mem, r).await;
+    }
+
+    attempt.note(format!(
+        "activating {wanted} ({}); previous system {}",
+        agent.raw.action.as_str(),
+        previous.as_deref().unwrap_or("unknown")
+    ));
+    let deadline = now_secs() + agent.confirm_timeout.as_secs();
+    mem.in_flight = Some(InFlight {
+        generation,
+        store_path: wanted.to_owned(),
+        previous: previous.clone(),
+        phase: Phase::Activating,
+        deadline,
+        started: now_secs(),
+    });
+    mem.save(dir)?;
+    let t = Instant::now();
+    let activated = match system::set_profile(&agent.raw.profile, wanted, &mut attempt.log).await {
+        Ok(()) => system::switch(wanted, agent.raw.action, &mut attempt.log).await,
+        Err(e) => Err(e),
+    };
+    attempt.timings.activate_ms = ms(t);
+    if let Err(e) = activated {
+        attempt.note(e.to_string());
+        roll_back(agent, &mut attempt, previous.as_deref()).await;
+        return conclude(
+            agent,
+            link,
+            mem,
+            attempt,
+            generation,
+            wanted,
+            Outcome::ActivationFailed,
+            Some(e.to_string()),
+        )
+        .await;
+    }
+    if agent.raw.action == ActivationAction::Boot {
+        attempt.note("set as boot default; it runs after the next reboot");
+        return conclude(
+            agent,
+            link,
+            mem,
+            attempt,
+            generation,
+            wanted,
+            Outcome::Applied,
+            None,
+        )
+        .await;
+    }
+    confirm(agent, link, mem, attempt, generation, wanted, previous).await
+}
+
+/// Confirms the new system (fresh session + health checks) until the deadline, or rolls
+/// back.
+async fn confirm<L: Link + Sync>(
+    agent: &Agent,
+    link: &L,
+    mem: &mut Persisted,
+    mut attempt: Attempt,
+    generation: u64,
+    wanted: &str,
+    previous: Option<String>,
+) -> Result<Ended, CycleError> {
+    let dir = &agent.raw.state_dir;
+    let deadline = mem
+        .in_flight
+        .as_ref()
+        .map_or(now_secs() + agent.confirm_timeout.as_secs(), |f| f.deadline);
+    if let Some(f) = mem.in_flight.as_mut() {
+        f.phase = Phase::Confirming;
+    }
+    mem.save(dir)?;
+    let budget = Duration::from_secs(deadline.saturating_sub(now_secs()));
+    interim(
+        agent,
+        link,
+        &attempt,
+        generation,
+        wanted,
+        Outcome::Unconfirmed,
+    )
+    .await;
+    attempt.note(format!(
+        "confirming: server and health checks, within {}s",
+        budget.as_secs()
+    ));
+    let t = Instant::now();
+    let mut last_error = String::new();
+    loop {
+        let check = match link.probe_fresh().await {
+            Ok(()) => system::health_checks(
+                &agent.raw.health_checks,
+                agent.confirm_timeout,
+                &mut attempt.log,
+            )
+            .await
+            .map_err(|e| e.to_string()),
+            Err(e) => Err(format!("server unreachable: {e}")),
+        };
+        if let Err(e) = &check {
+            last_error.clone_from(e);
+        }
+        match decide::confirm_step(check.is_ok(), t.elapsed(), budget, agent.confirm_retry) {
+            Confirm::Confirmed => {
+                attempt.timings.confirm_ms = ms(t);
+                attempt.note("confirmed");
+                return conclude(
+                    agent,
+                    link,
+                    mem,
+                    attempt,
+                    generation,
+                    wanted,
+                    Outcome::Applied,
+                    None,
+                )
+                .await;
+            }
+            Confirm::TryAgainIn(d) => tokio::time::sleep(d).await,
+            Confirm::RollBack => break,
+        }
+    }
+    attempt.timings.confirm_ms = ms(t);
+    attempt.note(format!(
+        "not confirmed within {}s ({last_error}); rolling back",
+        budget.as_secs()
+    ));
+    let t = Instant::now();
+    roll_back(agent, &mut attempt, previous.as_deref()).await;
+    attempt.timings.rollback_ms = ms(t);
+    // Was it the new configuration? Ask the server again, now from the old system.
+    let mut reachable = false;
+    for _ in 0..3 {
+        if link.probe_fresh().await.is_ok() {
+            reachable = true;
+            break;
+        }
+        tokio::time::sleep(agent.confirm_retry).await;
+    }
+    let outcome = decide::after_rollback(reachable);
+    let reason = match outcome {
+        Outcome::RetryLater => format!(
+            "not confirmed ({last_error}), and the server stayed unreachable after rolling back: not blaming generation {generation}; will retry"
+        ),
+        _ => format!("not confirmed within {}s: {last_error}", budget.as_secs()),
+    };
+    conclude(
+        agent,
+        link,
+        mem,
+        attempt,
+        generation,
+        wanted,
+        outcome,
+        Some(reason),
+    )
+    .await
+}
+
+/// Re-activates the exact previous system: profile, then its own switch-to-configuration.
+async fn roll_back(agent: &Agent, attempt: &mut Attempt, previous: Option<&str>) {
+    let Some(prev) = previous else {
+        attempt.note("no previous system is known; nothing to roll back to");
+        return;
+    };
+    attempt.note(format!("rolling back to {prev}"));
+    let result = match system::set_profile(&agent.raw.profile, prev, &mut attempt.log).await {
+        Ok(()) => system::switch(prev, agent.raw.action, &mut attempt.log).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = result {
+        attempt.note(format!("rollback failed: {e}"));
+    }
+}
+
+/// Records the outcome in the persisted state (clearing the in-flight activation) and
+/// queues the report.
+#[allow(clippy::too_many_arguments)]
+async fn conclude<L: Link + Sync>(
+    agent: &Agent,
+    link: &L,
+    mem: &mut Persisted,
+    attempt: Attempt,
+    generation: u64,
+    wanted: &str,
+    outcome: Outcome,
+    reason: Option<String>,
+) -> Result<Ended, CycleError> {
+    mem.in_flight = None;
+    match outcome {
+        Outcome::Applied => {
+            mem.last_applied = Some(generation);
+            mem.retry = None;
+        }
+        Outcome::RetryLater => {
+            let attempts = mem.retry.filter(|r| r.0 == generation).map_or(0, |r| r.2);
+            let until = now_secs() + decide::retry_delay(attempts).as_secs();
+            mem.retry = Some((generation, until, attempts + 1));
+        }
+        o if decide::condemns(o) => {
+            mem.last_failed = Some(mem.last_failed.map_or(generation, |f| f.max(generation)));
+            mem.retry = None;
+        }
+        _ => {}
+    }
+    mem.save(&agent.raw.state_dir)?;
+    let r = attempt.report(agent, generation, Some(wanted), outcome, reason);
+    finish(agent, link, mem, r).await
+}
+
+async fn finish<L: Link + Sync>(
+    agent: &Agent,
+    link: &L,
+    _mem: &mut Persisted,
+    report: Report,
+) -> Result<Ended, CycleError> {
+    let outcome = report.outcome;
+    outbox::queue(&agent.raw.state_dir, &report)?;
+    outbox::flush(&agent.raw.state_dir, link).await?;
+    Ok(Ended::Reported(outcome))
+}
+
+/// At start: finish or undo an activation the last run left unfinished.
+async fn recover<L: Link + Sync>(
+    agent: &Agent,
+    link: &L,
+    mem: &mut Persisted,
+    flight: InFlight,
+    progress: &Progress,
+) -> Result<Ended, CycleError> {
+    let running = system::running_system(&agent.raw.current_system);
+    let is_new = running.as_deref() == Some(flight.store_path.as_str());
+    let is_prev = running.is_some() && running == flight.previous;
+    let mut attempt = Attempt::new(progress);
+    let decision = decide::recover(flight.phase, is_new, is_prev, now_secs(), flight.deadline);
+    attempt.note(format!(
+        "recovering generation {} left {:?} by an interrupted agent: {decision:?}",
+        flight.generation, flight.phase
+    ));
+    match decision {
+        Recovery::ResumeConfirming => {
+            confirm(
+                agent,
+                link,
+                mem,
+                attempt,
+                flight.generation,
+                &flight.store_path,
+                flight.previous.clone(),
+            )
+            .await
+        }
+        Recovery::RollBack => {
+            roll_back(agent, &mut attempt, flight.previous.as_deref()).await;
+            let reason = format!(
+                "the agent was interrupted while {} generation {} and it was not confirmed by its deadline",
+                match flight.phase {
+                    Phase::Activating => "activating",
+                    Phase::Confirming => "confirming",
+                },
+                flight.generation
+            );
+            conclude(
+                agent,
+                link,
+                mem,
+                attempt,
+                flight.generation,
+                &flight.store_path,
+                Outcome::RolledBack,
+                Some(reason),
+            )
+            .await
+        }
+        Recovery::Abandon => {
+            if let Some(prev) = flight.previous.as_deref() {
+                let _ = system::set_profile(&agent.raw.profile, prev, &mut attempt.log).await;
+            }
+            mem.in_flight = None;
+            mem.save(&agent.raw.state_dir)?;
+            Ok(Ended::Idle)
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! The host side: fetch → verify → copy → activate → confirm or roll back → report.
+//!
+//! May import: `nix`, `release`, `report`, `state`, and the publisher's client. Never the
+//! server-side modules (`config`, `build`, `cache`).
+
+pub mod config;
+pub mod cycle;
+pub mod decide;
+pub mod exit;
+pub mod link;
+pub mod memory;
+pub mod outbox;
+pub mod run;
+pub mod system;
+pub mod trigger;

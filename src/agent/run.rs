@@ -1,0 +1,78 @@
+//! The agent's loop: an attempt, then wait for the next one — a poll interval with jitter
+//! (backing off while the server is unreachable), a local trigger, or, with instant updates,
+//! the server saying the release changed. Waiting on the server never shortens the poll
+//! delay when that wait fails, so converging fast never turns into hammering.
+
+use tokio::sync::{broadcast, mpsc};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::config::Agent;
+use super::cycle::{self, CycleError, Ended, Progress};
+use super::decide;
+use super::link::Link;
+use super::memory::Persisted;
+use super::trigger::Request;
+
+/// One line summary of an attempt, for logs and the trigger client.
+pub fn summary(result: &Result<Ended, CycleError>) -> String {
+    match result {
+        Ok(Ended::Idle) => "nothing to do".to_owned(),
+        Ok(Ended::Reported(o)) => o.to_string(),
+        Err(e) => format!("error: {e}"),
+    }
+}
+
+/// Runs attempts until `shutdown`.
+pub async fn run_loop<L: Link + Sync>(
+    agent: &Agent,
+    link: &L,
+    progress: Progress,
+    mut requests: mpsc::Receiver<Request>,
+    shutdown: CancellationToken,
+) {
+    let mut failures: u32 = 0;
+    let mut answer: Option<Request> = None;
+    loop {
+        let result = cycle::run_once(agent, link, &progress).await;
+        let line = summary(&result);
+        match &result {
+            Ok(_) => tracing::info!(result = %line, "attempt finished"),
+            Err(e) => tracing::warn!(error = %e, "attempt failed"),
+        }
+        if let Some(a) = answer.take() {
+            let _ = a.send(line);
+        }
+        failures = if result.is_err() { failures + 1 } else { 0 };
+        let delay = decide::poll_delay(
+            agent.poll_interval,
+            agent.raw.poll_jitter,
+            rand::random::<f64>(),
+            failures,
+        );
+        let deadline = Instant::now() + delay;
+        let known = Persisted::load(&agent.raw.state_dir)
+            .ok()
+            .and_then(|m| m.last_seen);
+        let instant = agent.raw.instant_updates && failures == 0;
+        let wait = async {
+            if instant {
+                match link.wait_for_change(known, delay).await {
+                    Ok(_) => return,
+                    Err(e) => tracing::debug!(error = %e, "instant updates unavailable; polling"),
+                }
+            }
+            tokio::time::sleep_until(deadline).await;
+        };
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = wait => {}
+            req = requests.recv() => answer = req,
+        }
+    }
+}
+
+/// A progress channel for the loop and the trigger server.
+pub fn progress_channel() -> Progress {
+    broadcast::channel(256).0
+}

@@ -1,0 +1,67 @@
+//! Fake NixOS system closures: a store path with `bin/switch-to-configuration`,
+//! `nixos-version` and a dependency, whose activation script the test controls.
+
+use std::path::Path;
+
+/// How a fake system's `switch-to-configuration` behaves, besides recording itself in
+/// `/run/activations` and pointing `/run/current-system` at itself (as NixOS does).
+#[derive(Debug, Clone)]
+pub enum Behaviour {
+    /// Activates fine.
+    Good,
+    /// Exits 1 after recording the attempt (before touching /run/current-system).
+    FailActivation,
+    /// Activates, then takes the host's network down (`ip link set eth0 down`); every
+    /// system's script brings it up first, so a rollback restores it.
+    BreakNetwork,
+    /// Activates, then sleeps this many seconds (for killing the agent mid-activation).
+    Sleep(u32),
+}
+
+/// A Nix expression for a fake system of `host` at `generation`; `salt` makes otherwise
+/// identical systems distinct.
+pub fn expression(host: &str, generation: u64, behaviour: &Behaviour, salt: &str) -> String {
+    let (before, after) = match behaviour {
+        Behaviour::Good => (String::new(), String::new()),
+        Behaviour::FailActivation => (
+            "echo 'activation failed on purpose' >&2; exit 1".to_owned(),
+            String::new(),
+        ),
+        Behaviour::BreakNetwork => (String::new(), "ip link set eth0 down".to_owned()),
+        Behaviour::Sleep(s) => (String::new(), format!("sleep {s}")),
+    };
+    let script = format!(
+        "#!/bin/sh\n\
+         echo \"$0 $1\" >> /run/activations\n\
+         ip link set eth0 up 2>/dev/null || true\n\
+         {before}\n\
+         ln -sfn @out@ /run/current-system\n\
+         {after}\n\
+         exit 0\n"
+    );
+    format!(
+        r#"
+let
+  mk = name: script: derivation {{
+    inherit name; system = builtins.currentSystem;
+    builder = "/bin/sh"; PATH = "/usr/bin:/bin"; args = [ "-c" script ];
+  }};
+  dep = mk "{host}-etc-{generation}" "mkdir $out; echo 'host {host} generation {generation} {salt}' > $out/motd";
+  script = builtins.toFile "switch-to-configuration" {script:?};
+in mk "nixos-system-{host}-g{generation}" ''
+  mkdir -p $out/bin
+  echo ${{dep}} > $out/etc-ref
+  echo "{generation}" > $out/nixos-version
+  sed "s|@out@|$out|" ${{script}} > $out/bin/switch-to-configuration
+  chmod +x $out/bin/switch-to-configuration
+''
+"#
+    )
+}
+
+/// Builds a fake system in the server's store and returns its store path.
+pub fn build(dir: &Path, host: &str, generation: u64, behaviour: &Behaviour, salt: &str) -> String {
+    let file = dir.join(format!("{host}-g{generation}-{salt}.nix"));
+    std::fs::write(&file, expression(host, generation, behaviour, salt)).unwrap();
+    super::nix_build(&file).pop().unwrap()
+}

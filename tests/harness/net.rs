@@ -1,0 +1,161 @@
+//! Network and mount namespaces for simulated hosts, removed on drop (also on panic).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+
+use super::{NIX_CONFIG, cmd, run};
+
+static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// A bridge in the root namespace carrying the server's address `10.77.<subnet>.1/24`.
+pub struct Net {
+    pub id: String,
+    pub subnet: u8,
+    pub bridge: String,
+}
+
+impl Net {
+    /// A fresh bridge. Interface names have at most 15 bytes, so ids are short; they are
+    /// unique per test process and call.
+    pub fn new() -> Net {
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let pid = std::process::id() % 10000;
+        let id = format!("b{pid}n{n}");
+        let subnet = ((pid * 7 + n) % 200 + 20) as u8;
+        let bridge = format!("br{id}");
+        run(Command::new("ip").args(["link", "add", &bridge, "type", "bridge"]));
+        let net = Net { id, subnet, bridge };
+        let addr = format!("{}/24", net.server_ip());
+        run(Command::new("ip").args(["addr", "add", &addr, "dev", &net.bridge]));
+        run(Command::new("ip").args(["link", "set", &net.bridge, "up"]));
+        net
+    }
+
+    /// The server's address on this bridge.
+    pub fn server_ip(&self) -> String {
+        format!("10.77.{}.1", self.subnet)
+    }
+
+    /// Adds host number `index` (1-based) with its own namespace and root directory.
+    pub fn host(&self, name: &str, index: u8, root: &Path) -> Host {
+        let ns = format!("{}h{index}", self.id);
+        let veth = format!("v{}h{index}", self.id);
+        run(Command::new("ip").args(["netns", "add", &ns]));
+        let host = Host {
+            name: name.to_owned(),
+            ns: ns.clone(),
+            ip: format!("10.77.{}.{}", self.subnet, 10 + u32::from(index)),
+            root: root.to_owned(),
+        };
+        run(Command::new("ip").args([
+            "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+        ]));
+        run(Command::new("ip").args(["link", "set", &veth, "master", &self.bridge]));
+        run(Command::new("ip").args(["link", "set", &veth, "up"]));
+        let addr = format!("{}/24", host.ip);
+        host.ip_cmd(&["addr", "add", &addr, "dev", "eth0"]);
+        host.ip_cmd(&["link", "set", "eth0", "up"]);
+        host.ip_cmd(&["link", "set", "lo", "up"]);
+        for d in ["run", "nix", "cache", "etc"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        run(cmd("nix").args(["store", "ping", "--store", &host.store_url()]));
+        host
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .output();
+    }
+}
+
+/// One simulated host.
+pub struct Host {
+    pub name: String,
+    pub ns: String,
+    pub ip: String,
+    pub root: PathBuf,
+}
+
+impl Host {
+    pub fn store_url(&self) -> String {
+        format!("local?root={}", self.root.display())
+    }
+
+    fn ip_cmd(&self, args: &[&str]) {
+        run(Command::new("ip")
+            .args(["netns", "exec", &self.ns, "ip"])
+            .args(args));
+    }
+
+    /// Brings the host's network down or up from outside.
+    pub fn set_link(&self, up: bool) {
+        self.ip_cmd(&["link", "set", "eth0", if up { "up" } else { "down" }]);
+    }
+
+    /// Copies `path`'s closure into the host's store (no signatures needed: this is the
+    /// host's installation, not a deployment) and makes it the running system.
+    pub fn install(&self, path: &str) {
+        run(cmd("nix").args(["copy", "--no-check-sigs", "--to", &self.store_url(), path]));
+        let link = self.root.join("run/current-system");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(path, &link).unwrap();
+        let profile = self.root.join("nix/var/nix/profiles/system");
+        std::fs::create_dir_all(profile.parent().unwrap()).unwrap();
+        let _ = std::fs::remove_file(&profile);
+        std::os::unix::fs::symlink(path, &profile).unwrap();
+    }
+
+    /// The system the host runs now.
+    pub fn running(&self) -> Option<String> {
+        std::fs::read_link(self.root.join("run/current-system"))
+            .ok()
+            .map(|p| p.to_string_lossy().into_owned())
+    }
+
+    /// Lines of `/run/activations`: `<path>/bin/switch-to-configuration <action>`.
+    pub fn activations(&self) -> Vec<String> {
+        std::fs::read_to_string(self.root.join("run/activations"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// A command run inside the host: its network namespace, with its own `/nix` and
+    /// `/run` bound in a private mount namespace.
+    pub fn command(&self, program: &Path, args: &[&str]) -> Command {
+        let script = r#"mount --bind "$1" /nix && mount --bind "$2" /run && shift 2 && exec "$@""#;
+        let mut c = Command::new("ip");
+        c.args([
+            "netns",
+            "exec",
+            &self.ns,
+            "unshare",
+            "-m",
+            "--propagation",
+            "private",
+        ])
+        .args(["sh", "-c", script, "sh"])
+        .arg(self.root.join("nix"))
+        .arg(self.root.join("run"))
+        .arg(program)
+        .args(args)
+        .env("NIX_CONFIG", NIX_CONFIG)
+        .env("XDG_CACHE_HOME", self.root.join("cache"));
+        c
+    }
+
+    pub fn spawn(&self, program: &Path, args: &[&str]) -> Child {
+        self.command(program, args).spawn().unwrap()
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
+    }
+}
