@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod cli;
 pub mod nix;
+pub mod publish;
 pub mod release;
 pub mod report;
 pub mod state;
