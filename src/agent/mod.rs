@@ -13,3 +13,4 @@ pub mod outbox;
 pub mod run;
 pub mod system;
 pub mod trigger;
+pub mod sftp_link;
