@@ -3,6 +3,7 @@
 //! Layers, data flowing one way (see `docs/architecture.md`):
 //! `nix` (pure formats and the process runner) is under everything; the CLI sits on top.
 
+pub mod cache;
 pub mod cli;
 pub mod nix;
 pub mod release;
