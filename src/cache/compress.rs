@@ -8,7 +8,7 @@
 //! A file is written to a temporary name and renamed into place, so a crash leaves no
 //! half-written file under a final name. It is not fsynced: nothing trusts a file without
 //! re-hashing it first ([`load_verified`]), which catches whatever a crash or the disk did.
-//! After that, [`FileIdentity`] (device, inode, size, mtime) is how the server notices that
+//! After that, [`FileIdentity`] (device, inode, size, mtime, ctime) is how the server notices that
 //! a verified file was replaced, truncated or rewritten, without hashing it again.
 
 use std::fs::File;
@@ -66,6 +66,8 @@ pub struct FileIdentity {
     pub ino: u64,
     pub size: u64,
     pub mtime_ns: i128,
+    /// Unlike mtime, no tool can set it back: an edit that restores mtime still shows.
+    pub ctime_ns: i128,
 }
 
 impl FileIdentity {
@@ -75,6 +77,7 @@ impl FileIdentity {
             ino: meta.ino(),
             size: meta.size(),
             mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+            ctime_ns: i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec()),
         }
     }
 
