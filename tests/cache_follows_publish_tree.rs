@@ -17,7 +17,11 @@ async fn new_releases_become_servable_and_old_paths_leave() {
         r#"let lib = mk "bento-lib-{salt}" "echo lib > $out"; in mk "bento-gen2-{salt}" "echo ${{lib}} > $out""#
     ))
     .await;
-    let lib = closure(&gen2).await.into_iter().find(|p| p.contains("bento-lib-")).unwrap();
+    let lib = closure(&gen2)
+        .await
+        .into_iter()
+        .find(|p| p.contains("bento-lib-"))
+        .unwrap();
     let other = build(&format!(r#"mk "bento-web2-{salt}" "echo web2 > $out""#)).await;
 
     let fleet = Fleet::new();
@@ -35,7 +39,11 @@ async fn new_releases_become_servable_and_old_paths_leave() {
             r.status == 200 && r.field("Compression").as_deref() == Some("zstd")
         })
         .await;
-    assert_eq!(server.get(&narinfo(&lib)).await.status, 200, "the closure, not only the top");
+    assert_eq!(
+        server.get(&narinfo(&lib)).await.status,
+        200,
+        "the closure, not only the top"
+    );
     // gen1 left web1's closure and is in no other: it is no longer served, and its
     // compressed file is gone from disk.
     let r = server.get(&narinfo(&gen1)).await;
@@ -54,6 +62,8 @@ async fn new_releases_become_servable_and_old_paths_leave() {
     server.state.refresh().await.unwrap();
     assert_eq!(server.get(&narinfo(&other)).await.status, 404);
     assert_eq!(server.get(&narinfo(&gen2)).await.status, 200);
-    let files = std::fs::read_dir(fleet.state_dir().join("cache/nar")).unwrap().count();
+    let files = std::fs::read_dir(fleet.state_dir().join("cache/nar"))
+        .unwrap()
+        .count();
     assert_eq!(files, 2, "only gen2's closure keeps compressed files");
 }

@@ -97,10 +97,17 @@ async fn a_lost_file_that_cannot_be_remade_falls_back_to_the_plain_nar() {
     let nar_hash = ni.field("NarHash").unwrap();
     assert_eq!(
         ni.field("URL"),
-        Some(format!("nar/{}.nar", nar_hash.trim_start_matches("sha256:")))
+        Some(format!(
+            "nar/{}.nar",
+            nar_hash.trim_start_matches("sha256:")
+        ))
     );
     assert_eq!(ni.field("FileHash"), None);
-    assert_eq!(ni.field("Sig"), before.field("Sig"), "same fingerprint, same signature");
+    assert_eq!(
+        ni.field("Sig"),
+        before.field("Sig"),
+        "same fingerprint, same signature"
+    );
 
     let pubkey = fleet.key.public().to_string();
     let client = Client::new();
@@ -127,7 +134,10 @@ async fn a_file_corrupted_while_the_server_was_down_is_caught_at_load() {
     let first = Server::start(fleet.config()).await;
     let ni = first.get(&format!("/{}.narinfo", hash_part(&path))).await;
     drop(first);
-    let file = fleet.state_dir().join("cache").join(ni.field("URL").unwrap());
+    let file = fleet
+        .state_dir()
+        .join("cache")
+        .join(ni.field("URL").unwrap());
     let mut bytes = std::fs::read(&file).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0xff;

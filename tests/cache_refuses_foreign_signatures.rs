@@ -11,7 +11,10 @@ use common::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nix_refuses_narinfos_signed_by_another_key() {
     let salt = salt();
-    let top = build(&format!(r#"mk "bento-foreign-{salt}" "echo foreign > $out""#)).await;
+    let top = build(&format!(
+        r#"mk "bento-foreign-{salt}" "echo foreign > $out""#
+    ))
+    .await;
     // The hosts trust the fleet key; this server signs with another key (of the same
     // name, so only the signature bytes differ).
     let fleet = Fleet::new();
@@ -50,8 +53,25 @@ async fn releases_not_signed_by_the_fleet_key_are_not_served() {
     let forged = build(&format!(r#"mk "bento-forged-{salt}" "echo forged > $out""#)).await;
     let fleet = Fleet::new();
     fleet.publish("web1", 1, &good);
-    fleet.publish_signed("web2", 1, &forged, &SecretKey::generate("bento-test-fleet-1").unwrap());
+    fleet.publish_signed(
+        "web2",
+        1,
+        &forged,
+        &SecretKey::generate("bento-test-fleet-1").unwrap(),
+    );
     let server = Server::start(fleet.config()).await;
-    assert_eq!(server.get(&format!("/{}.narinfo", hash_part(&good))).await.status, 200);
-    assert_eq!(server.get(&format!("/{}.narinfo", hash_part(&forged))).await.status, 404);
+    assert_eq!(
+        server
+            .get(&format!("/{}.narinfo", hash_part(&good)))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        server
+            .get(&format!("/{}.narinfo", hash_part(&forged)))
+            .await
+            .status,
+        404
+    );
 }

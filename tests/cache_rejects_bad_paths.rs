@@ -17,13 +17,23 @@ async fn malformed_requests_are_4xx_and_unpublished_paths_404() {
     let server = Server::start(fleet.config()).await;
 
     // Positive control: the published path is served.
-    let ok = server.get(&format!("/{}.narinfo", hash_part(&published))).await;
+    let ok = server
+        .get(&format!("/{}.narinfo", hash_part(&published)))
+        .await;
     assert_eq!(ok.status, 200);
 
     // In the server's store (a valid path), but in no published closure.
-    let info = nix_command("nix-store").args(["-q", "--hash", &secret]).run_async().await;
-    assert!(info.is_ok(), "the secret path must be valid in the local store");
-    let outside = server.get(&format!("/{}.narinfo", hash_part(&secret))).await;
+    let info = nix_command("nix-store")
+        .args(["-q", "--hash", &secret])
+        .run_async()
+        .await;
+    assert!(
+        info.is_ok(),
+        "the secret path must be valid in the local store"
+    );
+    let outside = server
+        .get(&format!("/{}.narinfo", hash_part(&secret)))
+        .await;
     assert_eq!(outside.status, 404, "{}", outside.text());
     assert!(!outside.text().contains("secret"));
     let dump = nix_command("nix-hash")
@@ -76,9 +86,14 @@ async fn malformed_requests_are_4xx_and_unpublished_paths_404() {
         assert_eq!(head.status, *want, "HEAD {target}");
     }
     for method in ["POST", "PUT", "DELETE", "PATCH"] {
-        let r = http(server.addr, method, &format!("/{h}.narinfo"), &[("Content-Length", "0")])
-            .await
-            .unwrap();
+        let r = http(
+            server.addr,
+            method,
+            &format!("/{h}.narinfo"),
+            &[("Content-Length", "0")],
+        )
+        .await
+        .unwrap();
         assert_eq!(r.status, 405, "{method}");
         assert_eq!(r.header("allow"), Some("GET, HEAD"));
     }
@@ -105,11 +120,19 @@ async fn cache_info_head_and_ranges() {
     assert!(info.text().contains("Priority: 30\n"));
 
     let ni = server.get(&format!("/{}.narinfo", hash_part(&path))).await;
-    let head = http(server.addr, "HEAD", &format!("/{}.narinfo", hash_part(&path)), &[])
-        .await
-        .unwrap();
+    let head = http(
+        server.addr,
+        "HEAD",
+        &format!("/{}.narinfo", hash_part(&path)),
+        &[],
+    )
+    .await
+    .unwrap();
     assert_eq!(head.status, 200);
-    assert_eq!(head.header("content-length"), Some(ni.body.len().to_string().as_str()));
+    assert_eq!(
+        head.header("content-length"),
+        Some(ni.body.len().to_string().as_str())
+    );
     assert_eq!(head.header("content-type"), Some("text/x-nix-narinfo"));
 
     let zst_url = format!("/{}", ni.field("URL").unwrap());
@@ -126,20 +149,34 @@ async fn cache_info_head_and_ranges() {
         assert_eq!(full.header("accept-ranges"), Some("bytes"));
         let head = http(server.addr, "HEAD", &url, &[]).await.unwrap();
         assert_eq!(head.status, 200);
-        assert_eq!(head.header("content-length"), Some(len.to_string().as_str()));
+        assert_eq!(
+            head.header("content-length"),
+            Some(len.to_string().as_str())
+        );
         assert_eq!(head.header("accept-ranges"), Some("bytes"));
 
-        let cases: Vec<(String, u16, Option<(usize, usize)>)> = vec![
+        type Span = Option<(usize, usize)>;
+        let cases: Vec<(String, u16, Span)> = vec![
             ("bytes=0-99".into(), 206, Some((0, 99))),
-            (format!("bytes={}-", len - 10), 206, Some((len - 10, len - 1))),
+            (
+                format!("bytes={}-", len - 10),
+                206,
+                Some((len - 10, len - 1)),
+            ),
             ("bytes=-500".into(), 206, Some((len - 500, len - 1))),
-            ("bytes=1000-2000000".into(), 206, Some((1000, 2_000_000.min(len - 1)))),
+            (
+                "bytes=1000-2000000".into(),
+                206,
+                Some((1000, 2_000_000.min(len - 1))),
+            ),
             (format!("bytes={len}-"), 416, None),
             ("bytes=0-1,5-6".into(), 200, None),
             ("bytes=garbage".into(), 200, None),
         ];
         for (range, status, span) in cases {
-            let r = http(server.addr, "GET", &url, &[("Range", &range)]).await.unwrap();
+            let r = http(server.addr, "GET", &url, &[("Range", &range)])
+                .await
+                .unwrap();
             assert_eq!(r.status, status, "{url} {range}");
             match span {
                 Some((a, b)) => {
@@ -150,7 +187,10 @@ async fn cache_info_head_and_ranges() {
                     );
                 }
                 None if status == 416 => {
-                    assert_eq!(r.header("content-range"), Some(format!("bytes */{len}").as_str()));
+                    assert_eq!(
+                        r.header("content-range"),
+                        Some(format!("bytes */{len}").as_str())
+                    );
                 }
                 None => assert_eq!(r.body, full.body),
             }

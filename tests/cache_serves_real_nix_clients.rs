@@ -34,7 +34,11 @@ async fn nix_copies_a_tricky_closure_over_zstd_and_verifies_it() {
         assert!(client.has(&path), "{path} was not copied");
     }
     let verified = client.verify(&pubkey, &top).await;
-    assert!(verified.is_ok(), "nix store verify failed: {}", verified.err().unwrap());
+    assert!(
+        verified.is_ok(),
+        "nix store verify failed: {}",
+        verified.err().unwrap()
+    );
 
     // Every NAR came from a zstd file; no plain NAR was needed.
     let m = server.state.metrics();
@@ -45,7 +49,10 @@ async fn nix_copies_a_tricky_closure_over_zstd_and_verifies_it() {
         metrics.contains("bento_cache_requests_total{endpoint=\"nar_zst\",status=\"200\"} 2"),
         "{metrics}"
     );
-    assert!(metrics.contains("bento_cache_nar_streams_in_flight 0"), "{metrics}");
+    assert!(
+        metrics.contains("bento_cache_nar_streams_in_flight 0"),
+        "{metrics}"
+    );
 
     // Positive control for the "lacks a signature" refusal elsewhere: the same copy with a
     // key that is not ours trusted must fail, so the success above is the key's doing.
@@ -54,7 +61,10 @@ async fn nix_copies_a_tricky_closure_over_zstd_and_verifies_it() {
         .public()
         .to_string();
     let refused = Client::new().copy(&server.url(), &other, &top, &[]).await;
-    assert!(refused.is_err(), "copy must fail when the fleet key is not trusted");
+    assert!(
+        refused.is_err(),
+        "copy must fail when the fleet key is not trusted"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -69,7 +79,11 @@ async fn the_plain_nar_served_on_the_fly_is_byte_identical_to_nix_store_dump() {
     let digest = nar_hash.strip_prefix("sha256:").unwrap();
     let nar = server.get(&format!("/nar/{digest}.nar")).await;
     assert_eq!(nar.status, 200);
-    let dump = nix_command("nix-store").args(["--dump", &top]).run_async().await.unwrap();
+    let dump = nix_command("nix-store")
+        .args(["--dump", &top])
+        .run_async()
+        .await
+        .unwrap();
     assert_eq!(nar.body.len(), dump.stdout.len());
     assert!(nar.body == dump.stdout, "NAR differs from nix-store --dump");
     assert_eq!(

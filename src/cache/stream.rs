@@ -262,3 +262,89 @@ impl Write for Sink<'_, '_> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::CacheConfig;
+    use crate::nix::keys::SecretKey;
+    use futures::StreamExt as _;
+
+    async fn collect(body: Body) -> (Vec<u8>, bool) {
+        let mut stream = body.into_data_stream();
+        let mut got = Vec::new();
+        while let Some(frame) = stream.next().await {
+            match frame {
+                Ok(b) => got.extend_from_slice(&b),
+                Err(_) => return (got, false),
+            }
+        }
+        (got, true)
+    }
+
+    #[tokio::test]
+    async fn a_file_that_does_not_hash_right_is_cut_before_its_last_chunk() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = CacheState::new(CacheConfig::new(
+            dir.path(),
+            SecretKey::generate("k").unwrap(),
+        ))
+        .unwrap();
+        let content: Vec<u8> = (0..(CHUNK * 5 / 2)).map(|i| i as u8).collect();
+        let path = dir.path().join("f");
+        std::fs::write(&path, &content).unwrap();
+        for (expect, whole) in [
+            (Sha256Hash::of(&content), true),
+            (Sha256Hash::of(b"x"), false),
+        ] {
+            let permit = state.nar_streams.clone().acquire_owned().await.unwrap();
+            let spec = Spec {
+                source: Source::File(std::fs::File::open(&path).unwrap()),
+                start: 0,
+                len: content.len() as u64,
+                expect: Some(expect),
+                what: "test".into(),
+            };
+            let (got, ok) =
+                collect(body(spec, permit, state.clone(), Endpoint::NarZst, None)).await;
+            assert_eq!(ok, whole);
+            if whole {
+                assert_eq!(got, content);
+            } else {
+                assert_eq!(got.len(), CHUNK * 2, "the last chunk must be held back");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn nar_ranges_skip_and_stop() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = CacheState::new(CacheConfig::new(
+            dir.path(),
+            SecretKey::generate("k").unwrap(),
+        ))
+        .unwrap();
+        let file = dir.path().join("f");
+        std::fs::write(&file, vec![7u8; CHUNK * 3]).unwrap();
+        let mut whole = Vec::new();
+        nar::dump(&file, &mut whole).unwrap();
+        for (start, len) in [
+            (0, whole.len()),
+            (5, 100),
+            (CHUNK + 3, CHUNK),
+            (whole.len() - 1, 1),
+        ] {
+            let permit = state.nar_streams.clone().acquire_owned().await.unwrap();
+            let spec = Spec {
+                source: Source::Store(file.clone()),
+                start: start as u64,
+                len: len as u64,
+                expect: (len == whole.len()).then(|| Sha256Hash::of(&whole)),
+                what: "test".into(),
+            };
+            let (got, ok) = collect(body(spec, permit, state.clone(), Endpoint::Nar, None)).await;
+            assert!(ok, "{start}+{len}");
+            assert!(got == whole[start..start + len], "{start}+{len}");
+        }
+    }
+}

@@ -46,7 +46,11 @@ pub async fn build(expr: &str) -> String {
         .run_async()
         .await
         .unwrap_or_else(|e| panic!("nix-build failed: {e}"));
-    out.stdout_text().lines().last().unwrap_or_default().to_owned()
+    out.stdout_text()
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// A closure with the NAR cases that break naive encoders: non-UTF-8 file names, a
@@ -159,7 +163,12 @@ impl Server {
     }
 
     /// Waits until `check` passes on GET `path`, or panics after `timeout`.
-    pub async fn wait_for(&self, path: &str, timeout: Duration, check: impl Fn(&Resp) -> bool) -> Resp {
+    pub async fn wait_for(
+        &self,
+        path: &str,
+        timeout: Duration,
+        check: impl Fn(&Resp) -> bool,
+    ) -> Resp {
         let start = Instant::now();
         loop {
             let r = self.get(path).await;
@@ -294,7 +303,10 @@ pub async fn http(
     target: &str,
     headers: &[(&str, &str)],
 ) -> std::io::Result<Resp> {
-    Conn::connect(addr).await?.request(method, target, headers).await
+    Conn::connect(addr)
+        .await?
+        .request(method, target, headers)
+        .await
 }
 
 /// A chroot store to copy into, with its own Nix cache directory.
