@@ -268,7 +268,7 @@ async fn send(
             source,
             start,
             len: count,
-            expect: (decision == RangeDecision::Full).then_some(hash),
+            expect: (decision == RangeDecision::Full && state.config.verify_sends).then_some(hash),
             what,
         };
         stream::body(spec, permit, state.clone(), endpoint, suspect)

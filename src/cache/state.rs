@@ -45,6 +45,11 @@ pub struct CacheConfig {
     pub poll_interval: Duration,
     /// `Priority` in `/nix-cache-info` (lower is preferred; cache.nixos.org has 40).
     pub priority: u32,
+    /// Hash every whole NAR body while sending it and hold its last chunk back until the
+    /// hash matches (catches bit rot that leaves a file's identity unchanged, at ~35% of
+    /// NAR throughput). Off by default: files are hashed when loaded, their identity is
+    /// checked on every request, and Nix checks NarHash itself.
+    pub verify_sends: bool,
 }
 
 impl CacheConfig {
@@ -56,6 +61,7 @@ impl CacheConfig {
             max_nar_streams: 64,
             poll_interval: Duration::from_secs(1),
             priority: 30,
+            verify_sends: false,
         }
     }
 }

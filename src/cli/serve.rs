@@ -35,6 +35,10 @@ pub struct Args {
     /// NAR bodies sent at once; further requests wait their turn.
     #[arg(long, default_value_t = 64)]
     max_nar_streams: usize,
+    /// Hash every whole NAR while sending it and cut the body if it does not match (costs
+    /// about a third of NAR throughput; files are verified at load either way).
+    #[arg(long)]
+    verify_sends: bool,
     /// Runtime worker threads (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
@@ -56,6 +60,7 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
     let key = SecretKey::load(&args.signing_key)?;
     let mut config = CacheConfig::new(&args.state_dir, key);
     config.max_nar_streams = args.max_nar_streams;
+    config.verify_sends = args.verify_sends;
     if args.host_tokens {
         config.access = Access::TokenDir;
     }
