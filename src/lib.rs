@@ -4,6 +4,7 @@
 //! `nix` (pure formats and the process runner) is under everything; the CLI sits on top.
 
 pub mod agent;
+pub mod cache;
 pub mod cli;
 pub mod nix;
 pub mod publish;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 pub mod keygen;
+pub mod serve;
 
 /// Bento keeps a fleet of NixOS machines on the configuration kept in one repository.
 /// The server builds every host; hosts pull a small signed release, copy their system
@@ -20,12 +21,14 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     Keygen(keygen::Args),
+    Serve(serve::Args),
 }
 
 impl Cli {
     pub fn run(self) -> anyhow::Result<ExitCode> {
         match self.command {
             Command::Keygen(args) => keygen::run(args),
+            Command::Serve(args) => serve::run(args),
         }
     }
 }

@@ -1,0 +1,280 @@
+//! The one request handler: parse the request (pure, `request.rs`), look it up in the
+//! current index, answer from memory (narinfo, cache info) or start a NAR stream.
+//!
+//! Every refusal is a [`ServeError`] variant mapped to its status explicitly; the body says
+//! what a client can act on, the details go to the log.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use thiserror::Error;
+
+use super::access::{self};
+use super::compress::FileIdentity;
+use super::index::Lookup;
+use super::range::{self, RangeDecision};
+use super::request::{self, Endpoint, Method, Request, RequestError};
+use super::state::CacheState;
+use super::stream::{self, Source, Spec};
+use crate::nix::store;
+
+const NARINFO_TYPE: HeaderValue = HeaderValue::from_static("text/x-nix-narinfo");
+const CACHE_INFO_TYPE: HeaderValue = HeaderValue::from_static("text/x-nix-cache-info");
+const NAR_TYPE: HeaderValue = HeaderValue::from_static("application/x-nix-nar");
+const METRICS_TYPE: HeaderValue = HeaderValue::from_static("text/plain; version=0.0.4");
+const BYTES: HeaderValue = HeaderValue::from_static("bytes");
+
+/// Why a request is not answered with what it asked for.
+#[derive(Debug, Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    #[error("not in this cache")]
+    NotFound,
+    #[error("this cache needs a host name and token (HTTP basic auth, e.g. from a netrc file)")]
+    Unauthenticated,
+    #[error("range not satisfiable for a resource of {len} bytes")]
+    RangeNotSatisfiable { len: u64 },
+    #[error("the compressed NAR is being re-checked; retry shortly")]
+    FileChanged,
+    #[error("the NAR cannot be read on the server")]
+    Unreadable,
+}
+
+impl ServeError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ServeError::Request(e) => match e {
+                RequestError::Method(_) => StatusCode::METHOD_NOT_ALLOWED,
+                RequestError::PercentEncoded
+                | RequestError::Traversal
+                | RequestError::BadCharacter
+                | RequestError::BadHashPart(_)
+                | RequestError::BadNarName(_) => StatusCode::BAD_REQUEST,
+                RequestError::Unknown => StatusCode::NOT_FOUND,
+            },
+            ServeError::NotFound => StatusCode::NOT_FOUND,
+            ServeError::Unauthenticated => StatusCode::UNAUTHORIZED,
+            ServeError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
+            // Nix retries 503 with backoff, by which time the file is re-checked.
+            ServeError::FileChanged => StatusCode::SERVICE_UNAVAILABLE,
+            ServeError::Unreadable => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for ServeError {
+    fn into_response(self) -> Response {
+        let mut headers = HeaderMap::new();
+        match &self {
+            ServeError::Unauthenticated => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"bento cache\""),
+                );
+            }
+            ServeError::RangeNotSatisfiable { len } => {
+                if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
+                    headers.insert(header::CONTENT_RANGE, v);
+                }
+            }
+            ServeError::FileChanged => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ServeError::Request(RequestError::Method(_)) => {
+                headers.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            }
+            ServeError::Request(_) | ServeError::NotFound | ServeError::Unreadable => {}
+        }
+        (self.status(), headers, format!("{self}\n")).into_response()
+    }
+}
+
+/// Answers every request (installed as the router's fallback).
+pub async fn handle(State(state): State<Arc<CacheState>>, req: axum::extract::Request) -> Response {
+    let (parts, _) = req.into_parts();
+    let path = parts.uri.path();
+    let parsed = request::parse_method(parts.method.as_str())
+        .and_then(|m| request::parse(path).map(|r| (m, r)));
+    let (endpoint, result) = match parsed {
+        Ok((method, r)) => (
+            r.endpoint(),
+            answer(&state, method, r, &parts.headers).await,
+        ),
+        Err(e) => (RequestError::endpoint_of(path), Err(ServeError::Request(e))),
+    };
+    let response = match result {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::debug!(path = %path.chars().take(200).collect::<String>(), status = e.status().as_u16(), error = %e, "refused");
+            e.into_response()
+        }
+    };
+    state.metrics.request(endpoint, response.status().as_u16());
+    response
+}
+
+fn small(
+    state: &CacheState,
+    endpoint: Endpoint,
+    method: Method,
+    ty: HeaderValue,
+    body: Bytes,
+) -> Response {
+    let mut headers = HeaderMap::new();
+    headers.insert(header::CONTENT_TYPE, ty);
+    if method == Method::Get {
+        state.metrics.sent(endpoint, body.len() as u64);
+        (headers, body).into_response()
+    } else {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        (headers, Body::empty()).into_response()
+    }
+}
+
+async fn answer(
+    state: &Arc<CacheState>,
+    method: Method,
+    request: Request,
+    headers: &HeaderMap,
+) -> Result<Response, ServeError> {
+    let index = state.index();
+    let caller = || {
+        access::identify(
+            index.tokens(),
+            headers
+                .get(header::AUTHORIZATION)
+                .map(HeaderValue::as_bytes),
+        )
+    };
+    let found = |lookup: Lookup| match lookup {
+        Lookup::Found(e) => Ok(e),
+        Lookup::NotFound => Err(ServeError::NotFound),
+        Lookup::Unauthenticated => Err(ServeError::Unauthenticated),
+    };
+    match request {
+        Request::CacheInfo => Ok(small(
+            state,
+            Endpoint::CacheInfo,
+            method,
+            CACHE_INFO_TYPE,
+            state.cache_info.clone(),
+        )),
+        Request::Metrics => {
+            let text = state.metrics.render(state.figures());
+            Ok(small(
+                state,
+                Endpoint::Metrics,
+                method,
+                METRICS_TYPE,
+                Bytes::from(text),
+            ))
+        }
+        Request::NarInfo { hash_part } => {
+            let entry = found(index.narinfo(&hash_part, &caller()))?;
+            Ok(small(
+                state,
+                Endpoint::NarInfo,
+                method,
+                NARINFO_TYPE,
+                entry.narinfo().clone(),
+            ))
+        }
+        Request::Nar { nar_hash } => {
+            let entry = found(index.nar(&nar_hash, &caller()))?;
+            drop(index);
+            let len = entry.info.nar_size;
+            let what = store::render(&entry.info.path);
+            let source = Source::Store(what.clone().into());
+            let spec = (source, entry.info.nar_hash, what);
+            send(state, method, headers, Endpoint::Nar, len, spec, None).await
+        }
+        Request::NarZst { file_hash } => {
+            let entry = found(index.nar_zst(&file_hash, &caller()))?;
+            drop(index);
+            let Some((zst, _)) = &entry.zst else {
+                return Err(ServeError::NotFound);
+            };
+            let (path, identity) = (zst.path.clone(), zst.identity);
+            let opened = tokio::task::spawn_blocking(move || {
+                let file = std::fs::File::open(&path).ok()?;
+                let now = FileIdentity::of(&file.metadata().ok()?);
+                (now == identity).then_some(file)
+            })
+            .await
+            .ok()
+            .flatten();
+            let Some(file) = opened else {
+                tracing::warn!(file = %zst.path.display(), "compressed NAR changed or vanished since it was verified");
+                state.suspect(file_hash);
+                return Err(ServeError::FileChanged);
+            };
+            let spec = (
+                Source::File(file),
+                zst.file_hash,
+                zst.path.display().to_string(),
+            );
+            send(
+                state,
+                method,
+                headers,
+                Endpoint::NarZst,
+                zst.size,
+                spec,
+                Some(file_hash),
+            )
+            .await
+        }
+    }
+}
+
+async fn send(
+    state: &Arc<CacheState>,
+    method: Method,
+    headers: &HeaderMap,
+    endpoint: Endpoint,
+    len: u64,
+    (source, hash, what): (Source, crate::nix::hash::Sha256Hash, String),
+    suspect: Option<[u8; 32]>,
+) -> Result<Response, ServeError> {
+    let decision = range::decide(headers.get(header::RANGE).map(HeaderValue::as_bytes), len);
+    if decision == RangeDecision::Unsatisfiable {
+        return Err(ServeError::RangeNotSatisfiable { len });
+    }
+    let (start, count) = decision.span(len);
+    let mut builder = Response::builder()
+        .header(header::CONTENT_TYPE, NAR_TYPE)
+        .header(header::ACCEPT_RANGES, BYTES)
+        .header(header::CONTENT_LENGTH, count);
+    if let RangeDecision::Partial { start, end } = decision {
+        builder = builder
+            .status(StatusCode::PARTIAL_CONTENT)
+            .header(header::CONTENT_RANGE, format!("bytes {start}-{end}/{len}"));
+    }
+    let body = if method == Method::Head || count == 0 {
+        Body::empty()
+    } else {
+        let permit = state
+            .nar_streams
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| ServeError::Unreadable)?;
+        let spec = Spec {
+            source,
+            start,
+            len: count,
+            expect: (decision == RangeDecision::Full && state.config.verify_sends).then_some(hash),
+            what,
+        };
+        stream::body(spec, permit, state.clone(), endpoint, suspect)
+    };
+    builder.body(body).map_err(|e| {
+        tracing::error!(error = %e, "cannot build NAR response");
+        ServeError::Unreadable
+    })
+}

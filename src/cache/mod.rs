@@ -1,0 +1,79 @@
+//! The HTTP binary cache of published closures (`bento serve`).
+//!
+//! It serves exactly the closures of the releases in `<state_dir>/publish/*/release`
+//! (each verified with the fleet key), never the rest of the server's store. Narinfos are
+//! signed once per path and answered from memory; NARs are streamed while they are
+//! encoded, or read from a zstd file compressed once per path and verified by hash before
+//! it is advertised. See `docs/cache.md` for the design and its failure modes.
+//!
+//! Files: `request` and `range` (pure parsing), `access` (tokens), `index` (what is
+//! servable), `scan` (the publish tree), `compress` (zstd files), `state` (refresh),
+//! `stream` (NAR bodies), `handler` (HTTP), `metrics`.
+//!
+//! May import: `nix`, `release`, `state` (atomic writes). Never `build` or `deploy`.
+
+use std::sync::Arc;
+
+use axum::serve::ListenerExt as _;
+use thiserror::Error;
+use tokio_util::sync::CancellationToken;
+
+pub mod access;
+pub mod compress;
+mod handler;
+pub mod index;
+pub mod metrics;
+pub mod range;
+pub mod request;
+pub mod scan;
+mod state;
+mod stream;
+
+pub use access::Access;
+pub use handler::ServeError;
+pub use state::{CacheConfig, CacheState, RefreshReport};
+
+#[derive(Debug, Error)]
+pub enum CacheError {
+    #[error("invalid cache configuration: {0}")]
+    Config(String),
+    #[error("cannot compute the closures of published releases: {0}")]
+    Closure(#[source] crate::nix::pathinfo::PathInfoError),
+    #[error(transparent)]
+    Access(#[from] access::AccessError),
+    #[error("cannot sign narinfo: {0}")]
+    NarInfo(#[from] crate::nix::narinfo::NarInfoError),
+    #[error("cache refresh task failed: {0}")]
+    Task(String),
+    #[error("the HTTP server failed: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+/// The cache's routes: one handler that parses every request itself (see `request.rs`).
+pub fn router(state: Arc<CacheState>) -> axum::Router {
+    axum::Router::new()
+        .fallback(handler::handle)
+        .with_state(state)
+}
+
+/// Serves the cache on `listener` and keeps it in step with the publish tree (loaded at
+/// start, then polled), until `shutdown` is cancelled.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<CacheState>,
+    shutdown: CancellationToken,
+) -> Result<(), CacheError> {
+    let watcher = tokio::spawn(state.clone().watch(shutdown.clone()));
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
+    let result = axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await
+        .map_err(CacheError::Serve);
+    shutdown.cancel();
+    let _ = watcher.await;
+    result
+}
