@@ -11,6 +11,6 @@ pub mod link;
 pub mod memory;
 pub mod outbox;
 pub mod run;
+pub mod sftp_link;
 pub mod system;
 pub mod trigger;
-pub mod sftp_link;

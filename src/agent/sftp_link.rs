@@ -88,7 +88,12 @@ impl Link for SftpLink {
         };
         tokio::time::timeout(PROBE_TIMEOUT, probe)
             .await
-            .map_err(|_| LinkError(format!("no answer from {} within {PROBE_TIMEOUT:?}", self.server)))?
+            .map_err(|_| {
+                LinkError(format!(
+                    "no answer from {} within {PROBE_TIMEOUT:?}",
+                    self.server
+                ))
+            })?
     }
 
     async fn upload_report(&self, name: &str, bytes: &[u8]) -> Result<(), LinkError> {

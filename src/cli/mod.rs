@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod agent;
 pub mod keygen;
 pub mod serve;
 
@@ -20,6 +21,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    Agent(agent::Args),
     Keygen(keygen::Args),
     Serve(serve::Args),
 }
@@ -27,6 +29,7 @@ enum Command {
 impl Cli {
     pub fn run(self) -> anyhow::Result<ExitCode> {
         match self.command {
+            Command::Agent(args) => agent::run(args),
             Command::Keygen(args) => keygen::run(args),
             Command::Serve(args) => serve::run(args),
         }
