@@ -73,6 +73,9 @@ fn default_confirm_timeout() -> u64 {
 fn default_confirm_retry() -> u64 {
     3
 }
+fn default_retry_base() -> u64 {
+    60
+}
 fn default_state_dir() -> PathBuf {
     PathBuf::from("/var/lib/bento-agent")
 }
@@ -95,7 +98,8 @@ pub struct AgentConfig {
     pub server_host_key: String,
     /// This host's SSH private key, used to log in to the server.
     pub ssh_key: PathBuf,
-    /// The binary cache URL (`http://server:8080`).
+    /// The binary cache URL (`http://server:8080`, or `file:///mnt/cache` for a cache
+    /// carried by hand to an air-gapped host).
     pub cache_url: String,
     /// A netrc file with this host's cache token, when the cache requires one.
     #[serde(default)]
@@ -121,6 +125,10 @@ pub struct AgentConfig {
     /// Commands (argv lists) that must all exit 0 for a new system to be confirmed.
     #[serde(default)]
     pub health_checks: Vec<Vec<String>>,
+    /// First delay before retrying a generation that was rolled back while the server was
+    /// unreachable (not the configuration's fault); doubles per attempt, at most an hour.
+    #[serde(default = "default_retry_base")]
+    pub retry_base_secs: u64,
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
     /// Unix socket for `bento agent trigger`; writable by root (and `trigger_group`).
@@ -142,6 +150,7 @@ pub struct Agent {
     pub poll_interval: Duration,
     pub confirm_timeout: Duration,
     pub confirm_retry: Duration,
+    pub retry_base: Duration,
 }
 
 impl AgentConfig {
@@ -208,6 +217,7 @@ impl AgentConfig {
             poll_interval: Duration::from_secs(raw.poll_interval_secs),
             confirm_timeout: Duration::from_secs(raw.confirm_timeout_secs),
             confirm_retry: Duration::from_secs(raw.confirm_retry_secs),
+            retry_base: Duration::from_secs(raw.retry_base_secs.max(1)),
             raw,
         })
     }

@@ -448,7 +448,7 @@ async fn conclude<L: Link + Sync>(
         }
         Outcome::RetryLater => {
             let attempts = mem.retry.filter(|r| r.0 == generation).map_or(0, |r| r.2);
-            let until = now_secs() + decide::retry_delay(attempts).as_secs();
+            let until = now_secs() + decide::retry_delay(agent.retry_base, attempts).as_secs();
             mem.retry = Some((generation, until, attempts + 1));
         }
         o if decide::condemns(o) => {

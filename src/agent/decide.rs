@@ -115,10 +115,9 @@ pub fn condemns(outcome: Outcome) -> bool {
 }
 
 /// Delay before retrying a generation that could not be confirmed for reasons outside it:
-/// 1, 2, 4, ... minutes, at most an hour.
-pub fn retry_delay(attempts: u32) -> Duration {
-    let minutes = 1u64 << attempts.min(6);
-    Duration::from_secs((minutes * 60).min(3600))
+/// `base`, then doubling per attempt, at most an hour.
+pub fn retry_delay(base: Duration, attempts: u32) -> Duration {
+    (base * (1u32 << attempts.min(10))).min(Duration::from_secs(3600))
 }
 
 /// Phase of an unfinished activation, as persisted before each step.
@@ -293,8 +292,9 @@ mod tests {
         assert_eq!(poll_delay(s(60), 0.0, 0.5, 1), s(120));
         assert_eq!(poll_delay(s(60), 0.0, 0.5, 10), s(480));
         assert_eq!(poll_delay(s(3000), 0.0, 0.5, 10), s(3600));
-        assert_eq!(retry_delay(0), s(60));
-        assert_eq!(retry_delay(2), s(240));
-        assert_eq!(retry_delay(30), s(3600));
+        assert_eq!(retry_delay(s(60), 0), s(60));
+        assert_eq!(retry_delay(s(60), 2), s(240));
+        assert_eq!(retry_delay(s(60), 30), s(3600));
+        assert_eq!(retry_delay(s(2), 1), s(4));
     }
 }
