@@ -8,6 +8,7 @@
 
 pub mod fake;
 pub mod net;
+pub mod server;
 
 use std::path::Path;
 use std::process::Command;

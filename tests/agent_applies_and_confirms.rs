@@ -1,0 +1,50 @@
+//! The agent's happy path against the real servers: a host in its own namespaces fetches
+//! its release over SFTP, copies the closure from the cache with only the fleet key
+//! trusted, activates it once, confirms it and reports `applied`; a second run does nothing.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod harness;
+
+use harness::fake::{self, Behaviour};
+use harness::net::Net;
+use harness::server::{Server, agent_once};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_release_is_applied_confirmed_and_reported() {
+    if !harness::can_use_namespaces() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let old = fake::build(tmp.path(), "web1", 1, &Behaviour::Good, "apply");
+    let new = fake::build(tmp.path(), "web1", 2, &Behaviour::Good, "apply");
+    let net = Net::new();
+    let host = net.host("web1", 1, &tmp.path().join("web1"));
+    host.install(&old);
+    let server = Server::start(tmp.path(), &net, &["web1"]).await;
+    let config = server.agent_config(&host, "");
+    server.publish_release("web1", 2, &new).await;
+
+    let (code, log) = agent_once(&host, &config).await;
+    assert_eq!(code, 0, "agent log:\n{log}");
+    assert_eq!(host.running().as_deref(), Some(new.as_str()));
+    assert_eq!(
+        host.activations(),
+        vec![format!("{new}/bin/switch-to-configuration switch")]
+    );
+    let reports = server.final_reports("web1");
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    let r = &reports[0];
+    assert_eq!(r.outcome.as_str(), "applied");
+    assert_eq!(r.generation, 2);
+    assert_eq!(r.running.as_deref(), Some(new.as_str()));
+    assert!(r.log.contains("confirmed"), "{}", r.log);
+    // The interim reports came first.
+    let all: Vec<_> = server.reports("web1").iter().map(|r| r.outcome.as_str()).collect();
+    assert_eq!(all, vec!["deploying", "unconfirmed", "applied"]);
+
+    // Nothing to do the second time: no activation, no report, exit 3.
+    let (code, log) = agent_once(&host, &config).await;
+    assert_eq!(code, 3, "{log}");
+    assert_eq!(host.activations().len(), 1);
+    assert_eq!(server.reports("web1").len(), 3);
+}

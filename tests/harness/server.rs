@@ -1,0 +1,238 @@
+//! The server side of a simulated fleet, in the test process: the binary cache and the SFTP
+//! publisher bound on the test bridge's address, a fleet key, per-host SSH keys, and helpers
+//! to publish releases and read reports as `bento deploy` and `bento status` would.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bento::cache::{self, CacheConfig, CacheState};
+use bento::nix::keys::SecretKey;
+use bento::publish::{self, HostKeys, PublishConfig, PublishState};
+use bento::release::Release;
+use bento::report::Report;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use super::net::{Host, Net};
+use super::run;
+
+pub struct Server {
+    pub dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub key: SecretKey,
+    pub cache: Arc<CacheState>,
+    pub publish: Arc<PublishState>,
+    pub cache_addr: std::net::SocketAddr,
+    pub sftp_addr: std::net::SocketAddr,
+    pub pinned: String,
+    cache_stop: CancellationToken,
+    sftp_stop: Option<CancellationToken>,
+}
+
+/// `ssh-keygen -t ed25519` into `dir/name`; returns the private key path.
+pub fn ssh_keygen(dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(name);
+    run(Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+        .arg(&path));
+    path
+}
+
+fn public_line(private: &Path) -> String {
+    let mut p = private.as_os_str().to_owned();
+    p.push(".pub");
+    std::fs::read_to_string(PathBuf::from(p)).unwrap().trim().to_owned()
+}
+
+/// Test limits: fast rejections and release polls.
+pub fn publish_config() -> PublishConfig {
+    PublishConfig {
+        auth_rejection_time: Duration::from_millis(10),
+        release_poll_interval: Duration::from_millis(200),
+        ..PublishConfig::default()
+    }
+}
+
+impl Server {
+    /// Starts both servers on the bridge's address, for `hosts` (each gets an SSH key).
+    pub async fn start(dir: &Path, net: &Net, hosts: &[&str]) -> Server {
+        let state_dir = dir.join("server");
+        std::fs::create_dir_all(state_dir.join("keys")).unwrap();
+        let key = SecretKey::generate("bento-test-fleet").unwrap();
+        for h in hosts {
+            ssh_keygen(dir, &format!("{h}.ssh"));
+        }
+        let cache = CacheState::new(CacheConfig::new(&state_dir, key.clone())).unwrap();
+        let cache_listener = TcpListener::bind((net.server_ip().as_str(), 0)).await.unwrap();
+        let cache_addr = cache_listener.local_addr().unwrap();
+        let cache_stop = CancellationToken::new();
+        tokio::spawn(cache::serve(cache_listener, cache.clone(), cache_stop.clone()));
+        let host_key =
+            publish::load_or_create_host_key(&state_dir.join("ssh/host_ed25519_key")).unwrap();
+        let pinned = host_key.public_openssh();
+        let access = HostKeys::parse(hosts.iter().map(|h| {
+            (h.to_string(), vec![public_line(&dir.join(format!("{h}.ssh")))])
+        }))
+        .unwrap();
+        let publish = PublishState::new(&state_dir, host_key, access, publish_config()).unwrap();
+        let sftp_listener = TcpListener::bind((net.server_ip().as_str(), 0)).await.unwrap();
+        let sftp_addr = sftp_listener.local_addr().unwrap();
+        let mut server = Server {
+            dir: dir.to_owned(),
+            state_dir,
+            key,
+            cache,
+            publish,
+            cache_addr,
+            sftp_addr,
+            pinned,
+            cache_stop,
+            sftp_stop: None,
+        };
+        server.start_sftp(sftp_listener);
+        server
+    }
+
+    fn start_sftp(&mut self, listener: TcpListener) {
+        let stop = CancellationToken::new();
+        tokio::spawn(publish::serve(listener, self.publish.clone(), stop.clone()));
+        self.sftp_stop = Some(stop);
+    }
+
+    /// Stops the SFTP server (open sessions end); the cache keeps running.
+    pub fn stop_sftp(&mut self) {
+        if let Some(s) = self.sftp_stop.take() {
+            s.cancel();
+        }
+    }
+
+    /// Starts the SFTP server again on the same address.
+    pub async fn restart_sftp(&mut self) {
+        let mut tries = 0;
+        let listener = loop {
+            match TcpListener::bind(self.sftp_addr).await {
+                Ok(l) => break l,
+                Err(e) if tries < 50 => {
+                    tries += 1;
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("cannot re-bind {}: {e}", self.sftp_addr),
+            }
+        };
+        self.start_sftp(listener);
+    }
+
+    /// Signs and publishes a release as `bento deploy` does, and tells both servers.
+    pub async fn publish_release(&self, host: &str, generation: u64, path: &str) {
+        let r = Release::sign(host, generation, path, 1_790_000_000 + generation, &self.key)
+            .unwrap();
+        self.write_release(host, &r.to_bytes()).await;
+    }
+
+    /// Writes release bytes as they are (for forged or foreign releases).
+    pub async fn write_release(&self, host: &str, bytes: &[u8]) {
+        let dir = self.state_dir.join("publish").join(host);
+        std::fs::create_dir_all(&dir).unwrap();
+        bento::state::write_atomic(&dir.join("release"), bytes, 0o644).unwrap();
+        self.cache.refresh().await.unwrap();
+        self.publish.notify_release_changed(host);
+    }
+
+    /// Reports the host's agent uploaded, oldest first.
+    pub fn reports(&self, host: &str) -> Vec<Report> {
+        let dir = self.state_dir.join("publish").join(host).join("reports");
+        let mut names: Vec<_> = std::fs::read_dir(&dir)
+            .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        names.sort();
+        names
+            .iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .filter_map(|p| Report::parse(&std::fs::read(p).ok()?).ok())
+            .collect()
+    }
+
+    /// Final reports (interim "deploying"/"unconfirmed" left out).
+    pub fn final_reports(&self, host: &str) -> Vec<Report> {
+        self.reports(host)
+            .into_iter()
+            .filter(|r| !r.outcome.is_interim())
+            .collect()
+    }
+
+    /// Writes the agent configuration of `host` and returns its path.
+    pub fn agent_config(&self, host: &Host, extra: &str) -> PathBuf {
+        let path = host.root.join("etc/agent.toml");
+        let text = format!(
+            r#"host = "{name}"
+server = "{sftp}"
+server_host_key = "{pinned}"
+ssh_key = "{key}"
+cache_url = "http://{cache}"
+fleet_public_key = "{fleet}"
+state_dir = "{state}"
+poll_interval_secs = 1
+poll_jitter = 0.0
+confirm_timeout_secs = 6
+confirm_retry_secs = 1
+retry_base_secs = 2
+{extra}
+"#,
+            name = host.name,
+            sftp = self.sftp_addr,
+            pinned = self.pinned,
+            key = self.dir.join(format!("{}.ssh", host.name)).display(),
+            cache = self.cache_addr,
+            fleet = self.key.public(),
+            state = host.root.join("agent-state").display(),
+        );
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.cache_stop.cancel();
+        self.stop_sftp();
+    }
+}
+
+/// Exit code and stderr of one `bento agent --once` inside `host`.
+pub async fn agent_once(host: &Host, config: &Path) -> (i32, String) {
+    let mut c = tokio::process::Command::from(host.command(
+        Path::new(env!("CARGO_BIN_EXE_bento")),
+        &["agent", "--once", "--config", &config.to_string_lossy()],
+    ));
+    c.env("RUST_LOG", "info");
+    let out = c.output().await.unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Starts `bento agent --once` inside `host` without waiting for it.
+pub fn spawn_agent_once(host: &Host, config: &Path) -> tokio::process::Child {
+    let mut c = tokio::process::Command::from(host.command(
+        Path::new(env!("CARGO_BIN_EXE_bento")),
+        &["agent", "--once", "--config", &config.to_string_lossy()],
+    ));
+    c.env("RUST_LOG", "info").kill_on_drop(true);
+    c.spawn().unwrap()
+}
+
+/// Waits up to `secs` for `cond`, polling every 100 ms; false if it never held.
+pub async fn wait_for(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while tokio::time::Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cond()
+}
