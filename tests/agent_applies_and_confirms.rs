@@ -39,7 +39,11 @@ async fn a_new_release_is_applied_confirmed_and_reported() {
     assert_eq!(r.running.as_deref(), Some(new.as_str()));
     assert!(r.log.contains("confirmed"), "{}", r.log);
     // The interim reports came first.
-    let all: Vec<_> = server.reports("web1").iter().map(|r| r.outcome.as_str()).collect();
+    let all: Vec<_> = server
+        .reports("web1")
+        .iter()
+        .map(|r| r.outcome.as_str())
+        .collect();
     assert_eq!(all, vec!["deploying", "unconfirmed", "applied"]);
 
     // Nothing to do the second time: no activation, no report, exit 3.

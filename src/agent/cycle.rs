@@ -129,7 +129,7 @@ async fn interim<L: Link + Sync>(
 }
 
 /// How long an interim report may take; it must never delay a rollback.
-const INTERIM_TIMEOUT: Duration = Duration::from_secs(5);
+const INTERIM_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn ms(since: Instant) -> Option<u64> {
     Some(since.elapsed().as_millis() as u64)
@@ -316,15 +316,7 @@ async fn confirm<L: Link + Sync>(
     previous: Option<String>,
 ) -> Result<Ended, CycleError> {
     let dir = &agent.raw.state_dir;
-    let deadline = mem
-        .in_flight
-        .as_ref()
-        .map_or(now_secs() + agent.confirm_timeout.as_secs(), |f| f.deadline);
-    if let Some(f) = mem.in_flight.as_mut() {
-        f.phase = Phase::Confirming;
-    }
-    mem.save(dir)?;
-    let budget = Duration::from_secs(deadline.saturating_sub(now_secs()));
+    // Best effort, before the clock starts: the network may already be gone.
     interim(
         agent,
         link,
@@ -334,6 +326,19 @@ async fn confirm<L: Link + Sync>(
         Outcome::Unconfirmed,
     )
     .await;
+    // A resumed confirmation keeps its original deadline; a fresh one starts now.
+    let fresh_deadline = now_secs() + agent.confirm_timeout.as_secs();
+    let deadline = match mem.in_flight.as_mut() {
+        Some(f) if f.phase == Phase::Confirming => f.deadline,
+        Some(f) => {
+            f.phase = Phase::Confirming;
+            f.deadline = fresh_deadline;
+            fresh_deadline
+        }
+        None => fresh_deadline,
+    };
+    mem.save(dir)?;
+    let budget = Duration::from_secs(deadline.saturating_sub(now_secs()));
     attempt.note(format!(
         "confirming: server and health checks, within {}s",
         budget.as_secs()

@@ -43,7 +43,10 @@ pub fn ssh_keygen(dir: &Path, name: &str) -> PathBuf {
 fn public_line(private: &Path) -> String {
     let mut p = private.as_os_str().to_owned();
     p.push(".pub");
-    std::fs::read_to_string(PathBuf::from(p)).unwrap().trim().to_owned()
+    std::fs::read_to_string(PathBuf::from(p))
+        .unwrap()
+        .trim()
+        .to_owned()
 }
 
 /// Test limits: fast rejections and release polls.
@@ -65,19 +68,30 @@ impl Server {
             ssh_keygen(dir, &format!("{h}.ssh"));
         }
         let cache = CacheState::new(CacheConfig::new(&state_dir, key.clone())).unwrap();
-        let cache_listener = TcpListener::bind((net.server_ip().as_str(), 0)).await.unwrap();
+        let cache_listener = TcpListener::bind((net.server_ip().as_str(), 0))
+            .await
+            .unwrap();
         let cache_addr = cache_listener.local_addr().unwrap();
         let cache_stop = CancellationToken::new();
-        tokio::spawn(cache::serve(cache_listener, cache.clone(), cache_stop.clone()));
+        tokio::spawn(cache::serve(
+            cache_listener,
+            cache.clone(),
+            cache_stop.clone(),
+        ));
         let host_key =
             publish::load_or_create_host_key(&state_dir.join("ssh/host_ed25519_key")).unwrap();
         let pinned = host_key.public_openssh();
         let access = HostKeys::parse(hosts.iter().map(|h| {
-            (h.to_string(), vec![public_line(&dir.join(format!("{h}.ssh")))])
+            (
+                h.to_string(),
+                vec![public_line(&dir.join(format!("{h}.ssh")))],
+            )
         }))
         .unwrap();
         let publish = PublishState::new(&state_dir, host_key, access, publish_config()).unwrap();
-        let sftp_listener = TcpListener::bind((net.server_ip().as_str(), 0)).await.unwrap();
+        let sftp_listener = TcpListener::bind((net.server_ip().as_str(), 0))
+            .await
+            .unwrap();
         let sftp_addr = sftp_listener.local_addr().unwrap();
         let mut server = Server {
             dir: dir.to_owned(),
@@ -127,8 +141,14 @@ impl Server {
 
     /// Signs and publishes a release as `bento deploy` does, and tells both servers.
     pub async fn publish_release(&self, host: &str, generation: u64, path: &str) {
-        let r = Release::sign(host, generation, path, 1_790_000_000 + generation, &self.key)
-            .unwrap();
+        let r = Release::sign(
+            host,
+            generation,
+            path,
+            1_790_000_000 + generation,
+            &self.key,
+        )
+        .unwrap();
         self.write_release(host, &r.to_bytes()).await;
     }
 
@@ -189,6 +209,19 @@ retry_base_secs = 2
             fleet = self.key.public(),
             state = host.root.join("agent-state").display(),
         );
+        // A key given in `extra` replaces its default above.
+        let overridden: Vec<&str> = extra
+            .lines()
+            .filter_map(|l| l.split_once('=').map(|(k, _)| k.trim()))
+            .collect();
+        let text: String = text
+            .lines()
+            .filter(|l| {
+                let key = l.split_once('=').map(|(k, _)| k.trim());
+                !key.is_some_and(|k| overridden.contains(&k)) || extra.contains(l)
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
         std::fs::write(&path, text).unwrap();
         path
     }

@@ -1,0 +1,68 @@
+//! Activation exits non-zero: the agent re-activates the exact previous system, reports
+//! `activation-failed` and exits 5; the failed generation is not tried again.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod harness;
+
+use harness::fake::{self, Behaviour};
+use harness::net::Net;
+use harness::server::{Server, agent_once};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_activation_is_rolled_back_to_the_previous_system() {
+    if !harness::can_use_namespaces() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let old = fake::build(tmp.path(), "web1", 1, &Behaviour::Good, "actfail");
+    let bad = fake::build(tmp.path(), "web1", 2, &Behaviour::FailActivation, "actfail");
+    let net = Net::new();
+    let host = net.host("web1", 1, &tmp.path().join("web1"));
+    host.install(&old);
+    let server = Server::start(tmp.path(), &net, &["web1"]).await;
+    let config = server.agent_config(&host, "");
+    server.publish_release("web1", 2, &bad).await;
+
+    let started = std::time::Instant::now();
+    let (code, log) = agent_once(&host, &config).await;
+    eprintln!(
+        "activation failure to restored system: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(code, 5, "{log}");
+    assert_eq!(host.running().as_deref(), Some(old.as_str()));
+    assert_eq!(
+        host.activations(),
+        vec![
+            format!("{bad}/bin/switch-to-configuration switch"),
+            format!("{old}/bin/switch-to-configuration switch"),
+        ],
+        "the previous system itself is re-activated"
+    );
+    // The profile points at the previous system again.
+    let profile = std::fs::canonicalize(host.root.join("nix/var/nix/profiles/system")).unwrap();
+    let profile = profile
+        .to_string_lossy()
+        .replace(&*host.root.join("nix").to_string_lossy(), "/nix");
+    assert_eq!(profile, old);
+    let reports = server.final_reports("web1");
+    assert_eq!(reports.len(), 1);
+    assert_eq!(reports[0].outcome.as_str(), "activation-failed");
+    let reason = reports[0].reason.clone().unwrap_or_default();
+    assert!(reason.contains("switch-to-configuration"), "{reason}");
+    assert!(
+        reports[0].log.contains("activation failed on purpose"),
+        "{}",
+        reports[0].log
+    );
+
+    // The failed generation is not retried; a newer one is.
+    let (code, _) = agent_once(&host, &config).await;
+    assert_eq!(code, 3);
+    assert_eq!(host.activations().len(), 2);
+    let fixed = fake::build(tmp.path(), "web1", 3, &Behaviour::Good, "actfail");
+    server.publish_release("web1", 3, &fixed).await;
+    let (code, log) = agent_once(&host, &config).await;
+    assert_eq!(code, 0, "{log}");
+    assert_eq!(host.running().as_deref(), Some(fixed.as_str()));
+}
