@@ -254,7 +254,10 @@ pub fn spawn_agent_once(host: &Host, config: &Path) -> tokio::process::Child {
         Path::new(env!("CARGO_BIN_EXE_bento")),
         &["agent", "--once", "--config", &config.to_string_lossy()],
     ));
-    c.env("RUST_LOG", "info").kill_on_drop(true);
+    c.env("RUST_LOG", "info")
+        .kill_on_drop(true)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
     c.spawn().unwrap()
 }
 
