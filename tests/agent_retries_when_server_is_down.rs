@@ -46,7 +46,11 @@ async fn a_server_outage_is_not_blamed_on_the_new_generation() {
     assert_eq!(reports.len(), 1, "{log}");
     assert_eq!(reports[0].outcome.as_str(), "retry-later");
     assert!(
-        reports[0].reason.as_deref().unwrap_or_default().contains("not blaming generation 2"),
+        reports[0]
+            .reason
+            .as_deref()
+            .unwrap_or_default()
+            .contains("not blaming generation 2"),
         "{:?}",
         reports[0].reason
     );

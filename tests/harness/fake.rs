@@ -65,3 +65,16 @@ pub fn build(dir: &Path, host: &str, generation: u64, behaviour: &Behaviour, sal
     std::fs::write(&file, expression(host, generation, behaviour, salt)).unwrap();
     super::nix_build(&file).pop().unwrap()
 }
+
+/// Builds a fake system with an incompressible `size_mib` MiB file in a dependency, so that
+/// copying it takes a moment.
+pub fn build_big(dir: &Path, host: &str, generation: u64, size_mib: u32, salt: &str) -> String {
+    let mut expr = expression(host, generation, &Behaviour::Good, salt);
+    expr = expr.replace(
+        "echo 'host",
+        &format!("head -c {size_mib}M /dev/urandom > $out/blob; echo 'host"),
+    );
+    let file = dir.join(format!("{host}-g{generation}-{salt}-big.nix"));
+    std::fs::write(&file, expr).unwrap();
+    super::nix_build(&file).pop().unwrap()
+}

@@ -218,7 +218,7 @@ retry_base_secs = 2
             .lines()
             .filter(|l| {
                 let key = l.split_once('=').map(|(k, _)| k.trim());
-                !key.is_some_and(|k| overridden.contains(&k)) || extra.contains(l)
+                !key.is_some_and(|k| overridden.contains(&k)) || extra.lines().any(|e| e == *l)
             })
             .map(|l| format!("{l}\n"))
             .collect();

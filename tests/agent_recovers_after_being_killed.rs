@@ -1,0 +1,190 @@
+//! The agent is killed (SIGKILL) at the worst moments; its next start ends in a correct
+//! state from what it persisted: nothing is activated twice, and an activation that was
+//! not confirmed by its deadline is rolled back.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod harness;
+
+use std::time::Duration;
+
+use harness::fake::{self, Behaviour};
+use harness::net::Net;
+use harness::server::{Server, agent_once, spawn_agent_once, wait_for};
+
+/// SIGKILL to the agent and everything it started, as systemd stopping the unit would.
+fn kill(child: &tokio::process::Child) {
+    let pid = child.id().unwrap();
+    let mut doomed = vec![pid];
+    let mut i = 0;
+    while i < doomed.len() {
+        doomed.extend(children(doomed[i]));
+        i += 1;
+    }
+    for p in doomed {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &p.to_string()])
+            .status();
+    }
+}
+
+fn children(parent: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| {
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            let after = stat.rsplit_once(") ")?.1;
+            let ppid: u32 = after.split_whitespace().nth(1)?.parse().ok()?;
+            (ppid == parent).then(|| e.file_name().to_string_lossy().parse().ok())?
+        })
+        .collect()
+}
+
+/// Whether a `nix copy` of `host`'s new system runs (any namespace: the store path name
+/// is unique to this test).
+fn copy_running(new: &str) -> bool {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    dir.filter_map(Result::ok).any(|e| {
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd);
+        cmd.contains("copy\0--from") && cmd.contains(new)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_during_the_copy_it_copies_again_and_activates_once() {
+    if !harness::can_use_namespaces() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let old = fake::build(tmp.path(), "web1", 1, &Behaviour::Good, "killcopy");
+    let new = fake::build_big(tmp.path(), "web1", 2, 64, "killcopy");
+    let net = Net::new();
+    let host = net.host("web1", 1, &tmp.path().join("web1"));
+    host.install(&old);
+    let server = Server::start(tmp.path(), &net, &["web1"]).await;
+    let config = server.agent_config(&host, "");
+    server.publish_release("web1", 2, &new).await;
+
+    let agent = spawn_agent_once(&host, &config);
+    assert!(
+        wait_for(60, || copy_running(&new)).await,
+        "never saw the copy"
+    );
+    kill(&agent);
+    let _ = agent.wait_with_output().await;
+    assert!(host.activations().is_empty(), "killed before activation");
+    assert_eq!(host.running().as_deref(), Some(old.as_str()));
+
+    let (code, log) = agent_once(&host, &config).await;
+    assert_eq!(code, 0, "{log}");
+    assert_eq!(host.running().as_deref(), Some(new.as_str()));
+    assert_eq!(host.activations().len(), 1, "activated once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_after_the_switch_it_confirms_without_activating_again() {
+    if !harness::can_use_namespaces() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let old = fake::build(tmp.path(), "web1", 1, &Behaviour::Good, "killswitch");
+    // The script points /run/current-system at itself, then takes 20 s to finish.
+    let new = fake::build(tmp.path(), "web1", 2, &Behaviour::Sleep(20), "killswitch");
+    let net = Net::new();
+    let host = net.host("web1", 1, &tmp.path().join("web1"));
+    host.install(&old);
+    let server = Server::start(tmp.path(), &net, &["web1"]).await;
+    let config = server.agent_config(&host, "confirm_timeout_secs = 60");
+    server.publish_release("web1", 2, &new).await;
+
+    let agent = spawn_agent_once(&host, &config);
+    if !wait_for(30, || host.running().as_deref() == Some(new.as_str())).await {
+        kill(&agent);
+        let out = agent.wait_with_output().await.unwrap();
+        panic!("never switched: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    kill(&agent);
+    let _ = agent.wait_with_output().await;
+    let state = std::fs::read_to_string(host.root.join("agent-state/state.json")).unwrap();
+    assert!(state.contains("\"activating\""), "{state}");
+
+    let started = std::time::Instant::now();
+    let (code, log) = agent_once(&host, &config).await;
+    eprintln!(
+        "recovery after a kill mid-activation: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(code, 0, "{log}");
+    assert_eq!(host.activations().len(), 1, "not activated twice");
+    assert_eq!(host.running().as_deref(), Some(new.as_str()));
+    let r = server.final_reports("web1").pop().unwrap();
+    assert_eq!(r.outcome.as_str(), "applied");
+    assert!(r.log.contains("recovering generation 2"), "{}", r.log);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_while_confirming_past_its_deadline_it_rolls_back() {
+    if !harness::can_use_namespaces() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let old = fake::build(tmp.path(), "web1", 1, &Behaviour::Good, "killconfirm");
+    let bad = fake::build(
+        tmp.path(),
+        "web1",
+        2,
+        &Behaviour::BreakNetwork,
+        "killconfirm",
+    );
+    let net = Net::new();
+    let host = net.host("web1", 1, &tmp.path().join("web1"));
+    host.install(&old);
+    let server = Server::start(tmp.path(), &net, &["web1"]).await;
+    let config = server.agent_config(&host, "confirm_timeout_secs = 4");
+    server.publish_release("web1", 2, &bad).await;
+
+    let agent = spawn_agent_once(&host, &config);
+    let state_file = host.root.join("agent-state/state.json");
+    assert!(
+        wait_for(30, || std::fs::read_to_string(&state_file)
+            .is_ok_and(|s| s.contains("\"confirming\"")))
+        .await
+    );
+    kill(&agent);
+    let _ = agent.wait_with_output().await;
+    assert_eq!(host.running().as_deref(), Some(bad.as_str()));
+    // The host stays broken while no agent runs; wait past the deadline.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    let started = std::time::Instant::now();
+    let (code, log) = agent_once(&host, &config).await;
+    eprintln!(
+        "recovery (rollback) after a kill mid-confirmation: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(code, 6, "{log}");
+    assert_eq!(host.running().as_deref(), Some(old.as_str()));
+    assert_eq!(
+        host.activations(),
+        vec![
+            format!("{bad}/bin/switch-to-configuration switch"),
+            format!("{old}/bin/switch-to-configuration switch"),
+        ]
+    );
+    let r = server.final_reports("web1").pop().unwrap();
+    assert_eq!(r.outcome.as_str(), "rolled-back");
+    assert!(
+        r.reason
+            .as_deref()
+            .unwrap_or_default()
+            .contains("interrupted"),
+        "{r:?}"
+    );
+    // The rolled-back generation is not tried again.
+    let (code, _) = agent_once(&host, &config).await;
+    assert_eq!(code, 3);
+}
