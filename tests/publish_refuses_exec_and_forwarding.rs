@@ -22,11 +22,10 @@ async fn stock_ssh_cannot_exec_or_forward() {
     assert!(err.contains("exec request failed"), "{err}");
     assert!(!marker.exists(), "the command must not have run");
 
-    let err = failure_text(
-        fleet.ssh("web1", key, &["-tt"], &[]).await,
-        "interactive shell",
-    );
-    assert!(err.contains("failed"), "{err}");
+    let err = failure_text(fleet.ssh("web1", key, &["-tt"], &[]).await, "a pty");
+    assert!(err.contains("PTY allocation request failed"), "{err}");
+    let err = failure_text(fleet.ssh("web1", key, &["-T"], &[]).await, "a shell");
+    assert!(err.contains("shell request failed"), "{err}");
 
     let err = failure_text(
         fleet.ssh("web1", key, &["-s"], &["netconf"]).await,

@@ -79,9 +79,10 @@ impl Fail {
     fn fs(errno: Errno, vpath: &str) -> Self {
         match errno {
             Errno::NOENT | Errno::NOTDIR => Fail::no_such(format!("{vpath}: no such file")),
-            Errno::XDEV | Errno::LOOP | Errno::ACCESS | Errno::PERM => {
+            Errno::XDEV | Errno::LOOP => {
                 Fail::denied(format!("{vpath}: leads outside this host's tree"))
             }
+            Errno::ACCESS | Errno::PERM => Fail::denied(format!("{vpath}: permission denied")),
             Errno::ISDIR => Fail::failure(format!("{vpath} is a directory")),
             other => {
                 tracing::warn!(path = vpath, error = %other, "file system error");
@@ -202,10 +203,11 @@ impl Ops {
         Ok(Packet::Handle(HandlePacket { id, handle: name }))
     }
 
-    fn root(&self, create: bool) -> Result<OwnedFd, Fail> {
+    /// The host's directory; `vpath` names what was asked for in errors.
+    fn root(&self, create: bool, vpath: &str) -> Result<OwnedFd, Fail> {
         self.state
             .open_host_root(&self.host, create)
-            .map_err(|e| Fail::fs(e, "/"))
+            .map_err(|e| Fail::fs(e, vpath))
     }
 
     fn open(&mut self, id: u32, path: &str, flags: OpenFlags) -> Result<Packet, Fail> {
@@ -223,7 +225,7 @@ impl Ops {
                     return Err(Fail::denied(format!("{vpath} is read-only")));
                 }
                 let disk = node.disk_path().unwrap_or_default();
-                let root = self.root(false)?;
+                let root = self.root(false, &vpath)?;
                 let (fd, stat) =
                     confine::open_file(root.as_fd(), &disk).map_err(|e| Fail::fs(e, &vpath))?;
                 self.add_handle(id, OpenHandle::File { fd, stat })
@@ -237,7 +239,7 @@ impl Ops {
                         "reports can only be created, never appended to",
                     ));
                 }
-                let root = self.root(true)?;
+                let root = self.root(true, &vpath)?;
                 let upload =
                     Upload::begin(root.as_fd(), &name, self.state.config().max_report_bytes)
                         .map_err(report_fail)?;
@@ -367,7 +369,7 @@ impl Ops {
             Node::Release | Node::Files(_) => {
                 let vpath = node.virtual_path();
                 let disk = node.disk_path().unwrap_or_default();
-                let root = self.root(false);
+                let root = self.root(false, &vpath);
                 match root
                     .and_then(|r| confine::stat(r.as_fd(), &disk).map_err(|e| Fail::fs(e, &vpath)))
                 {
@@ -435,7 +437,7 @@ impl Ops {
     fn files_entries(&self, node: &Node) -> Result<Vec<File>, Fail> {
         let vpath = node.virtual_path();
         let disk = node.disk_path().unwrap_or_default();
-        let root = self.root(false)?;
+        let root = self.root(false, &vpath)?;
         let dir = match confine::open_dir(root.as_fd(), &disk) {
             Ok(d) => d,
             Err(Errno::NOENT) if *node == Node::Files(String::new()) => return Ok(Vec::new()),

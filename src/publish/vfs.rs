@@ -7,11 +7,13 @@
 //! nodes that exist; everything else is "no such file". The disk side (`confine`) then opens
 //! the node with `openat2(RESOLVE_BENEATH)`, so a symlink cannot undo what this module decided.
 //!
-//!     /                     directory (virtual)
-//!     /release              read-only file   <host>/release
-//!     /files/...            read-only tree   <host>/files/...
-//!     /reports/             write-only dir   <host>/reports/ (create-new files only)
-//!     /watch/<gen>[/<secs>] read blocks until the release generation differs from <gen>
+//! ```text
+//! /                     directory (virtual)
+//! /release              read-only file   <host>/release
+//! /files/...            read-only tree   <host>/files/...
+//! /reports/             write-only dir   <host>/reports/ (create-new files only)
+//! /watch/<gen>[/<secs>] read blocks until the release generation differs from <gen>
+//! ```
 
 use thiserror::Error;
 
