@@ -40,7 +40,9 @@ pub enum ReleaseError {
         "release is for host {got:?}, but this is {expected:?}; refusing another host's release"
     )]
     WrongHost { expected: String, got: String },
-    #[error("host name {0:?} is not valid: use letters, digits, '-', '_' and '.'")]
+    #[error(
+        "host name {0:?} is not valid: use 1 to 63 of A-Z a-z 0-9 . _ -, starting with a letter or a digit"
+    )]
     BadHost(String),
     #[error("release names {path:?}, which is not a store path: {reason}")]
     BadStorePath { path: String, reason: String },
@@ -81,7 +83,7 @@ pub struct Release {
 pub fn check_host_name(host: &str) -> Result<(), ReleaseError> {
     let ok = !host.is_empty()
         && host.len() <= 63
-        && !host.starts_with(['.', '-'])
+        && host.starts_with(|c: char| c.is_ascii_alphanumeric())
         && host
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
