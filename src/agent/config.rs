@@ -188,10 +188,14 @@ impl AgentConfig {
         if !raw.server.contains(':') {
             return Err(field("server", "expected host:port".into()));
         }
-        if !(raw.cache_url.starts_with("http://") || raw.cache_url.starts_with("https://")) {
+        let cache_ok = ["http://", "https://", "file://"]
+            .iter()
+            .any(|p| raw.cache_url.starts_with(p));
+        if !cache_ok {
             return Err(field(
                 "cache_url",
-                "expected an http:// or https:// URL".into(),
+                "expected http:// or https:// (the bento server) or file:// (a mounted cache)"
+                    .into(),
             ));
         }
         if raw.poll_interval_secs == 0 {

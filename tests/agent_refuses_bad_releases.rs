@@ -1,0 +1,164 @@
+//! Refusals on the host: a replayed older release, another host's release, a release signed
+//! by another key, and a closure whose NAR was tampered with. Each is refused with exit 4,
+//! nothing is activated, and the report says why.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod harness;
+
+use bento::nix::keys::SecretKey;
+use bento::release::Release;
+use harness::fake::{self, Behaviour};
+use harness::net::{Host, Net};
+use harness::server::{Server, agent_once};
+
+struct Case {
+    _tmp: tempfile::TempDir,
+    _net: Net,
+    host: Host,
+    server: Server,
+    config: std::path::PathBuf,
+    old: String,
+    new: String,
+}
+
+async fn setup(salt: &str) -> Option<Case> {
+    if !harness::can_use_namespaces() {
+        return None;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let old = fake::build(tmp.path(), "web1", 1, &Behaviour::Good, salt);
+    let new = fake::build(tmp.path(), "web1", 2, &Behaviour::Good, salt);
+    let net = Net::new();
+    let host = net.host("web1", 1, &tmp.path().join("web1"));
+    host.install(&old);
+    let server = Server::start(tmp.path(), &net, &["web1"]).await;
+    let config = server.agent_config(&host, "");
+    Some(Case {
+        _tmp: tmp,
+        _net: net,
+        host,
+        server,
+        config,
+        old,
+        new,
+    })
+}
+
+/// Runs the agent, expects a refusal whose reason contains `why`, and nothing activated
+/// beyond `activations_before`.
+async fn assert_refused(c: &Case, why: &str, activations_before: usize) {
+    let (code, log) = agent_once(&c.host, &c.config).await;
+    assert_eq!(code, 4, "{log}");
+    assert_eq!(
+        c.host.activations().len(),
+        activations_before,
+        "nothing activated"
+    );
+    let r = c.server.final_reports("web1").pop().unwrap();
+    assert_eq!(r.outcome.as_str(), "refused");
+    let reason = r.reason.unwrap_or_default();
+    assert!(
+        reason.contains(why),
+        "reason {reason:?} should contain {why:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_older_release_is_refused() {
+    let Some(c) = setup("replay").await else {
+        return;
+    };
+    c.server.publish_release("web1", 2, &c.new).await;
+    let (code, log) = agent_once(&c.host, &c.config).await;
+    assert_eq!(code, 0, "{log}");
+    // An attacker (or a restored backup) puts generation 1 back: validly signed, but old.
+    c.server.publish_release("web1", 1, &c.old).await;
+    assert_refused(&c, "not newer than generation 2", 1).await;
+    assert_eq!(c.host.running().as_deref(), Some(c.new.as_str()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_hosts_release_is_refused() {
+    let Some(c) = setup("otherhost").await else {
+        return;
+    };
+    let foreign = Release::sign("web2", 5, &c.new, 1_790_000_000, &c.server.key).unwrap();
+    c.server.write_release("web1", &foreign.to_bytes()).await;
+    assert_refused(&c, "release is for host \"web2\"", 0).await;
+    assert_eq!(c.host.running().as_deref(), Some(c.old.as_str()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_signed_by_another_key_is_refused() {
+    let Some(c) = setup("badsig").await else {
+        return;
+    };
+    // Same key name as the fleet's, other bytes: the signature does not verify.
+    let impostor = SecretKey::generate(c.server.key.name()).unwrap();
+    let forged = Release::sign("web1", 2, &c.new, 1_790_000_000, &impostor).unwrap();
+    c.server.write_release("web1", &forged.to_bytes()).await;
+    assert_refused(&c, "signature does not verify", 0).await;
+    // Another fleet's key altogether.
+    let stranger = SecretKey::generate("other-fleet").unwrap();
+    let forged = Release::sign("web1", 3, &c.new, 1_790_000_000, &stranger).unwrap();
+    c.server.write_release("web1", &forged.to_bytes()).await;
+    assert_refused(&c, "signed by \"other-fleet\"", 0).await;
+    assert_eq!(c.host.running().as_deref(), Some(c.old.as_str()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tampered_nar_is_refused() {
+    let Some(c) = setup("tamper").await else {
+        return;
+    };
+    // A cache carried to the host by other means (file://), signed by the fleet key, with
+    // one byte of the new system's NAR flipped.
+    let dir = c.server.dir.join("filecache");
+    let secret = c.server.dir.join("fleet.secret");
+    std::fs::write(&secret, c.server.key.to_secret_string()).unwrap();
+    harness::run(harness::cmd("nix").args([
+        "copy",
+        "--to",
+        &format!(
+            "file://{}?compression=none&secret-key={}",
+            dir.display(),
+            secret.display()
+        ),
+        &c.new,
+    ]));
+    let top_hash = c
+        .new
+        .trim_start_matches("/nix/store/")
+        .split('-')
+        .next()
+        .unwrap();
+    let narinfo = std::fs::read_to_string(dir.join(format!("{top_hash}.narinfo"))).unwrap();
+    let url = narinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("URL: "))
+        .unwrap()
+        .to_owned();
+    let nar = dir.join(url);
+    let mut bytes = std::fs::read(&nar).unwrap();
+    let i = bytes.len() / 2;
+    bytes[i] ^= 0x20;
+    std::fs::write(&nar, bytes).unwrap();
+    let config = std::fs::read_to_string(&c.config)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            if l.starts_with("cache_url") {
+                format!("cache_url = \"file://{}\"", dir.display())
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&c.config, config).unwrap();
+    c.server.publish_release("web1", 2, &c.new).await;
+    assert_refused(&c, "refused by Nix", 0).await;
+    let r = c.server.final_reports("web1").pop().unwrap();
+    assert!(r.log.contains("hash mismatch"), "{}", r.log);
+    assert_eq!(c.host.running().as_deref(), Some(c.old.as_str()));
+}
