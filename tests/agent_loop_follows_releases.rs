@@ -1,0 +1,100 @@
+//! The agent as a service: with instant updates it applies a new release at once although
+//! its poll interval is long; without them, a person at the machine can ask it to check now
+//! with `bento agent trigger` and follow the attempt.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod harness;
+
+use std::path::Path;
+use std::time::Instant;
+
+use harness::fake::{self, Behaviour};
+use harness::net::Net;
+use harness::server::{Server, wait_for};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instant_updates_apply_a_release_without_waiting_for_the_poll() {
+    if !harness::can_use_namespaces() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let g1 = fake::build(tmp.path(), "web1", 1, &Behaviour::Good, "instant");
+    let g2 = fake::build(tmp.path(), "web1", 2, &Behaviour::Good, "instant");
+    let g3 = fake::build(tmp.path(), "web1", 3, &Behaviour::Good, "instant");
+    let net = Net::new();
+    let host = net.host("web1", 1, &tmp.path().join("web1"));
+    host.install(&g1);
+    let server = Server::start(tmp.path(), &net, &["web1"]).await;
+    let config = server.agent_config(&host, "poll_interval_secs = 600\ninstant_updates = true");
+    server.publish_release("web1", 2, &g2).await;
+    let mut agent = tokio::process::Command::from(host.command(
+        Path::new(env!("CARGO_BIN_EXE_bento")),
+        &["agent", "--config", &config.to_string_lossy()],
+    ));
+    let mut agent = agent.kill_on_drop(true).spawn().unwrap();
+    assert!(wait_for(30, || host.running().as_deref() == Some(g2.as_str())).await);
+    // The agent now waits on the server; a new release reaches it at once.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let published = Instant::now();
+    server.publish_release("web1", 3, &g3).await;
+    let applied = wait_for(30, || host.running().as_deref() == Some(g3.as_str())).await;
+    let took = published.elapsed();
+    let _ = agent.kill().await;
+    assert!(
+        applied,
+        "generation 3 was not applied within 30 s (poll interval is 600 s)"
+    );
+    eprintln!("release published → applied on the host (instant update): {took:?}");
+    assert_eq!(host.activations().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trigger_checks_now_and_streams_progress() {
+    if !harness::can_use_namespaces() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let g1 = fake::build(tmp.path(), "web1", 1, &Behaviour::Good, "trigger");
+    let g2 = fake::build(tmp.path(), "web1", 2, &Behaviour::Good, "trigger");
+    let net = Net::new();
+    let host = net.host("web1", 1, &tmp.path().join("web1"));
+    host.install(&g1);
+    let server = Server::start(tmp.path(), &net, &["web1"]).await;
+    let config = server.agent_config(&host, "poll_interval_secs = 600\ninstant_updates = false");
+    let mut agent = tokio::process::Command::from(host.command(
+        Path::new(env!("CARGO_BIN_EXE_bento")),
+        &["agent", "--config", &config.to_string_lossy()],
+    ));
+    let mut agent = agent.kill_on_drop(true).spawn().unwrap();
+    // The first attempt finds no release; then the agent sleeps for ten minutes.
+    let socket = host.root.join("run/bento-agent/trigger.sock");
+    assert!(wait_for(30, || socket.exists()).await);
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "only root may trigger");
+    server.publish_release("web1", 2, &g2).await;
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert!(
+        host.activations().is_empty(),
+        "without a trigger the agent still sleeps"
+    );
+
+    let out = tokio::process::Command::from(host.command(
+        Path::new(env!("CARGO_BIN_EXE_bento")),
+        &["agent", "trigger"],
+    ))
+    .output()
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let _ = agent.kill().await;
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("copying"), "{text}");
+    assert!(text.contains("confirmed"), "{text}");
+    assert!(text.trim_end().ends_with("result: applied"), "{text}");
+    assert_eq!(host.running().as_deref(), Some(g2.as_str()));
+}
