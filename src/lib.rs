@@ -3,7 +3,10 @@
 //! Layers, data flowing one way (see `docs/architecture.md`):
 //! `nix` (pure formats and the process runner) is under everything; the CLI sits on top.
 
+pub mod build;
 pub mod cli;
+pub mod config;
+pub mod deploy;
 pub mod nix;
 pub mod release;
 pub mod state;

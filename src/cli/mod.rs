@@ -5,7 +5,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod build;
+pub mod deploy;
+pub mod init;
 pub mod keygen;
+mod progress;
+mod table;
 
 /// Bento keeps a fleet of NixOS machines on the configuration kept in one repository.
 /// The server builds every host; hosts pull a small signed release, copy their system
@@ -19,12 +24,18 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    Init(init::Args),
+    Build(build::Args),
+    Deploy(deploy::Args),
     Keygen(keygen::Args),
 }
 
 impl Cli {
     pub fn run(self) -> anyhow::Result<ExitCode> {
         match self.command {
+            Command::Init(args) => init::run(args),
+            Command::Build(args) => build::run(args),
+            Command::Deploy(args) => deploy::run(args),
             Command::Keygen(args) => keygen::run(args),
         }
     }
