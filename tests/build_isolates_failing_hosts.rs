@@ -77,6 +77,15 @@ fn six_hosts_build_and_the_two_failures_are_named_with_their_reason() {
                 .join("bin/switch-to-configuration")
                 .exists()
         );
+        // Nix itself counts that link as a root: garbage collection keeps the system.
+        let roots = std::process::Command::new("nix-store")
+            .args(["--query", "--roots", &record.store_path])
+            .env("NIX_CONFIG", fleet_support::NIX_CONFIG)
+            .output()
+            .unwrap();
+        let roots = String::from_utf8_lossy(&roots.stdout);
+        let link = state.build_root(host).display().to_string();
+        assert!(roots.contains(&link), "{host}: {roots}");
     }
     // Positive control for the absence checks below: the record directory exists.
     assert!(state.builds_dir().is_dir());

@@ -70,7 +70,17 @@ fn unchanged_hosts_get_nothing_and_a_change_bumps_only_its_host() {
 
     // Every published system is kept from garbage collection.
     for generation in [1, 2] {
-        assert!(std::fs::read_link(fleet.state_dir().release_root("b", generation)).is_ok());
+        let root = fleet.state_dir().release_root("b", generation);
+        let target = std::fs::read_link(&root).unwrap();
+        let roots = std::process::Command::new("nix-store")
+            .arg("--query")
+            .arg("--roots")
+            .arg(&target)
+            .env("NIX_CONFIG", fleet_support::NIX_CONFIG)
+            .output()
+            .unwrap();
+        let roots = String::from_utf8_lossy(&roots.stdout);
+        assert!(roots.contains(&root.display().to_string()), "{roots}");
     }
 
     // --force publishes unchanged hosts too.

@@ -56,6 +56,7 @@ fn bars(total: usize) -> Reporter {
     if let Ok(style) = ProgressStyle::with_template("{bar:30} {pos}/{len} hosts done, {elapsed}") {
         overall.set_style(style);
     }
+    overall.enable_steady_tick(Duration::from_millis(500));
     let spinner_style = ProgressStyle::with_template("{spinner} {prefix:.bold} {wide_msg}")
         .unwrap_or_else(|_| ProgressStyle::default_spinner());
     let running: Mutex<HashMap<String, ProgressBar>> = Mutex::new(HashMap::new());
