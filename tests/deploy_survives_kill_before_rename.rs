@@ -80,7 +80,17 @@ fn abort_between_write_and_rename_leaves_old_releases_intact() {
         "history of b must not mention the unpublished generation"
     );
 
-    // The next deploy picks up where it was, with higher generations, and cleans up.
+    // The next deploy cleans up even where nothing changed...
+    let run = fleet.bento(&["deploy"]);
+    assert!(run.success(), "{}", run.both());
+    assert_eq!(all_releases_verify(&fleet), vec![2, 1, 1]);
+    assert!(
+        temp_files(&fleet, "b").is_empty(),
+        "{:?}",
+        temp_files(&fleet, "b")
+    );
+
+    // ...and later ones continue with higher generations.
     let run = fleet.bento(&["deploy", "--force"]);
     assert!(run.success(), "{}", run.both());
     assert_eq!(all_releases_verify(&fleet), vec![3, 2, 2]);

@@ -248,91 +248,34 @@ impl Fleet {
             return Err(fleet_err("jobs", "must be at least 1".into()));
         }
 
-        let mut hosts = BTreeMap::new();
+        let mut hosts: BTreeMap<String, Host> = BTreeMap::new();
         let mut lowercase: BTreeMap<String, String> = BTreeMap::new();
         let mut keys: BTreeMap<Vec<u8>, String> = BTreeMap::new();
         for (name, raw_host) in raw.hosts {
-            let host_err = |field, problem: String| ConfigError::Host {
+            let host = validate_host(file, &flake, &resolve, name, raw_host)?;
+            let host_err = |problem: String, field| ConfigError::Host {
                 path: file.to_owned(),
-                host: name.clone(),
+                host: host.name.clone(),
                 field,
                 problem,
             };
-            release::check_host_name(&name).map_err(|e| host_err("name", e.to_string()))?;
-            if let Some(other) = lowercase.insert(name.to_lowercase(), name.clone()) {
+            if let Some(other) = lowercase.insert(host.name.to_lowercase(), host.name.clone()) {
                 return Err(host_err(
-                    "name",
                     format!(
                         "differs from host {other} only in case; host names must differ in more than case"
                     ),
+                    "name",
                 ));
             }
-            let ssh_text = raw_host.ssh_key.ok_or_else(|| {
-                host_err(
-                    "ssh_key",
-                    "is missing; set it to the host's SSH public key (the content of /etc/ssh/ssh_host_ed25519_key.pub on the host)".into(),
-                )
-            })?;
-            let ssh_key =
-                SshPublicKey::parse(&ssh_text).map_err(|e| host_err("ssh_key", e.to_string()))?;
-            if let Some(other) = keys.insert(ssh_key.blob().to_vec(), name.clone()) {
+            if let Some(other) = keys.insert(host.ssh_key.blob().to_vec(), host.name.clone()) {
                 return Err(host_err(
-                    "ssh_key",
                     format!(
                         "is the same key as host {other}'s; each host needs its own key to log in as itself"
                     ),
+                    "ssh_key",
                 ));
             }
-            let mut tags = raw_host.tags;
-            for tag in &tags {
-                check_tag(tag).map_err(|problem| host_err("tags", problem))?;
-            }
-            tags.sort();
-            tags.dedup();
-            let system = match (raw_host.attr, raw_host.configuration) {
-                (Some(_), Some(_)) => {
-                    return Err(host_err(
-                        "configuration",
-                        "is set together with attr; a host is built either from a flake attribute (attr) or from a configuration.nix (configuration), not both".into(),
-                    ));
-                }
-                (None, Some(conf)) => {
-                    let path = resolve(&conf);
-                    if !path.is_file() {
-                        return Err(ConfigError::MissingFile {
-                            path: file.to_owned(),
-                            subject: format!("host {name}, field configuration"),
-                            file: path,
-                        });
-                    }
-                    System::Configuration { path }
-                }
-                (attr, None) => {
-                    let attr = attr.unwrap_or_else(|| defaults::attr(&name));
-                    if attr.trim().is_empty() || attr.contains(['#', ' ', '\n']) {
-                        return Err(host_err(
-                            "attr",
-                            format!(
-                                "{attr:?} is not a flake attribute path (e.g. {})",
-                                defaults::attr(&name)
-                            ),
-                        ));
-                    }
-                    System::Flake {
-                        flake: flake.clone(),
-                        attr,
-                    }
-                }
-            };
-            hosts.insert(
-                name.clone(),
-                Host {
-                    name,
-                    ssh_key,
-                    tags,
-                    system,
-                },
-            );
+            hosts.insert(host.name.clone(), host);
         }
 
         let uses_flake = hosts
@@ -374,6 +317,77 @@ impl Fleet {
         tags.dedup();
         tags
     }
+}
+
+/// Checks one host on its own (checks across hosts are the caller's).
+fn validate_host(
+    file: &Path,
+    flake: &str,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+    name: String,
+    raw: RawHost,
+) -> Result<Host, ConfigError> {
+    let host_err = |field, problem: String| ConfigError::Host {
+        path: file.to_owned(),
+        host: name.clone(),
+        field,
+        problem,
+    };
+    release::check_host_name(&name).map_err(|e| host_err("name", e.to_string()))?;
+    let ssh_text = raw.ssh_key.ok_or_else(|| {
+        host_err(
+            "ssh_key",
+            "is missing; set it to the host's SSH public key (the content of /etc/ssh/ssh_host_ed25519_key.pub on the host)".into(),
+        )
+    })?;
+    let ssh_key = SshPublicKey::parse(&ssh_text).map_err(|e| host_err("ssh_key", e.to_string()))?;
+    let mut tags = raw.tags;
+    for tag in &tags {
+        check_tag(tag).map_err(|problem| host_err("tags", problem))?;
+    }
+    tags.sort();
+    tags.dedup();
+    let system = match (raw.attr, raw.configuration) {
+        (Some(_), Some(_)) => {
+            return Err(host_err(
+                "configuration",
+                "is set together with attr; a host is built either from a flake attribute (attr) or from a configuration.nix (configuration), not both".into(),
+            ));
+        }
+        (None, Some(conf)) => {
+            let path = resolve(&conf);
+            if !path.is_file() {
+                return Err(ConfigError::MissingFile {
+                    path: file.to_owned(),
+                    subject: format!("host {name}, field configuration"),
+                    file: path,
+                });
+            }
+            System::Configuration { path }
+        }
+        (attr, None) => {
+            let attr = attr.unwrap_or_else(|| defaults::attr(&name));
+            if attr.trim().is_empty() || attr.contains(['#', ' ', '\n']) {
+                return Err(host_err(
+                    "attr",
+                    format!(
+                        "{attr:?} is not a flake attribute path (e.g. {})",
+                        defaults::attr(&name)
+                    ),
+                ));
+            }
+            System::Flake {
+                flake: flake.to_owned(),
+                attr,
+            }
+        }
+    };
+    Ok(Host {
+        name,
+        ssh_key,
+        tags,
+        system,
+    })
 }
 
 /// Removes `.` and resolves `..` lexically (the file need not exist yet).

@@ -129,6 +129,7 @@ pub fn publish(
     force: bool,
     now: u64,
 ) -> Result<Outcome, DeployError> {
+    remove_stale_temp_files(&state.publish_dir(host));
     let current = current_release(state, host)?;
     let history = history::read(&state.history(host))?;
     let public = key.public();
@@ -167,6 +168,7 @@ pub fn rollback(
     host: &str,
     now: u64,
 ) -> Result<Outcome, DeployError> {
+    remove_stale_temp_files(&state.publish_dir(host));
     let current = current_release(state, host)?.ok_or_else(|| DeployError::NothingPublished {
         host: host.to_owned(),
     })?;
@@ -226,7 +228,6 @@ fn write_release(
         path: dir.clone(),
         source,
     })?;
-    remove_stale_temp_files(&dir);
     state::write_atomic(&state.release(host), &release.to_bytes(), 0o644)?;
     history::append(
         &state.history(host),
@@ -243,7 +244,8 @@ fn write_release(
 }
 
 /// Removes temp files a killed deploy left beside a release (`.release.tmp-<pid>`, the
-/// names `state::write_atomic` uses). Safe because the caller holds the deploy lock.
+/// names `state::write_atomic` uses), whether or not the host gets a new release now.
+/// Safe because the caller holds the deploy lock.
 fn remove_stale_temp_files(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
