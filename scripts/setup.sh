@@ -15,6 +15,7 @@ have wrk || need+=(wrk)
 have nginx || need+=(nginx-light)
 have cc || need+=(gcc)
 have curl || need+=(curl)
+[ -x /usr/bin/time ] || need+=(time)
 
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then

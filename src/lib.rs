@@ -4,8 +4,11 @@
 //! `nix` (pure formats and the process runner) is under everything; the CLI sits on top.
 
 pub mod agent;
+pub mod build;
 pub mod cache;
 pub mod cli;
+pub mod config;
+pub mod deploy;
 pub mod nix;
 pub mod publish;
 pub mod release;

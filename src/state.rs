@@ -44,6 +44,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StateErr
         f.write_all(bytes)?;
         f.sync_all()?;
         drop(f);
+        #[cfg(debug_assertions)]
+        failpoint_before_rename(path);
         std::fs::rename(&tmp, path)?;
         std::fs::File::open(dir)?.sync_all()
     })();
@@ -51,6 +53,37 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StateErr
         let _ = std::fs::remove_file(&tmp);
     }
     result.map_err(err)
+}
+
+/// Test-only, debug builds only: `BENTO_FAILPOINT=before-rename:<file name>[@N]` aborts the
+/// process once the temp file for the N-th (default first) such file is written and
+/// synced, but not yet renamed: the instant a crash would hurt most.
+#[cfg(debug_assertions)]
+fn failpoint_before_rename(path: &Path) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static HITS: AtomicUsize = AtomicUsize::new(0);
+    let Some(spec) = std::env::var_os("BENTO_FAILPOINT") else {
+        return;
+    };
+    let spec = spec.to_string_lossy();
+    let Some(rest) = spec.strip_prefix("before-rename:") else {
+        return;
+    };
+    let (name, nth) = match rest.split_once('@') {
+        Some((name, n)) => (name, n.parse().unwrap_or(1)),
+        None => (rest, 1),
+    };
+    if path
+        .file_name()
+        .is_some_and(|n| n.to_string_lossy() == name)
+        && HITS.fetch_add(1, Ordering::SeqCst) + 1 == nth
+    {
+        eprintln!(
+            "BENTO_FAILPOINT: aborting before renaming into {}",
+            path.display()
+        );
+        std::process::abort();
+    }
 }
 
 #[cfg(test)]

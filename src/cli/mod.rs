@@ -6,8 +6,13 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 pub mod agent;
+pub mod build;
+pub mod deploy;
+pub mod init;
 pub mod keygen;
+mod progress;
 pub mod serve;
+mod table;
 
 /// Bento keeps a fleet of NixOS machines on the configuration kept in one repository.
 /// The server builds every host; hosts pull a small signed release, copy their system
@@ -21,15 +26,21 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    Init(init::Args),
+    Build(build::Args),
+    Deploy(deploy::Args),
+    Serve(serve::Args),
     Agent(agent::Args),
     Keygen(keygen::Args),
-    Serve(serve::Args),
 }
 
 impl Cli {
     pub fn run(self) -> anyhow::Result<ExitCode> {
         match self.command {
             Command::Agent(args) => agent::run(args),
+            Command::Init(args) => init::run(args),
+            Command::Build(args) => build::run(args),
+            Command::Deploy(args) => deploy::run(args),
             Command::Keygen(args) => keygen::run(args),
             Command::Serve(args) => serve::run(args),
         }

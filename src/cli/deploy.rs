@@ -1,0 +1,252 @@
+//! `bento deploy`: build the selected hosts (or reuse their last build), then publish a
+//! signed release, with the next generation, for every host whose system changed; or
+//! `--rollback HOST`. One deploy at a time (a lock in the state directory).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use serde::Serialize;
+
+use super::{build as build_cli, table};
+use crate::build::{self, Options, Phase, Status};
+use crate::config::{self, Fleet, Host};
+use crate::deploy::{self, DeployLock, Outcome, Reason};
+
+/// Build hosts and publish a new signed release for each host whose system changed.
+///
+/// For every selected host that builds, the release (host, generation, store path, time,
+/// signed with the fleet key) is written atomically to <state_dir>/publish/<host>/release
+/// and appended to <state_dir>/history/<host>.jsonl. Hosts whose system is unchanged keep
+/// their release (unless --force). A host that fails to build keeps its current release;
+/// the others are still published, and the exit status is non-zero.
+///
+/// --rollback HOST republishes the system before the host's current one as a new, higher
+/// generation (agents only accept newer generations). A later deploy publishes the
+/// configuration's build again.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Hosts to deploy: host names and @tags. None means every host.
+    #[arg(value_name = "HOST|@TAG")]
+    hosts: Vec<String>,
+    /// The fleet file.
+    #[arg(short, long, default_value = "bento.toml")]
+    config: PathBuf,
+    /// Publish each host's last build (from `bento build`) instead of building now.
+    #[arg(long)]
+    no_build: bool,
+    /// Publish a new generation even for hosts whose system did not change.
+    #[arg(long)]
+    force: bool,
+    /// Republish HOST's previous system as a new generation, instead of deploying.
+    #[arg(long, value_name = "HOST", conflicts_with_all = ["hosts", "no_build", "force"])]
+    rollback: Option<String>,
+    /// Hosts evaluated and built at once [default: [fleet] jobs, else from cores and memory].
+    #[arg(short, long, value_parser = clap::value_parser!(u16).range(1..))]
+    jobs: Option<u16>,
+    /// Print the results as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+/// One host's line of the deploy summary (and of `--json`).
+#[derive(Debug, Serialize)]
+struct HostReport {
+    host: String,
+    /// `built`, `reused` (--no-build) or `failed`.
+    build: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    build_phase: Option<Phase>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    store_path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    release: Option<Outcome>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let fleet = Fleet::load(&args.config)?;
+    let key = fleet.load_signing_key()?;
+    if let Some(host) = &args.rollback {
+        let selected = config::select(&fleet, std::slice::from_ref(host))?;
+        if host.starts_with('@') || selected.len() != 1 {
+            anyhow::bail!("--rollback takes one host name, not a tag");
+        }
+        let _lock = DeployLock::acquire(&fleet.state)?;
+        let outcome = deploy::rollback(&fleet.state, &key, host, build::unix_now())?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&outcome)?);
+        } else if let Outcome::Published {
+            generation,
+            store_path,
+            previous,
+            ..
+        } = &outcome
+        {
+            let was = previous
+                .map(|p| format!(" (was generation {p})"))
+                .unwrap_or_default();
+            println!("{host}: rolled back: generation {generation} publishes {store_path}{was}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    let hosts: Vec<Host> = config::select(&fleet, &args.hosts)?
+        .into_iter()
+        .cloned()
+        .collect();
+    let _lock = DeployLock::acquire(&fleet.state)?;
+    let mut reports = if args.no_build {
+        reuse_builds(&fleet, &hosts)
+    } else {
+        let options = Options {
+            jobs: build_cli::jobs(&fleet, args.jobs),
+            dry_run: false,
+        };
+        build_cli::build_with_progress(&fleet, &hosts, options)?
+            .into_iter()
+            .map(|r| match r.status {
+                Status::Built { store_path, .. } => HostReport {
+                    host: r.host,
+                    build: "built",
+                    build_phase: None,
+                    store_path: Some(store_path),
+                    release: None,
+                    error: None,
+                },
+                Status::Failed { phase, error, .. } => HostReport {
+                    host: r.host,
+                    build: "failed",
+                    build_phase: Some(phase),
+                    store_path: None,
+                    release: None,
+                    error: Some(error),
+                },
+                Status::Evaluated { .. } => HostReport {
+                    host: r.host,
+                    build: "failed",
+                    build_phase: Some(Phase::Build),
+                    store_path: None,
+                    release: None,
+                    error: Some("evaluated but not built".into()),
+                },
+            })
+            .collect()
+    };
+
+    let now = build::unix_now();
+    for report in &mut reports {
+        let Some(store_path) = &report.store_path else {
+            continue;
+        };
+        match deploy::publish(
+            &fleet.state,
+            &key,
+            &report.host,
+            store_path,
+            args.force,
+            now,
+        ) {
+            Ok(outcome) => report.release = Some(outcome),
+            Err(e) => report.error = Some(e.to_string()),
+        }
+    }
+
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    } else {
+        print!("{}", summary(&reports));
+    }
+    let failed: Vec<String> = reports
+        .iter()
+        .filter(|r| r.error.is_some())
+        .map(|r| match r.build_phase {
+            Some(phase) => format!("{} ({phase} failed)", r.host),
+            None => format!("{} (publishing failed)", r.host),
+        })
+        .collect();
+    if failed.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!(
+            "error: {} of {} hosts not deployed: {}",
+            failed.len(),
+            reports.len(),
+            failed.join(", ")
+        );
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+fn reuse_builds(fleet: &Fleet, hosts: &[Host]) -> Vec<HostReport> {
+    hosts
+        .iter()
+        .map(|h| {
+            let (store_path, error) = match build::record::read(&fleet.state, &h.name) {
+                Ok(Some(rec)) => (Some(rec.store_path), None),
+                Ok(None) => (
+                    None,
+                    Some(format!(
+                        "host {} has no recorded build; run `bento build {}` first, or deploy without --no-build",
+                        h.name, h.name
+                    )),
+                ),
+                Err(e) => (None, Some(e.to_string())),
+            };
+            HostReport {
+                host: h.name.clone(),
+                build: if store_path.is_some() { "reused" } else { "failed" },
+                build_phase: store_path.is_none().then_some(Phase::Build),
+                store_path,
+                release: None,
+                error,
+            }
+        })
+        .collect()
+}
+
+fn release_text(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::Published {
+            generation,
+            reason,
+            previous,
+            ..
+        } => {
+            let why = match reason {
+                Reason::First => "first",
+                Reason::Changed => "changed",
+                Reason::Resigned => "re-signed",
+                Reason::Forced => "forced",
+                Reason::Rollback => "rollback",
+            };
+            let was = previous.map(|p| format!(", was {p}")).unwrap_or_default();
+            format!("generation {generation} ({why}{was})")
+        }
+        Outcome::Unchanged { generation, .. } => format!("unchanged ({generation})"),
+    }
+}
+
+fn summary(reports: &[HostReport]) -> String {
+    let rows: Vec<Vec<String>> = reports
+        .iter()
+        .map(|r| {
+            let build = match r.build_phase {
+                Some(phase) => format!("FAILED ({phase})"),
+                None => r.build.to_owned(),
+            };
+            let release = match (&r.release, &r.error, r.build_phase) {
+                (Some(o), _, _) => release_text(o),
+                (None, Some(_), None) => "FAILED".to_owned(),
+                _ => "-".to_owned(),
+            };
+            let result = r
+                .error
+                .clone()
+                .or_else(|| r.store_path.clone())
+                .unwrap_or_default();
+            vec![r.host.clone(), build, release, result]
+        })
+        .collect();
+    table::render(&["HOST", "BUILD", "RELEASE", "RESULT"], &rows)
+}

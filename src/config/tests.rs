@@ -1,0 +1,256 @@
+//! Fleet-file parsing, defaults and selection, table-driven.
+
+use base64::Engine as _;
+
+use super::*;
+
+/// A well-formed ed25519 OpenSSH key whose 32 key bytes are all `byte`.
+pub(crate) fn ssh_key(byte: u8) -> String {
+    let mut blob = Vec::new();
+    for part in [&b"ssh-ed25519"[..], &[byte; 32][..]] {
+        blob.extend((part.len() as u32).to_be_bytes());
+        blob.extend(part);
+    }
+    format!(
+        "ssh-ed25519 {} root@h{byte}",
+        base64::engine::general_purpose::STANDARD.encode(blob)
+    )
+}
+
+fn parse(text: &str) -> Result<Fleet, ConfigError> {
+    // The fleet file lives in a directory with a flake.nix, so flake hosts validate.
+    let dir = std::env::temp_dir().join("bento-config-unit");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("flake.nix"), "{ outputs = _: {}; }").unwrap();
+    Fleet::parse(text, &dir.join("bento.toml"))
+}
+
+#[test]
+fn defaults_fill_everything_not_written() {
+    let fleet = parse(&format!("[hosts.web1]\nssh_key = \"{}\"\n", ssh_key(1))).unwrap();
+    let dir = std::env::temp_dir().join("bento-config-unit");
+    assert_eq!(fleet.flake, dir.to_string_lossy());
+    assert_eq!(fleet.state.root(), Path::new("/var/lib/bento"));
+    assert_eq!(
+        fleet.signing_key,
+        Path::new("/var/lib/bento/keys/fleet.secret")
+    );
+    assert_eq!(fleet.jobs, None);
+    let web1 = &fleet.hosts["web1"];
+    assert_eq!(
+        web1.system,
+        System::Flake {
+            flake: dir.to_string_lossy().into_owned(),
+            attr: "nixosConfigurations.web1.config.system.build.toplevel".into()
+        }
+    );
+    assert!(web1.tags.is_empty());
+}
+
+#[test]
+fn relative_paths_resolve_against_the_fleet_file() {
+    let dir = std::env::temp_dir().join("bento-config-unit");
+    std::fs::create_dir_all(dir.join("hosts")).unwrap();
+    std::fs::write(dir.join("hosts/router.nix"), "{ }").unwrap();
+    let text = format!(
+        "[fleet]\nflake = \"github:example/fleet\"\nstate_dir = \"state\"\nsigning_key = \"keys/k.secret\"\njobs = 3\n\
+         [hosts.router]\nssh_key = \"{}\"\nconfiguration = \"hosts/router.nix\"\ntags = [\"b\", \"a\", \"b\"]\n\
+         [hosts.web1]\nssh_key = \"{}\"\nattr = \"packages.x86_64-linux.web1\"\n",
+        ssh_key(1),
+        ssh_key(2)
+    );
+    let fleet = parse(&text).unwrap();
+    assert_eq!(fleet.flake, "github:example/fleet");
+    assert_eq!(fleet.state.root(), dir.join("state"));
+    assert_eq!(fleet.signing_key, dir.join("keys/k.secret"));
+    assert_eq!(fleet.jobs, Some(3));
+    assert_eq!(
+        fleet.hosts["router"].system,
+        System::Configuration {
+            path: dir.join("hosts/router.nix")
+        }
+    );
+    assert_eq!(fleet.hosts["router"].tags, vec!["a", "b"]);
+    assert_eq!(
+        fleet.hosts["web1"].system,
+        System::Flake {
+            flake: "github:example/fleet".into(),
+            attr: "packages.x86_64-linux.web1".into()
+        }
+    );
+}
+
+#[test]
+fn default_attr_quotes_dotted_names() {
+    assert_eq!(
+        defaults::attr("web1.example.org"),
+        "nixosConfigurations.\"web1.example.org\".config.system.build.toplevel"
+    );
+}
+
+#[test]
+fn each_error_names_host_and_field() {
+    let k1 = ssh_key(1);
+    let k2 = ssh_key(2);
+    let cases: Vec<(&str, String, &[&str])> = vec![
+        (
+            "unknown host field",
+            format!("[hosts.web1]\nssh_key = \"{k1}\"\nsshkey = \"x\"\n"),
+            &[
+                "line 3",
+                "host web1, field sshkey",
+                "unknown field `sshkey`",
+            ],
+        ),
+        (
+            "unknown fleet field",
+            "[fleet]\nstatedir = \"/x\"\n".into(),
+            &["line 2", "[fleet] field statedir", "unknown field"],
+        ),
+        (
+            "duplicate host",
+            format!("[hosts.web1]\nssh_key = \"{k1}\"\n[hosts.web1]\nssh_key = \"{k2}\"\n"),
+            &["line 3", "host web1 is defined twice"],
+        ),
+        (
+            "wrong type",
+            format!("[hosts.web1]\nssh_key = \"{k1}\"\ntags = \"web\"\n"),
+            &["host web1, field tags", "invalid type"],
+        ),
+        (
+            "missing ssh key",
+            "[hosts.web1]\ntags = []\n".into(),
+            &["host web1, field ssh_key", "is missing"],
+        ),
+        (
+            "invalid ssh key",
+            "[hosts.web1]\nssh_key = \"ssh-ed25519 AAAA!\"\n".into(),
+            &["host web1, field ssh_key", "not valid base64"],
+        ),
+        (
+            "shared ssh key",
+            format!("[hosts.a]\nssh_key = \"{k1}\"\n[hosts.b]\nssh_key = \"{k1}\"\n"),
+            &["host b, field ssh_key", "same key as host a"],
+        ),
+        (
+            "bad host name",
+            format!("[hosts.\"../etc\"]\nssh_key = \"{k1}\"\n"),
+            &["host ../etc, field name", "not valid"],
+        ),
+        (
+            "host names differing in case",
+            format!("[hosts.Web1]\nssh_key = \"{k1}\"\n[hosts.web1]\nssh_key = \"{k2}\"\n"),
+            &["host web1, field name", "only in case"],
+        ),
+        (
+            "attr and configuration",
+            format!("[hosts.web1]\nssh_key = \"{k1}\"\nattr = \"x\"\nconfiguration = \"c.nix\"\n"),
+            &["host web1, field configuration", "together with attr"],
+        ),
+        (
+            "missing configuration file",
+            format!("[hosts.web1]\nssh_key = \"{k1}\"\nconfiguration = \"nope.nix\"\n"),
+            &["host web1, field configuration", "nope.nix does not exist"],
+        ),
+        (
+            "bad tag",
+            format!("[hosts.web1]\nssh_key = \"{k1}\"\ntags = [\"a b\"]\n"),
+            &["host web1, field tags", "\"a b\""],
+        ),
+        (
+            "zero jobs",
+            "[fleet]\njobs = 0\n".into(),
+            &["[fleet] field jobs", "at least 1"],
+        ),
+    ];
+    for (name, text, wants) in cases {
+        let msg = match parse(&text) {
+            Ok(_) => panic!("case {name}: accepted"),
+            Err(e) => e.to_string(),
+        };
+        assert!(msg.contains("bento.toml"), "case {name}: {msg}");
+        for want in wants {
+            assert!(msg.contains(want), "case {name}: {msg:?} lacks {want:?}");
+        }
+    }
+}
+
+#[test]
+fn missing_flake_is_reported_only_when_a_host_needs_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bento.toml");
+    let text = format!("[hosts.web1]\nssh_key = \"{}\"\n", ssh_key(1));
+    let msg = Fleet::parse(&text, &file)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        msg.contains("[fleet] field flake") && msg.contains("flake.nix does not exist"),
+        "{msg}"
+    );
+    assert!(Fleet::parse("", &file).is_ok());
+}
+
+fn fleet_for_selection() -> Fleet {
+    let mut text = String::new();
+    for (i, (name, tags)) in [
+        ("web1", "\"web\", \"prod\""),
+        ("web2", "\"web\""),
+        ("db1", "\"prod\""),
+        ("lab", ""),
+    ]
+    .iter()
+    .enumerate()
+    {
+        text.push_str(&format!(
+            "[hosts.{name}]\nssh_key = \"{}\"\ntags = [{tags}]\n",
+            ssh_key(i as u8)
+        ));
+    }
+    parse(&text).unwrap()
+}
+
+#[test]
+fn selection_by_host_and_tag() {
+    let fleet = fleet_for_selection();
+    let cases: Vec<(&[&str], &[&str])> = vec![
+        (&[], &["db1", "lab", "web1", "web2"]),
+        (&["web2"], &["web2"]),
+        (&["@web"], &["web1", "web2"]),
+        (&["@prod", "lab"], &["db1", "lab", "web1"]),
+        (&["web1", "@web", "web1"], &["web1", "web2"]),
+    ];
+    for (args, want) in cases {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let got: Vec<&str> = select(&fleet, &args)
+            .unwrap()
+            .iter()
+            .map(|h| h.name.as_str())
+            .collect();
+        assert_eq!(got, want, "{args:?}");
+    }
+}
+
+#[test]
+fn selection_of_unknown_names_lists_what_exists() {
+    let fleet = fleet_for_selection();
+    let cases: Vec<(&str, &str)> = vec![
+        ("web3", "unknown host \"web3\"; the hosts in"),
+        ("web3", "db1, lab, web1, web2"),
+        ("@dev", "unknown tag @dev; the tags in"),
+        ("@dev", "@prod, @web"),
+    ];
+    for (arg, want) in cases {
+        let msg = select(&fleet, &[arg.to_owned()])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(msg.contains(want), "{arg}: {msg}");
+    }
+    let empty = parse("").unwrap();
+    let msg = select(&empty, &[])
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(msg.contains("defines no hosts"), "{msg}");
+}

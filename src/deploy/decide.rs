@@ -1,0 +1,301 @@
+//! Pure decisions of a deploy: should a host get a new release, which generation it gets,
+//! and what a rollback republishes. No files, no processes: tested table-driven.
+
+use serde::Serialize;
+
+use super::history::HistoryEntry;
+
+/// What the publish tree says about a host now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Current<'a> {
+    pub generation: u64,
+    pub store_path: &'a str,
+    /// Whether the release's signature verifies with today's fleet key.
+    pub signed_by_fleet_key: bool,
+}
+
+/// Why a release is published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Reason {
+    /// The host had no release.
+    First,
+    /// The built system differs from the published one.
+    Changed,
+    /// Same system, but the release was signed by another key (the fleet key was rotated):
+    /// agents trusting the new key would refuse it.
+    Resigned,
+    /// `--force`.
+    Forced,
+    /// `--rollback`.
+    Rollback,
+}
+
+/// The decision for one built host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Publish { generation: u64, reason: Reason },
+    Unchanged { generation: u64 },
+}
+
+/// The generation after everything ever published: the current release and the history
+/// both count, so losing either never makes generations go backwards. `None` on overflow.
+pub fn next_generation(current: Option<u64>, history_max: Option<u64>) -> Option<u64> {
+    current.max(history_max).unwrap_or(0).checked_add(1)
+}
+
+/// Whether a host whose build produced `built` gets a new release. `None` when the
+/// generation counter would overflow.
+pub fn decide(
+    current: Option<Current<'_>>,
+    history_max: Option<u64>,
+    built: &str,
+    force: bool,
+) -> Option<Decision> {
+    let reason = match current {
+        None => Some(Reason::First),
+        Some(c) if c.store_path != built => Some(Reason::Changed),
+        Some(c) if !c.signed_by_fleet_key => Some(Reason::Resigned),
+        Some(_) if force => Some(Reason::Forced),
+        Some(_) => None,
+    };
+    let Some(reason) = reason else {
+        return current.map(|c| Decision::Unchanged {
+            generation: c.generation,
+        });
+    };
+    let generation = next_generation(current.map(|c| c.generation), history_max)?;
+    Some(Decision::Publish { generation, reason })
+}
+
+/// What `--rollback` republishes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RollbackTarget {
+    pub store_path: String,
+    /// The generation that first published that path.
+    pub of_generation: u64,
+}
+
+/// The system before the current one. When the current release is itself a rollback, the
+/// search starts below the generation it restored, so rolling back twice goes two steps
+/// back instead of toggling between two systems.
+pub fn rollback_target(
+    history: &[HistoryEntry],
+    current_generation: u64,
+    current_path: &str,
+) -> Option<RollbackTarget> {
+    let origin = history
+        .iter()
+        .rev()
+        .find(|e| e.generation == current_generation && e.store_path == current_path)
+        .map_or(current_generation, |e| {
+            e.rollback_of.unwrap_or(e.generation)
+        });
+    history
+        .iter()
+        .rev()
+        .filter(|e| e.generation < origin && e.store_path != current_path)
+        .max_by_key(|e| e.generation)
+        .map(|e| RollbackTarget {
+            store_path: e.store_path.clone(),
+            of_generation: e.rollback_of.unwrap_or(e.generation),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-a";
+    const B: &str = "/nix/store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-b";
+    const C: &str = "/nix/store/cccccccccccccccccccccccccccccccc-c";
+
+    fn cur(generation: u64, store_path: &str) -> Option<Current<'_>> {
+        Some(Current {
+            generation,
+            store_path,
+            signed_by_fleet_key: true,
+        })
+    }
+
+    #[test]
+    fn next_generation_never_goes_backwards() {
+        let cases = [
+            (None, None, Some(1)),
+            (Some(3), None, Some(4)),
+            (None, Some(7), Some(8)),
+            (Some(3), Some(7), Some(8)),
+            (Some(9), Some(7), Some(10)),
+            (Some(u64::MAX), None, None),
+        ];
+        for (current, history, want) in cases {
+            assert_eq!(
+                next_generation(current, history),
+                want,
+                "{current:?} {history:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn publish_only_what_changed() {
+        let unsigned = Some(Current {
+            generation: 4,
+            store_path: A,
+            signed_by_fleet_key: false,
+        });
+        let publish = |generation, reason| Some(Decision::Publish { generation, reason });
+        let cases = [
+            (
+                "first release",
+                None,
+                None,
+                A,
+                false,
+                publish(1, Reason::First),
+            ),
+            (
+                "first, history survived",
+                None,
+                Some(5),
+                A,
+                false,
+                publish(6, Reason::First),
+            ),
+            (
+                "unchanged",
+                cur(4, A),
+                Some(4),
+                A,
+                false,
+                Some(Decision::Unchanged { generation: 4 }),
+            ),
+            (
+                "changed",
+                cur(4, A),
+                Some(4),
+                B,
+                false,
+                publish(5, Reason::Changed),
+            ),
+            (
+                "changed, history lost",
+                cur(4, A),
+                None,
+                B,
+                false,
+                publish(5, Reason::Changed),
+            ),
+            (
+                "changed, history ahead",
+                cur(4, A),
+                Some(6),
+                B,
+                false,
+                publish(7, Reason::Changed),
+            ),
+            (
+                "forced",
+                cur(4, A),
+                Some(4),
+                A,
+                true,
+                publish(5, Reason::Forced),
+            ),
+            (
+                "forced and changed",
+                cur(4, A),
+                Some(4),
+                B,
+                true,
+                publish(5, Reason::Changed),
+            ),
+            (
+                "other key",
+                unsigned,
+                Some(4),
+                A,
+                false,
+                publish(5, Reason::Resigned),
+            ),
+            ("overflow", cur(u64::MAX, A), None, B, false, None),
+        ];
+        for (name, current, history, built, force, want) in cases {
+            assert_eq!(decide(current, history, built, force), want, "{name}");
+        }
+    }
+
+    fn entry(generation: u64, store_path: &str, rollback_of: Option<u64>) -> HistoryEntry {
+        HistoryEntry {
+            format: super::super::history::HISTORY_FORMAT,
+            generation,
+            store_path: store_path.to_owned(),
+            created: 1_790_000_000 + generation,
+            rollback_of,
+        }
+    }
+
+    #[test]
+    fn rollback_targets() {
+        let target = |p: &str, g| {
+            Some(RollbackTarget {
+                store_path: p.to_owned(),
+                of_generation: g,
+            })
+        };
+        let linear = vec![entry(1, A, None), entry(2, B, None), entry(3, C, None)];
+        let rolled = vec![
+            entry(1, A, None),
+            entry(2, B, None),
+            entry(3, C, None),
+            entry(4, B, Some(2)),
+        ];
+        let rolled_twice = [rolled.clone(), vec![entry(5, A, Some(1))]].concat();
+        let redeployed = [rolled.clone(), vec![entry(5, C, None)]].concat();
+        let forced = vec![entry(1, A, None), entry(2, B, None), entry(3, B, None)];
+        type Case<'a> = (
+            &'a str,
+            Vec<HistoryEntry>,
+            u64,
+            &'a str,
+            Option<RollbackTarget>,
+        );
+        let cases: Vec<Case> = vec![
+            ("to the previous system", linear.clone(), 3, C, target(B, 2)),
+            (
+                "rolling back again goes further back",
+                rolled.clone(),
+                4,
+                B,
+                target(A, 1),
+            ),
+            ("nothing older left", rolled_twice, 5, A, None),
+            (
+                "after a new deploy, back to the rollback",
+                redeployed,
+                5,
+                C,
+                target(B, 2),
+            ),
+            (
+                "forced republish of the same path is skipped",
+                forced,
+                3,
+                B,
+                target(A, 1),
+            ),
+            (
+                "history lost its last line",
+                linear[..2].to_vec(),
+                3,
+                C,
+                target(B, 2),
+            ),
+            ("single release", vec![entry(1, A, None)], 1, A, None),
+            ("no history", vec![], 3, C, None),
+        ];
+        for (name, history, generation, path, want) in cases {
+            assert_eq!(rollback_target(&history, generation, path), want, "{name}");
+        }
+    }
+}

@@ -1,0 +1,266 @@
+//! Publishing releases: for a built host whose system changed, sign a release with the next
+//! generation and put it in `publish/<host>/release`; keep every published release in
+//! `history/<host>.jsonl`; republish an older system as a newer generation on rollback.
+//!
+//! Order of effects for one release, chosen so that a crash at any instant is harmless:
+//! 1. GC root `gcroots/<host>/generation-<N>` (the system cannot be collected once offered);
+//! 2. the release, replaced atomically (`state::write_atomic`: temp, fsync, rename, fsync);
+//! 3. the history line, appended and fsynced.
+//!
+//! A crash between 2 and 3 loses a history line, never a generation: the next generation
+//! is one more than the largest of the current release and the history.
+//!
+//! Callers hold a [`DeployLock`] around all of it. May import: `nix`, `config`, `build`,
+//! `release`, `state`.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use thiserror::Error;
+
+use crate::build::gcroot;
+use crate::config::StateDir;
+use crate::nix::cmd::CmdError;
+use crate::nix::keys::SecretKey;
+use crate::release::{Release, ReleaseError};
+use crate::state::{self, StateError};
+
+pub mod decide;
+pub mod history;
+mod lock;
+
+pub use decide::{Decision, Reason};
+pub use history::{History, HistoryEntry};
+pub use lock::DeployLock;
+
+#[derive(Debug, Error)]
+pub enum DeployError {
+    #[error(
+        "another deploy is running (lock {path} is held{}); wait for it to finish",
+        if .holder.is_empty() { String::new() } else { format!(" by process {}", .holder) }
+    )]
+    Locked { path: PathBuf, holder: String },
+    #[error("cannot access {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "the current release {path} is unreadable, so no generation can safely follow it: {source}; inspect or remove it"
+    )]
+    CurrentRelease {
+        path: PathBuf,
+        #[source]
+        source: ReleaseError,
+    },
+    #[error("history {path} line {line} is damaged: {problem}; inspect or repair it")]
+    History {
+        path: PathBuf,
+        line: usize,
+        problem: String,
+    },
+    #[error("cannot sign the release of host {host}: {source}")]
+    Sign {
+        host: String,
+        #[source]
+        source: ReleaseError,
+    },
+    #[error("generation counter of host {host} is exhausted")]
+    GenerationOverflow { host: String },
+    #[error("cannot keep {store_path} for host {host} (GC root {root}): {source}")]
+    GcRoot {
+        host: String,
+        store_path: String,
+        root: PathBuf,
+        #[source]
+        source: Box<CmdError>,
+    },
+    #[error("host {host} has no release yet, so there is nothing to roll back")]
+    NothingPublished { host: String },
+    #[error(
+        "host {host} has no earlier system to roll back to (current generation {generation}, {path} lists no older distinct store path)"
+    )]
+    NoRollbackTarget {
+        host: String,
+        generation: u64,
+        path: PathBuf,
+    },
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+/// What publishing did for one host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "action", rename_all = "kebab-case")]
+pub enum Outcome {
+    Published {
+        generation: u64,
+        store_path: String,
+        reason: Reason,
+        /// The generation it replaces, if any.
+        previous: Option<u64>,
+    },
+    Unchanged {
+        generation: u64,
+        store_path: String,
+    },
+}
+
+/// Reads a host's current release without trusting it (the server's own bookkeeping);
+/// `None` when it has none.
+pub fn current_release(state: &StateDir, host: &str) -> Result<Option<Release>, DeployError> {
+    let path = state.release(host);
+    match std::fs::read(&path) {
+        Ok(bytes) => Release::parse_untrusted(&bytes)
+            .map(Some)
+            .map_err(|source| DeployError::CurrentRelease { path, source }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(DeployError::Io { path, source }),
+    }
+}
+
+/// Publishes `store_path` for `host` if it differs from its current release (or `force`).
+pub fn publish(
+    state: &StateDir,
+    key: &SecretKey,
+    host: &str,
+    store_path: &str,
+    force: bool,
+    now: u64,
+) -> Result<Outcome, DeployError> {
+    remove_stale_temp_files(&state.publish_dir(host));
+    let current = current_release(state, host)?;
+    let history = history::read(&state.history(host))?;
+    let public = key.public();
+    let view = current.as_ref().map(|r| decide::Current {
+        generation: r.generation,
+        store_path: &r.store_path,
+        signed_by_fleet_key: r.check_signature(&public).is_ok() && r.host == host,
+    });
+    let decision =
+        decide::decide(view, history.max_generation(), store_path, force).ok_or_else(|| {
+            DeployError::GenerationOverflow {
+                host: host.to_owned(),
+            }
+        })?;
+    match decision {
+        Decision::Unchanged { generation } => Ok(Outcome::Unchanged {
+            generation,
+            store_path: store_path.to_owned(),
+        }),
+        Decision::Publish { generation, reason } => {
+            write_release(state, key, host, generation, store_path, now, None)?;
+            Ok(Outcome::Published {
+                generation,
+                store_path: store_path.to_owned(),
+                reason,
+                previous: current.map(|r| r.generation),
+            })
+        }
+    }
+}
+
+/// Republishes the system before the current one as a new, higher generation.
+pub fn rollback(
+    state: &StateDir,
+    key: &SecretKey,
+    host: &str,
+    now: u64,
+) -> Result<Outcome, DeployError> {
+    remove_stale_temp_files(&state.publish_dir(host));
+    let current = current_release(state, host)?.ok_or_else(|| DeployError::NothingPublished {
+        host: host.to_owned(),
+    })?;
+    let history_path = state.history(host);
+    let history = history::read(&history_path)?;
+    let target = decide::rollback_target(&history.entries, current.generation, &current.store_path)
+        .ok_or_else(|| DeployError::NoRollbackTarget {
+            host: host.to_owned(),
+            generation: current.generation,
+            path: history_path.clone(),
+        })?;
+    let generation = decide::next_generation(Some(current.generation), history.max_generation())
+        .ok_or_else(|| DeployError::GenerationOverflow {
+            host: host.to_owned(),
+        })?;
+    write_release(
+        state,
+        key,
+        host,
+        generation,
+        &target.store_path,
+        now,
+        Some(target.of_generation),
+    )?;
+    Ok(Outcome::Published {
+        generation,
+        store_path: target.store_path,
+        reason: Reason::Rollback,
+        previous: Some(current.generation),
+    })
+}
+
+fn write_release(
+    state: &StateDir,
+    key: &SecretKey,
+    host: &str,
+    generation: u64,
+    store_path: &str,
+    now: u64,
+    rollback_of: Option<u64>,
+) -> Result<(), DeployError> {
+    let release = Release::sign(host, generation, store_path, now, key).map_err(|source| {
+        DeployError::Sign {
+            host: host.to_owned(),
+            source,
+        }
+    })?;
+    let root = state.release_root(host, generation);
+    gcroot::add_root(store_path, &root).map_err(|source| DeployError::GcRoot {
+        host: host.to_owned(),
+        store_path: store_path.to_owned(),
+        root: root.clone(),
+        source: Box::new(source),
+    })?;
+    let dir = state.publish_dir(host);
+    std::fs::create_dir_all(&dir).map_err(|source| DeployError::Io {
+        path: dir.clone(),
+        source,
+    })?;
+    state::write_atomic(&state.release(host), &release.to_bytes(), 0o644)?;
+    history::append(
+        &state.history(host),
+        &HistoryEntry {
+            format: history::HISTORY_FORMAT,
+            generation,
+            store_path: store_path.to_owned(),
+            created: now,
+            rollback_of,
+        },
+    )?;
+    tracing::info!(host, generation, store_path, "release published");
+    Ok(())
+}
+
+/// Removes temp files a killed deploy left beside a release (`.release.tmp-<pid>`, the
+/// names `state::write_atomic` uses), whether or not the host gets a new release now.
+/// Safe because the caller holds the deploy lock.
+fn remove_stale_temp_files(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if name.to_string_lossy().starts_with(".release.tmp-") {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => {
+                    tracing::info!(path = %entry.path().display(), "removed a temp file left by an interrupted deploy")
+                }
+                Err(e) => {
+                    tracing::warn!(path = %entry.path().display(), error = %e, "cannot remove a stale temp file")
+                }
+            }
+        }
+    }
+}
