@@ -93,7 +93,20 @@ pids+=("$nginx_pid")
 
 # ---------------------------------------------------------------- bento serve
 say "bento serve (release build)"
-RUST_LOG=warn "$bento" serve --state-dir "$state" --signing-key "$key" --listen "127.0.0.1:$bento_port" &
+ssh-keygen -q -t ed25519 -N '' -f "$work/bench-host.ssh"
+echo "{ outputs = _: { }; }" > "$work/flake.nix"
+cat > "$work/bento.toml" <<TOML
+[fleet]
+state_dir = "$state"
+signing_key = "$key"
+
+[hosts.bench-small]
+ssh_key = "$(cat "$work/bench-host.ssh.pub")"
+
+[hosts.bench-big]
+ssh_key = "$(cat "$work/bench-host.ssh.pub")"
+TOML
+RUST_LOG=warn "$bento" serve --config "$work/bento.toml" --cache-listen "127.0.0.1:$bento_port" --sftp-listen 127.0.0.1:0 >/dev/null &
 bento_pid=$!
 pids+=("$bento_pid")
 t0=$(date +%s.%N)

@@ -1,33 +1,40 @@
-//! `bento serve`: the server side that hosts talk to. For now the HTTP binary cache; the
-//! SFTP publish server joins the same shutdown token and task set.
+//! `bento serve`: what hosts talk to. The binary cache (HTTP) and the SFTP publisher, both
+//! from the fleet file, under one shutdown token; the fleet file is re-read on SIGHUP or
+//! when it changes, so hosts are added and removed without dropping the others' sessions.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::{self, Access, CacheConfig, CacheState};
-use crate::nix::keys::SecretKey;
+use crate::config::Fleet;
+use crate::publish::{self, HostKeys, PublishConfig, PublishState};
 
-/// Serve the fleet's binary cache: the closures of published releases, over HTTP.
+/// Serve the fleet: the binary cache of published closures (HTTP) and each host's signed
+/// release over SFTP, where every host logs in with its own key and sees only its own
+/// directory.
 ///
-/// Narinfos are signed with the fleet key; hosts trust its public half. Releases appearing
-/// in STATE_DIR/publish/ are picked up within a second or two. Stops on Ctrl-C or SIGTERM.
+/// Narinfos are signed with the fleet key; hosts trust its public half. Releases written by
+/// `bento deploy` are picked up within a second or two. The SSH host key is made on first
+/// start (STATE_DIR/ssh/host_ed25519_key) and printed: agents pin it. Edit bento.toml and
+/// send SIGHUP (or just save it) to add or remove hosts. Stops on Ctrl-C or SIGTERM.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The server's state directory (releases are read from STATE_DIR/publish/).
-    #[arg(long, default_value = "/var/lib/bento")]
-    state_dir: PathBuf,
-    /// The fleet secret key (Nix format, as made by `bento keygen`).
-    #[arg(long)]
-    signing_key: PathBuf,
-    /// Address to listen on for HTTP.
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    listen: SocketAddr,
+    /// The fleet file.
+    #[arg(long, short, default_value = "bento.toml", env = "BENTO_CONFIG")]
+    config: PathBuf,
+    /// Address of the binary cache (HTTP).
+    #[arg(long, default_value = "[::]:8080")]
+    cache_listen: SocketAddr,
+    /// Address of the SFTP publisher (SSH).
+    #[arg(long, default_value = "[::]:2222")]
+    sftp_listen: SocketAddr,
     /// Give each host a token (STATE_DIR/cache-tokens/HOST, made when missing) and let it
     /// fetch only its own closure, with HTTP basic auth (user = host, password = token).
     #[arg(long)]
@@ -56,27 +63,76 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     rt.block_on(serve(args))
 }
 
+/// The SFTP access map of a fleet: each host with its SSH key.
+fn host_keys(fleet: &Fleet) -> anyhow::Result<HostKeys> {
+    Ok(HostKeys::parse(
+        fleet
+            .hosts
+            .values()
+            .map(|h| (h.name.clone(), vec![h.ssh_key.to_openssh()])),
+    )?)
+}
+
 async fn serve(args: Args) -> anyhow::Result<ExitCode> {
-    let key = SecretKey::load(&args.signing_key)?;
-    let mut config = CacheConfig::new(&args.state_dir, key);
+    let fleet = Fleet::load(&args.config)?;
+    let state_dir = fleet.state.root().to_owned();
+    let key = fleet.load_signing_key()?;
+    let mut config = CacheConfig::new(&state_dir, key);
     config.max_nar_streams = args.max_nar_streams;
     config.verify_sends = args.verify_sends;
     if args.host_tokens {
         config.access = Access::TokenDir;
     }
-    let state = CacheState::new(config)?;
-    let listener = tokio::net::TcpListener::bind(args.listen)
+    let cache_state = CacheState::new(config)?;
+    let host_key = publish::load_or_create_host_key(&fleet.state.ssh_host_key())?;
+    let publish_state = PublishState::new(
+        &state_dir,
+        host_key,
+        host_keys(&fleet)?,
+        PublishConfig::default(),
+    )?;
+    let cache_listener = tokio::net::TcpListener::bind(args.cache_listen)
         .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
-    tracing::info!(
-        listen = %listener.local_addr().unwrap_or(args.listen),
-        public_key = %state.public_key(),
-        state_dir = %args.state_dir.display(),
-        "binary cache listening"
+        .with_context(|| format!("cannot listen on {} for the cache", args.cache_listen))?;
+    let sftp_listener = tokio::net::TcpListener::bind(args.sftp_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} for SFTP", args.sftp_listen))?;
+    let cache_addr = cache_listener.local_addr().unwrap_or(args.cache_listen);
+    let sftp_addr = sftp_listener.local_addr().unwrap_or(args.sftp_listen);
+    println!(
+        "bento serve: {} hosts from {}",
+        fleet.hosts.len(),
+        fleet.file.display()
     );
+    println!("  cache      http://{cache_addr}");
+    println!("  fleet key  {}", cache_state.public_key());
+    println!("  sftp       {sftp_addr}");
+    println!("  host key   {}", publish_state.host_key().public_openssh());
+    println!(
+        "Agents pin the host key: server_host_key = \"{}\"",
+        publish_state.host_key().public_openssh()
+    );
+    tracing::info!(
+        cache = %cache_addr,
+        sftp = %sftp_addr,
+        state_dir = %state_dir.display(),
+        "serving"
+    );
+
     let shutdown = CancellationToken::new();
     let mut servers = JoinSet::new();
-    servers.spawn(cache::serve(listener, state, shutdown.clone()));
+    servers.spawn(cache::serve(cache_listener, cache_state, shutdown.clone()));
+    let sftp_stop = shutdown.clone();
+    let sftp_state = publish_state.clone();
+    servers.spawn(async move {
+        publish::serve(sftp_listener, sftp_state, sftp_stop).await;
+        Ok(())
+    });
+    tokio::spawn(reload_on_change(
+        fleet.file.clone(),
+        publish_state,
+        shutdown.clone(),
+    ));
     tokio::spawn(stop_on_signal(shutdown.clone()));
 
     let mut failed = false;
@@ -100,6 +156,44 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+fn modified(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// Re-reads the fleet file on SIGHUP or when its modification time changes, and gives the
+/// SFTP server the new access map. A fleet file that does not load is reported and the
+/// current access map kept.
+async fn reload_on_change(file: PathBuf, state: Arc<PublishState>, shutdown: CancellationToken) {
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut seen = modified(&file);
+    loop {
+        let by_signal = tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(2)) => false,
+            Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
+        };
+        let now = modified(&file);
+        if !by_signal && now == seen {
+            continue;
+        }
+        seen = now;
+        match Fleet::load(&file)
+            .map_err(anyhow::Error::from)
+            .and_then(|f| host_keys(&f))
+        {
+            Ok(keys) => {
+                let summary = state.reload(keys);
+                tracing::info!(?summary, file = %file.display(), "fleet file reloaded");
+            }
+            Err(e) => tracing::error!(
+                error = %format!("{e:#}"),
+                file = %file.display(),
+                "fleet file not reloaded; keeping the hosts as they were"
+            ),
+        }
+    }
 }
 
 async fn stop_on_signal(shutdown: CancellationToken) {

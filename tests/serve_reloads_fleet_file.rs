@@ -1,0 +1,127 @@
+//! `bento serve` as a process, from a fleet file: it prints the host key agents pin, serves
+//! each host's release over SFTP and the closure over HTTP, and when bento.toml changes it
+//! revokes a removed host while another host's open session keeps working.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod harness;
+
+use std::io::{BufRead as _, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use bento::nix::keys::{self, SecretKey};
+use bento::publish::client;
+use bento::release::Release;
+use harness::server::{ssh_keygen, wait_for};
+
+fn fleet_toml(state: &std::path::Path, key: &std::path::Path, hosts: &[(&str, String)]) -> String {
+    let mut t = format!(
+        "[fleet]\nstate_dir = \"{}\"\nsigning_key = \"{}\"\n",
+        state.display(),
+        key.display()
+    );
+    for (name, pubkey) in hosts {
+        t.push_str(&format!("\n[hosts.{name}]\nssh_key = \"{pubkey}\"\n"));
+    }
+    t
+}
+
+struct Killed(std::process::Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn editing_the_fleet_file_revokes_a_removed_host_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let fleet_key = SecretKey::generate("serve-test").unwrap();
+    let files = keys::write_key_pair(&tmp.path().join("keys"), &fleet_key).unwrap();
+    let a_key = ssh_keygen(tmp.path(), "a.ssh");
+    let b_key = ssh_keygen(tmp.path(), "b.ssh");
+    let pubkey = |k: &std::path::Path| {
+        std::fs::read_to_string(format!("{}.pub", k.display()))
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    let toml = tmp.path().join("bento.toml");
+    let both = [("a", pubkey(&a_key)), ("b", pubkey(&b_key))];
+    std::fs::write(&toml, fleet_toml(&state, &files.secret, &both)).unwrap();
+    std::fs::write(tmp.path().join("flake.nix"), "{ outputs = _: { }; }\n").unwrap();
+    // Releases as `bento deploy` writes them (the path need not exist for SFTP).
+    let path = "/nix/store/6ns18gbbwq7rvmx72llk25xk01agd38f-top";
+    for h in ["a", "b"] {
+        let dir = state.join("publish").join(h);
+        std::fs::create_dir_all(&dir).unwrap();
+        let r = Release::sign(h, 1, path, 1, &fleet_key).unwrap();
+        std::fs::write(dir.join("release"), r.to_bytes()).unwrap();
+    }
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bento"))
+        .args(["serve", "--config"])
+        .arg(&toml)
+        .args([
+            "--cache-listen",
+            "127.0.0.1:0",
+            "--sftp-listen",
+            "127.0.0.1:0",
+        ])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let server = Killed(child);
+    let mut lines = BufReader::new(stdout).lines();
+    let (mut sftp, mut pinned) = (String::new(), String::new());
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(a) = line.trim().strip_prefix("sftp") {
+            sftp = a.trim().to_owned();
+        }
+        if let Some(p) = line.strip_prefix("Agents pin the host key: server_host_key = ") {
+            pinned = p.trim_matches('"').to_owned();
+            break;
+        }
+    }
+    assert!(pinned.starts_with("ssh-ed25519 "), "{pinned}");
+    assert!(sftp.starts_with("127.0.0.1:"), "{sftp}");
+
+    let a = client::connect(sftp.as_str(), "a", &a_key, &pinned)
+        .await
+        .unwrap();
+    let b = client::connect(sftp.as_str(), "b", &b_key, &pinned)
+        .await
+        .unwrap();
+    assert!(a.read_release().await.unwrap().is_some());
+    assert!(b.read_release().await.unwrap().is_some());
+
+    // Remove host b from the fleet file; serve notices the change by itself.
+    std::fs::write(&toml, fleet_toml(&state, &files.secret, &both[..1])).unwrap();
+    let revoked = wait_for(20, || b.is_closed()).await;
+    assert!(revoked, "b's session should be cut after the reload");
+    assert!(
+        client::connect(sftp.as_str(), "b", &b_key, &pinned)
+            .await
+            .is_err(),
+        "b can no longer log in"
+    );
+    // a's open session was never interrupted.
+    assert!(!a.is_closed());
+    let release = a.read_release().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&release).contains("\"host\": \"a\""));
+
+    // A broken fleet file is refused and the access map kept.
+    std::fs::write(&toml, "[fleet]\nthis is not toml").unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        client::connect(sftp.as_str(), "a", &a_key, &pinned)
+            .await
+            .is_ok()
+    );
+    drop(server);
+}
