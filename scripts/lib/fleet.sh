@@ -147,7 +147,9 @@ fleet_agent_config() {
 # fleet_start_agent HOST: the agent loop inside the host, logging to its directory.
 fleet_start_agent() {
   local root=$FLEET_DIR/hosts/$1
-  fleet_in_host "$1" "$BENTO" agent --config "$root/agent.toml" > "$root/agent.log" 2>&1 &
+  (exec ip netns exec "$(cat "$root/netns")" unshare -m --propagation private sh -c \
+    'mount --bind "$1" /nix && mount --bind "$2" /run && shift 2 && exec "$@"' sh \
+    "$root/nix" "$root/run" "$BENTO" agent --config "$root/agent.toml") > "$root/agent.log" 2>&1 &
   FLEET_PIDS+=($!)
 }
 
@@ -155,6 +157,11 @@ fleet_running() { readlink "$FLEET_DIR/hosts/$1/run/current-system"; }
 
 fleet_cleanup() {
   for pid in "${FLEET_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  # Everything still inside a host (its agent, an activation script) goes with it.
+  for f in "$FLEET_DIR"/hosts/*/netns; do
+    [ -f "$f" ] || continue
+    ip netns pids "$(cat "$f")" 2>/dev/null | xargs -r kill -KILL 2>/dev/null || true
+  done
   wait 2>/dev/null || true
   for f in "$FLEET_DIR"/hosts/*/netns; do
     [ -f "$f" ] && ip netns del "$(cat "$f")" 2>/dev/null || true
