@@ -6,9 +6,8 @@
 # per host so nothing is shared between hosts, and a trivial build. The evaluation:
 #   EVAL=nested (default): foldl' over 3000 lists of EVAL_INNER numbers, each list garbage
 #     once summed: CPU-bound with a bounded heap, like a module-system evaluation;
-#   EVAL=flat: one foldl' over a list of EVAL_N numbers: a heap that only grows (~700 MB).
-#     On this VM, first-touch page faults of a growing heap scale badly across cores
-#     (measured: two such evaluations in parallel take ~1.7x one), whatever runs them.
+#   EVAL=flat: one foldl' over a list of EVAL_N numbers: a heap that only grows (~700 MB
+#     per evaluation; one process evaluating all hosts keeps growing).
 # Three ways to build all of them:
 #   (a) a sequential loop, one `nix build` per host (what the original Bento does);
 #   (b) one `nix build` with all installables (one process: evaluation is single-threaded);
