@@ -70,6 +70,7 @@ run_one() {
     fi
     sleep 0.05
   done
+  if [ -n "${VERBOSE:-}" ]; then tail -n 8 "$FLEET_DIR/hosts/h1/agent.log" | cut -c1-200 >&2; fi
   local cpu1 hz peak
   cpu1=$(awk '{print $14 + $15}' "/proc/$serve_pid/stat")
   hz=$(getconf CLK_TCK)

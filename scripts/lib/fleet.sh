@@ -122,7 +122,7 @@ fleet_host() {
 # fleet_in_host HOST CMD...: runs a command inside the simulated host.
 fleet_in_host() {
   local root=$FLEET_DIR/hosts/$1; shift
-  ip netns exec "$(cat "$root/netns")" unshare -m --propagation private sh -c \
+  XDG_CACHE_HOME=$root/cache ip netns exec "$(cat "$root/netns")" unshare -m --propagation private sh -c \
     'mount --bind "$1" /nix && mount --bind "$2" /run && shift 2 && exec "$@"' sh \
     "$root/nix" "$root/run" "$@"
 }
@@ -147,7 +147,7 @@ fleet_agent_config() {
 # fleet_start_agent HOST: the agent loop inside the host, logging to its directory.
 fleet_start_agent() {
   local root=$FLEET_DIR/hosts/$1
-  (exec ip netns exec "$(cat "$root/netns")" unshare -m --propagation private sh -c \
+  (export XDG_CACHE_HOME=$root/cache; exec ip netns exec "$(cat "$root/netns")" unshare -m --propagation private sh -c \
     'mount --bind "$1" /nix && mount --bind "$2" /run && shift 2 && exec "$@"' sh \
     "$root/nix" "$root/run" "$BENTO" agent --config "$root/agent.toml") > "$root/agent.log" 2>&1 &
   FLEET_PIDS+=($!)

@@ -95,8 +95,13 @@ pub fn copy_command(agent: &Agent, path: &str) -> Command {
         "--option",
         "substituters",
         "",
+        // Nix remembers narinfos per cache URL for a month; after a fleet key rotation a
+        // remembered one would carry a signature no longer trusted. Ours are cheap to ask.
         "--option",
         "narinfo-cache-negative-ttl",
+        "0",
+        "--option",
+        "narinfo-cache-positive-ttl",
         "0",
     ]);
     if let Some(netrc) = &agent.raw.cache_netrc {
