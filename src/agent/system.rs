@@ -166,6 +166,17 @@ pub async fn switch(
     })
 }
 
+/// Makes `path` the system: the profile first, then its own `switch-to-configuration`.
+pub async fn activate(
+    profile: &Path,
+    path: &str,
+    action: ActivationAction,
+    log: &mut String,
+) -> Result<(), SystemError> {
+    set_profile(profile, path, log).await?;
+    switch(path, action, log).await
+}
+
 /// Runs every health check; the first failure is returned.
 pub async fn health_checks(
     checks: &[Vec<String>],
