@@ -90,7 +90,7 @@ run_one() {
 
 fleet_log "Convergence: time from bento deploy to every host applied (poll interval ${POLL}s for polling)"
 for n in "${sizes[@]}"; do
-  for mode in instant polling; do
+  for mode in ${MODES:-instant polling}; do
     run_one "$n" "$mode"
   done
 done

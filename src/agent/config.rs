@@ -296,7 +296,10 @@ fleet_public_key = "{KEY}"
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
-        assert!(err.contains("http_trigger") && err.contains("loopback"), "{err}");
+        assert!(
+            err.contains("http_trigger") && err.contains("loopback"),
+            "{err}"
+        );
         let local_page = format!("{}\nhttp_trigger = \"127.0.0.1:51337\"\n", minimal());
         assert!(AgentConfig::parse(Path::new("agent.toml"), &local_page).is_ok());
         let empty_check = format!("{}\nhealth_checks = [[]]\n", minimal());
