@@ -331,17 +331,18 @@ async fn confirm<L: Link + Sync>(
     .await;
     // A resumed confirmation keeps its original deadline; a fresh one starts now.
     let fresh_deadline = now_secs() + agent.confirm_timeout.as_secs();
-    let deadline = match mem.in_flight.as_mut() {
-        Some(f) if f.phase == Phase::Confirming => f.deadline,
+    let budget = match mem.in_flight.as_mut() {
+        Some(f) if f.phase == Phase::Confirming => {
+            Duration::from_secs(f.deadline.saturating_sub(now_secs()))
+        }
         Some(f) => {
             f.phase = Phase::Confirming;
             f.deadline = fresh_deadline;
-            fresh_deadline
+            agent.confirm_timeout
         }
-        None => fresh_deadline,
+        None => agent.confirm_timeout,
     };
     mem.save(dir)?;
-    let budget = Duration::from_secs(deadline.saturating_sub(now_secs()));
     attempt.note(format!(
         "confirming: server and health checks, within {}s",
         budget.as_secs()
