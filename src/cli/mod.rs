@@ -12,6 +12,7 @@ pub mod init;
 pub mod keygen;
 mod progress;
 pub mod serve;
+pub mod status;
 mod table;
 
 /// Bento keeps a fleet of NixOS machines on the configuration kept in one repository.
@@ -32,6 +33,7 @@ enum Command {
     Serve(serve::Args),
     Agent(agent::Args),
     Keygen(keygen::Args),
+    Status(status::Args),
 }
 
 impl Cli {
@@ -43,6 +45,7 @@ impl Cli {
             Command::Deploy(args) => deploy::run(args),
             Command::Keygen(args) => keygen::run(args),
             Command::Serve(args) => serve::run(args),
+            Command::Status(args) => status::run(args),
         }
     }
 }

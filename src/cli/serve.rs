@@ -12,9 +12,10 @@ use anyhow::Context as _;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::cache::{self, Access, CacheConfig, CacheState};
+use crate::cache::{self, Access, CacheConfig, CacheState, ExtraMetrics};
 use crate::config::Fleet;
 use crate::publish::{self, HostKeys, PublishConfig, PublishState};
+use crate::status;
 
 /// Serve the fleet: the binary cache of published closures (HTTP) and each host's signed
 /// release over SFTP, where every host logs in with its own key and sees only its own
@@ -83,6 +84,12 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
     if args.host_tokens {
         config.access = Access::TokenDir;
     }
+    let gauges = Arc::new(status::metrics::Cached::new(
+        fleet.state.clone(),
+        fleet.hosts.keys().cloned().collect(),
+        fleet.stale_after_secs,
+    ));
+    config.extra_metrics = Some(ExtraMetrics(Arc::new(move || gauges.render())));
     let cache_state = CacheState::new(config)?;
     let host_key = publish::load_or_create_host_key(&fleet.state.ssh_host_key())?;
     let publish_state = PublishState::new(
