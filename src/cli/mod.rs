@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 pub mod agent;
 pub mod build;
 pub mod deploy;
+pub mod diff;
 pub mod init;
 pub mod keygen;
 mod progress;
@@ -30,6 +31,7 @@ enum Command {
     Init(init::Args),
     Build(build::Args),
     Deploy(deploy::Args),
+    Diff(diff::Args),
     Serve(serve::Args),
     Agent(agent::Args),
     Keygen(keygen::Args),
@@ -43,6 +45,7 @@ impl Cli {
             Command::Init(args) => init::run(args),
             Command::Build(args) => build::run(args),
             Command::Deploy(args) => deploy::run(args),
+            Command::Diff(args) => diff::run(args),
             Command::Keygen(args) => keygen::run(args),
             Command::Serve(args) => serve::run(args),
             Command::Status(args) => status::run(args),

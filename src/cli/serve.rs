@@ -84,11 +84,12 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
     if args.host_tokens {
         config.access = Access::TokenDir;
     }
-    let gauges = Arc::new(status::metrics::Cached::new(
+    let source = status::Source::new(
         fleet.state.clone(),
         fleet.hosts.keys().cloned().collect(),
         fleet.stale_after_secs,
-    ));
+    );
+    let gauges = Arc::new(status::metrics::Cached::new(source.clone()));
     config.extra_metrics = Some(ExtraMetrics(Arc::new(move || gauges.render())));
     let cache_state = CacheState::new(config)?;
     let host_key = publish::load_or_create_host_key(&fleet.state.ssh_host_key())?;
@@ -112,6 +113,7 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
         fleet.file.display()
     );
     println!("  cache      http://{cache_addr}");
+    println!("  dashboard  http://{cache_addr}/");
     println!("  fleet key  {}", cache_state.public_key());
     println!("  sftp       {sftp_addr}");
     println!("  host key   {}", publish_state.host_key().public_openssh());
@@ -128,7 +130,12 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
 
     let shutdown = CancellationToken::new();
     let mut servers = JoinSet::new();
-    servers.spawn(cache::serve(cache_listener, cache_state, shutdown.clone()));
+    servers.spawn(cache::serve_with(
+        cache_listener,
+        cache_state,
+        status::web::router(source.clone()),
+        shutdown.clone(),
+    ));
     let sftp_stop = shutdown.clone();
     let sftp_state = publish_state.clone();
     servers.spawn(async move {
@@ -138,6 +145,7 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
     tokio::spawn(reload_on_change(
         fleet.file.clone(),
         publish_state,
+        source,
         shutdown.clone(),
     ));
     tokio::spawn(stop_on_signal(shutdown.clone()));
@@ -172,7 +180,12 @@ fn modified(path: &Path) -> Option<SystemTime> {
 /// Re-reads the fleet file on SIGHUP or when its modification time changes, and gives the
 /// SFTP server the new access map. A fleet file that does not load is reported and the
 /// current access map kept.
-async fn reload_on_change(file: PathBuf, state: Arc<PublishState>, shutdown: CancellationToken) {
+async fn reload_on_change(
+    file: PathBuf,
+    state: Arc<PublishState>,
+    source: Arc<status::Source>,
+    shutdown: CancellationToken,
+) {
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let mut seen = modified(&file);
     loop {
@@ -188,9 +201,10 @@ async fn reload_on_change(file: PathBuf, state: Arc<PublishState>, shutdown: Can
         seen = now;
         match Fleet::load(&file)
             .map_err(anyhow::Error::from)
-            .and_then(|f| host_keys(&f))
+            .and_then(|f| Ok((host_keys(&f)?, f)))
         {
-            Ok(keys) => {
+            Ok((keys, fleet)) => {
+                source.set_hosts(fleet.hosts.keys().cloned().collect());
                 let summary = state.reload(keys);
                 tracing::info!(?summary, file = %file.display(), "fleet file reloaded");
             }

@@ -4,12 +4,12 @@
 //! pure; [`Cached`] recomputes from the state directory at most every two seconds.
 
 use std::fmt::Write as _;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::derive::HostState;
+use super::source::Source;
 use super::view::FleetStatus;
-use crate::config::StateDir;
 
 /// Every state, in the order `bento_hosts` lists them (all present, zeros included).
 pub const STATES: [HostState; 12] = [
@@ -76,22 +76,18 @@ pub fn render(fleet: &FleetStatus) -> String {
     out
 }
 
-/// The rendered fleet gauges, recomputed at most every `ttl`.
+/// The rendered fleet gauges, recomputed at most every two seconds.
 #[derive(Debug)]
 pub struct Cached {
-    state: StateDir,
-    hosts: Vec<String>,
-    stale_after: u64,
+    source: Arc<Source>,
     ttl: Duration,
     last: Mutex<Option<(Instant, String)>>,
 }
 
 impl Cached {
-    pub fn new(state: StateDir, hosts: Vec<String>, stale_after: u64) -> Self {
+    pub fn new(source: Arc<Source>) -> Self {
         Cached {
-            state,
-            hosts,
-            stale_after,
+            source,
             ttl: Duration::from_secs(2),
             last: Mutex::new(None),
         }
@@ -106,12 +102,7 @@ impl Cached {
                 return text.clone();
             }
         }
-        let text = match super::collect(
-            &self.state,
-            self.hosts.iter().map(String::as_str),
-            super::unix_now(),
-            self.stale_after,
-        ) {
+        let text = match self.source.fleet() {
             Ok(fleet) => render(&fleet),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot compute fleet metrics");

@@ -13,11 +13,15 @@ use thiserror::Error;
 
 pub mod collect;
 pub mod derive;
+pub mod diff;
 pub mod metrics;
+pub mod source;
 pub mod view;
+pub mod web;
 
 pub use collect::{collect, collect_host, unix_now};
 pub use derive::HostState;
+pub use source::Source;
 pub use view::{FleetStatus, HostStatus, SCHEMA};
 
 #[derive(Debug, Error)]
