@@ -350,3 +350,63 @@ fn status_cli_prints_the_same_states_and_exits_by_them() {
     assert!(run.stdout.contains("h-ok"), "{}", run.stdout);
     assert!(!run.stdout.contains("h-stale"), "{}", run.stdout);
 }
+
+#[test]
+fn status_watch_redraws_when_a_report_arrives() {
+    let fleet = TestFleet::new(
+        &CASES
+            .iter()
+            .map(|(h, _, _)| (*h, Kind::Ok))
+            .collect::<Vec<_>>(),
+    );
+    write_fleet(&fleet);
+    let mut child = fleet.command(&["status", "--watch", "h-pending"]);
+    let mut child = child.stdout(Stdio::piped()).spawn().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let _watch = Killed(child);
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::Read as _;
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0
+                || tx
+                    .send(String::from_utf8_lossy(&buf[..n]).into_owned())
+                    .is_err()
+            {
+                break;
+            }
+        }
+    });
+    let mut seen = String::new();
+    let mut wait_for = |needle: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !seen.contains(needle) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(more) => seen.push_str(&more),
+                Err(_) => panic!("no {needle:?} in:\n{seen}"),
+            }
+        }
+        seen.clear();
+    };
+    wait_for("pending");
+    // The host reports generation 2 applied: the next frame says so.
+    let t = now();
+    let r = Report {
+        format: bento::report::FORMAT,
+        host: "h-pending".into(),
+        generation: 2,
+        wanted: Some(path_of("h-pending", 2)),
+        running: Some(path_of("h-pending", 2)),
+        outcome: Outcome::Applied,
+        reason: None,
+        started_ms: t * 1000,
+        finished_ms: t * 1000,
+        timings: Default::default(),
+        log: String::new(),
+    };
+    let dir = fleet.state_dir().reports_dir("h-pending");
+    std::fs::write(dir.join(r.file_name()), r.to_bytes()).unwrap();
+    wait_for("up-to-date");
+}

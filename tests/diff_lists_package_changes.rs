@@ -129,3 +129,45 @@ fn diff_between_running_system_and_newest_build() {
     assert!(text.contains("Removed packages:\n  baz"), "{text}");
     assert!(!text.contains("bar"), "bar did not change: {text}");
 }
+
+#[test]
+fn deploy_diff_shows_what_changes_before_publishing() {
+    let mut fleet = TestFleet::new(&[("web1", Kind::Ok)]);
+    let run = fleet.bento(&["deploy"]);
+    assert!(run.success(), "{}", run.both());
+    let first = fleet.release("web1").unwrap();
+    // The agent reports running generation 1.
+    let state = fleet.state_dir();
+    std::fs::create_dir_all(state.reports_dir("web1")).unwrap();
+    let report = Report {
+        format: bento::report::FORMAT,
+        host: "web1".into(),
+        generation: first.generation,
+        wanted: Some(first.store_path.clone()),
+        running: Some(first.store_path.clone()),
+        outcome: Outcome::Applied,
+        reason: None,
+        started_ms: 1_790_000_000_000,
+        finished_ms: 1_790_000_001_000,
+        timings: Default::default(),
+        log: String::new(),
+    };
+    std::fs::write(
+        state.reports_dir("web1").join(report.file_name()),
+        report.to_bytes(),
+    )
+    .unwrap();
+    fleet.set_version("web1", "2");
+    let run = fleet.bento(&["deploy", "--diff"]);
+    assert!(run.success(), "{}", run.both());
+    let out = &run.stdout;
+    let diff_at = out.find("== web1 ==").expect(out);
+    assert!(
+        out[diff_at..].contains("nixos-system-web1  1 -> 2"),
+        "{out}"
+    );
+    assert_eq!(
+        fleet.release("web1").unwrap().generation,
+        first.generation + 1
+    );
+}

@@ -3,9 +3,10 @@
 //! after it (the newest report names the older generation, so it does not count);
 //! deploying while activation runs; unconfirmed while health checks fail, then rolled-back;
 //! activation-failed; refused (release signed by a stranger); copy-failed (a system the
-//! cache does not have); never-seen; not-deployed; stale (the same reports, read later).
-//! The SFTP server's login record (`seen/<host>`) is written for hosts that logged in, and
-//! an agent with `metrics_textfile` writes its last outcome there.
+//! cache does not have); retry-later (the server vanished during activation); never-seen;
+//! not-deployed; stale (the same reports, read an hour later). The SFTP server's login
+//! record (`seen/<host>`) is written for hosts that logged in, and an agent with
+//! `metrics_textfile` writes its last outcome there.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod harness;
@@ -18,7 +19,7 @@ use harness::fake::{self, Behaviour};
 use harness::net::Net;
 use harness::server::{Server, agent_once, spawn_agent_once, wait_for};
 
-const HOSTS: [&str; 8] = [
+const HOSTS: [&str; 9] = [
     "good",
     "later",
     "slow",
@@ -27,6 +28,7 @@ const HOSTS: [&str; 8] = [
     "forged",
     "missing",
     "silent",
+    "outage",
 ];
 
 fn state_of(state: &StateDir, host: &str) -> HostState {
@@ -44,7 +46,7 @@ async fn states_follow_what_real_agents_report() {
     let net = Net::new();
     let mut all = HOSTS.to_vec();
     all.push("unreleased");
-    let server = Server::start(tmp.path(), &net, &all).await;
+    let mut server = Server::start(tmp.path(), &net, &all).await;
     let state = StateDir::new(&server.state_dir);
     let salt = "status";
     let mut hosts = Vec::new();
@@ -176,6 +178,33 @@ async fn states_follow_what_real_agents_report() {
     server.publish_release("silent", 2, &silent_g2).await;
     assert_eq!(state_of(&state, "silent"), HostState::NeverSeen);
 
+    // outage: the server goes away during activation, so the agent rolls back and still
+    // cannot reach it; once the server is back the queued report says retry-later.
+    let outage_g2 = fake::build(tmp.path(), "outage", 2, &Behaviour::Sleep(2), salt);
+    server.publish_release("outage", 2, &outage_g2).await;
+    let config = server.agent_config(
+        host("outage"),
+        "confirm_timeout_secs = 3\nretry_base_secs = 600",
+    );
+    let agent = spawn_agent_once(host("outage"), &config);
+    assert!(
+        wait_for(30, || host("outage").running().as_deref()
+            == Some(outage_g2.as_str()))
+        .await
+    );
+    server.stop_sftp();
+    let out = agent.wait_with_output().await.unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(6),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    server.restart_sftp().await;
+    let (_, log) = agent_once(host("outage"), &config).await;
+    let s = status::collect_host(&state, "outage", status::unix_now(), 300).unwrap();
+    assert_eq!(s.state, HostState::RetryLater, "{s:?}\n{log}");
+
     // The whole fleet at once, and the same reports an hour later: every host that was
     // heard from is stale; the others keep their state.
     let names: Vec<&str> = all.clone();
@@ -197,6 +226,7 @@ async fn states_follow_what_real_agents_report() {
             ("forged", "refused"),
             ("missing", "copy-failed"),
             ("silent", "never-seen"),
+            ("outage", "retry-later"),
             ("unreleased", "not-deployed"),
         ]
     );

@@ -25,6 +25,9 @@ use crate::status;
 /// `bento deploy` are picked up within a second or two. The SSH host key is made on first
 /// start (STATE_DIR/ssh/host_ed25519_key) and printed: agents pin it. Edit bento.toml and
 /// send SIGHUP (or just save it) to add or remove hosts. Stops on Ctrl-C or SIGTERM.
+///
+/// The HTTP port also serves the fleet dashboard at / (one page per host at /hosts/NAME,
+/// JSON at /api/status) and fleet gauges on /metrics.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The fleet file.
