@@ -68,7 +68,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 /// The store path the host reports running (its newest report naming one).
 pub fn running(fleet: &Fleet, host: &str) -> anyhow::Result<Option<String>> {
-    let reports = status::collect::reports(&fleet.state, host)?;
+    let reports = status::collect::reports(&fleet.state, host, status::collect::RECENT_REPORTS)?;
     Ok(status::derive::newest(&reports, |r| r.running.is_some()).and_then(|r| r.running.clone()))
 }
 

@@ -93,9 +93,9 @@ fn detail(source: &Source, host: &str) -> Result<HostDetail, WebError> {
         })?
         .entries;
     history.reverse();
-    let mut reports = collect::reports(&source.state, host).map_err(WebError::Status)?;
+    let mut reports =
+        collect::reports(&source.state, host, REPORTS_SHOWN).map_err(WebError::Status)?;
     reports.sort_by_key(|r| std::cmp::Reverse(r.finished_ms));
-    reports.truncate(REPORTS_SHOWN);
     Ok(HostDetail {
         schema: super::SCHEMA,
         status,
@@ -106,7 +106,7 @@ fn detail(source: &Source, host: &str) -> Result<HostDetail, WebError> {
 
 async fn api_status(State(source): State<Arc<Source>>) -> Result<Response, WebError> {
     let fleet = blocking(move || source.fleet().map_err(WebError::Status)).await?;
-    Ok(([(header::CACHE_CONTROL, "no-store")], Json(fleet)).into_response())
+    Ok(([(header::CACHE_CONTROL, "no-store")], Json(&*fleet)).into_response())
 }
 
 async fn api_host(
