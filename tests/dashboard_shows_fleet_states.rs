@@ -114,7 +114,10 @@ fn write_fleet(fleet: &TestFleet) {
             host: host.into(),
             generation,
             wanted: Some(path_of(host, generation)),
-            running: Some(path_of(host, 1)),
+            running: Some(path_of(
+                host,
+                if outcome.is_success() { generation } else { 1 },
+            )),
             outcome,
             reason: (!outcome.is_success() && !outcome.is_interim())
                 .then(|| format!("{} on purpose {POISON}", outcome.as_str())),
@@ -339,6 +342,7 @@ fn status_cli_prints_the_same_states_and_exits_by_them() {
         "{}",
         run.stdout
     );
+    eprintln!("{}", run.stdout);
     assert!(
         run.stdout.contains("activation-failed on purpose"),
         "{}",

@@ -113,8 +113,15 @@ fn row(h: &HostStatus) -> Vec<String> {
             .map(ago)
             .unwrap_or_else(|| "never".into()),
         h.seconds_since_release.map(ago).unwrap_or_else(dash),
-        h.last_error.clone().unwrap_or_default(),
+        printable(h.last_error.as_deref().unwrap_or_default()),
     ]
+}
+
+/// Agent-written text with control characters (terminal escapes) replaced.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+        .collect()
 }
 
 /// The human table.
@@ -139,4 +146,18 @@ pub fn render(fleet: &FleetStatus) -> String {
         .count();
     out.push_str(&format!("{up} of {} hosts up to date\n", fleet.hosts.len()));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_text_cannot_drive_the_terminal() {
+        assert_eq!(printable("ok \x1b[2Jgone\r"), "ok \u{fffd}[2Jgone\u{fffd}");
+        assert_eq!(
+            short_path("/nix/store/6ns18gbbwq7rvmx72llk25xk01agd38f-top"),
+            "6ns18gbb…-top"
+        );
+    }
 }

@@ -196,9 +196,11 @@ fn host_html(d: &HostDetail) -> String {
         ));
     }
     body.push_str("</table>\n<h2>Reports</h2>\n");
-    for r in &d.reports {
+    for (i, r) in d.reports.iter().enumerate() {
+        // The newest report is shown open.
+        let open = if i == 0 { " open" } else { "" };
         body.push_str(&format!(
-            "<details class=\"report\"><summary><span class=\"time\" data-unix=\"{t}\"></span> g{g} <span class=\"outcome o-{o}\">{o}</span> {reason}</summary><pre>{log}</pre></details>\n",
+            "<details class=\"report\"{open}><summary><span class=\"time\" data-unix=\"{t}\"></span> g{g} <span class=\"outcome o-{o}\">{o}</span> {reason}</summary><pre>{log}</pre></details>\n",
             t = r.finished_ms / 1000,
             g = r.generation,
             o = r.outcome.as_str(),
