@@ -50,6 +50,10 @@ pub struct Args {
     /// about a third of NAR throughput; files are verified at load either way).
     #[arg(long)]
     verify_sends: bool,
+    /// Do not serve the dashboard (/, /hosts/NAME, /api/...) on the cache port: it shows
+    /// every host's state and report logs to whoever reaches that port.
+    #[arg(long)]
+    no_dashboard: bool,
     /// Runtime worker threads (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
@@ -116,7 +120,9 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
         fleet.file.display()
     );
     println!("  cache      http://{cache_addr}");
-    println!("  dashboard  http://{cache_addr}/");
+    if !args.no_dashboard {
+        println!("  dashboard  http://{cache_addr}/");
+    }
     println!("  fleet key  {}", cache_state.public_key());
     println!("  sftp       {sftp_addr}");
     println!("  host key   {}", publish_state.host_key().public_openssh());
@@ -136,7 +142,11 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
     servers.spawn(cache::serve_with(
         cache_listener,
         cache_state,
-        status::web::router(source.clone()),
+        if args.no_dashboard {
+            axum::Router::new()
+        } else {
+            status::web::router(source.clone())
+        },
         shutdown.clone(),
     ));
     let sftp_stop = shutdown.clone();
