@@ -1,7 +1,8 @@
-//! When each host last logged in: an in-memory map, persisted to `<state_dir>/seen/<host>`
-//! (Unix seconds, one line) at most once per [`PERSIST_EVERY`] per host, for `bento status`
-//! and the dashboard. Kept outside the hosts' SFTP trees, so no host can read or forge it.
-//! A failed write is logged and retried at the next login; it never fails a login.
+//! When each host was last heard from (a login, or any SFTP request on a kept session): an
+//! in-memory map, persisted to `<state_dir>/seen/<host>` (Unix seconds, one line) at most
+//! once per [`PERSIST_EVERY`] per host, for `bento status` and the dashboard. Kept outside
+//! the hosts' SFTP trees, so no host can read or forge it. A failed write is logged and
+//! tried again at the next contact a minute later; it never fails a login or a request.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -40,7 +41,8 @@ impl LastSeen {
         }
     }
 
-    /// Records a login of `host` (a validated host name) now.
+    /// Records contact with `host` (a validated host name) now; cheap when already recorded
+    /// within the last minute.
     pub fn saw(&self, host: &str) {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
