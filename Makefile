@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 NIX_SETTINGS = source scripts/nix-env.sh
 
-.PHONY: setup test lint unit demo fuzz bench
+.PHONY: setup test demo fuzz bench
 
 setup:
 	@scripts/setup.sh
@@ -25,4 +25,4 @@ fuzz:
 ## Benchmarks print figures; none of them asserts a time.
 bench: setup
 	cargo build --release
-	$(NIX_SETTINGS) && scripts/bench.sh
+	$(NIX_SETTINGS) && scripts/bench-build.sh && scripts/bench-cache.sh && scripts/bench-sftp.sh && scripts/bench-converge.sh

@@ -2,9 +2,13 @@
 # Benchmark of `bento build` against the two ways of building a fleet with plain Nix.
 # Prints figures and ratios; asserts nothing.
 #
-# A flake of HOSTS fake NixOS hosts, each with a deliberately heavy evaluation (a foldl'
-# over a list of EVAL_N numbers, different per host so nothing is shared between hosts)
-# and a trivial build. Three ways to build all of them:
+# A flake of HOSTS fake NixOS hosts, each with a deliberately heavy evaluation, different
+# per host so nothing is shared between hosts, and a trivial build. The evaluation:
+#   EVAL=nested (default): foldl' over 3000 lists of EVAL_INNER numbers, each list garbage
+#     once summed: CPU-bound with a bounded heap, like a module-system evaluation;
+#   EVAL=flat: one foldl' over a list of EVAL_N numbers: a heap that only grows (~700 MB
+#     per evaluation; one process evaluating all hosts keeps growing).
+# Three ways to build all of them:
 #   (a) a sequential loop, one `nix build` per host (what the original Bento does);
 #   (b) one `nix build` with all installables (one process: evaluation is single-threaded);
 #   (c) `bento build --jobs JOBS` (one evaluation process per host, JOBS at a time).
@@ -14,13 +18,16 @@
 # what the machine had to carry at once, e.g. two evaluations side by side). CPU time
 # (user + sys) is printed too: it does not depend on how busy the machine is.
 #
-# Settings (environment): HOSTS=16 JOBS=2 EVAL_N=6000000 ROUNDS=1 (best round kept)
+# Settings (environment): HOSTS=16 JOBS=2 EVAL=nested EVAL_INNER=4000 EVAL_N=6000000
+# ROUNDS=1 (the best round of each variant is kept).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/nix-env.sh
 
 HOSTS=${HOSTS:-16}
 JOBS=${JOBS:-2}
+EVAL=${EVAL:-nested}
+EVAL_INNER=${EVAL_INNER:-4000}
 EVAL_N=${EVAL_N:-6000000}
 ROUNDS=${ROUNDS:-1}
 
@@ -41,7 +48,11 @@ for i in $(seq -w 1 "$HOSTS"); do hosts+=("h$i"); done
   echo '{'
   echo '  outputs = { self }: let'
   echo '    salt = import ./salt.nix;'
-  echo "    heavy = k: builtins.foldl' (a: b: a + b) 0 (builtins.genList (x: x * k) $EVAL_N);"
+  if [ "$EVAL" = flat ]; then
+    echo "    heavy = k: builtins.foldl' (a: b: a + b) 0 (builtins.genList (x: x * k) $EVAL_N);"
+  else
+    echo "    heavy = k: builtins.foldl' (acc: i: builtins.foldl' (a: b: a + b * k) acc (builtins.genList (x: x + i) $EVAL_INNER)) 0 (builtins.genList (x: x) 3000);"
+  fi
   echo '    mk = host: k: derivation {'
   echo "      name = \"nixos-system-\${host}\"; system = \"$system\";"
   echo '      builder = "/bin/sh"; PATH = "/usr/bin:/bin";'
@@ -121,7 +132,8 @@ set -e
 for h in ${hosts[*]}; do nix build --no-link "$repo#nixosConfigurations.\$h.config.system.build.toplevel"; done
 EOF
 
-echo "bench: $HOSTS hosts, eval of foldl' over $EVAL_N numbers each, $(nproc) cores, bento --jobs $JOBS"
+if [ "$EVAL" = flat ]; then what="foldl' over $EVAL_N numbers"; else what="foldl' over 3000 lists of $EVAL_INNER numbers"; fi
+echo "bench: $HOSTS hosts, each evaluating a $what; $(nproc) cores; bento --jobs $JOBS"
 echo "bench: single host evaluation:"
 salt single
 /usr/bin/time -f "  nix eval of one host: %e s, max RSS %M KiB" \

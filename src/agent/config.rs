@@ -136,6 +136,10 @@ pub struct AgentConfig {
     pub trigger_socket: PathBuf,
     #[serde(default)]
     pub trigger_group: Option<String>,
+    /// A local web page with a "check for updates" button (e.g. `127.0.0.1:51337`), off
+    /// unless set; only loopback addresses are accepted.
+    #[serde(default)]
+    pub http_trigger: Option<std::net::SocketAddr>,
     /// Keep one SSH session open to be told of new releases at once (polling stays the
     /// fallback).
     #[serde(default = "default_true")]
@@ -200,6 +204,14 @@ impl AgentConfig {
                 "cache_url",
                 "expected http:// or https:// (the bento server) or file:// (a mounted cache)"
                     .into(),
+            ));
+        }
+        if let Some(addr) = raw.http_trigger
+            && !super::http_trigger::is_allowed(&addr)
+        {
+            return Err(field(
+                "http_trigger",
+                format!("{addr} is not a loopback address; the page must not face the network"),
             ));
         }
         if raw.poll_interval_secs == 0 {
@@ -283,6 +295,17 @@ fleet_public_key = "{KEY}"
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(err.contains("surprise"), "{err}");
+        let open_page = format!("{}\nhttp_trigger = \"0.0.0.0:51337\"\n", minimal());
+        let err = AgentConfig::parse(Path::new("agent.toml"), &open_page)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("http_trigger") && err.contains("loopback"),
+            "{err}"
+        );
+        let local_page = format!("{}\nhttp_trigger = \"127.0.0.1:51337\"\n", minimal());
+        assert!(AgentConfig::parse(Path::new("agent.toml"), &local_page).is_ok());
         let empty_check = format!("{}\nhealth_checks = [[]]\n", minimal());
         assert!(AgentConfig::parse(Path::new("a"), &empty_check).is_err());
     }

@@ -267,10 +267,13 @@ async fn apply<L: Link + Sync>(
     });
     mem.save(dir)?;
     let t = Instant::now();
-    let activated = match system::set_profile(&agent.raw.profile, wanted, &mut attempt.log).await {
-        Ok(()) => system::switch(wanted, agent.raw.action, &mut attempt.log).await,
-        Err(e) => Err(e),
-    };
+    let activated = system::activate(
+        &agent.raw.profile,
+        wanted,
+        agent.raw.action,
+        &mut attempt.log,
+    )
+    .await;
     attempt.timings.activate_ms = ms(t);
     if let Err(e) = activated {
         attempt.note(e.to_string());
@@ -423,10 +426,8 @@ async fn roll_back(agent: &Agent, attempt: &mut Attempt, previous: Option<&str>)
         return;
     };
     attempt.note(format!("rolling back to {prev}"));
-    let result = match system::set_profile(&agent.raw.profile, prev, &mut attempt.log).await {
-        Ok(()) => system::switch(prev, agent.raw.action, &mut attempt.log).await,
-        Err(e) => Err(e),
-    };
+    let result =
+        system::activate(&agent.raw.profile, prev, agent.raw.action, &mut attempt.log).await;
     if let Err(e) = result {
         attempt.note(format!("rollback failed: {e}"));
     }

@@ -170,6 +170,12 @@ pub fn poll_delay(interval: Duration, jitter: f64, random: f64, failures: u32) -
     Duration::from_secs_f64((base * spread).clamp(0.0, 3600.0))
 }
 
+/// Delay before trying again after a failed copy (the cache may not serve a new closure
+/// yet, or the network blinked): 5, 10, 20, ... seconds, never longer than the poll delay.
+pub fn copy_retry_delay(poll: Duration, copy_failures: u32) -> Duration {
+    (Duration::from_secs(5) * (1u32 << copy_failures.min(10))).min(poll)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -296,5 +302,9 @@ mod tests {
         assert_eq!(retry_delay(s(60), 2), s(240));
         assert_eq!(retry_delay(s(60), 30), s(3600));
         assert_eq!(retry_delay(s(2), 1), s(4));
+        assert_eq!(copy_retry_delay(s(60), 0), s(5));
+        assert_eq!(copy_retry_delay(s(60), 2), s(20));
+        assert_eq!(copy_retry_delay(s(60), 5), s(60));
+        assert_eq!(copy_retry_delay(s(3), 0), s(3));
     }
 }

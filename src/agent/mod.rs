@@ -7,6 +7,7 @@ pub mod config;
 pub mod cycle;
 pub mod decide;
 pub mod exit;
+pub mod http_trigger;
 pub mod link;
 pub mod memory;
 pub mod outbox;

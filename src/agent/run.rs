@@ -13,6 +13,7 @@ use super::decide;
 use super::link::Link;
 use super::memory::Persisted;
 use super::trigger::Request;
+use crate::report::Outcome;
 
 /// One line summary of an attempt, for logs and the trigger client.
 pub fn summary(result: &Result<Ended, CycleError>) -> String {
@@ -32,6 +33,7 @@ pub async fn run_loop<L: Link + Sync>(
     shutdown: CancellationToken,
 ) {
     let mut failures: u32 = 0;
+    let mut copy_failures: u32 = 0;
     let mut answer: Option<Request> = None;
     loop {
         let result = cycle::run_once(agent, link, &progress).await;
@@ -44,12 +46,18 @@ pub async fn run_loop<L: Link + Sync>(
             let _ = a.send(line);
         }
         failures = if result.is_err() { failures + 1 } else { 0 };
-        let delay = decide::poll_delay(
+        let mut delay = decide::poll_delay(
             agent.poll_interval,
             agent.raw.poll_jitter,
             rand::random::<f64>(),
             failures,
         );
+        if matches!(result, Ok(Ended::Reported(Outcome::CopyFailed))) {
+            delay = decide::copy_retry_delay(delay, copy_failures);
+            copy_failures += 1;
+        } else {
+            copy_failures = 0;
+        }
         let deadline = Instant::now() + delay;
         let known = Persisted::load(&agent.raw.state_dir)
             .ok()

@@ -95,8 +95,13 @@ pub fn copy_command(agent: &Agent, path: &str) -> Command {
         "--option",
         "substituters",
         "",
+        // Nix remembers narinfos per cache URL for a month; after a fleet key rotation a
+        // remembered one would carry a signature no longer trusted. Ours are cheap to ask.
         "--option",
         "narinfo-cache-negative-ttl",
+        "0",
+        "--option",
+        "narinfo-cache-positive-ttl",
         "0",
     ]);
     if let Some(netrc) = &agent.raw.cache_netrc {
@@ -159,6 +164,17 @@ pub async fn switch(
         path: path.to_owned(),
         source: Box::new(source),
     })
+}
+
+/// Makes `path` the system: the profile first, then its own `switch-to-configuration`.
+pub async fn activate(
+    profile: &Path,
+    path: &str,
+    action: ActivationAction,
+    log: &mut String,
+) -> Result<(), SystemError> {
+    set_profile(profile, path, log).await?;
+    switch(path, action, log).await
 }
 
 /// Runs every health check; the first failure is returned.

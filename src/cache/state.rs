@@ -104,6 +104,9 @@ pub struct CacheState {
     /// File hashes of zstd files the serving path found changed or corrupt.
     suspects: Mutex<HashSet<[u8; 32]>>,
     wake: Notify,
+    /// Counts finished refreshes; whoever announces releases (the SFTP watch) waits for it
+    /// so that no host is told of a release before its closure is servable.
+    refreshed: tokio::sync::watch::Sender<u64>,
     pub(super) cache_info: Bytes,
 }
 
@@ -137,6 +140,7 @@ impl CacheState {
             refresh_lock: tokio::sync::Mutex::new(Fingerprint::default()),
             suspects: Mutex::new(HashSet::new()),
             wake: Notify::new(),
+            refreshed: tokio::sync::watch::Sender::new(0),
             cache_info,
             config,
         }))
@@ -201,7 +205,13 @@ impl CacheState {
         self.metrics.refreshed(result.is_ok());
         let (fingerprint, report) = result?;
         *last = fingerprint;
+        self.refreshed.send_modify(|n| *n += 1);
         Ok(report)
+    }
+
+    /// Changes each time a refresh has finished: the publish tree as it then stood is served.
+    pub fn refreshes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.refreshed.subscribe()
     }
 
     /// Polls the publish tree every `poll_interval` and refreshes when it changed or the

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agent::config::AgentConfig;
 use crate::agent::sftp_link::SftpLink;
-use crate::agent::{cycle, exit, run, system, trigger};
+use crate::agent::{cycle, exit, http_trigger, run, system, trigger};
 
 /// Pull this host's release, copy its system from the cache, activate it, confirm it or
 /// roll back by itself, and report to the server.
@@ -128,6 +128,15 @@ async fn agent(config: &std::path::Path, once: bool) -> anyhow::Result<ExitCode>
         &agent.raw.trigger_socket,
         agent.raw.trigger_group.as_deref(),
     )?;
+    if let Some(addr) = agent.raw.http_trigger {
+        let page = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} for the http_trigger page"))?;
+        let router = http_trigger::router(req_tx.clone(), progress.clone());
+        let stop = CancellationToken::new();
+        tokio::spawn(http_trigger::serve(page, router, stop));
+        tracing::info!(%addr, "update page listening");
+    }
     tokio::spawn(trigger::serve(listener, req_tx, progress.clone()));
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();

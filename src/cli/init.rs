@@ -41,6 +41,12 @@ pub fn scaffold(
     ssh_key: Option<&SshPublicKey>,
     key_name: &str,
 ) -> Vec<(PathBuf, String)> {
+    // A dotted host name is one key, quoted, in both TOML and Nix.
+    let key = if host.contains('.') {
+        format!("\"{host}\"")
+    } else {
+        host.to_owned()
+    };
     let ssh_line = match ssh_key {
         Some(k) => format!("ssh_key = \"{}\"", k.to_openssh()),
         None => format!(
@@ -59,11 +65,11 @@ flake = "."
 # The fleet signing key. Secret: never commit it. Hosts trust keys/{key_name}.public.
 signing_key = "keys/{key_name}.secret"
 
-[hosts.{host}]
+[hosts.{key}]
 # The key the host logs in with: its /etc/ssh/ssh_host_ed25519_key.pub.
 {ssh_line}
 tags = ["example"]
-# Built from nixosConfigurations.{host}.config.system.build.toplevel (set `attr` to change
+# Built from nixosConfigurations.{key}.config.system.build.toplevel (set `attr` to change
 # it, or `configuration = "path/configuration.nix"` for a host without flakes).
 "#
     );
@@ -75,7 +81,7 @@ tags = ["example"]
 
   outputs = {{ self, nixpkgs }}: {{
     # One entry per host of bento.toml.
-    nixosConfigurations.{host} = nixpkgs.lib.nixosSystem {{
+    nixosConfigurations.{key} = nixpkgs.lib.nixosSystem {{
       system = "x86_64-linux";
       modules = [ ./hosts/{host}/configuration.nix ];
     }};
@@ -223,5 +229,26 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(msg.contains("host web1, field ssh_key"), "{msg}");
+    }
+
+    #[test]
+    fn dotted_host_names_stay_one_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = SshPublicKey::parse(&crate::config::tests_support_ssh_key(9)).unwrap();
+        let files = scaffold("web1.example.org", Some(&key), "fleet-1");
+        for (rel, content) in &files {
+            write_new(&dir.path().join(rel), content).unwrap();
+        }
+        let fleet = Fleet::load(&dir.path().join("bento.toml")).unwrap();
+        assert!(
+            fleet.hosts.contains_key("web1.example.org"),
+            "{:?}",
+            fleet.hosts.keys()
+        );
+        let flake = &files[1].1;
+        assert!(
+            flake.contains("nixosConfigurations.\"web1.example.org\" = "),
+            "{flake}"
+        );
     }
 }

@@ -100,12 +100,14 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
     config.extra_metrics = Some(ExtraMetrics(Arc::new(move || gauges.render())));
     let cache_state = CacheState::new(config)?;
     let host_key = publish::load_or_create_host_key(&fleet.state.ssh_host_key())?;
-    let publish_state = PublishState::new(
-        &state_dir,
-        host_key,
-        host_keys(&fleet)?,
-        PublishConfig::default(),
-    )?;
+    // Agents waiting for a release are told once the cache serves its closure (below), not
+    // when the SFTP side's own poll sees the file: its poll is only a fallback here.
+    let publish_config = PublishConfig {
+        release_poll_interval: Duration::from_secs(60),
+        ..PublishConfig::default()
+    };
+    let publish_state =
+        PublishState::new(&state_dir, host_key, host_keys(&fleet)?, publish_config)?;
     let cache_listener = tokio::net::TcpListener::bind(args.cache_listen)
         .await
         .with_context(|| format!("cannot listen on {} for the cache", args.cache_listen))?;
@@ -139,6 +141,11 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
 
     let shutdown = CancellationToken::new();
     let mut servers = JoinSet::new();
+    tokio::spawn(announce_after_refresh(
+        cache_state.refreshes(),
+        publish_state.clone(),
+        shutdown.clone(),
+    ));
     servers.spawn(cache::serve_with(
         cache_listener,
         cache_state,
@@ -184,6 +191,22 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// After every cache refresh, lets the SFTP side re-read the releases agents wait on: a host
+/// is woken only when the closure of its new release can be copied.
+async fn announce_after_refresh(
+    mut refreshes: tokio::sync::watch::Receiver<u64>,
+    state: Arc<PublishState>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            changed = refreshes.changed() => if changed.is_err() { return },
+        }
+        state.poll_releases();
+    }
 }
 
 fn modified(path: &Path) -> Option<SystemTime> {

@@ -156,6 +156,16 @@ impl Host {
 
 impl Drop for Host {
     fn drop(&mut self) {
+        // Whatever still runs inside (an agent, an activation script) goes with the host;
+        // otherwise the namespace and its veth pair outlive the test.
+        if let Ok(out) = Command::new("ip")
+            .args(["netns", "pids", &self.ns])
+            .output()
+        {
+            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = Command::new("kill").args(["-KILL", pid]).output();
+            }
+        }
         let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
     }
 }
