@@ -20,7 +20,8 @@ let
     health_checks = cfg.healthChecks;
     instant_updates = cfg.instantUpdates;
     state_dir = "/var/lib/bento-agent";
-  } // lib.optionalAttrs (cfg.cacheNetrcFile != null) { cache_netrc = toString cfg.cacheNetrcFile; };
+  } // lib.optionalAttrs (cfg.cacheNetrcFile != null) { cache_netrc = toString cfg.cacheNetrcFile; }
+    // lib.optionalAttrs (cfg.metricsTextfile != null) { metrics_textfile = cfg.metricsTextfile; };
   rendered = toml.generate "bento-agent.toml" settings;
   checked = pkgs.runCommand "bento-agent.toml" { } ''
     ${lib.getExe cfg.package} agent check-config ${rendered}
@@ -94,6 +95,12 @@ in
       type = lib.types.bool;
       default = true;
       description = "Keep one SSH session open to learn of new releases at once.";
+    };
+    metricsTextfile = lib.mkOption {
+      type = lib.types.nullOr lib.types.str;
+      default = null;
+      example = "/var/lib/prometheus-node-exporter/bento.prom";
+      description = "Write the agent's last outcome there after each attempt, for node exporter's textfile collector.";
     };
   };
 

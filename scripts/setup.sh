@@ -16,6 +16,7 @@ have nginx || need+=(nginx-light)
 have cc || need+=(gcc)
 have curl || need+=(curl)
 [ -x /usr/bin/time ] || need+=(time)
+have chromium || need+=(chromium)  # the dashboard test (headless)
 
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then

@@ -144,6 +144,10 @@ pub struct AgentConfig {
     /// fallback).
     #[serde(default = "default_true")]
     pub instant_updates: bool,
+    /// Node-exporter textfile written (atomically) with this agent's last outcome after
+    /// each attempt, e.g. `/var/lib/prometheus-node-exporter/bento.prom`.
+    #[serde(default)]
+    pub metrics_textfile: Option<PathBuf>,
 }
 
 /// A checked configuration: parsed keys, durations.

@@ -476,6 +476,11 @@ async fn finish<L: Link + Sync>(
     report: Report,
 ) -> Result<Ended, CycleError> {
     let outcome = report.outcome;
+    if let Some(path) = &agent.raw.metrics_textfile {
+        if let Err(e) = report::textfile::write(path, &report) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot write the metrics textfile");
+        }
+    }
     outbox::queue(&agent.raw.state_dir, &report)?;
     outbox::flush(&agent.raw.state_dir, link).await?;
     Ok(Ended::Reported(outcome))

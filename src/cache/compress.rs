@@ -2,8 +2,10 @@
 //!
 //! Layout under the state directory:
 //!
-//!     cache/nar/<file hash>.nar.zst   the compressed NAR (named by its own sha256, nix32)
-//!     cache/meta/<nar hash>           "<file hash> <file size>\n": which file holds a NAR
+//! ```text
+//! cache/nar/<file hash>.nar.zst   the compressed NAR (named by its own sha256, nix32)
+//! cache/meta/<nar hash>           "<file hash> <file size>\n": which file holds a NAR
+//! ```
 //!
 //! A file is written to a temporary name and renamed into place, so a crash leaves no
 //! half-written file under a final name. It is not fsynced: nothing trusts a file without

@@ -165,7 +165,13 @@ async fn answer(
             state.cache_info.clone(),
         )),
         Request::Metrics => {
-            let text = state.metrics.render(state.figures());
+            let mut text = state.metrics.render(state.figures());
+            if let Some(extra) = state.config.extra_metrics.clone() {
+                match tokio::task::spawn_blocking(move || (extra.0)()).await {
+                    Ok(more) => text.push_str(&more),
+                    Err(e) => tracing::warn!(error = %e, "extra metrics failed"),
+                }
+            }
             Ok(small(
                 state,
                 Endpoint::Metrics,

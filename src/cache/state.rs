@@ -30,6 +30,17 @@ use crate::nix::store::{self, StorePath};
 /// A verified zstd file and whether it was found (true) or made (false).
 type Found = Result<(ZstFile, bool), compress::CompressError>;
 
+/// Produces more Prometheus text for `/metrics` (the fleet's host states, from `status`),
+/// called on a blocking thread at scrape time. The cache knows nothing of what it says.
+#[derive(Clone)]
+pub struct ExtraMetrics(pub Arc<dyn Fn() -> String + Send + Sync>);
+
+impl std::fmt::Debug for ExtraMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ExtraMetrics")
+    }
+}
+
 /// How the cache runs. [`CacheConfig::new`] gives the defaults.
 #[derive(Debug, Clone)]
 pub struct CacheConfig {
@@ -50,6 +61,8 @@ pub struct CacheConfig {
     /// NAR throughput). Off by default: files are hashed when loaded, their identity is
     /// checked on every request, and Nix checks NarHash itself.
     pub verify_sends: bool,
+    /// Appended to `/metrics` when set.
+    pub extra_metrics: Option<ExtraMetrics>,
 }
 
 impl CacheConfig {
@@ -62,6 +75,7 @@ impl CacheConfig {
             poll_interval: Duration::from_secs(1),
             priority: 30,
             verify_sends: false,
+            extra_metrics: None,
         }
     }
 }

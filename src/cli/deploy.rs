@@ -46,6 +46,10 @@ pub struct Args {
     /// Print the results as JSON on stdout.
     #[arg(long)]
     json: bool,
+    /// Before publishing, show per host what changes (packages added, removed, version
+    /// changes) between the system it reports running and the one to be published.
+    #[arg(long)]
+    diff: bool,
 }
 
 /// One host's line of the deploy summary (and of `--json`).
@@ -134,6 +138,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .collect()
     };
 
+    if args.diff {
+        show_diffs(&fleet, &reports, args.json);
+    }
     let now = build::unix_now();
     for report in &mut reports {
         let Some(store_path) = &report.store_path else {
@@ -175,6 +182,27 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             failed.join(", ")
         );
         Ok(ExitCode::FAILURE)
+    }
+}
+
+/// `--diff`: each built host's package changes, on stderr when the summary is JSON.
+fn show_diffs(fleet: &Fleet, reports: &[HostReport], json: bool) {
+    for r in reports {
+        let Some(to) = &r.store_path else { continue };
+        let text = match super::diff::running(fleet, &r.host) {
+            Ok(Some(from)) => match crate::status::diff::closure_diff(&from, to) {
+                Ok(d) => super::diff::render(&d),
+                Err(e) => format!("cannot compare: {e}\n"),
+            },
+            Ok(None) => "has not reported a running system yet: everything is new\n".into(),
+            Err(e) => format!("cannot read its reports: {e:#}\n"),
+        };
+        let text = format!("== {} ==\n{text}", r.host);
+        if json {
+            eprint!("{text}");
+        } else {
+            print!("{text}");
+        }
     }
 }
 

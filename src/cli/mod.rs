@@ -8,10 +8,12 @@ use clap::{Parser, Subcommand};
 pub mod agent;
 pub mod build;
 pub mod deploy;
+pub mod diff;
 pub mod init;
 pub mod keygen;
 mod progress;
 pub mod serve;
+pub mod status;
 mod table;
 
 /// Bento keeps a fleet of NixOS machines on the configuration kept in one repository.
@@ -29,9 +31,11 @@ enum Command {
     Init(init::Args),
     Build(build::Args),
     Deploy(deploy::Args),
+    Diff(diff::Args),
     Serve(serve::Args),
     Agent(agent::Args),
     Keygen(keygen::Args),
+    Status(status::Args),
 }
 
 impl Cli {
@@ -41,8 +45,10 @@ impl Cli {
             Command::Init(args) => init::run(args),
             Command::Build(args) => build::run(args),
             Command::Deploy(args) => deploy::run(args),
+            Command::Diff(args) => diff::run(args),
             Command::Keygen(args) => keygen::run(args),
             Command::Serve(args) => serve::run(args),
+            Command::Status(args) => status::run(args),
         }
     }
 }

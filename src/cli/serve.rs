@@ -12,9 +12,10 @@ use anyhow::Context as _;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::cache::{self, Access, CacheConfig, CacheState};
+use crate::cache::{self, Access, CacheConfig, CacheState, ExtraMetrics};
 use crate::config::Fleet;
 use crate::publish::{self, HostKeys, PublishConfig, PublishState};
+use crate::status;
 
 /// Serve the fleet: the binary cache of published closures (HTTP) and each host's signed
 /// release over SFTP, where every host logs in with its own key and sees only its own
@@ -24,6 +25,9 @@ use crate::publish::{self, HostKeys, PublishConfig, PublishState};
 /// `bento deploy` are picked up within a second or two. The SSH host key is made on first
 /// start (STATE_DIR/ssh/host_ed25519_key) and printed: agents pin it. Edit bento.toml and
 /// send SIGHUP (or just save it) to add or remove hosts. Stops on Ctrl-C or SIGTERM.
+///
+/// The HTTP port also serves the fleet dashboard at / (one page per host at /hosts/NAME,
+/// JSON at /api/status) and fleet gauges on /metrics.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The fleet file.
@@ -46,6 +50,10 @@ pub struct Args {
     /// about a third of NAR throughput; files are verified at load either way).
     #[arg(long)]
     verify_sends: bool,
+    /// Do not serve the dashboard (/, /hosts/NAME, /api/...) on the cache port: it shows
+    /// every host's state and report logs to whoever reaches that port.
+    #[arg(long)]
+    no_dashboard: bool,
     /// Runtime worker threads (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
@@ -83,6 +91,13 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
     if args.host_tokens {
         config.access = Access::TokenDir;
     }
+    let source = status::Source::new(
+        fleet.state.clone(),
+        fleet.hosts.keys().cloned().collect(),
+        fleet.stale_after_secs,
+    );
+    let gauges = Arc::new(status::metrics::Cached::new(source.clone()));
+    config.extra_metrics = Some(ExtraMetrics(Arc::new(move || gauges.render())));
     let cache_state = CacheState::new(config)?;
     let host_key = publish::load_or_create_host_key(&fleet.state.ssh_host_key())?;
     // Agents waiting for a release are told once the cache serves its closure (below), not
@@ -107,6 +122,9 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
         fleet.file.display()
     );
     println!("  cache      http://{cache_addr}");
+    if !args.no_dashboard {
+        println!("  dashboard  http://{cache_addr}/");
+    }
     println!("  fleet key  {}", cache_state.public_key());
     println!("  sftp       {sftp_addr}");
     println!("  host key   {}", publish_state.host_key().public_openssh());
@@ -128,7 +146,16 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
         publish_state.clone(),
         shutdown.clone(),
     ));
-    servers.spawn(cache::serve(cache_listener, cache_state, shutdown.clone()));
+    servers.spawn(cache::serve_with(
+        cache_listener,
+        cache_state,
+        if args.no_dashboard {
+            axum::Router::new()
+        } else {
+            status::web::router(source.clone())
+        },
+        shutdown.clone(),
+    ));
     let sftp_stop = shutdown.clone();
     let sftp_state = publish_state.clone();
     servers.spawn(async move {
@@ -138,6 +165,7 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
     tokio::spawn(reload_on_change(
         fleet.file.clone(),
         publish_state,
+        source,
         shutdown.clone(),
     ));
     tokio::spawn(stop_on_signal(shutdown.clone()));
@@ -188,7 +216,12 @@ fn modified(path: &Path) -> Option<SystemTime> {
 /// Re-reads the fleet file on SIGHUP or when its modification time changes, and gives the
 /// SFTP server the new access map. A fleet file that does not load is reported and the
 /// current access map kept.
-async fn reload_on_change(file: PathBuf, state: Arc<PublishState>, shutdown: CancellationToken) {
+async fn reload_on_change(
+    file: PathBuf,
+    state: Arc<PublishState>,
+    source: Arc<status::Source>,
+    shutdown: CancellationToken,
+) {
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let mut seen = modified(&file);
     loop {
@@ -204,9 +237,10 @@ async fn reload_on_change(file: PathBuf, state: Arc<PublishState>, shutdown: Can
         seen = now;
         match Fleet::load(&file)
             .map_err(anyhow::Error::from)
-            .and_then(|f| host_keys(&f))
+            .and_then(|f| Ok((host_keys(&f)?, f)))
         {
-            Ok(keys) => {
+            Ok((keys, fleet)) => {
+                source.set_hosts(fleet.hosts.keys().cloned().collect());
                 let summary = state.reload(keys);
                 tracing::info!(?summary, file = %file.display(), "fleet file reloaded");
             }

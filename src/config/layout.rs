@@ -93,6 +93,12 @@ impl StateDir {
         self.root.join("history").join(format!("{host}.jsonl"))
     }
 
+    /// `seen/<host>`: when the SFTP server last authenticated the host (Unix seconds),
+    /// kept outside the host's SFTP tree and written at most once a minute.
+    pub fn last_seen(&self, host: &str) -> PathBuf {
+        self.root.join("seen").join(host)
+    }
+
     /// `cache/`: compressed NARs of published closures.
     pub fn cache_dir(&self) -> PathBuf {
         self.root.join("cache")
@@ -125,6 +131,7 @@ mod tests {
             (s.reports_dir("web1"), "/var/lib/bento/publish/web1/reports"),
             (s.history("web1"), "/var/lib/bento/history/web1.jsonl"),
             (s.cache_dir(), "/var/lib/bento/cache"),
+            (s.last_seen("web1"), "/var/lib/bento/seen/web1"),
             (s.deploy_lock(), "/var/lib/bento/deploy.lock"),
         ];
         for (got, want) in cases {

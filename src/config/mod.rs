@@ -46,6 +46,8 @@ pub mod defaults {
     pub const FLAKE: &str = ".";
     /// The server's state directory.
     pub const STATE_DIR: &str = "/var/lib/bento";
+    /// `[fleet] stale_after_secs`: a host silent this long is stale (five default polls).
+    pub const STALE_AFTER_SECS: u64 = 300;
 
     /// The flake attribute of a host's system: `nixosConfigurations.<host>.config.system.build.toplevel`
     /// (the host name quoted when it contains a dot).
@@ -137,6 +139,8 @@ pub struct Fleet {
     pub signing_key: PathBuf,
     /// `[fleet] jobs`: hosts built at once, when set.
     pub jobs: Option<usize>,
+    /// Seconds without contact after which `bento status` calls a host stale.
+    pub stale_after_secs: u64,
     /// Hosts by name (sorted).
     pub hosts: BTreeMap<String, Host>,
 }
@@ -177,6 +181,7 @@ struct RawFleet {
     state_dir: Option<PathBuf>,
     signing_key: Option<PathBuf>,
     jobs: Option<usize>,
+    stale_after_secs: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -244,6 +249,13 @@ impl Fleet {
             Some(p) => resolve(&p),
             None => state.default_signing_key(),
         };
+        let stale_after_secs = raw
+            .fleet
+            .stale_after_secs
+            .unwrap_or(defaults::STALE_AFTER_SECS);
+        if stale_after_secs == 0 {
+            return Err(fleet_err("stale_after_secs", "must be at least 1".into()));
+        }
         if raw.fleet.jobs == Some(0) {
             return Err(fleet_err("jobs", "must be at least 1".into()));
         }
@@ -298,6 +310,7 @@ impl Fleet {
             state,
             signing_key,
             jobs: raw.fleet.jobs,
+            stale_after_secs,
             hosts,
         })
     }

@@ -62,6 +62,7 @@ pub mod metrics;
 mod ops;
 mod ratelimit;
 mod reports;
+pub mod seen;
 mod server;
 mod session;
 mod sftp;

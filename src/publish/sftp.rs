@@ -79,6 +79,8 @@ async fn run(
             ctl.kill(KillReason::Revoked);
             break;
         }
+        // Every request is contact: agents with instant updates keep one session for days.
+        state.saw(&identity.host);
         let answer = match Packet::try_from(&mut bytes) {
             Ok(request) => ops.handle(request),
             Err(_) => Some(Packet::error(0, StatusCode::BadMessage)),

@@ -153,6 +153,7 @@ impl russh::server::Handler for SshHandler {
             }
         }
         metrics::inc(&self.metrics().auth_successes);
+        self.state.saw(user);
         self.ctl.set_identity(Identity {
             host: user.to_owned(),
             key: key.public_key.clone(),

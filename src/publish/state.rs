@@ -23,6 +23,7 @@ use super::config::{ConfigError, PublishConfig};
 use super::confine;
 use super::hostkey::HostKey;
 use super::metrics::{self, Metrics};
+use super::seen::LastSeen;
 use super::watch::ReleaseWatch;
 
 /// The directory under the state directory that holds one directory per host.
@@ -54,6 +55,7 @@ pub struct PublishState {
     per_host: Mutex<HashMap<String, usize>>,
     pub(crate) connections: Arc<Semaphore>,
     metrics: Metrics,
+    seen: LastSeen,
 }
 
 impl std::fmt::Debug for PublishState {
@@ -103,6 +105,7 @@ impl PublishState {
             releases: ReleaseWatch::default(),
             per_host: Mutex::new(HashMap::new()),
             metrics: Metrics::default(),
+            seen: LastSeen::new(state_dir),
         }))
     }
 
@@ -149,6 +152,11 @@ impl PublishState {
 
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// Records that `host` logged in (for `bento status`; persisted at most once a minute).
+    pub fn saw(&self, host: &str) {
+        self.seen.saw(host);
     }
 
     pub fn host_key(&self) -> &HostKey {

@@ -12,6 +12,8 @@ use thiserror::Error;
 
 use crate::release::check_host_name;
 
+pub mod textfile;
+
 /// The report encoding version this code writes and reads.
 pub const FORMAT: u32 = 1;
 

@@ -1,0 +1,72 @@
+//! The fleet whose status the server shows: the state directory, the host names (replaced
+//! when the fleet file is reloaded) and the stale limit. Shared by the dashboard and the
+//! `/metrics` gauges.
+
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use super::view::{FleetStatus, HostStatus};
+use super::{StatusError, collect, collect_host, unix_now};
+use crate::config::StateDir;
+
+#[derive(Debug)]
+pub struct Source {
+    pub state: StateDir,
+    hosts: RwLock<Arc<Vec<String>>>,
+    pub stale_after: u64,
+    /// The last fleet status and when it was computed: browsers polling every 2 s and
+    /// scrapers share one reading of the state directory per [`FRESH_FOR`].
+    last: Mutex<Option<(Instant, Arc<FleetStatus>)>>,
+}
+
+/// How long a computed fleet status is served again.
+pub const FRESH_FOR: Duration = Duration::from_secs(1);
+
+impl Source {
+    pub fn new(state: StateDir, hosts: Vec<String>, stale_after: u64) -> Arc<Self> {
+        Arc::new(Source {
+            state,
+            hosts: RwLock::new(Arc::new(hosts)),
+            stale_after,
+            last: Mutex::new(None),
+        })
+    }
+
+    /// Replaces the host list (after a fleet file reload).
+    pub fn set_hosts(&self, hosts: Vec<String>) {
+        *self.hosts.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(hosts);
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    pub fn hosts(&self) -> Arc<Vec<String>> {
+        self.hosts.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn knows(&self, host: &str) -> bool {
+        self.hosts().iter().any(|h| h == host)
+    }
+
+    /// Every host's status, at most [`FRESH_FOR`] old (blocking file reads).
+    pub fn fleet(&self) -> Result<Arc<FleetStatus>, StatusError> {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, fleet)) = last.as_ref() {
+            if at.elapsed() < FRESH_FOR {
+                return Ok(fleet.clone());
+            }
+        }
+        let hosts = self.hosts();
+        let fleet = Arc::new(collect(
+            &self.state,
+            hosts.iter().map(String::as_str),
+            unix_now(),
+            self.stale_after,
+        )?);
+        *last = Some((Instant::now(), fleet.clone()));
+        Ok(fleet)
+    }
+
+    /// One host's status now (blocking file reads).
+    pub fn host(&self, host: &str) -> Result<HostStatus, StatusError> {
+        collect_host(&self.state, host, unix_now(), self.stale_after)
+    }
+}

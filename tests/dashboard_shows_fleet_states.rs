@@ -1,0 +1,416 @@
+//! The web dashboard of `bento serve`, loaded in headless Chromium (Debian's `chromium`):
+//! the fleet table shows every host's state — all twelve states, from report files written
+//! by this test with `Report::to_bytes()` exactly as agents upload them — after its script
+//! has fetched `/api/status`; a host page shows the release history and report logs, with
+//! agent-written markup escaped (the poison string never becomes an element). The cache
+//! still answers beside it (`/nix-cache-info`), and `/metrics` carries the fleet gauges.
+//! Screenshots are saved under `target/`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod fleet_support;
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use bento::release::Release;
+use bento::report::{Outcome, Report};
+use fleet_support::{Kind, TestFleet};
+
+/// The newest report of a host: outcome, generation, seconds ago.
+type Newest = Option<(Outcome, u64, u64)>;
+
+/// (host, its newest report, the state shown)
+const CASES: [(&str, Newest, &str); 12] = [
+    ("h-ok", Some((Outcome::Applied, 2, 10)), "up-to-date"),
+    ("h-pending", Some((Outcome::Applied, 1, 10)), "pending"),
+    (
+        "h-deploying",
+        Some((Outcome::Deploying, 2, 10)),
+        "deploying",
+    ),
+    (
+        "h-unconfirmed",
+        Some((Outcome::Unconfirmed, 2, 10)),
+        "unconfirmed",
+    ),
+    (
+        "h-actfail",
+        Some((Outcome::ActivationFailed, 2, 10)),
+        "activation-failed",
+    ),
+    (
+        "h-rolledback",
+        Some((Outcome::RolledBack, 2, 10)),
+        "rolled-back",
+    ),
+    ("h-retry", Some((Outcome::RetryLater, 2, 10)), "retry-later"),
+    (
+        "h-copyfail",
+        Some((Outcome::CopyFailed, 2, 10)),
+        "copy-failed",
+    ),
+    ("h-refused", Some((Outcome::Refused, 2, 10)), "refused"),
+    ("h-stale", Some((Outcome::Applied, 2, 3600)), "stale"),
+    ("h-never", None, "never-seen"),
+    ("h-undeployed", None, "not-deployed"),
+];
+
+const POISON: &str = "<img src=x id=poison-from-agent>";
+
+struct Killed(std::process::Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn now() -> u64 {
+    bento::status::unix_now()
+}
+
+fn path_of(host: &str, generation: u64) -> String {
+    // A syntactically valid store path per host and generation (it need not exist).
+    let hash: String = format!("{host}{generation}")
+        .bytes()
+        .map(|b| b"0123456789abcdfghijklmnpqrsvwxyz"[usize::from(b) % 32] as char)
+        .chain(std::iter::repeat('0'))
+        .take(32)
+        .collect();
+    format!("/nix/store/{hash}-nixos-system-{host}-{generation}")
+}
+
+fn write_fleet(fleet: &TestFleet) {
+    let state = fleet.state_dir();
+    let key = fleet.secret_key();
+    let t = now();
+    for (host, report, _) in CASES {
+        if host == "h-undeployed" {
+            continue;
+        }
+        std::fs::create_dir_all(state.publish_dir(host)).unwrap();
+        let release = Release::sign(host, 2, &path_of(host, 2), t - 100, &key).unwrap();
+        std::fs::write(state.release(host), release.to_bytes()).unwrap();
+        std::fs::create_dir_all(state.history(host).parent().unwrap()).unwrap();
+        let history: String = (1..=2)
+            .map(|g| {
+                format!(
+                    "{{\"format\":1,\"generation\":{g},\"store_path\":\"{}\",\"created\":{}}}\n",
+                    path_of(host, g),
+                    t - 1000 + g * 100
+                )
+            })
+            .collect();
+        std::fs::write(state.history(host), history).unwrap();
+        let Some((outcome, generation, ago)) = report else {
+            continue;
+        };
+        let reports = state.reports_dir(host);
+        std::fs::create_dir_all(&reports).unwrap();
+        let finished_ms = (t - ago) * 1000;
+        let r = Report {
+            format: bento::report::FORMAT,
+            host: host.into(),
+            generation,
+            wanted: Some(path_of(host, generation)),
+            running: Some(path_of(
+                host,
+                if outcome.is_success() { generation } else { 1 },
+            )),
+            outcome,
+            reason: (!outcome.is_success() && !outcome.is_interim())
+                .then(|| format!("{} on purpose {POISON}", outcome.as_str())),
+            started_ms: finished_ms - 2000,
+            finished_ms,
+            timings: Default::default(),
+            log: format!("fetching release\ncopying closure\nlog line of {host} {POISON}\n"),
+        };
+        std::fs::write(reports.join(r.file_name()), r.to_bytes()).unwrap();
+    }
+}
+
+fn chromium(args: &[&str], url: &str) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let out = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--virtual-time-budget=5000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("run chromium (scripts/setup.sh installs it)");
+    assert!(
+        out.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn curl(url: &str) -> String {
+    let out = Command::new("curl").args(["-sf", url]).output().unwrap();
+    assert!(out.status.success(), "curl {url} failed");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn target_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The `<td class="state ...">` texts of the fleet table, by host, from a dumped DOM.
+fn states_in(dom: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for row in dom.split("<tr data-host=\"").skip(1) {
+        let host = row.split('"').next().unwrap().to_owned();
+        let state = row
+            .split("class=\"state s-")
+            .nth(1)
+            .and_then(|s| s.split('>').nth(1))
+            .and_then(|s| s.split('<').next())
+            .unwrap_or("")
+            .to_owned();
+        out.push((host, state));
+    }
+    out
+}
+
+#[test]
+fn dashboard_shows_every_state_in_a_real_browser() {
+    if Command::new("chromium").arg("--version").output().is_err() {
+        panic!("chromium is missing: run scripts/setup.sh (it installs Debian's chromium)");
+    }
+    let fleet = TestFleet::new(
+        &CASES
+            .iter()
+            .map(|(h, _, _)| (*h, Kind::Ok))
+            .collect::<Vec<_>>(),
+    );
+    write_fleet(&fleet);
+
+    let mut child = fleet.command(&[
+        "serve",
+        "--cache-listen",
+        "127.0.0.1:0",
+        "--sftp-listen",
+        "127.0.0.1:0",
+    ]);
+    let mut child = child
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let _server = Killed(child);
+    let mut base = String::new();
+    let mut lines = BufReader::new(stdout).lines();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(url) = line.trim().strip_prefix("dashboard") {
+            base = url.trim().trim_end_matches('/').to_owned();
+            break;
+        }
+    }
+    // Keep reading what the server prints, so that it never writes to a closed pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    assert!(base.starts_with("http://127.0.0.1:"), "{base}");
+
+    // The fleet table, as the browser shows it after the script ran.
+    let dom = chromium(&["--dump-dom"], &format!("{base}/"));
+    let mut got = states_in(&dom);
+    got.sort();
+    let mut want: Vec<(String, String)> = CASES
+        .iter()
+        .map(|(h, _, s)| ((*h).to_owned(), (*s).to_owned()))
+        .collect();
+    want.sort();
+    assert_eq!(got, want, "{dom}");
+    assert!(
+        dom.contains("updated "),
+        "the script refreshed the table: {dom}"
+    );
+    assert!(!dom.contains("id=\"poison-from-agent\""), "{dom}");
+    assert!(
+        dom.contains("&lt;img src=x"),
+        "the reason is shown as text: {dom}"
+    );
+    let shot = target_dir().join("dashboard-fleet.png");
+    let _ = std::fs::remove_file(&shot);
+    chromium(
+        &[
+            &format!("--screenshot={}", shot.display()),
+            "--window-size=1200,800",
+        ],
+        &format!("{base}/"),
+    );
+    assert!(std::fs::metadata(&shot).unwrap().len() > 1000);
+    eprintln!("dashboard screenshot: {}", shot.display());
+
+    // A host page: history and the report with its log, escaped.
+    let dom = chromium(&["--dump-dom"], &format!("{base}/hosts/h-rolledback"));
+    assert!(dom.contains("rolled-back"), "{dom}");
+    assert!(dom.contains(&path_of("h-rolledback", 1)), "history: {dom}");
+    assert!(dom.contains(&path_of("h-rolledback", 2)), "history: {dom}");
+    assert!(
+        dom.contains("log line of h-rolledback"),
+        "report log: {dom}"
+    );
+    assert!(!dom.contains("id=\"poison-from-agent\""), "{dom}");
+    let shot = target_dir().join("dashboard-host.png");
+    chromium(
+        &[
+            &format!("--screenshot={}", shot.display()),
+            "--window-size=1200,800",
+        ],
+        &format!("{base}/hosts/h-rolledback"),
+    );
+    eprintln!("host page screenshot: {}", shot.display());
+
+    // The JSON API, the cache beside it, and the fleet gauges.
+    let api: serde_json::Value =
+        serde_json::from_str(&curl(&format!("{base}/api/status"))).unwrap();
+    assert_eq!(api["schema"], 1);
+    assert_eq!(api["hosts"].as_array().unwrap().len(), CASES.len());
+    assert!(curl(&format!("{base}/nix-cache-info")).contains("StoreDir: /nix/store"));
+    let metrics = curl(&format!("{base}/metrics"));
+    assert!(
+        metrics.contains("bento_hosts{state=\"rolled-back\"} 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("bento_host_desired_generation{host=\"h-ok\"} 2\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("bento_host_current_generation{host=\"h-ok\"} 2\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("bento_host_seconds_since_report{host=\"h-stale\"} 36"),
+        "{metrics}"
+    );
+    let unknown = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("{base}/hosts/nobody"),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&unknown.stdout), "404");
+}
+
+#[test]
+fn status_cli_prints_the_same_states_and_exits_by_them() {
+    let fleet = TestFleet::new(
+        &CASES
+            .iter()
+            .map(|(h, _, _)| (*h, Kind::Ok))
+            .collect::<Vec<_>>(),
+    );
+    write_fleet(&fleet);
+    let run = fleet.bento(&["status", "--json"]);
+    assert_eq!(run.output.status.code(), Some(3), "{}", run.both());
+    let json: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(json["schema"], 1);
+    for (host, _, state) in CASES {
+        let h = json["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["host"] == host)
+            .unwrap();
+        assert_eq!(h["state"], state, "{host}");
+    }
+    let run = fleet.bento(&["status"]);
+    assert_eq!(run.output.status.code(), Some(3), "{}", run.both());
+    assert!(
+        run.stdout.contains("1 of 12 hosts up to date"),
+        "{}",
+        run.stdout
+    );
+    eprintln!("{}", run.stdout);
+    assert!(
+        run.stdout.contains("activation-failed on purpose"),
+        "{}",
+        run.stdout
+    );
+    // Only the up-to-date host selected: exit 0.
+    let run = fleet.bento(&["status", "h-ok"]);
+    assert_eq!(run.output.status.code(), Some(0), "{}", run.both());
+    assert!(run.stdout.contains("h-ok"), "{}", run.stdout);
+    assert!(!run.stdout.contains("h-stale"), "{}", run.stdout);
+}
+
+#[test]
+fn status_watch_redraws_when_a_report_arrives() {
+    let fleet = TestFleet::new(
+        &CASES
+            .iter()
+            .map(|(h, _, _)| (*h, Kind::Ok))
+            .collect::<Vec<_>>(),
+    );
+    write_fleet(&fleet);
+    let mut child = fleet.command(&["status", "--watch", "h-pending"]);
+    let mut child = child.stdout(Stdio::piped()).spawn().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let _watch = Killed(child);
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::Read as _;
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0
+                || tx
+                    .send(String::from_utf8_lossy(&buf[..n]).into_owned())
+                    .is_err()
+            {
+                break;
+            }
+        }
+    });
+    let mut seen = String::new();
+    let mut wait_for = |needle: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !seen.contains(needle) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(more) => seen.push_str(&more),
+                Err(_) => panic!("no {needle:?} in:\n{seen}"),
+            }
+        }
+        seen.clear();
+    };
+    wait_for("pending");
+    // The host reports generation 2 applied: the next frame says so.
+    let t = now();
+    let r = Report {
+        format: bento::report::FORMAT,
+        host: "h-pending".into(),
+        generation: 2,
+        wanted: Some(path_of("h-pending", 2)),
+        running: Some(path_of("h-pending", 2)),
+        outcome: Outcome::Applied,
+        reason: None,
+        started_ms: t * 1000,
+        finished_ms: t * 1000,
+        timings: Default::default(),
+        log: String::new(),
+    };
+    let dir = fleet.state_dir().reports_dir("h-pending");
+    std::fs::write(dir.join(r.file_name()), r.to_bytes()).unwrap();
+    wait_for("up-to-date");
+}
