@@ -66,9 +66,11 @@ async fn trigger_checks_now_and_streams_progress() {
         &["agent", "--config", &config.to_string_lossy()],
     ));
     let mut agent = agent.kill_on_drop(true).spawn().unwrap();
-    // The first attempt finds no release; then the agent sleeps for ten minutes.
+    // The first attempt finds no release (its session stays open); then the agent sleeps
+    // for ten minutes.
     let socket = host.root.join("run/bento-agent/trigger.sock");
     assert!(wait_for(30, || socket.exists()).await);
+    assert!(wait_for(30, || server.publish.sessions_of("web1") > 0).await);
     use std::os::unix::fs::PermissionsExt as _;
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "only root may trigger");
