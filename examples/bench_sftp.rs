@@ -173,10 +173,10 @@ impl Fleet {
     fn write_release(&self, host: &str, generation: u64) -> anyhow::Result<()> {
         let dir = self.dir.path().join("state/publish").join(host);
         std::fs::create_dir_all(&dir)?;
-        let body = format!(
-            "{{\"host\":\"{host}\",\"generation\":{generation},\"path\":\"/nix/store/00000000000000000000000000000000-nixos-system-{host}\",\"signature\":\"{}\"}}\n",
-            "A".repeat(88)
-        );
+        let path = format!("/nix/store/00000000000000000000000000000000-nixos-system-{host}");
+        let key = bento::nix::keys::SecretKey::generate("bench-fleet")?;
+        let release = bento::release::Release::sign(host, generation, &path, 1, &key)?;
+        let body = release.to_bytes();
         std::fs::write(dir.join(".tmp"), body)?;
         std::fs::rename(dir.join(".tmp"), dir.join("release"))?;
         Ok(())
@@ -463,7 +463,9 @@ async fn notify_latency(
     for host in hosts {
         let s = connect(fleet, server, host).await?;
         let release = s.read_release().await?.context("no release")?;
-        let generation = bento::publish::default_release_generation(&release).context("gen")?;
+        let generation = bento::release::Release::parse_untrusted(&release)
+            .map(|r| r.generation)
+            .context("gen")?;
         sessions.push((Arc::new(s), generation));
     }
     let waits: Vec<_> = sessions
@@ -513,7 +515,9 @@ async fn single_latency(fleet: &Fleet, server: &mut Server) -> anyhow::Result<Ve
     let mut out = Vec::new();
     for _ in 0..20 {
         let release = s.read_release().await?.context("no release")?;
-        let g = bento::publish::default_release_generation(&release).context("gen")?;
+        let g = bento::release::Release::parse_untrusted(&release)
+            .map(|r| r.generation)
+            .context("gen")?;
         let waiter = {
             let s = s.clone();
             tokio::spawn(async move {

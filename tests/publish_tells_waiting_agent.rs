@@ -92,9 +92,10 @@ async fn stock_sftp_can_wait_too() {
 
     let state = fleet.state.clone();
     let dir = fleet.host_dir("web1");
+    let release8 = fleet.release_bytes("web1", 8);
     let publisher = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        std::fs::write(dir.join(".tmp"), "{\"generation\":8}").unwrap();
+        std::fs::write(dir.join(".tmp"), release8).unwrap();
         std::fs::rename(dir.join(".tmp"), dir.join("release")).unwrap();
         state.notify_release_changed("web1");
     });

@@ -7,8 +7,6 @@ use std::time::Duration;
 
 use thiserror::Error;
 
-use super::watch::default_release_generation;
-
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ConfigError {
     #[error("publish config: {field} must be greater than zero")]
@@ -60,10 +58,6 @@ pub struct PublishConfig {
     pub release_poll_interval: Duration,
     /// Largest answer to one SFTP read.
     pub max_read_len: u32,
-    /// Extracts the generation from a release file. The default understands a JSON object
-    /// with a top-level `"generation"` number and `generation = N` / `generation: N` lines;
-    /// the release module may set its own parser.
-    pub release_generation: fn(&[u8]) -> Option<u64>,
 }
 
 impl Default for PublishConfig {
@@ -85,7 +79,6 @@ impl Default for PublishConfig {
             watch_max_wait: Duration::from_secs(60),
             release_poll_interval: Duration::from_secs(2),
             max_read_len: 64 * 1024,
-            release_generation: default_release_generation,
         }
     }
 }

@@ -78,4 +78,3 @@ pub use hostkey::{HostKey, HostKeyError, load_or_create_host_key};
 pub use metrics::{Metrics, MetricsSnapshot};
 pub use server::serve;
 pub use state::{PublishState, StateError};
-pub use watch::default_release_generation;

@@ -24,7 +24,7 @@ use super::confine;
 use super::hostkey::HostKey;
 use super::metrics::{self, Metrics};
 use super::seen::LastSeen;
-use super::watch::ReleaseWatch;
+use super::watch::{ReleaseWatch, release_generation};
 
 /// The directory under the state directory that holds one directory per host.
 pub const PUBLISH_DIR: &str = "publish";
@@ -135,19 +135,15 @@ impl PublishState {
     /// `publish/<host>/release` and wakes them if its generation differs. Cheap when nobody
     /// waits. The deploy path calls this after writing a release.
     pub fn notify_release_changed(&self, host: &str) {
-        self.releases.refresh(
-            self.publish_fd.as_fd(),
-            host,
-            self.config.release_generation,
-            false,
-        );
+        self.releases
+            .refresh(self.publish_fd.as_fd(), host, release_generation, false);
     }
 
     /// Checks the release files of watched hosts for changes made behind our back (another
     /// process deploying). [`super::serve`] calls this every `release_poll_interval`.
     pub fn poll_releases(&self) {
         self.releases
-            .poll(self.publish_fd.as_fd(), self.config.release_generation);
+            .poll(self.publish_fd.as_fd(), release_generation);
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -190,11 +186,8 @@ impl PublishState {
     }
 
     pub(crate) fn subscribe_release(&self, host: &str) -> watch::Receiver<u64> {
-        self.releases.subscribe(
-            self.publish_fd.as_fd(),
-            host,
-            self.config.release_generation,
-        )
+        self.releases
+            .subscribe(self.publish_fd.as_fd(), host, release_generation)
     }
 
     pub(crate) fn publish_fd(&self) -> BorrowedFd<'_> {

@@ -6,7 +6,7 @@
 //! writing a release) or when the periodic poll sees `publish/<host>/release` change
 //! (inode, size, mtime or ctime), which covers releases written by another process. Both
 //! re-read the release through the confined open and extract its generation with the
-//! configured parser; a missing or unreadable release counts as generation 0.
+//! release module's parser; a missing or unreadable release counts as generation 0.
 
 use std::collections::HashMap;
 use std::io::Read as _;
@@ -161,18 +161,12 @@ fn read_generation(publish: BorrowedFd<'_>, host: &str, parse: Parse) -> (Option
     }
 }
 
-/// The default generation parser: a JSON object's top-level `"generation"` number, else the
-/// first line of the form `generation = N` or `generation: N` (TOML, YAML, key-value text).
-pub fn default_release_generation(bytes: &[u8]) -> Option<u64> {
-    if let Ok(serde_json::Value::Object(obj)) = serde_json::from_slice::<serde_json::Value>(bytes) {
-        return obj.get("generation").and_then(serde_json::Value::as_u64);
-    }
-    let text = std::str::from_utf8(bytes).ok()?;
-    text.lines().find_map(|line| {
-        let rest = line.trim().strip_prefix("generation")?;
-        let rest = rest.trim_start().strip_prefix(['=', ':'])?;
-        rest.trim().trim_matches('"').parse().ok()
-    })
+/// The generation of a release file, read with the release module's own (untrusting)
+/// parser: only a hint for waking agents, who verify the release themselves.
+pub fn release_generation(bytes: &[u8]) -> Option<u64> {
+    crate::release::Release::parse_untrusted(bytes)
+        .ok()
+        .map(|r| r.generation)
 }
 
 #[cfg(test)]
@@ -181,22 +175,22 @@ mod tests {
     use rustix::fs::{Mode, OFlags};
 
     #[test]
-    fn generation_parser_reads_json_and_lines() {
-        let cases: &[(&str, Option<u64>)] = &[
-            (
-                r#"{"host":"web1","generation":42,"path":"/nix/store/x"}"#,
-                Some(42),
-            ),
-            (r#"{"generation":"7"}"#, None),
-            ("host = \"web1\"\ngeneration = 9\n", Some(9)),
-            ("generation: 10", Some(10)),
-            ("version 1\nhost web1\n", None),
-            ("generation = -1", None),
-            ("", None),
-        ];
-        for (text, want) in cases {
-            assert_eq!(default_release_generation(text.as_bytes()), *want, "{text}");
+    fn the_generation_hint_comes_from_a_real_release_only() {
+        let key = crate::nix::keys::SecretKey::generate("fleet").unwrap();
+        let path = "/nix/store/00000000000000000000000000000000-nixos-system-web1";
+        let release = crate::release::Release::sign("web1", 42, path, 1, &key).unwrap();
+        assert_eq!(release_generation(&release.to_bytes()), Some(42));
+        for junk in [&br#"{"generation":7}"#[..], b"generation = 9\n", b"", b"{"] {
+            assert_eq!(release_generation(junk), None, "{junk:?}");
         }
+    }
+
+    /// The watch mechanics, independent of the release format.
+    fn json_generation(bytes: &[u8]) -> Option<u64> {
+        serde_json::from_slice::<serde_json::Value>(bytes)
+            .ok()?
+            .get("generation")?
+            .as_u64()
     }
 
     #[tokio::test]
@@ -212,7 +206,7 @@ mod tests {
         )
         .unwrap();
         let w = ReleaseWatch::default();
-        let parse = default_release_generation;
+        let parse = json_generation;
         let mut rx = w.subscribe(publish.as_fd(), "web1", parse);
         assert_eq!(*rx.borrow(), 1);
 

@@ -13,10 +13,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bento::nix::cmd::{CmdError, Command, Output};
+use bento::nix::keys::SecretKey;
 use bento::publish::{
     ClientError, HostKey, HostKeys, PublishConfig, PublishState, Session, load_or_create_host_key,
     serve,
 };
+use bento::release::Release;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -39,6 +41,7 @@ pub struct Fleet {
     /// The server's public key, as an agent pins it.
     pub pinned: String,
     keys: HashMap<String, PathBuf>,
+    release_key: SecretKey,
     shutdown: CancellationToken,
     server: Option<JoinHandle<()>>,
 }
@@ -103,6 +106,7 @@ impl Fleet {
             known_hosts,
             pinned,
             keys,
+            release_key: SecretKey::generate("publish-test").unwrap(),
             shutdown,
             server: Some(server),
         }
@@ -126,13 +130,21 @@ impl Fleet {
     pub fn write_release(&self, host: &str, generation: u64) -> Vec<u8> {
         let dir = self.host_dir(host);
         std::fs::create_dir_all(&dir).unwrap();
-        let body = format!(
-            "{{\"host\":\"{host}\",\"generation\":{generation},\"path\":\"/nix/store/00000000000000000000000000000000-nixos-system-{host}-{generation}\"}}\n"
-        );
+        let body = self.release_bytes(host, generation);
         let tmp = dir.join(".release.tmp");
         std::fs::write(&tmp, &body).unwrap();
         std::fs::rename(&tmp, dir.join("release")).unwrap();
-        body.into_bytes()
+        body
+    }
+
+    /// A signed release of `host` at `generation`, compact JSON, as bytes.
+    pub fn release_bytes(&self, host: &str, generation: u64) -> Vec<u8> {
+        let path =
+            format!("/nix/store/00000000000000000000000000000000-nixos-system-{host}-{generation}");
+        let release = Release::sign(host, generation, &path, 1, &self.release_key).unwrap();
+        let mut body = serde_json::to_vec(&release).unwrap();
+        body.push(b'\n');
+        body
     }
 
     /// Writes `publish/<host>/files/<rel>`.
