@@ -5,26 +5,19 @@
 
 mod harness;
 
-use harness::fake::{self, Behaviour};
-use harness::net::Net;
-use harness::server::{Server, agent_once};
+use harness::fake::Behaviour;
+use harness::server::{OneHost, agent_once};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_release_is_applied_confirmed_and_reported() {
-    if !harness::can_use_namespaces() {
+    let Some(t) = OneHost::start("apply", &[Behaviour::Good, Behaviour::Good], "").await else {
         return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let old = fake::build(tmp.path(), "web1", 1, &Behaviour::Good, "apply");
-    let new = fake::build(tmp.path(), "web1", 2, &Behaviour::Good, "apply");
-    let net = Net::new();
-    let host = net.host("web1", 1, &tmp.path().join("web1"));
-    host.install(&old);
-    let server = Server::start(tmp.path(), &net, &["web1"]).await;
-    let config = server.agent_config(&host, "");
+    };
+    let (host, server, config) = (&t.host, &t.server, &t.config);
+    let new = t.systems[1].clone();
     server.publish_release("web1", 2, &new).await;
 
-    let (code, log) = agent_once(&host, &config).await;
+    let (code, log) = agent_once(host, config).await;
     assert_eq!(code, 0, "agent log:\n{log}");
     assert_eq!(host.running().as_deref(), Some(new.as_str()));
     assert_eq!(
@@ -47,7 +40,7 @@ async fn a_new_release_is_applied_confirmed_and_reported() {
     assert_eq!(all, vec!["deploying", "unconfirmed", "applied"]);
 
     // Nothing to do the second time: no activation, no report, exit 3.
-    let (code, log) = agent_once(&host, &config).await;
+    let (code, log) = agent_once(host, config).await;
     assert_eq!(code, 3, "{log}");
     assert_eq!(host.activations().len(), 1);
     assert_eq!(server.reports("web1").len(), 3);

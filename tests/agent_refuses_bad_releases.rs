@@ -7,46 +7,16 @@ mod harness;
 
 use bento::nix::keys::SecretKey;
 use bento::release::Release;
-use harness::fake::{self, Behaviour};
-use harness::net::{Host, Net};
-use harness::server::{Server, agent_once};
+use harness::fake::Behaviour;
+use harness::server::{OneHost, agent_once};
 
-struct Case {
-    _tmp: tempfile::TempDir,
-    _net: Net,
-    host: Host,
-    server: Server,
-    config: std::path::PathBuf,
-    old: String,
-    new: String,
-}
-
-async fn setup(salt: &str) -> Option<Case> {
-    if !harness::can_use_namespaces() {
-        return None;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let old = fake::build(tmp.path(), "web1", 1, &Behaviour::Good, salt);
-    let new = fake::build(tmp.path(), "web1", 2, &Behaviour::Good, salt);
-    let net = Net::new();
-    let host = net.host("web1", 1, &tmp.path().join("web1"));
-    host.install(&old);
-    let server = Server::start(tmp.path(), &net, &["web1"]).await;
-    let config = server.agent_config(&host, "");
-    Some(Case {
-        _tmp: tmp,
-        _net: net,
-        host,
-        server,
-        config,
-        old,
-        new,
-    })
+async fn setup(salt: &str) -> Option<OneHost> {
+    OneHost::start(salt, &[Behaviour::Good, Behaviour::Good], "").await
 }
 
 /// Runs the agent, expects a refusal whose reason contains `why`, and nothing activated
 /// beyond `activations_before`.
-async fn assert_refused(c: &Case, why: &str, activations_before: usize) {
+async fn assert_refused(c: &OneHost, why: &str, activations_before: usize) {
     let (code, log) = agent_once(&c.host, &c.config).await;
     assert_eq!(code, 4, "{log}");
     assert_eq!(
@@ -68,13 +38,13 @@ async fn a_replayed_older_release_is_refused() {
     let Some(c) = setup("replay").await else {
         return;
     };
-    c.server.publish_release("web1", 2, &c.new).await;
+    c.server.publish_release("web1", 2, &c.systems[1]).await;
     let (code, log) = agent_once(&c.host, &c.config).await;
     assert_eq!(code, 0, "{log}");
     // An attacker (or a restored backup) puts generation 1 back: validly signed, but old.
-    c.server.publish_release("web1", 1, &c.old).await;
+    c.server.publish_release("web1", 1, &c.systems[0]).await;
     assert_refused(&c, "not newer than generation 2", 1).await;
-    assert_eq!(c.host.running().as_deref(), Some(c.new.as_str()));
+    assert_eq!(c.host.running().as_deref(), Some(c.systems[1].as_str()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -82,10 +52,10 @@ async fn another_hosts_release_is_refused() {
     let Some(c) = setup("otherhost").await else {
         return;
     };
-    let foreign = Release::sign("web2", 5, &c.new, 1_790_000_000, &c.server.key).unwrap();
+    let foreign = Release::sign("web2", 5, &c.systems[1], 1_790_000_000, &c.server.key).unwrap();
     c.server.write_release("web1", &foreign.to_bytes()).await;
     assert_refused(&c, "release is for host \"web2\"", 0).await;
-    assert_eq!(c.host.running().as_deref(), Some(c.old.as_str()));
+    assert_eq!(c.host.running().as_deref(), Some(c.systems[0].as_str()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -95,15 +65,15 @@ async fn a_release_signed_by_another_key_is_refused() {
     };
     // Same key name as the fleet's, other bytes: the signature does not verify.
     let impostor = SecretKey::generate(c.server.key.name()).unwrap();
-    let forged = Release::sign("web1", 2, &c.new, 1_790_000_000, &impostor).unwrap();
+    let forged = Release::sign("web1", 2, &c.systems[1], 1_790_000_000, &impostor).unwrap();
     c.server.write_release("web1", &forged.to_bytes()).await;
     assert_refused(&c, "signature does not verify", 0).await;
     // Another fleet's key altogether.
     let stranger = SecretKey::generate("other-fleet").unwrap();
-    let forged = Release::sign("web1", 3, &c.new, 1_790_000_000, &stranger).unwrap();
+    let forged = Release::sign("web1", 3, &c.systems[1], 1_790_000_000, &stranger).unwrap();
     c.server.write_release("web1", &forged.to_bytes()).await;
     assert_refused(&c, "signed by \"other-fleet\"", 0).await;
-    assert_eq!(c.host.running().as_deref(), Some(c.old.as_str()));
+    assert_eq!(c.host.running().as_deref(), Some(c.systems[0].as_str()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -124,10 +94,9 @@ async fn a_tampered_nar_is_refused() {
             dir.display(),
             secret.display()
         ),
-        &c.new,
+        &c.systems[1],
     ]));
-    let top_hash = c
-        .new
+    let top_hash = c.systems[1]
         .trim_start_matches("/nix/store/")
         .split('-')
         .next()
@@ -156,9 +125,9 @@ async fn a_tampered_nar_is_refused() {
         .collect::<Vec<_>>()
         .join("\n");
     std::fs::write(&c.config, config).unwrap();
-    c.server.publish_release("web1", 2, &c.new).await;
+    c.server.publish_release("web1", 2, &c.systems[1]).await;
     assert_refused(&c, "refused by Nix", 0).await;
     let r = c.server.final_reports("web1").pop().unwrap();
     assert!(r.log.contains("hash mismatch"), "{}", r.log);
-    assert_eq!(c.host.running().as_deref(), Some(c.old.as_str()));
+    assert_eq!(c.host.running().as_deref(), Some(c.systems[0].as_str()));
 }

@@ -5,26 +5,20 @@
 mod harness;
 
 use harness::fake::{self, Behaviour};
-use harness::net::Net;
-use harness::server::{Server, agent_once};
+use harness::server::{OneHost, agent_once};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_activation_is_rolled_back_to_the_previous_system() {
-    if !harness::can_use_namespaces() {
+    let systems = [Behaviour::Good, Behaviour::FailActivation];
+    let Some(t) = OneHost::start("actfail", &systems, "").await else {
         return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let old = fake::build(tmp.path(), "web1", 1, &Behaviour::Good, "actfail");
-    let bad = fake::build(tmp.path(), "web1", 2, &Behaviour::FailActivation, "actfail");
-    let net = Net::new();
-    let host = net.host("web1", 1, &tmp.path().join("web1"));
-    host.install(&old);
-    let server = Server::start(tmp.path(), &net, &["web1"]).await;
-    let config = server.agent_config(&host, "");
+    };
+    let (host, server, config, tmp) = (&t.host, &t.server, &t.config, &t.tmp);
+    let (old, bad) = (t.systems[0].clone(), t.systems[1].clone());
     server.publish_release("web1", 2, &bad).await;
 
     let started = std::time::Instant::now();
-    let (code, log) = agent_once(&host, &config).await;
+    let (code, log) = agent_once(host, config).await;
     eprintln!(
         "activation failure to restored system: {:?}",
         started.elapsed()
@@ -57,12 +51,12 @@ async fn failed_activation_is_rolled_back_to_the_previous_system() {
     );
 
     // The failed generation is not retried; a newer one is.
-    let (code, _) = agent_once(&host, &config).await;
+    let (code, _) = agent_once(host, config).await;
     assert_eq!(code, 3);
     assert_eq!(host.activations().len(), 2);
     let fixed = fake::build(tmp.path(), "web1", 3, &Behaviour::Good, "actfail");
     server.publish_release("web1", 3, &fixed).await;
-    let (code, log) = agent_once(&host, &config).await;
+    let (code, log) = agent_once(host, config).await;
     assert_eq!(code, 0, "{log}");
     assert_eq!(host.running().as_deref(), Some(fixed.as_str()));
 }

@@ -6,27 +6,21 @@
 
 mod harness;
 
-use harness::fake::{self, Behaviour};
-use harness::net::Net;
-use harness::server::{Server, agent_once};
+use harness::fake::Behaviour;
+use harness::server::{OneHost, agent_once};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_configuration_that_cuts_the_network_is_rolled_back() {
-    if !harness::can_use_namespaces() {
+    let systems = [Behaviour::Good, Behaviour::BreakNetwork];
+    let Some(t) = OneHost::start("netbreak", &systems, "confirm_timeout_secs = 5").await else {
         return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let old = fake::build(tmp.path(), "web1", 1, &Behaviour::Good, "netbreak");
-    let bad = fake::build(tmp.path(), "web1", 2, &Behaviour::BreakNetwork, "netbreak");
-    let net = Net::new();
-    let host = net.host("web1", 1, &tmp.path().join("web1"));
-    host.install(&old);
-    let server = Server::start(tmp.path(), &net, &["web1"]).await;
-    let config = server.agent_config(&host, "confirm_timeout_secs = 5");
+    };
+    let (host, server, config) = (&t.host, &t.server, &t.config);
+    let (old, bad) = (t.systems[0].clone(), t.systems[1].clone());
     server.publish_release("web1", 2, &bad).await;
 
     let started = std::time::Instant::now();
-    let (code, log) = agent_once(&host, &config).await;
+    let (code, log) = agent_once(host, config).await;
     let took = started.elapsed();
     assert_eq!(code, 6, "{log}");
     assert_eq!(host.running().as_deref(), Some(old.as_str()));
@@ -57,6 +51,6 @@ async fn a_configuration_that_cuts_the_network_is_rolled_back() {
         "gave up before the confirm timeout: {confirm_ms} ms"
     );
     // The network is back: the host reaches the server again.
-    let (code, _) = agent_once(&host, &config).await;
+    let (code, _) = agent_once(host, config).await;
     assert_eq!(code, 3, "the rolled-back generation is not tried again");
 }

@@ -4,27 +4,21 @@
 
 mod harness;
 
-use harness::fake::{self, Behaviour};
-use harness::net::Net;
-use harness::server::{Server, spawn_agent_once};
+use harness::fake::Behaviour;
+use harness::server::{OneHost, spawn_agent_once};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_agent_never_activates_alongside_the_first() {
-    if !harness::can_use_namespaces() {
+    let systems = [Behaviour::Good, Behaviour::Sleep(3)];
+    let Some(t) = OneHost::start("lock", &systems, "").await else {
         return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let old = fake::build(tmp.path(), "web1", 1, &Behaviour::Good, "lock");
-    let new = fake::build(tmp.path(), "web1", 2, &Behaviour::Sleep(3), "lock");
-    let net = Net::new();
-    let host = net.host("web1", 1, &tmp.path().join("web1"));
-    host.install(&old);
-    let server = Server::start(tmp.path(), &net, &["web1"]).await;
-    let config = server.agent_config(&host, "");
+    };
+    let (host, server, config) = (&t.host, &t.server, &t.config);
+    let new = t.systems[1].clone();
     server.publish_release("web1", 2, &new).await;
 
-    let first = spawn_agent_once(&host, &config);
-    let second = spawn_agent_once(&host, &config);
+    let first = spawn_agent_once(host, config);
+    let second = spawn_agent_once(host, config);
     let (a, b) = (
         first.wait_with_output().await.unwrap(),
         second.wait_with_output().await.unwrap(),

@@ -272,3 +272,49 @@ pub async fn wait_for(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
     }
     cond()
 }
+
+/// One simulated host with its servers, the usual scene of an agent test: systems built
+/// in the server's store (the first one installed as the running system), the host in its
+/// namespaces, both servers, and the agent's configuration (`extra` overrides defaults).
+/// Fields drop in order: servers, host, bridge, files.
+pub struct OneHost {
+    pub server: Server,
+    pub host: Host,
+    pub net: Net,
+    pub config: PathBuf,
+    /// Store paths of the systems asked for, in order.
+    pub systems: Vec<String>,
+    pub tmp: tempfile::TempDir,
+}
+
+impl OneHost {
+    /// `None` (after saying why) when namespaces cannot be made here.
+    pub async fn start(
+        salt: &str,
+        systems: &[super::fake::Behaviour],
+        extra: &str,
+    ) -> Option<OneHost> {
+        if !super::can_use_namespaces() {
+            return None;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let systems: Vec<String> = systems
+            .iter()
+            .enumerate()
+            .map(|(i, b)| super::fake::build(tmp.path(), "web1", i as u64 + 1, b, salt))
+            .collect();
+        let net = Net::new();
+        let host = net.host("web1", 1, &tmp.path().join("web1"));
+        host.install(&systems[0]);
+        let server = Server::start(tmp.path(), &net, &["web1"]).await;
+        let config = server.agent_config(&host, extra);
+        Some(OneHost {
+            server,
+            host,
+            net,
+            config,
+            systems,
+            tmp,
+        })
+    }
+}
