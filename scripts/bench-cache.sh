@@ -93,7 +93,7 @@ pids+=("$nginx_pid")
 
 # ---------------------------------------------------------------- bento serve
 say "bento serve (release build)"
-ssh-keygen -q -t ed25519 -N '' -f "$work/bench-host.ssh"
+for h in bench-small bench-big; do ssh-keygen -q -t ed25519 -N '' -f "$work/$h.ssh"; done
 echo "{ outputs = _: { }; }" > "$work/flake.nix"
 cat > "$work/bento.toml" <<TOML
 [fleet]
@@ -101,10 +101,10 @@ state_dir = "$state"
 signing_key = "$key"
 
 [hosts.bench-small]
-ssh_key = "$(cat "$work/bench-host.ssh.pub")"
+ssh_key = "$(cat "$work/bench-small.ssh.pub")"
 
 [hosts.bench-big]
-ssh_key = "$(cat "$work/bench-host.ssh.pub")"
+ssh_key = "$(cat "$work/bench-big.ssh.pub")"
 TOML
 RUST_LOG=warn "$bento" serve --config "$work/bento.toml" --cache-listen "127.0.0.1:$bento_port" --sftp-listen 127.0.0.1:0 >/dev/null &
 bento_pid=$!

@@ -158,6 +158,7 @@ pub async fn switch(
 ) -> Result<(), SystemError> {
     let result = Command::new(format!("{path}/bin/switch-to-configuration"))
         .arg(action.as_str())
+        .with_stdout_lines()
         .run_async_with(|l| push_line(log, l))
         .await;
     result.map(|_| ()).map_err(|source| SystemError::Activate {
@@ -187,7 +188,10 @@ pub async fn health_checks(
         let Some((program, args)) = argv.split_first() else {
             continue;
         };
-        let c = Command::new(program).args(args).timeout(timeout);
+        let c = Command::new(program)
+            .args(args)
+            .timeout(timeout)
+            .with_stdout_lines();
         let result = c.run_async_with(|l| push_line(log, l)).await;
         result.map_err(|source| SystemError::Health {
             argv: c.argv(),

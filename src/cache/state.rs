@@ -6,7 +6,7 @@
 //! index in; (2) find or make each missing zstd file (verified by hash before it is
 //! trusted), then swap in the index whose narinfos advertise them. Refreshes never overlap.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -108,6 +108,10 @@ pub struct CacheState {
     /// so that no host is told of a release before its closure is servable.
     refreshed: tokio::sync::watch::Sender<u64>,
     pub(super) cache_info: Bytes,
+    /// The hosts whose releases are served (the fleet file's hosts); `None` serves every
+    /// release in the publish tree. A host removed from the fleet loses its closure here
+    /// as it loses its SFTP login.
+    served_hosts: Mutex<Option<BTreeSet<String>>>,
 }
 
 impl std::fmt::Debug for CacheState {
@@ -142,8 +146,26 @@ impl CacheState {
             wake: Notify::new(),
             refreshed: tokio::sync::watch::Sender::new(0),
             cache_info,
+            served_hosts: Mutex::new(None),
             config,
         }))
+    }
+
+    /// Serves only the releases of `hosts` from the next refresh on (the caller refreshes,
+    /// or the watcher does when the publish tree changes).
+    pub fn serve_only(&self, hosts: BTreeSet<String>) {
+        let mut guard = match self.served_hosts.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *guard = Some(hosts);
+    }
+
+    fn served_hosts(&self) -> Option<BTreeSet<String>> {
+        match self.served_hosts.lock() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
     }
 
     /// The public key clients must trust.
@@ -263,6 +285,15 @@ impl CacheState {
         let (mut published, skipped) = scan::read_releases(state_dir, &self.fleet_key);
         for s in &skipped {
             tracing::warn!(host = %s.host, reason = %s.reason, "ignoring release");
+        }
+        if let Some(served) = self.served_hosts() {
+            published.retain(|p| {
+                let keep = served.contains(&p.host);
+                if !keep {
+                    tracing::info!(host = %p.host, "not in the fleet file; its release is not served");
+                }
+                keep
+            });
         }
         let infos = loop {
             let tops: Vec<StorePath> = published.iter().map(|p| p.store_path.clone()).collect();

@@ -99,6 +99,7 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
     let gauges = Arc::new(status::metrics::Cached::new(source.clone()));
     config.extra_metrics = Some(ExtraMetrics(Arc::new(move || gauges.render())));
     let cache_state = CacheState::new(config)?;
+    cache_state.serve_only(fleet.hosts.keys().cloned().collect());
     let host_key = publish::load_or_create_host_key(&fleet.state.ssh_host_key())?;
     // Agents waiting for a release are told once the cache serves its closure (below), not
     // when the SFTP side's own poll sees the file: its poll is only a fallback here.
@@ -148,7 +149,7 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
     ));
     servers.spawn(cache::serve_with(
         cache_listener,
-        cache_state,
+        cache_state.clone(),
         if args.no_dashboard {
             axum::Router::new()
         } else {
@@ -165,6 +166,7 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
     tokio::spawn(reload_on_change(
         fleet.file.clone(),
         publish_state,
+        cache_state,
         source,
         shutdown.clone(),
     ));
@@ -214,11 +216,12 @@ fn modified(path: &Path) -> Option<SystemTime> {
 }
 
 /// Re-reads the fleet file on SIGHUP or when its modification time changes, and gives the
-/// SFTP server the new access map. A fleet file that does not load is reported and the
-/// current access map kept.
+/// SFTP server the new access map and the cache the new set of hosts it serves. A fleet
+/// file that does not load is reported and the current hosts kept.
 async fn reload_on_change(
     file: PathBuf,
     state: Arc<PublishState>,
+    cache_state: Arc<CacheState>,
     source: Arc<status::Source>,
     shutdown: CancellationToken,
 ) {
@@ -243,6 +246,10 @@ async fn reload_on_change(
                 source.set_hosts(fleet.hosts.keys().cloned().collect());
                 let summary = state.reload(keys);
                 tracing::info!(?summary, file = %file.display(), "fleet file reloaded");
+                cache_state.serve_only(fleet.hosts.keys().cloned().collect());
+                if let Err(e) = cache_state.refresh().await {
+                    tracing::error!(error = %e, "cache refresh after the reload failed; the cache serves the hosts it served before until its next refresh");
+                }
             }
             Err(e) => tracing::error!(
                 error = %format!("{e:#}"),

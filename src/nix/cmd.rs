@@ -104,6 +104,7 @@ pub struct Command {
     cwd: Option<PathBuf>,
     stdin: Option<Vec<u8>>,
     timeout: Option<Duration>,
+    lines_of_stdout: bool,
 }
 
 impl Command {
@@ -115,6 +116,7 @@ impl Command {
             cwd: None,
             stdin: None,
             timeout: None,
+            lines_of_stdout: false,
         }
     }
 
@@ -151,6 +153,14 @@ impl Command {
 
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
+        self
+    }
+
+    /// [`Command::run_async_with`] hands stdout's lines to its callback too, interleaved
+    /// with stderr's as they arrive (for programs such as `switch-to-configuration` whose
+    /// every line belongs in a log). Stdout is still returned whole in [`Output`].
+    pub fn with_stdout_lines(mut self) -> Self {
+        self.lines_of_stdout = true;
         self
     }
 
@@ -214,8 +224,9 @@ impl Command {
         self.run_async_with(|_| {}).await
     }
 
-    /// Like [`Command::run_async`], handing each line of stderr to `on_line` as it arrives
-    /// (progress displays, logs of an attempt).
+    /// Like [`Command::run_async`], handing each line of stderr (and of stdout, with
+    /// [`Command::with_stdout_lines`]) to `on_line` as it arrives (progress displays, logs
+    /// of an attempt).
     pub async fn run_async_with(
         &self,
         mut on_line: impl FnMut(&str) + Send,
@@ -244,6 +255,12 @@ impl Command {
         };
         let mut stdout = child.stdout.take();
         let stderr = child.stderr.take();
+        // Stdout is read here line by line when its lines are wanted, else whole aside.
+        let mut out_lines = if self.lines_of_stdout {
+            stdout.take().map(tokio::io::BufReader::new)
+        } else {
+            None
+        };
         let stdout_task = tokio::spawn(async move {
             let mut buf = Vec::new();
             if let Some(out) = stdout.as_mut() {
@@ -253,21 +270,30 @@ impl Command {
         });
         let work = async {
             let mut err_buf = Vec::new();
-            if let Some(stderr) = stderr {
-                let mut lines = tokio::io::BufReader::new(stderr);
-                let mut line = Vec::new();
-                loop {
-                    line.clear();
-                    let n = lines.read_until(b'\n', &mut line).await.map_err(io_err)?;
-                    if n == 0 {
-                        break;
+            let mut out_buf = Vec::new();
+            let mut err_lines = stderr.map(tokio::io::BufReader::new);
+            let (mut err_line, mut out_line) = (Vec::new(), Vec::new());
+            // `read_until` keeps what it read in the buffer when the other branch wins, so a
+            // line is handed on only once it is whole (or the stream ended).
+            loop {
+                tokio::select! {
+                    n = read_line(&mut err_lines, &mut err_line), if err_lines.is_some() => {
+                        if n.map_err(io_err)? == 0 {
+                            err_lines = None;
+                        }
+                        take_line(&mut err_line, &mut err_buf, &mut on_line);
                     }
-                    on_line(String::from_utf8_lossy(&line).trim_end());
-                    err_buf.extend_from_slice(&line);
+                    n = read_line(&mut out_lines, &mut out_line), if out_lines.is_some() => {
+                        if n.map_err(io_err)? == 0 {
+                            out_lines = None;
+                        }
+                        take_line(&mut out_line, &mut out_buf, &mut on_line);
+                    }
+                    else => break,
                 }
             }
             let status = child.wait().await.map_err(io_err)?;
-            Ok::<_, CmdError>((status, err_buf))
+            Ok::<_, CmdError>((status, err_buf, out_buf))
         };
         let result = match self.timeout {
             Some(t) => match tokio::time::timeout(t, work).await {
@@ -282,17 +308,37 @@ impl Command {
             },
             None => work.await,
         };
-        let (status, err_buf) = result?;
+        let (status, err_buf, mut out_buf) = result?;
         if let Some(task) = stdin_task {
             // A process may exit without reading all of stdin; that is its business.
             let _ = task.await;
         }
-        let out_buf = match stdout_task.await {
-            Ok(r) => r.map_err(io_err)?,
+        match stdout_task.await {
+            Ok(r) => out_buf.extend(r.map_err(io_err)?),
             Err(e) => return Err(io_err(std::io::Error::other(e))),
-        };
+        }
         finish(argv, status, out_buf, err_buf)
     }
+}
+
+/// Reads up to the next newline into `line` (appending); 0 at the end of the stream.
+async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(
+    reader: &mut Option<R>,
+    line: &mut Vec<u8>,
+) -> std::io::Result<usize> {
+    match reader {
+        Some(r) => r.read_until(b'\n', line).await,
+        None => Ok(0),
+    }
+}
+
+/// Hands a whole line (or the last, unterminated one) to `on_line` and keeps its bytes.
+fn take_line(line: &mut Vec<u8>, kept: &mut Vec<u8>, on_line: &mut impl FnMut(&str)) {
+    if line.is_empty() {
+        return;
+    }
+    on_line(String::from_utf8_lossy(line).trim_end());
+    kept.append(line);
 }
 
 fn finish(
@@ -420,5 +466,40 @@ mod tests {
     async fn async_stdin_reaches_the_process() {
         let out = Command::new("cat").stdin_bytes("fed").run_async().await;
         assert_eq!(out.map(|o| o.stdout_text()).ok(), Some("fed".to_owned()));
+    }
+
+    #[tokio::test]
+    async fn lines_of_both_streams_reach_the_callback_when_asked() {
+        let script = "echo out1; echo err1 >&2; sleep 0.1; echo out2; printf err2 >&2";
+        let mut both = Vec::new();
+        let out = Command::new("sh")
+            .args(["-c", script])
+            .with_stdout_lines()
+            .run_async_with(|l| both.push(l.to_owned()))
+            .await
+            .map(|o| {
+                (
+                    o.stdout_text(),
+                    String::from_utf8_lossy(&o.stderr).into_owned(),
+                )
+            });
+        assert_eq!(
+            out.ok(),
+            Some(("out1\nout2".to_owned(), "err1\nerr2".to_owned()))
+        );
+        both.sort();
+        assert_eq!(both, ["err1", "err2", "out1", "out2"]);
+
+        // Without asking, stdout stays out of the callback (it may be JSON for the caller).
+        let mut seen = Vec::new();
+        let out = Command::new("sh")
+            .args(["-c", script])
+            .run_async_with(|l| seen.push(l.to_owned()))
+            .await;
+        assert_eq!(
+            out.map(|o| o.stdout_text()).ok(),
+            Some("out1\nout2".to_owned())
+        );
+        assert_eq!(seen, ["err1", "err2"]);
     }
 }

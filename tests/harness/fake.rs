@@ -16,11 +16,32 @@ pub enum Behaviour {
     BreakNetwork,
     /// Activates, then sleeps this many seconds (for killing the agent mid-activation).
     Sleep(u32),
+    /// Activates, printing this many numbered lines (`activation line N of M`) to stdout
+    /// first: a long log whose every line can be checked where it arrives.
+    Chatty(u32),
+}
+
+/// The Nix system name of this machine, spelled out so that flakes (pure evaluation, no
+/// `builtins.currentSystem`) can use the expression too.
+pub fn nix_system() -> String {
+    format!("{}-linux", std::env::consts::ARCH)
 }
 
 /// A Nix expression for a fake system of `host` at `generation`; `salt` makes otherwise
 /// identical systems distinct.
 pub fn expression(host: &str, generation: u64, behaviour: &Behaviour, salt: &str) -> String {
+    expression_sized(host, generation, behaviour, salt, 0)
+}
+
+/// [`expression`], with an incompressible `blob_mib` MiB file in the system's dependency
+/// (none for 0), so that copying it takes a moment.
+pub fn expression_sized(
+    host: &str,
+    generation: u64,
+    behaviour: &Behaviour,
+    salt: &str,
+    blob_mib: u32,
+) -> String {
     let (before, after) = match behaviour {
         Behaviour::Good => (String::new(), String::new()),
         Behaviour::FailActivation => (
@@ -29,6 +50,15 @@ pub fn expression(host: &str, generation: u64, behaviour: &Behaviour, salt: &str
         ),
         Behaviour::BreakNetwork => (String::new(), "ip link set eth0 down".to_owned()),
         Behaviour::Sleep(s) => (String::new(), format!("sleep {s}")),
+        Behaviour::Chatty(n) => (
+            format!("for i in $(seq 1 {n}); do echo \"activation line $i of {n}\"; done"),
+            String::new(),
+        ),
+    };
+    let blob = if blob_mib > 0 {
+        format!("head -c {blob_mib}M /dev/urandom > $out/blob; ")
+    } else {
+        String::new()
     };
     let script = format!(
         "#!/bin/sh\n\
@@ -43,10 +73,10 @@ pub fn expression(host: &str, generation: u64, behaviour: &Behaviour, salt: &str
         r#"
 let
   mk = name: script: derivation {{
-    inherit name; system = builtins.currentSystem;
+    inherit name; system = "{system}";
     builder = "/bin/sh"; PATH = "/usr/bin:/bin"; args = [ "-c" script ];
   }};
-  dep = mk "{host}-etc-{generation}" "mkdir $out; echo 'host {host} generation {generation} {salt}' > $out/motd";
+  dep = mk "{host}-etc-{generation}" "mkdir $out; {blob}echo 'host {host} generation {generation} {salt}' > $out/motd";
   script = builtins.toFile "switch-to-configuration" {script:?};
 in mk "nixos-system-{host}-g{generation}" ''
   mkdir -p $out/bin
@@ -55,7 +85,8 @@ in mk "nixos-system-{host}-g{generation}" ''
   sed "s|@out@|$out|" ${{script}} > $out/bin/switch-to-configuration
   chmod +x $out/bin/switch-to-configuration
 ''
-"#
+"#,
+        system = nix_system()
     )
 }
 
@@ -69,11 +100,7 @@ pub fn build(dir: &Path, host: &str, generation: u64, behaviour: &Behaviour, sal
 /// Builds a fake system with an incompressible `size_mib` MiB file in a dependency, so that
 /// copying it takes a moment.
 pub fn build_big(dir: &Path, host: &str, generation: u64, size_mib: u32, salt: &str) -> String {
-    let mut expr = expression(host, generation, &Behaviour::Good, salt);
-    expr = expr.replace(
-        "echo 'host",
-        &format!("head -c {size_mib}M /dev/urandom > $out/blob; echo 'host"),
-    );
+    let expr = expression_sized(host, generation, &Behaviour::Good, salt, size_mib);
     let file = dir.join(format!("{host}-g{generation}-{salt}-big.nix"));
     std::fs::write(&file, expr).unwrap();
     super::nix_build(&file).pop().unwrap()

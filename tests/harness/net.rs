@@ -46,6 +46,7 @@ impl Net {
             ns: ns.clone(),
             ip: format!("10.77.{}.{}", self.subnet, 10 + u32::from(index)),
             root: root.to_owned(),
+            peer: veth.clone(),
         };
         run(Command::new("ip").args([
             "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns,
@@ -78,6 +79,8 @@ pub struct Host {
     pub ns: String,
     pub ip: String,
     pub root: PathBuf,
+    /// The bridge's end of the host's veth pair (what the host receives leaves by it).
+    pub peer: String,
 }
 
 impl Host {
@@ -94,6 +97,15 @@ impl Host {
     /// Brings the host's network down or up from outside.
     pub fn set_link(&self, up: bool) {
         self.ip_cmd(&["link", "set", "eth0", if up { "up" } else { "down" }]);
+    }
+
+    /// Limits what the host receives to `rate` (a `tc` rate such as `40mbit`), so that a
+    /// download lasts long enough to be interrupted.
+    pub fn throttle(&self, rate: &str) {
+        run(Command::new("tc").args([
+            "qdisc", "replace", "dev", &self.peer, "root", "tbf", "rate", rate, "burst", "32kb",
+            "latency", "1s",
+        ]));
     }
 
     /// Copies `path`'s closure into the host's store (no signatures needed: this is the

@@ -163,35 +163,76 @@ impl Server {
 
     /// Reports the host's agent uploaded, oldest first.
     pub fn reports(&self, host: &str) -> Vec<Report> {
-        let dir = self.state_dir.join("publish").join(host).join("reports");
-        let mut names: Vec<_> = std::fs::read_dir(&dir)
-            .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
-            .unwrap_or_default();
-        names.sort();
-        names
-            .iter()
-            .filter(|p| p.extension().is_some_and(|e| e == "json"))
-            .filter_map(|p| Report::parse(&std::fs::read(p).ok()?).ok())
-            .collect()
+        reports_in(&self.state_dir, host)
     }
 
     /// Final reports (interim "deploying"/"unconfirmed" left out).
     pub fn final_reports(&self, host: &str) -> Vec<Report> {
-        self.reports(host)
-            .into_iter()
-            .filter(|r| !r.outcome.is_interim())
-            .collect()
+        final_only(self.reports(host))
     }
 
     /// Writes the agent configuration of `host` and returns its path.
     pub fn agent_config(&self, host: &Host, extra: &str) -> PathBuf {
-        let path = host.root.join("etc/agent.toml");
-        let text = format!(
-            r#"host = "{name}"
+        write_agent_config(
+            host,
+            &Endpoints {
+                sftp: self.sftp_addr.to_string(),
+                pinned: self.pinned.clone(),
+                cache_url: format!("http://{}", self.cache_addr),
+                fleet_key: self.key.public().to_string(),
+            },
+            &self.dir.join(format!("{}.ssh", host.name)),
+            extra,
+            &host.root.join("etc/agent.toml"),
+        )
+    }
+}
+
+/// The reports a host's agent uploaded into the publish tree of `state_dir`, oldest first.
+pub fn reports_in(state_dir: &Path, host: &str) -> Vec<Report> {
+    let dir = state_dir.join("publish").join(host).join("reports");
+    let mut names: Vec<_> = std::fs::read_dir(&dir)
+        .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    names.sort();
+    names
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .filter_map(|p| Report::parse(&std::fs::read(p).ok()?).ok())
+        .collect()
+}
+
+/// `reports` without the interim ones ("deploying", "unconfirmed").
+pub fn final_only(reports: Vec<Report>) -> Vec<Report> {
+    reports
+        .into_iter()
+        .filter(|r| !r.outcome.is_interim())
+        .collect()
+}
+
+/// Where an agent finds its server, and whom it trusts.
+pub struct Endpoints {
+    pub sftp: String,
+    pub pinned: String,
+    pub cache_url: String,
+    pub fleet_key: String,
+}
+
+/// Writes `host`'s agent configuration (fast test timings) to `path` and returns it; a key
+/// set in `extra` replaces its default.
+pub fn write_agent_config(
+    host: &Host,
+    to: &Endpoints,
+    ssh_key: &Path,
+    extra: &str,
+    path: &Path,
+) -> PathBuf {
+    let text = format!(
+        r#"host = "{name}"
 server = "{sftp}"
 server_host_key = "{pinned}"
 ssh_key = "{key}"
-cache_url = "http://{cache}"
+cache_url = "{cache}"
 fleet_public_key = "{fleet}"
 state_dir = "{state}"
 poll_interval_secs = 1
@@ -201,30 +242,28 @@ confirm_retry_secs = 1
 retry_base_secs = 2
 {extra}
 "#,
-            name = host.name,
-            sftp = self.sftp_addr,
-            pinned = self.pinned,
-            key = self.dir.join(format!("{}.ssh", host.name)).display(),
-            cache = self.cache_addr,
-            fleet = self.key.public(),
-            state = host.root.join("agent-state").display(),
-        );
-        // A key given in `extra` replaces its default above.
-        let overridden: Vec<&str> = extra
-            .lines()
-            .filter_map(|l| l.split_once('=').map(|(k, _)| k.trim()))
-            .collect();
-        let text: String = text
-            .lines()
-            .filter(|l| {
-                let key = l.split_once('=').map(|(k, _)| k.trim());
-                !key.is_some_and(|k| overridden.contains(&k)) || extra.lines().any(|e| e == *l)
-            })
-            .map(|l| format!("{l}\n"))
-            .collect();
-        std::fs::write(&path, text).unwrap();
-        path
-    }
+        name = host.name,
+        sftp = to.sftp,
+        pinned = to.pinned,
+        key = ssh_key.display(),
+        cache = to.cache_url,
+        fleet = to.fleet_key,
+        state = host.root.join("agent-state").display(),
+    );
+    let overridden: Vec<&str> = extra
+        .lines()
+        .filter_map(|l| l.split_once('=').map(|(k, _)| k.trim()))
+        .collect();
+    let text: String = text
+        .lines()
+        .filter(|l| {
+            let key = l.split_once('=').map(|(k, _)| k.trim());
+            !key.is_some_and(|k| overridden.contains(&k)) || extra.lines().any(|e| e == *l)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(path, text).unwrap();
+    path.to_owned()
 }
 
 impl Drop for Server {
