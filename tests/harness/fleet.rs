@@ -48,6 +48,16 @@ pub struct Serve {
     pub pinned: String,
 }
 
+impl From<std::process::Output> for Ran {
+    fn from(out: std::process::Output) -> Ran {
+        Ran {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
 impl Serve {
     /// Kills the server at once (SIGKILL: no graceful shutdown, sessions cut mid-transfer).
     pub fn kill(mut self) {
@@ -240,11 +250,7 @@ impl Fleet {
             .env("RUST_LOG", "warn")
             .output()
             .unwrap();
-        Ran {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        Ran::from(out)
     }
 
     /// `bento deploy HOSTS...` (every host when empty); panics when it fails.
@@ -515,11 +521,7 @@ impl Fleet {
             .arg(format!("{user}@{ip}"))
             .output()
             .unwrap();
-        Ran {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        Ran::from(out)
     }
 
     /// Runs `program args` inside `host` (its namespaces, its own `/nix`).
@@ -528,10 +530,6 @@ impl Fleet {
             .command(Path::new(program), args)
             .output()
             .unwrap();
-        Ran {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        Ran::from(out)
     }
 }
