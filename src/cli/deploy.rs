@@ -23,6 +23,10 @@ use crate::deploy::{self, DeployLock, Outcome, Reason};
 /// --rollback HOST republishes the system before the host's current one as a new, higher
 /// generation (agents only accept newer generations). A later deploy publishes the
 /// configuration's build again.
+///
+/// Each published system is kept from Nix's garbage collector by a GC root; after
+/// publishing, only the newest [fleet] keep_systems (default 5) distinct systems of the host
+/// keep theirs, so `nix-collect-garbage` on the server frees older ones.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Hosts to deploy: host names and @tags. None means every host.
@@ -77,7 +81,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             anyhow::bail!("--rollback takes one host name, not a tag");
         }
         let _lock = DeployLock::acquire(&fleet.state)?;
-        let outcome = deploy::rollback(&fleet.state, &key, host, build::unix_now())?;
+        let outcome = deploy::rollback(
+            &fleet.state,
+            &key,
+            host,
+            build::unix_now(),
+            fleet.keep_systems,
+        )?;
         if args.json {
             println!("{}", serde_json::to_string_pretty(&outcome)?);
         } else if let Outcome::Published {
@@ -153,6 +163,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             store_path,
             args.force,
             now,
+            fleet.keep_systems,
         ) {
             Ok(outcome) => report.release = Some(outcome),
             Err(e) => report.error = Some(e.to_string()),

@@ -9,6 +9,7 @@
 //! state_dir = "/var/lib/bento"      # default
 //! signing_key = "keys/fleet.secret" # default: <state_dir>/keys/fleet.secret
 //! jobs = 2                          # default: from cores and memory
+//! keep_systems = 5                  # default; GC roots kept per host (newest systems)
 //!
 //! [hosts.web1]
 //! ssh_key = "ssh-ed25519 AAAA... root@web1"
@@ -48,6 +49,9 @@ pub mod defaults {
     pub const STATE_DIR: &str = "/var/lib/bento";
     /// `[fleet] stale_after_secs`: a host silent this long is stale (five default polls).
     pub const STALE_AFTER_SECS: u64 = 300;
+    /// `[fleet] keep_systems`: per host, the newest distinct published systems whose GC
+    /// roots are kept (so `bento deploy --rollback` can go back this many minus one).
+    pub const KEEP_SYSTEMS: usize = 5;
 
     /// The flake attribute of a host's system: `nixosConfigurations.<host>.config.system.build.toplevel`
     /// (the host name quoted when it contains a dot).
@@ -141,6 +145,8 @@ pub struct Fleet {
     pub jobs: Option<usize>,
     /// Seconds without contact after which `bento status` calls a host stale.
     pub stale_after_secs: u64,
+    /// Per host, how many of the newest distinct published systems keep their GC roots.
+    pub keep_systems: usize,
     /// Hosts by name (sorted).
     pub hosts: BTreeMap<String, Host>,
 }
@@ -182,6 +188,7 @@ struct RawFleet {
     signing_key: Option<PathBuf>,
     jobs: Option<usize>,
     stale_after_secs: Option<u64>,
+    keep_systems: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -259,6 +266,13 @@ impl Fleet {
         if raw.fleet.jobs == Some(0) {
             return Err(fleet_err("jobs", "must be at least 1".into()));
         }
+        let keep_systems = raw.fleet.keep_systems.unwrap_or(defaults::KEEP_SYSTEMS);
+        if keep_systems == 0 {
+            return Err(fleet_err(
+                "keep_systems",
+                "must be at least 1 (the system each host is told to run is always kept)".into(),
+            ));
+        }
 
         let mut hosts: BTreeMap<String, Host> = BTreeMap::new();
         let mut lowercase: BTreeMap<String, String> = BTreeMap::new();
@@ -311,6 +325,7 @@ impl Fleet {
             signing_key,
             jobs: raw.fleet.jobs,
             stale_after_secs,
+            keep_systems,
             hosts,
         })
     }

@@ -36,6 +36,7 @@ fn defaults_fill_everything_not_written() {
         Path::new("/var/lib/bento/keys/fleet.secret")
     );
     assert_eq!(fleet.jobs, None);
+    assert_eq!(fleet.keep_systems, 5);
     let web1 = &fleet.hosts["web1"];
     assert_eq!(
         web1.system,
@@ -161,6 +162,11 @@ fn each_error_names_host_and_field() {
             "zero jobs",
             "[fleet]\njobs = 0\n".into(),
             &["[fleet] field jobs", "at least 1"],
+        ),
+        (
+            "zero systems kept",
+            "[fleet]\nkeep_systems = 0\n".into(),
+            &["[fleet] field keep_systems", "at least 1"],
         ),
     ];
     for (name, text, wants) in cases {

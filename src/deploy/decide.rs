@@ -102,6 +102,31 @@ pub fn rollback_target(
         })
 }
 
+/// Which of a host's generation roots to remove, given each root's generation and the store
+/// path it keeps: every root whose system is not among the `keep` most recently published
+/// distinct systems. The current release's system always counts as one of them, whatever
+/// its age, and a `keep` of 0 is taken as 1. Returned sorted.
+pub fn roots_to_prune(roots: &[(u64, String)], current: &str, keep: usize) -> Vec<u64> {
+    let mut newest_first: Vec<&(u64, String)> = roots.iter().collect();
+    newest_first.sort_by_key(|r| std::cmp::Reverse(r.0));
+    let mut kept: Vec<&str> = vec![current];
+    for (_, path) in newest_first {
+        if kept.len() >= keep.max(1) {
+            break;
+        }
+        if !kept.contains(&path.as_str()) {
+            kept.push(path);
+        }
+    }
+    let mut prune: Vec<u64> = roots
+        .iter()
+        .filter(|(_, path)| !kept.contains(&path.as_str()))
+        .map(|(generation, _)| *generation)
+        .collect();
+    prune.sort_unstable();
+    prune
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -296,6 +321,65 @@ mod tests {
         ];
         for (name, history, generation, path, want) in cases {
             assert_eq!(rollback_target(&history, generation, path), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn old_systems_lose_their_roots_and_recent_ones_keep_them() {
+        const D: &str = "/nix/store/dddddddddddddddddddddddddddddddd-d";
+        let roots = |list: &[(u64, &str)]| -> Vec<(u64, String)> {
+            list.iter().map(|(g, p)| (*g, (*p).to_owned())).collect()
+        };
+        // (case, roots, current system, keep, generations pruned)
+        type Case<'a> = (&'a str, Vec<(u64, String)>, &'a str, usize, Vec<u64>);
+        let cases: &[Case] = &[
+            ("nothing yet", vec![], A, 3, vec![]),
+            (
+                "fewer systems than kept",
+                roots(&[(1, A), (2, B)]),
+                B,
+                3,
+                vec![],
+            ),
+            (
+                "the oldest system goes",
+                roots(&[(1, A), (2, B), (3, C), (4, D)]),
+                D,
+                3,
+                vec![1],
+            ),
+            (
+                "a system published twice keeps both roots while recent",
+                roots(&[(1, A), (2, B), (3, C), (4, B)]),
+                B,
+                2,
+                vec![1],
+            ),
+            (
+                "keep 1: only the current system",
+                roots(&[(1, A), (2, B), (3, C)]),
+                C,
+                1,
+                vec![1, 2],
+            ),
+            ("keep 0 is keep 1", roots(&[(1, A), (2, B)]), B, 0, vec![1]),
+            (
+                "the current system is kept even when its root is old",
+                roots(&[(1, A), (2, B), (3, C), (4, D)]),
+                A,
+                2,
+                vec![2, 3],
+            ),
+            (
+                "the current system without a root of its own still counts",
+                roots(&[(1, A), (2, B), (3, C)]),
+                D,
+                2,
+                vec![1, 2],
+            ),
+        ];
+        for (name, roots, current, keep, want) in cases {
+            assert_eq!(roots_to_prune(roots, current, *keep), *want, "{name}");
         }
     }
 }

@@ -120,7 +120,8 @@ pub fn current_release(state: &StateDir, host: &str) -> Result<Option<Release>, 
     }
 }
 
-/// Publishes `store_path` for `host` if it differs from its current release (or `force`).
+/// Publishes `store_path` for `host` if it differs from its current release (or `force`),
+/// then releases the GC roots of systems older than the newest `keep_systems`.
 pub fn publish(
     state: &StateDir,
     key: &SecretKey,
@@ -128,6 +129,7 @@ pub fn publish(
     store_path: &str,
     force: bool,
     now: u64,
+    keep_systems: usize,
 ) -> Result<Outcome, DeployError> {
     remove_stale_temp_files(&state.publish_dir(host));
     let current = current_release(state, host)?;
@@ -151,6 +153,7 @@ pub fn publish(
         }),
         Decision::Publish { generation, reason } => {
             write_release(state, key, host, generation, store_path, now, None)?;
+            prune_roots(state, host, store_path, keep_systems);
             Ok(Outcome::Published {
                 generation,
                 store_path: store_path.to_owned(),
@@ -161,12 +164,14 @@ pub fn publish(
     }
 }
 
-/// Republishes the system before the current one as a new, higher generation.
+/// Republishes the system before the current one as a new, higher generation (then prunes
+/// GC roots as [`publish`] does).
 pub fn rollback(
     state: &StateDir,
     key: &SecretKey,
     host: &str,
     now: u64,
+    keep_systems: usize,
 ) -> Result<Outcome, DeployError> {
     remove_stale_temp_files(&state.publish_dir(host));
     let current = current_release(state, host)?.ok_or_else(|| DeployError::NothingPublished {
@@ -193,6 +198,7 @@ pub fn rollback(
         now,
         Some(target.of_generation),
     )?;
+    prune_roots(state, host, &target.store_path, keep_systems);
     Ok(Outcome::Published {
         generation,
         store_path: target.store_path,
@@ -241,6 +247,44 @@ fn write_release(
     )?;
     tracing::info!(host, generation, store_path, "release published");
     Ok(())
+}
+
+/// Removes the generation roots of `host` that [`decide::roots_to_prune`] names, so that
+/// `nix-collect-garbage` may free those systems; returns how many went. Never fatal: a root
+/// that cannot be read or removed is logged and only keeps its system longer.
+pub fn prune_roots(state: &StateDir, host: &str, current: &str, keep_systems: usize) -> usize {
+    let dir = state.gcroots_dir(host);
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return 0;
+    };
+    let roots: Vec<(u64, String)> = entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name();
+            let generation = name.to_str()?.strip_prefix("generation-")?.parse().ok()?;
+            let target = std::fs::read_link(e.path()).ok()?;
+            Some((generation, target.to_str()?.to_owned()))
+        })
+        .collect();
+    let mut removed = 0;
+    for generation in decide::roots_to_prune(&roots, current, keep_systems) {
+        let root = state.release_root(host, generation);
+        match std::fs::remove_file(&root) {
+            Ok(()) => removed += 1,
+            Err(e) => {
+                tracing::warn!(root = %root.display(), error = %e, "cannot remove an old GC root; its system is kept")
+            }
+        }
+    }
+    if removed > 0 {
+        tracing::info!(
+            host,
+            removed,
+            keep_systems,
+            "released the GC roots of older systems; nix-collect-garbage may now free them"
+        );
+    }
+    removed
 }
 
 /// Removes temp files a killed deploy left beside a release (`.release.tmp-<pid>`, the
