@@ -29,6 +29,11 @@ in
       default = 8080;
       description = "Port of the binary cache hosts copy closures from.";
     };
+    dashboardListen = lib.mkOption {
+      type = lib.types.nullOr lib.types.str;
+      default = "127.0.0.1:8081";
+      description = "Address of the fleet dashboard (no login: keep it on loopback and reach it through an SSH tunnel or an authenticating proxy); null turns it off. Never opened in the firewall.";
+    };
     openFirewall = lib.mkOption {
       type = lib.types.bool;
       default = false;
@@ -54,6 +59,7 @@ in
           "[::]:${toString cfg.sftpPort}"
           "--cache-listen"
           "[::]:${toString cfg.cachePort}"
+          (if cfg.dashboardListen == null then "--no-dashboard" else "--dashboard-listen ${cfg.dashboardListen}")
         ];
         ExecReload = "${pkgs.coreutils}/bin/kill -HUP $MAINPID";
         Restart = "always";

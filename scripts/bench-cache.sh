@@ -106,7 +106,7 @@ ssh_key = "$(cat "$work/bench-small.ssh.pub")"
 [hosts.bench-big]
 ssh_key = "$(cat "$work/bench-big.ssh.pub")"
 TOML
-RUST_LOG=warn "$bento" serve --config "$work/bento.toml" --cache-listen "127.0.0.1:$bento_port" --sftp-listen 127.0.0.1:0 >/dev/null &
+RUST_LOG=warn "$bento" serve --config "$work/bento.toml" --cache-listen "127.0.0.1:$bento_port" --sftp-listen 127.0.0.1:0 --no-dashboard >/dev/null &
 bento_pid=$!
 pids+=("$bento_pid")
 t0=$(date +%s.%N)

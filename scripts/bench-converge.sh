@@ -30,7 +30,7 @@ run_one() {
     fleet_host "$host" "$i" "$(sed -n 's/.*"store_path": "\(.*\)".*/\1/p' "$FLEET_DIR/state/publish/$host/release")"
   done
   "$BENTO" serve -c "$conf" --cache-listen "$FLEET_SUBNET.1:8080" --sftp-listen "$FLEET_SUBNET.1:2222" \
-    > "$FLEET_DIR/serve.out" 2>/dev/null &
+    --no-dashboard > "$FLEET_DIR/serve.out" 2>/dev/null &
   local serve_pid=$!
   FLEET_PIDS+=("$serve_pid")
   for _ in $(seq 100); do grep -q '^Agents pin' "$FLEET_DIR/serve.out" 2>/dev/null && break; sleep 0.1; done

@@ -43,7 +43,7 @@ fleet_log "bento deploy: a signed release per host (host, generation, store path
 
 fleet_log "bento serve: binary cache and per-host SFTP on $FLEET_SUBNET.1"
 "$BENTO" serve -c "$conf" --cache-listen "$FLEET_SUBNET.1:8080" --sftp-listen "$FLEET_SUBNET.1:2222" \
-  > "$FLEET_DIR/serve.out" 2> "$FLEET_DIR/serve.log" &
+  --dashboard-listen 127.0.0.1:0 > "$FLEET_DIR/serve.out" 2> "$FLEET_DIR/serve.log" &
 FLEET_PIDS+=($!)
 for _ in $(seq 100); do grep -q '^Agents pin' "$FLEET_DIR/serve.out" 2>/dev/null && break; sleep 0.1; done
 cat "$FLEET_DIR/serve.out"

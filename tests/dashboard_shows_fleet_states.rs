@@ -204,6 +204,8 @@ fn dashboard_shows_every_state_in_a_real_browser() {
         "127.0.0.1:0",
         "--sftp-listen",
         "127.0.0.1:0",
+        "--dashboard-listen",
+        "127.0.0.1:0",
     ]);
     let mut child = child
         .env("RUST_LOG", "warn")
@@ -212,10 +214,13 @@ fn dashboard_shows_every_state_in_a_real_browser() {
         .unwrap();
     let stdout = child.stdout.take().unwrap();
     let _server = Killed(child);
-    let mut base = String::new();
+    let (mut base, mut cache) = (String::new(), String::new());
     let mut lines = BufReader::new(stdout).lines();
     for line in lines.by_ref() {
         let line = line.unwrap();
+        if let Some(url) = line.trim().strip_prefix("cache") {
+            cache = url.trim().to_owned();
+        }
         if let Some(url) = line.trim().strip_prefix("dashboard") {
             base = url.trim().trim_end_matches('/').to_owned();
             break;
@@ -224,6 +229,20 @@ fn dashboard_shows_every_state_in_a_real_browser() {
     // Keep reading what the server prints, so that it never writes to a closed pipe.
     std::thread::spawn(move || lines.for_each(drop));
     assert!(base.starts_with("http://127.0.0.1:"), "{base}");
+    // The dashboard is not on the port the hosts reach.
+    assert_ne!(base, cache);
+    for page in ["/", "/api/status", "/hosts/h-ok"] {
+        let code = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+            .arg(format!("{cache}{page}"))
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&code.stdout),
+            "404",
+            "{cache}{page}"
+        );
+    }
 
     // The fleet table, as the browser shows it after the script ran.
     let dom = chromium(&["--dump-dom"], &format!("{base}/"));
@@ -276,13 +295,13 @@ fn dashboard_shows_every_state_in_a_real_browser() {
     );
     eprintln!("host page screenshot: {}", shot.display());
 
-    // The JSON API, the cache beside it, and the fleet gauges.
+    // The JSON API; the cache and its fleet gauges on the cache's own port.
     let api: serde_json::Value =
         serde_json::from_str(&curl(&format!("{base}/api/status"))).unwrap();
     assert_eq!(api["schema"], 1);
     assert_eq!(api["hosts"].as_array().unwrap().len(), CASES.len());
-    assert!(curl(&format!("{base}/nix-cache-info")).contains("StoreDir: /nix/store"));
-    let metrics = curl(&format!("{base}/metrics"));
+    assert!(curl(&format!("{cache}/nix-cache-info")).contains("StoreDir: /nix/store"));
+    let metrics = curl(&format!("{cache}/metrics"));
     assert!(
         metrics.contains("bento_hosts{state=\"rolled-back\"} 1\n"),
         "{metrics}"

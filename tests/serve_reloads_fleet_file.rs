@@ -69,6 +69,7 @@ async fn editing_the_fleet_file_revokes_a_removed_host_only() {
             "127.0.0.1:0",
             "--sftp-listen",
             "127.0.0.1:0",
+            "--no-dashboard",
         ])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())

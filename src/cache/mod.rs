@@ -63,24 +63,13 @@ pub async fn serve(
     state: Arc<CacheState>,
     shutdown: CancellationToken,
 ) -> Result<(), CacheError> {
-    serve_with(listener, state, axum::Router::new(), shutdown).await
-}
-
-/// [`serve`], with `extra` routes (the dashboard) answered before the cache's fallback.
-/// `extra` must not have a fallback of its own.
-pub async fn serve_with(
-    listener: tokio::net::TcpListener,
-    state: Arc<CacheState>,
-    extra: axum::Router,
-    shutdown: CancellationToken,
-) -> Result<(), CacheError> {
     let watcher = tokio::spawn(state.clone().watch(shutdown.clone()));
     let listener = listener.tap_io(|tcp| {
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
     });
-    let result = axum::serve(listener, router(state).merge(extra))
+    let result = axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .await
         .map_err(CacheError::Serve);

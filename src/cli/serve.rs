@@ -26,8 +26,9 @@ use crate::status;
 /// start (STATE_DIR/ssh/host_ed25519_key) and printed: agents pin it. Edit bento.toml and
 /// send SIGHUP (or just save it) to add or remove hosts. Stops on Ctrl-C or SIGTERM.
 ///
-/// The HTTP port also serves the fleet dashboard at / (one page per host at /hosts/NAME,
-/// JSON at /api/status) and fleet gauges on /metrics.
+/// The fleet dashboard (/, one page per host at /hosts/NAME, JSON at /api/status) has its
+/// own address, loopback by default: it shows every host's report logs, so it is kept off
+/// the port hosts reach. The cache's /metrics carries the fleet gauges too.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The fleet file.
@@ -50,9 +51,13 @@ pub struct Args {
     /// about a third of NAR throughput; files are verified at load either way).
     #[arg(long)]
     verify_sends: bool,
-    /// Do not serve the dashboard (/, /hosts/NAME, /api/...) on the cache port: it shows
-    /// every host's state and report logs to whoever reaches that port.
-    #[arg(long)]
+    /// Address of the dashboard (/, /hosts/NAME, /api/...). It shows every host's state
+    /// and report logs to whoever reaches it and has no login: keep it on loopback (reach
+    /// it through an SSH tunnel or a reverse proxy with authentication).
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    dashboard_listen: SocketAddr,
+    /// Do not serve the dashboard at all.
+    #[arg(long, conflicts_with = "dashboard_listen")]
     no_dashboard: bool,
     /// Runtime worker threads (default: one per core).
     #[arg(long)]
@@ -115,6 +120,20 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
     let sftp_listener = tokio::net::TcpListener::bind(args.sftp_listen)
         .await
         .with_context(|| format!("cannot listen on {} for SFTP", args.sftp_listen))?;
+    let dashboard_listener = if args.no_dashboard {
+        None
+    } else {
+        Some(
+            tokio::net::TcpListener::bind(args.dashboard_listen)
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot listen on {} for the dashboard (choose another with --dashboard-listen, or --no-dashboard)",
+                        args.dashboard_listen
+                    )
+                })?,
+        )
+    };
     let cache_addr = cache_listener.local_addr().unwrap_or(args.cache_listen);
     let sftp_addr = sftp_listener.local_addr().unwrap_or(args.sftp_listen);
     println!(
@@ -123,8 +142,9 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
         fleet.file.display()
     );
     println!("  cache      http://{cache_addr}");
-    if !args.no_dashboard {
-        println!("  dashboard  http://{cache_addr}/");
+    if let Some(l) = &dashboard_listener {
+        let addr = l.local_addr().unwrap_or(args.dashboard_listen);
+        println!("  dashboard  http://{addr}/");
     }
     println!("  fleet key  {}", cache_state.public_key());
     println!("  sftp       {sftp_addr}");
@@ -147,22 +167,27 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
         publish_state.clone(),
         shutdown.clone(),
     ));
-    servers.spawn(cache::serve_with(
-        cache_listener,
-        cache_state.clone(),
-        if args.no_dashboard {
-            axum::Router::new()
-        } else {
-            status::web::router(source.clone())
-        },
-        shutdown.clone(),
-    ));
+    let cache_stop = shutdown.clone();
+    let cache_server = cache_state.clone();
+    servers.spawn(async move {
+        cache::serve(cache_listener, cache_server, cache_stop)
+            .await
+            .context("the binary cache stopped")
+    });
     let sftp_stop = shutdown.clone();
     let sftp_state = publish_state.clone();
     servers.spawn(async move {
         publish::serve(sftp_listener, sftp_state, sftp_stop).await;
         Ok(())
     });
+    if let Some(listener) = dashboard_listener {
+        let (stop, source) = (shutdown.clone(), source.clone());
+        servers.spawn(async move {
+            status::web::serve(listener, source, stop)
+                .await
+                .context("the dashboard stopped")
+        });
+    }
     tokio::spawn(reload_on_change(
         fleet.file.clone(),
         publish_state,
@@ -177,7 +202,7 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
         match joined {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
-                tracing::error!(error = %e, "server stopped");
+                tracing::error!(error = %format!("{e:#}"), "server stopped");
                 failed = true;
             }
             Err(e) => {

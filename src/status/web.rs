@@ -1,10 +1,10 @@
-//! The web dashboard `bento serve` answers on its HTTP port, beside the binary cache:
-//! `/` (the fleet table, refreshed every 2 s from `/api/status`), `/hosts/<name>` (one
+//! The web dashboard `bento serve` answers on its own address (`--dashboard-listen`, by
+//! default loopback only, never the hosts' cache port): `/` (the fleet table, refreshed every 2 s from `/api/status`), `/hosts/<name>` (one
 //! host: its state, release history and reports with their logs), `/api/status` (the JSON
 //! of `bento status --json`) and `/api/hosts/<name>`. Self-contained: inline CSS and JS, no
 //! outside assets. Everything an agent wrote (reasons, logs) is HTML-escaped or set as text.
 //!
-//! Its router has no fallback: every other path stays the cache's.
+//! Every other path is 404.
 
 use std::sync::Arc;
 
@@ -23,6 +23,18 @@ use crate::report::Report;
 
 /// Reports shown on a host's page, newest first.
 const REPORTS_SHOWN: usize = 50;
+
+/// Serves the dashboard on `listener` until `shutdown` is cancelled.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    source: Arc<Source>,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> std::io::Result<()> {
+    let app = router(source).fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}
 
 /// The dashboard's routes.
 pub fn router(source: Arc<Source>) -> axum::Router {

@@ -332,7 +332,13 @@ impl Fleet {
         let mut child = Command::new(env!("CARGO_BIN_EXE_bento"))
             .args(["serve", "--config"])
             .arg(self.fleet_file())
-            .args(["--cache-listen", &cache, "--sftp-listen", &sftp])
+            .args([
+                "--cache-listen",
+                &cache,
+                "--sftp-listen",
+                &sftp,
+                "--no-dashboard",
+            ])
             .args(&self.serve_args)
             .env("NIX_CONFIG", NIX_CONFIG)
             .env("RUST_LOG", "info")
