@@ -283,19 +283,22 @@ async fn every_agent_completes_after_serve_is_restarted_during_downloads() {
         );
         let verify = fleet.in_host(h, "nix", &["store", "verify", "--no-trust", &path]);
         assert_eq!(verify.code, 0, "{h}'s copy is whole: {verify:?}");
-        if fleet
-            .final_reports(h)
-            .iter()
-            .any(|r| r.generation == 2 && r.outcome == Outcome::CopyFailed)
-        {
+        // Nix itself retries a broken download a few times, resuming it with a range
+        // request ("retrying from offset N"): the cut shows either as a failed copy (the
+        // agent's own retry then finished the job) or as Nix's retry warning in the log of
+        // the attempt that applied.
+        if fleet.final_reports(h).iter().any(|r| {
+            r.generation == 2 && (r.outcome == Outcome::CopyFailed || r.log.contains("; retrying"))
+        }) {
             cut.push(h);
         }
     }
     assert!(
         !cut.is_empty(),
-        "{in_flight} downloads were in flight when serve was killed, yet no host reported \
-         a failed copy\n{}",
-        fleet.diagnostics()
+        "{in_flight} downloads were in flight when serve was killed, yet no host saw its \
+         download cut\n{}\n{:#?}",
+        fleet.diagnostics(),
+        hosts.map(|h| fleet.final_reports(h).pop().map(|r| r.log))
     );
 }
 
