@@ -102,30 +102,19 @@ impl Attempt {
     }
 }
 
-/// Tells the server, best effort and without queueing, how far an attempt has come
-/// (`bento status` shows "deploying" and "unconfirmed" from these).
-async fn interim<L: Link + Sync>(
-    agent: &Agent,
-    link: &L,
-    attempt: &Attempt,
+/// What an attempt is about: a release's generation and the system it names.
+#[derive(Debug, Clone)]
+struct Target {
     generation: u64,
-    wanted: &str,
-    outcome: Outcome,
-) {
-    let snapshot = Attempt {
-        started_ms: attempt.started_ms,
-        log: attempt.log.clone(),
-        timings: attempt.timings.clone(),
-        progress: attempt.progress.clone(),
-    };
-    let r = snapshot.report(agent, generation, Some(wanted), outcome, None);
-    let (name, bytes) = (r.file_name(), r.to_bytes());
-    let upload = link.upload_report(&name, &bytes);
-    match tokio::time::timeout(INTERIM_TIMEOUT, upload).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::debug!(error = %e, "interim report not delivered"),
-        Err(_) => tracing::debug!("interim report timed out"),
-    }
+    wanted: String,
+}
+
+/// One run of the agent: its configuration, its link to the server and its persisted
+/// state, which every step reads and updates.
+struct Cycle<'a, L> {
+    agent: &'a Agent,
+    link: &'a L,
+    mem: Persisted,
 }
 
 /// How long an interim report may take; it must never delay a rollback.
@@ -142,12 +131,16 @@ pub async fn run_once<L: Link + Sync>(
     progress: &Progress,
 ) -> Result<Ended, CycleError> {
     let dir = &agent.raw.state_dir;
-    let mut mem = Persisted::load(dir)?;
+    let mut cycle = Cycle {
+        agent,
+        link,
+        mem: Persisted::load(dir)?,
+    };
     // Reports from earlier attempts first: the server learns what happened in order.
     outbox::flush(dir, link).await?;
 
-    if let Some(flight) = mem.in_flight.clone() {
-        let ended = recover(agent, link, &mut mem, flight, progress).await?;
+    if let Some(flight) = cycle.mem.in_flight.clone() {
+        let ended = cycle.recover(flight, progress).await?;
         if ended != Ended::Idle {
             return Ok(ended);
         }
@@ -160,18 +153,18 @@ pub async fn run_once<L: Link + Sync>(
     let untrusted_generation = Release::parse_untrusted(&bytes)
         .map(|r| r.generation)
         .unwrap_or(0);
-    if mem.last_seen != Some(untrusted_generation) {
-        mem.last_seen = Some(untrusted_generation);
-        mem.save(&agent.raw.state_dir)?;
+    if cycle.mem.last_seen != Some(untrusted_generation) {
+        cycle.mem.last_seen = Some(untrusted_generation);
+        cycle.mem.save(dir)?;
     }
-    if decide::plan(untrusted_generation, &mem.memory()) == Plan::Idle {
+    if decide::plan(untrusted_generation, &cycle.mem.memory()) == Plan::Idle {
         return Ok(Ended::Idle);
     }
     let mut attempt = Attempt::new(progress);
     let expect = Expectation {
         key: &agent.fleet_key,
         host: &agent.raw.host,
-        last_applied: mem.last_applied,
+        last_applied: cycle.mem.last_applied,
     };
     let release = match release::verify(&bytes, expect) {
         Ok(r) => r,
@@ -184,240 +177,316 @@ pub async fn run_once<L: Link + Sync>(
                 Outcome::Refused,
                 Some(e.to_string()),
             );
-            return finish(agent, link, &mut mem, r).await;
+            return cycle.finish(r).await;
         }
     };
     let running = system::running_system(&agent.raw.current_system);
-    let (generation, wanted) = (release.generation, release.store_path.as_str());
+    let target = Target {
+        generation: release.generation,
+        wanted: release.store_path,
+    };
     match decide::action(
-        generation,
-        wanted,
+        target.generation,
+        &target.wanted,
         running.as_deref(),
-        &mem.memory(),
+        &cycle.mem.memory(),
         now_secs(),
     ) {
         Action::SkipFailed | Action::WaitRetry { .. } => Ok(Ended::Idle),
         Action::AlreadyRunning => {
-            attempt.note(format!("generation {generation}: {wanted} already runs"));
-            mem.last_applied = Some(generation);
-            mem.retry = None;
-            mem.save(dir)?;
-            let r = attempt.report(agent, generation, Some(wanted), Outcome::UpToDate, None);
-            finish(agent, link, &mut mem, r).await
+            attempt.note(format!(
+                "generation {}: {} already runs",
+                target.generation, target.wanted
+            ));
+            cycle.mem.last_applied = Some(target.generation);
+            cycle.mem.retry = None;
+            cycle.mem.save(dir)?;
+            let r = attempt.report(
+                agent,
+                target.generation,
+                Some(&target.wanted),
+                Outcome::UpToDate,
+                None,
+            );
+            cycle.finish(r).await
         }
-        Action::Apply => apply(agent, link, &mut mem, attempt, &release, running).await,
+        Action::Apply => cycle.apply(attempt, &target, running).await,
     }
 }
 
-async fn apply<L: Link + Sync>(
-    agent: &Agent,
-    link: &L,
-    mem: &mut Persisted,
-    mut attempt: Attempt,
-    release: &Release,
-    previous: Option<String>,
-) -> Result<Ended, CycleError> {
-    let dir = &agent.raw.state_dir;
-    let (generation, wanted) = (release.generation, release.store_path.as_str());
-    attempt.note(format!(
-        "generation {generation}: copying {wanted} from {}",
-        agent.raw.cache_url
-    ));
-    interim(
-        agent,
-        link,
-        &attempt,
-        generation,
-        wanted,
-        Outcome::Deploying,
-    )
-    .await;
-    let t = Instant::now();
-    let copied = system::copy_closure(agent, wanted, &mut attempt.log).await;
-    attempt.timings.copy_ms = ms(t);
-    if let Err(e) = copied {
-        let outcome = match e {
-            SystemError::CopyRefused { .. } => Outcome::Refused,
-            _ => Outcome::CopyFailed,
+impl<L: Link + Sync> Cycle<'_, L> {
+    /// Tells the server, best effort and without queueing, how far an attempt has come
+    /// (`bento status` shows "deploying" and "unconfirmed" from these).
+    async fn interim(&self, attempt: &Attempt, target: &Target, outcome: Outcome) {
+        let snapshot = Attempt {
+            started_ms: attempt.started_ms,
+            log: attempt.log.clone(),
+            timings: attempt.timings.clone(),
+            progress: attempt.progress.clone(),
         };
-        attempt.note(e.to_string());
-        let r = attempt.report(
-            agent,
-            generation,
-            Some(wanted),
+        let r = snapshot.report(
+            self.agent,
+            target.generation,
+            Some(&target.wanted),
             outcome,
-            Some(e.to_string()),
-        );
-        return finish(agent, link, mem, r).await;
-    }
-
-    attempt.note(format!(
-        "activating {wanted} ({}); previous system {}",
-        agent.raw.action.as_str(),
-        previous.as_deref().unwrap_or("unknown")
-    ));
-    let deadline = now_secs() + agent.confirm_timeout.as_secs();
-    mem.in_flight = Some(InFlight {
-        generation,
-        store_path: wanted.to_owned(),
-        previous: previous.clone(),
-        phase: Phase::Activating,
-        deadline,
-        started: now_secs(),
-    });
-    mem.save(dir)?;
-    let t = Instant::now();
-    let activated = system::activate(
-        &agent.raw.profile,
-        wanted,
-        agent.raw.action,
-        &mut attempt.log,
-    )
-    .await;
-    attempt.timings.activate_ms = ms(t);
-    if let Err(e) = activated {
-        attempt.note(e.to_string());
-        roll_back(agent, &mut attempt, previous.as_deref()).await;
-        return conclude(
-            agent,
-            link,
-            mem,
-            attempt,
-            generation,
-            wanted,
-            Outcome::ActivationFailed,
-            Some(e.to_string()),
-        )
-        .await;
-    }
-    if agent.raw.action == ActivationAction::Boot {
-        attempt.note("set as boot default; it runs after the next reboot");
-        return conclude(
-            agent,
-            link,
-            mem,
-            attempt,
-            generation,
-            wanted,
-            Outcome::Applied,
             None,
+        );
+        let (name, bytes) = (r.file_name(), r.to_bytes());
+        let upload = self.link.upload_report(&name, &bytes);
+        match tokio::time::timeout(INTERIM_TIMEOUT, upload).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(error = %e, "interim report not delivered"),
+            Err(_) => tracing::debug!("interim report timed out"),
+        }
+    }
+
+    /// Copies the closure, persists "activating", activates, then confirms (or, for
+    /// `action = "boot"`, stops there).
+    async fn apply(
+        &mut self,
+        mut attempt: Attempt,
+        target: &Target,
+        previous: Option<String>,
+    ) -> Result<Ended, CycleError> {
+        let agent = self.agent;
+        let (generation, wanted) = (target.generation, target.wanted.as_str());
+        attempt.note(format!(
+            "generation {generation}: copying {wanted} from {}",
+            agent.raw.cache_url
+        ));
+        self.interim(&attempt, target, Outcome::Deploying).await;
+        let t = Instant::now();
+        let copied = system::copy_closure(agent, wanted, &mut attempt.log).await;
+        attempt.timings.copy_ms = ms(t);
+        if let Err(e) = copied {
+            let outcome = match e {
+                SystemError::CopyRefused { .. } => Outcome::Refused,
+                _ => Outcome::CopyFailed,
+            };
+            attempt.note(e.to_string());
+            let r = attempt.report(
+                agent,
+                generation,
+                Some(wanted),
+                outcome,
+                Some(e.to_string()),
+            );
+            return self.finish(r).await;
+        }
+
+        attempt.note(format!(
+            "activating {wanted} ({}); previous system {}",
+            agent.raw.action.as_str(),
+            previous.as_deref().unwrap_or("unknown")
+        ));
+        self.mem.in_flight = Some(InFlight {
+            generation,
+            store_path: wanted.to_owned(),
+            previous: previous.clone(),
+            phase: Phase::Activating,
+            deadline: now_secs() + agent.confirm_timeout.as_secs(),
+            started: now_secs(),
+        });
+        self.mem.save(&agent.raw.state_dir)?;
+        let t = Instant::now();
+        let activated = system::activate(
+            &agent.raw.profile,
+            wanted,
+            agent.raw.action,
+            &mut attempt.log,
         )
         .await;
-    }
-    confirm(agent, link, mem, attempt, generation, wanted, previous).await
-}
-
-/// Confirms the new system (fresh session + health checks) until the deadline, or rolls
-/// back.
-async fn confirm<L: Link + Sync>(
-    agent: &Agent,
-    link: &L,
-    mem: &mut Persisted,
-    mut attempt: Attempt,
-    generation: u64,
-    wanted: &str,
-    previous: Option<String>,
-) -> Result<Ended, CycleError> {
-    let dir = &agent.raw.state_dir;
-    // Best effort, before the clock starts: the network may already be gone.
-    interim(
-        agent,
-        link,
-        &attempt,
-        generation,
-        wanted,
-        Outcome::Unconfirmed,
-    )
-    .await;
-    // A resumed confirmation keeps its original deadline; a fresh one starts now.
-    let fresh_deadline = now_secs() + agent.confirm_timeout.as_secs();
-    let budget = match mem.in_flight.as_mut() {
-        Some(f) if f.phase == Phase::Confirming => {
-            Duration::from_secs(f.deadline.saturating_sub(now_secs()))
-        }
-        Some(f) => {
-            f.phase = Phase::Confirming;
-            f.deadline = fresh_deadline;
-            agent.confirm_timeout
-        }
-        None => agent.confirm_timeout,
-    };
-    mem.save(dir)?;
-    attempt.note(format!(
-        "confirming: server and health checks, within {}s",
-        budget.as_secs()
-    ));
-    let t = Instant::now();
-    let mut last_error = String::new();
-    loop {
-        let check = match link.probe_fresh().await {
-            Ok(()) => system::health_checks(
-                &agent.raw.health_checks,
-                agent.confirm_timeout,
-                &mut attempt.log,
-            )
-            .await
-            .map_err(|e| e.to_string()),
-            Err(e) => Err(format!("server unreachable: {e}")),
-        };
-        if let Err(e) = &check {
-            last_error.clone_from(e);
-        }
-        match decide::confirm_step(check.is_ok(), t.elapsed(), budget, agent.confirm_retry) {
-            Confirm::Confirmed => {
-                attempt.timings.confirm_ms = ms(t);
-                attempt.note("confirmed");
-                return conclude(
-                    agent,
-                    link,
-                    mem,
-                    attempt,
-                    generation,
-                    wanted,
-                    Outcome::Applied,
-                    None,
-                )
+        attempt.timings.activate_ms = ms(t);
+        if let Err(e) = activated {
+            attempt.note(e.to_string());
+            roll_back(agent, &mut attempt, previous.as_deref()).await;
+            let reason = Some(e.to_string());
+            return self
+                .conclude(attempt, target, Outcome::ActivationFailed, reason)
                 .await;
+        }
+        if agent.raw.action == ActivationAction::Boot {
+            attempt.note("set as boot default; it runs after the next reboot");
+            return self.conclude(attempt, target, Outcome::Applied, None).await;
+        }
+        self.confirm(attempt, target, previous).await
+    }
+
+    /// Confirms the new system (fresh session + health checks) until the deadline, or rolls
+    /// back.
+    async fn confirm(
+        &mut self,
+        mut attempt: Attempt,
+        target: &Target,
+        previous: Option<String>,
+    ) -> Result<Ended, CycleError> {
+        let agent = self.agent;
+        // Best effort, before the clock starts: the network may already be gone.
+        self.interim(&attempt, target, Outcome::Unconfirmed).await;
+        // A resumed confirmation keeps its original deadline; a fresh one starts now.
+        let fresh_deadline = now_secs() + agent.confirm_timeout.as_secs();
+        let budget = match self.mem.in_flight.as_mut() {
+            Some(f) if f.phase == Phase::Confirming => {
+                Duration::from_secs(f.deadline.saturating_sub(now_secs()))
             }
-            Confirm::TryAgainIn(d) => tokio::time::sleep(d).await,
-            Confirm::RollBack => break,
+            Some(f) => {
+                f.phase = Phase::Confirming;
+                f.deadline = fresh_deadline;
+                agent.confirm_timeout
+            }
+            None => agent.confirm_timeout,
+        };
+        self.mem.save(&agent.raw.state_dir)?;
+        attempt.note(format!(
+            "confirming: server and health checks, within {}s",
+            budget.as_secs()
+        ));
+        let t = Instant::now();
+        let mut last_error = String::new();
+        loop {
+            let check = match self.link.probe_fresh().await {
+                Ok(()) => system::health_checks(
+                    &agent.raw.health_checks,
+                    agent.confirm_timeout,
+                    &mut attempt.log,
+                )
+                .await
+                .map_err(|e| e.to_string()),
+                Err(e) => Err(format!("server unreachable: {e}")),
+            };
+            if let Err(e) = &check {
+                last_error.clone_from(e);
+            }
+            match decide::confirm_step(check.is_ok(), t.elapsed(), budget, agent.confirm_retry) {
+                Confirm::Confirmed => {
+                    attempt.timings.confirm_ms = ms(t);
+                    attempt.note("confirmed");
+                    return self.conclude(attempt, target, Outcome::Applied, None).await;
+                }
+                Confirm::TryAgainIn(d) => tokio::time::sleep(d).await,
+                Confirm::RollBack => break,
+            }
+        }
+        attempt.timings.confirm_ms = ms(t);
+        attempt.note(format!(
+            "not confirmed within {}s ({last_error}); rolling back",
+            budget.as_secs()
+        ));
+        let t = Instant::now();
+        roll_back(agent, &mut attempt, previous.as_deref()).await;
+        attempt.timings.rollback_ms = ms(t);
+        // Was it the new configuration? Ask the server again, now from the old system.
+        let mut reachable = false;
+        for _ in 0..3 {
+            if self.link.probe_fresh().await.is_ok() {
+                reachable = true;
+                break;
+            }
+            tokio::time::sleep(agent.confirm_retry).await;
+        }
+        let outcome = decide::after_rollback(reachable);
+        let reason = match outcome {
+            Outcome::RetryLater => format!(
+                "not confirmed ({last_error}), and the server stayed unreachable after rolling back: not blaming generation {}; will retry",
+                target.generation
+            ),
+            _ => format!("not confirmed within {}s: {last_error}", budget.as_secs()),
+        };
+        self.conclude(attempt, target, outcome, Some(reason)).await
+    }
+
+    /// Records the outcome in the persisted state (clearing the in-flight activation) and
+    /// queues the report.
+    async fn conclude(
+        &mut self,
+        attempt: Attempt,
+        target: &Target,
+        outcome: Outcome,
+        reason: Option<String>,
+    ) -> Result<Ended, CycleError> {
+        let (agent, generation) = (self.agent, target.generation);
+        let mem = &mut self.mem;
+        mem.in_flight = None;
+        match outcome {
+            Outcome::Applied => {
+                mem.last_applied = Some(generation);
+                mem.retry = None;
+            }
+            Outcome::RetryLater => {
+                let attempts = mem.retry.filter(|r| r.0 == generation).map_or(0, |r| r.2);
+                let until = now_secs() + decide::retry_delay(agent.retry_base, attempts).as_secs();
+                mem.retry = Some((generation, until, attempts + 1));
+            }
+            o if decide::condemns(o) => {
+                mem.last_failed = Some(mem.last_failed.map_or(generation, |f| f.max(generation)));
+                mem.retry = None;
+            }
+            _ => {}
+        }
+        mem.save(&agent.raw.state_dir)?;
+        let r = attempt.report(agent, generation, Some(&target.wanted), outcome, reason);
+        self.finish(r).await
+    }
+
+    /// Writes the metrics textfile, queues the report and delivers what the outbox holds.
+    async fn finish(&mut self, report: Report) -> Result<Ended, CycleError> {
+        let agent = self.agent;
+        let outcome = report.outcome;
+        if let Some(path) = &agent.raw.metrics_textfile {
+            if let Err(e) = report::textfile::write(path, &report) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot write the metrics textfile");
+            }
+        }
+        outbox::queue(&agent.raw.state_dir, &report)?;
+        outbox::flush(&agent.raw.state_dir, self.link).await?;
+        Ok(Ended::Reported(outcome))
+    }
+
+    /// At start: finish or undo an activation the last run left unfinished.
+    async fn recover(
+        &mut self,
+        flight: InFlight,
+        progress: &Progress,
+    ) -> Result<Ended, CycleError> {
+        let agent = self.agent;
+        let running = system::running_system(&agent.raw.current_system);
+        let is_new = running.as_deref() == Some(flight.store_path.as_str());
+        let is_prev = running.is_some() && running == flight.previous;
+        let mut attempt = Attempt::new(progress);
+        let decision = decide::recover(flight.phase, is_new, is_prev, now_secs(), flight.deadline);
+        attempt.note(format!(
+            "recovering generation {} left {:?} by an interrupted agent: {decision:?}",
+            flight.generation, flight.phase
+        ));
+        let target = Target {
+            generation: flight.generation,
+            wanted: flight.store_path.clone(),
+        };
+        match decision {
+            Recovery::ResumeConfirming => self.confirm(attempt, &target, flight.previous).await,
+            Recovery::RollBack => {
+                roll_back(agent, &mut attempt, flight.previous.as_deref()).await;
+                let reason = format!(
+                    "the agent was interrupted while {} generation {} and it was not confirmed by its deadline",
+                    match flight.phase {
+                        Phase::Activating => "activating",
+                        Phase::Confirming => "confirming",
+                    },
+                    flight.generation
+                );
+                self.conclude(attempt, &target, Outcome::RolledBack, Some(reason))
+                    .await
+            }
+            Recovery::Abandon => {
+                if let Some(prev) = flight.previous.as_deref() {
+                    let _ = system::set_profile(&agent.raw.profile, prev, &mut attempt.log).await;
+                }
+                self.mem.in_flight = None;
+                self.mem.save(&agent.raw.state_dir)?;
+                Ok(Ended::Idle)
+            }
         }
     }
-    attempt.timings.confirm_ms = ms(t);
-    attempt.note(format!(
-        "not confirmed within {}s ({last_error}); rolling back",
-        budget.as_secs()
-    ));
-    let t = Instant::now();
-    roll_back(agent, &mut attempt, previous.as_deref()).await;
-    attempt.timings.rollback_ms = ms(t);
-    // Was it the new configuration? Ask the server again, now from the old system.
-    let mut reachable = false;
-    for _ in 0..3 {
-        if link.probe_fresh().await.is_ok() {
-            reachable = true;
-            break;
-        }
-        tokio::time::sleep(agent.confirm_retry).await;
-    }
-    let outcome = decide::after_rollback(reachable);
-    let reason = match outcome {
-        Outcome::RetryLater => format!(
-            "not confirmed ({last_error}), and the server stayed unreachable after rolling back: not blaming generation {generation}; will retry"
-        ),
-        _ => format!("not confirmed within {}s: {last_error}", budget.as_secs()),
-    };
-    conclude(
-        agent,
-        link,
-        mem,
-        attempt,
-        generation,
-        wanted,
-        outcome,
-        Some(reason),
-    )
-    .await
 }
 
 /// Re-activates the exact previous system: profile, then its own switch-to-configuration.
@@ -431,120 +500,5 @@ async fn roll_back(agent: &Agent, attempt: &mut Attempt, previous: Option<&str>)
         system::activate(&agent.raw.profile, prev, agent.raw.action, &mut attempt.log).await;
     if let Err(e) = result {
         attempt.note(format!("rollback failed: {e}"));
-    }
-}
-
-/// Records the outcome in the persisted state (clearing the in-flight activation) and
-/// queues the report.
-#[allow(clippy::too_many_arguments)]
-async fn conclude<L: Link + Sync>(
-    agent: &Agent,
-    link: &L,
-    mem: &mut Persisted,
-    attempt: Attempt,
-    generation: u64,
-    wanted: &str,
-    outcome: Outcome,
-    reason: Option<String>,
-) -> Result<Ended, CycleError> {
-    mem.in_flight = None;
-    match outcome {
-        Outcome::Applied => {
-            mem.last_applied = Some(generation);
-            mem.retry = None;
-        }
-        Outcome::RetryLater => {
-            let attempts = mem.retry.filter(|r| r.0 == generation).map_or(0, |r| r.2);
-            let until = now_secs() + decide::retry_delay(agent.retry_base, attempts).as_secs();
-            mem.retry = Some((generation, until, attempts + 1));
-        }
-        o if decide::condemns(o) => {
-            mem.last_failed = Some(mem.last_failed.map_or(generation, |f| f.max(generation)));
-            mem.retry = None;
-        }
-        _ => {}
-    }
-    mem.save(&agent.raw.state_dir)?;
-    let r = attempt.report(agent, generation, Some(wanted), outcome, reason);
-    finish(agent, link, mem, r).await
-}
-
-async fn finish<L: Link + Sync>(
-    agent: &Agent,
-    link: &L,
-    _mem: &mut Persisted,
-    report: Report,
-) -> Result<Ended, CycleError> {
-    let outcome = report.outcome;
-    if let Some(path) = &agent.raw.metrics_textfile {
-        if let Err(e) = report::textfile::write(path, &report) {
-            tracing::warn!(path = %path.display(), error = %e, "cannot write the metrics textfile");
-        }
-    }
-    outbox::queue(&agent.raw.state_dir, &report)?;
-    outbox::flush(&agent.raw.state_dir, link).await?;
-    Ok(Ended::Reported(outcome))
-}
-
-/// At start: finish or undo an activation the last run left unfinished.
-async fn recover<L: Link + Sync>(
-    agent: &Agent,
-    link: &L,
-    mem: &mut Persisted,
-    flight: InFlight,
-    progress: &Progress,
-) -> Result<Ended, CycleError> {
-    let running = system::running_system(&agent.raw.current_system);
-    let is_new = running.as_deref() == Some(flight.store_path.as_str());
-    let is_prev = running.is_some() && running == flight.previous;
-    let mut attempt = Attempt::new(progress);
-    let decision = decide::recover(flight.phase, is_new, is_prev, now_secs(), flight.deadline);
-    attempt.note(format!(
-        "recovering generation {} left {:?} by an interrupted agent: {decision:?}",
-        flight.generation, flight.phase
-    ));
-    match decision {
-        Recovery::ResumeConfirming => {
-            confirm(
-                agent,
-                link,
-                mem,
-                attempt,
-                flight.generation,
-                &flight.store_path,
-                flight.previous.clone(),
-            )
-            .await
-        }
-        Recovery::RollBack => {
-            roll_back(agent, &mut attempt, flight.previous.as_deref()).await;
-            let reason = format!(
-                "the agent was interrupted while {} generation {} and it was not confirmed by its deadline",
-                match flight.phase {
-                    Phase::Activating => "activating",
-                    Phase::Confirming => "confirming",
-                },
-                flight.generation
-            );
-            conclude(
-                agent,
-                link,
-                mem,
-                attempt,
-                flight.generation,
-                &flight.store_path,
-                Outcome::RolledBack,
-                Some(reason),
-            )
-            .await
-        }
-        Recovery::Abandon => {
-            if let Some(prev) = flight.previous.as_deref() {
-                let _ = system::set_profile(&agent.raw.profile, prev, &mut attempt.log).await;
-            }
-            mem.in_flight = None;
-            mem.save(&agent.raw.state_dir)?;
-            Ok(Ended::Idle)
-        }
     }
 }
