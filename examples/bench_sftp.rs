@@ -84,6 +84,8 @@ async fn server(state_dir: PathBuf, hosts_file: PathBuf, poll_ms: u64) -> anyhow
     let config = PublishConfig {
         max_sessions: 16_384,
         max_sessions_per_host: 16,
+        // Every client of the benchmark comes from 127.0.0.1.
+        max_unauthenticated_per_ip: 16_384,
         // Phase 2 reads as fast as it can on each session; the cap would cut it off.
         request_rate: 100_000.0,
         request_burst: 100_000,

@@ -29,6 +29,9 @@ pub struct PublishConfig {
     /// Authenticated sessions one host may hold at once (an agent needs one, two during
     /// confirmation); further logins of that host are rejected.
     pub max_sessions_per_host: usize,
+    /// Connections one source address may hold before authenticating (a slot is given back
+    /// at login); further ones are closed at once.
+    pub max_unauthenticated_per_ip: usize,
     /// A connection must authenticate within this time or is closed.
     pub auth_timeout: Duration,
     /// A session that sends nothing for this long is closed (russh's inactivity timeout).
@@ -65,6 +68,7 @@ impl Default for PublishConfig {
         PublishConfig {
             max_sessions: 8192,
             max_sessions_per_host: 4,
+            max_unauthenticated_per_ip: 32,
             auth_timeout: Duration::from_secs(20),
             idle_timeout: Duration::from_secs(300),
             auth_rejection_time: Duration::from_millis(500),
@@ -85,9 +89,13 @@ impl Default for PublishConfig {
 
 impl PublishConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let nonzero: [(&'static str, bool); 10] = [
+        let nonzero: [(&'static str, bool); 11] = [
             ("max_sessions", self.max_sessions > 0),
             ("max_sessions_per_host", self.max_sessions_per_host > 0),
+            (
+                "max_unauthenticated_per_ip",
+                self.max_unauthenticated_per_ip > 0,
+            ),
             ("auth_timeout", !self.auth_timeout.is_zero()),
             ("idle_timeout", !self.idle_timeout.is_zero()),
             ("request_rate", self.request_rate > 0.0),

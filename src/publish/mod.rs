@@ -60,6 +60,7 @@ pub mod hostkey;
 mod killswitch;
 pub mod metrics;
 mod ops;
+mod per_ip;
 mod ratelimit;
 mod reports;
 pub mod seen;

@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 
 use super::killswitch::Killable;
 use super::metrics::{self, GaugeGuard};
+use super::per_ip::Slot;
 use super::session::{KillReason, SessionCtl};
 use super::ssh::SshHandler;
 use super::state::PublishState;
@@ -64,11 +65,17 @@ pub async fn serve(listener: TcpListener, state: Arc<PublishState>, shutdown: Ca
             drop(socket);
             continue;
         };
+        let Some(slot) = state.unauthenticated.try_acquire(peer.ip()) else {
+            metrics::inc(&state.metrics().connections_refused);
+            tracing::warn!(%peer, "too many unauthenticated connections from this address; closing");
+            drop(socket);
+            continue;
+        };
         let _ = socket.set_nodelay(true);
         tasks.spawn(supervise(
             socket,
             peer,
-            permit,
+            (permit, slot),
             state.clone(),
             config.clone(),
             shutdown.clone(),
@@ -112,7 +119,7 @@ async fn poll_releases(state: Arc<PublishState>, shutdown: CancellationToken) {
 async fn supervise(
     socket: TcpStream,
     peer: SocketAddr,
-    permit: OwnedSemaphorePermit,
+    (permit, unauthenticated): (OwnedSemaphorePermit, Slot),
     state: Arc<PublishState>,
     config: Arc<Config>,
     shutdown: CancellationToken,
@@ -122,6 +129,7 @@ async fn supervise(
     let _permit = permit;
     let c = state.config();
     let ctl = Arc::new(SessionCtl::new(peer, c.request_rate, c.request_burst));
+    ctl.hold_until_login(unauthenticated);
     let auth_deadline = tokio::time::Instant::now() + c.auth_timeout;
     let handler = SshHandler::new(state.clone(), ctl.clone());
     let cut = CancellationToken::new();

@@ -13,6 +13,7 @@ use russh::keys::ssh_key::PublicKey;
 use tokio_util::sync::CancellationToken;
 
 use super::metrics::{self, Metrics};
+use super::per_ip::Slot;
 use super::ratelimit::TokenBucket;
 
 /// Who a session authenticated as.
@@ -44,6 +45,8 @@ pub(crate) struct SessionCtl {
     reason: OnceLock<KillReason>,
     kill: CancellationToken,
     bucket: Mutex<TokenBucket>,
+    /// The source address's pre-authentication slot, given back at login.
+    unauthenticated: Mutex<Option<Slot>>,
 }
 
 impl SessionCtl {
@@ -54,6 +57,14 @@ impl SessionCtl {
             reason: OnceLock::new(),
             kill: CancellationToken::new(),
             bucket: Mutex::new(TokenBucket::new(rate, burst, Instant::now())),
+            unauthenticated: Mutex::new(None),
+        }
+    }
+
+    /// Holds `slot` until the session authenticates (or ends).
+    pub(crate) fn hold_until_login(&self, slot: Slot) {
+        if let Ok(mut s) = self.unauthenticated.lock() {
+            *s = Some(slot);
         }
     }
 
@@ -63,6 +74,9 @@ impl SessionCtl {
 
     pub(crate) fn set_identity(&self, identity: Identity) {
         let _ = self.identity.set(identity);
+        if let Ok(mut s) = self.unauthenticated.lock() {
+            s.take();
+        }
     }
 
     /// Asks the supervisor to disconnect this session; the first reason wins.

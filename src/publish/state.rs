@@ -23,6 +23,7 @@ use super::config::{ConfigError, PublishConfig};
 use super::confine;
 use super::hostkey::HostKey;
 use super::metrics::{self, Metrics};
+use super::per_ip::PerIp;
 use super::seen::LastSeen;
 use super::watch::{ReleaseWatch, release_generation};
 
@@ -54,6 +55,7 @@ pub struct PublishState {
     releases: ReleaseWatch,
     per_host: Mutex<HashMap<String, usize>>,
     pub(crate) connections: Arc<Semaphore>,
+    pub(crate) unauthenticated: Arc<PerIp>,
     metrics: Metrics,
     seen: LastSeen,
 }
@@ -96,6 +98,7 @@ impl PublishState {
         let (access_epoch, _) = watch::channel(0);
         Ok(Arc::new(PublishState {
             connections: Arc::new(Semaphore::new(config.max_sessions)),
+            unauthenticated: PerIp::new(config.max_unauthenticated_per_ip),
             config,
             publish_dir,
             publish_fd,

@@ -1,0 +1,86 @@
+//! One source address may hold only `max_unauthenticated_per_ip` connections that have not
+//! logged in: a further one is closed at accept (no SSH banner), other addresses are not
+//! affected, and a connection that logs in gives its slot back.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod publish_harness;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bento::publish::PublishConfig;
+use publish_harness::{Fleet, test_config};
+use tokio::io::AsyncReadExt as _;
+use tokio::net::{TcpSocket, TcpStream};
+
+/// A raw TCP connection from `source` that never speaks SSH, and the first bytes the
+/// server sent on it (empty when it closed the connection at once).
+async fn silent_connection(source: [u8; 4], server: SocketAddr) -> (TcpStream, Vec<u8>) {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::from((source, 0))).unwrap();
+    let mut stream = socket.connect(server).await.unwrap();
+    let mut buf = vec![0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+        .await
+        .expect("the server neither greeted nor closed")
+        .unwrap_or(0);
+    buf.truncate(n);
+    (stream, buf)
+}
+
+#[tokio::test]
+async fn one_address_cannot_hold_every_slot_before_logging_in() {
+    let fleet = Fleet::start_with(
+        &["web1"],
+        PublishConfig {
+            max_unauthenticated_per_ip: 3,
+            ..test_config()
+        },
+    )
+    .await;
+    fleet.write_release("web1", 1);
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let (stream, greeting) = silent_connection([127, 0, 0, 1], fleet.addr).await;
+        assert!(greeting.starts_with(b"SSH-2.0-bento"), "{greeting:?}");
+        held.push(stream);
+    }
+    let (_, greeting) = silent_connection([127, 0, 0, 1], fleet.addr).await;
+    assert!(
+        greeting.is_empty(),
+        "a fourth silent connection from one address is closed at once: {greeting:?}"
+    );
+    assert!(fleet.state.metrics().snapshot().connections_refused >= 1);
+    assert!(
+        fleet.client("web1").await.is_err(),
+        "even a real host behind that address waits for a free slot"
+    );
+
+    // Another address has its own allowance.
+    let (other, greeting) = silent_connection([127, 0, 0, 2], fleet.addr).await;
+    assert!(greeting.starts_with(b"SSH-2.0-bento"), "{greeting:?}");
+
+    // A freed slot lets a host in, and its login gives the slot back: logins beyond the
+    // limit work while two silent connections still hold theirs.
+    drop(held.pop());
+    let mut logged_in = Vec::new();
+    for _ in 0..3 {
+        let mut tries = 0;
+        let session = loop {
+            match fleet.client("web1").await {
+                Ok(s) => break s,
+                // The dropped connection's slot comes back when the server notices the close.
+                Err(e) if tries < 50 => {
+                    tries += 1;
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("web1 cannot log in: {e}"),
+            }
+        };
+        assert!(session.read_release().await.unwrap().is_some());
+        logged_in.push(session);
+    }
+    drop((held, other, logged_in));
+    fleet.stop().await;
+}
