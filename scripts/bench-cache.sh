@@ -111,6 +111,7 @@ bento_pid=$!
 pids+=("$bento_pid")
 t0=$(date +%s.%N)
 until curl -sf "http://127.0.0.1:$bento_port/$(basename "$big" | cut -c1-32).narinfo" | grep -q 'Compression: zstd'; do
+  kill -0 "$bento_pid" 2>/dev/null || { echo "bench-cache: bento serve exited (see its error above)" >&2; exit 1; }
   sleep 0.2
 done
 echo "bento ready (closures signed, ${BIG_MB} MB compressed) in $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}') s"

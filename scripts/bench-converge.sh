@@ -5,6 +5,7 @@
 # Asserts nothing. Needs root. Usage: scripts/bench-converge.sh [N...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/nix-env.sh
 BENTO=$PWD/target/release/bento
 export RUST_LOG=${RUST_LOG:-warn}
 source scripts/lib/fleet.sh

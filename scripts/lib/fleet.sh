@@ -106,17 +106,18 @@ fleet_host() {
   local host=$1 index=$2 initial=$3 root=$FLEET_DIR/hosts/$1 ns=bento-$$-$2
   mkdir -p "$root/run" "$root/nix" "$root/cache"
   ip netns add "$ns"
+  echo "$ns" > "$root/netns" # at once, so that cleanup finds it even if a later step fails
   ip link add "vb$$h$index" type veth peer name eth0 netns "$ns"
   ip link set "vb$$h$index" master "$FLEET_BRIDGE"
   ip link set "vb$$h$index" up
   ip netns exec "$ns" ip addr add "$FLEET_SUBNET.$((10 + index))/24" dev eth0
   ip netns exec "$ns" ip link set eth0 up
   ip netns exec "$ns" ip link set lo up
-  nix copy --no-check-sigs --to "local?root=$root" "$initial" 2>/dev/null
+  nix copy --no-check-sigs --to "local?root=$root" "$initial" 2>"$root/install.log" \
+    || { echo "cannot install $initial on $host:" >&2; cat "$root/install.log" >&2; return 1; }
   ln -sfn "$initial" "$root/run/current-system"
   mkdir -p "$root/nix/var/nix/profiles"
   ln -sfn "$initial" "$root/nix/var/nix/profiles/system"
-  echo "$ns" > "$root/netns"
 }
 
 # fleet_in_host HOST CMD...: runs a command inside the simulated host.
