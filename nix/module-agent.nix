@@ -20,6 +20,7 @@ let
     health_checks = cfg.healthChecks;
     instant_updates = cfg.instantUpdates;
     state_dir = "/var/lib/bento-agent";
+    files_dir = cfg.filesDir;
   } // lib.optionalAttrs (cfg.cacheNetrcFile != null) { cache_netrc = toString cfg.cacheNetrcFile; }
     // lib.optionalAttrs (cfg.metricsTextfile != null) { metrics_textfile = cfg.metricsTextfile; };
   rendered = toml.generate "bento-agent.toml" settings;
@@ -95,6 +96,11 @@ in
       type = lib.types.bool;
       default = true;
       description = "Keep one SSH session open to learn of new releases at once.";
+    };
+    filesDir = lib.mkOption {
+      type = lib.types.str;
+      default = "/run/bento/files";
+      description = "Where the files bento.toml delivers to this host ([hosts.<name>.files]) are installed, outside the Nix store; under /run they never touch the disk. Point services at /run/bento/files/<name>.";
     };
     metricsTextfile = lib.mkOption {
       type = lib.types.nullOr lib.types.str;

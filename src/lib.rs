@@ -9,6 +9,7 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod deploy;
+pub mod files;
 pub mod nix;
 pub mod publish;
 pub mod release;

@@ -610,3 +610,105 @@ async fn reports_and_logs_arrive_intact_and_status_shows_each_state() {
     assert!(status["silent"]["last_seen"].is_null());
     assert!(status["undeployed"]["desired"].is_null());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_reach_only_their_host_outside_the_store_and_tampering_is_refused() {
+    let hosts = ["web1", "web2"];
+    let Some(mut fleet) = Fleet::new("files", &hosts) else {
+        return;
+    };
+    fleet.give_file("web1", "db-password", "s3cret-one\n", 0o400);
+    fleet.give_file("web1", "ca.pem", "not really a CA\n", 0o444);
+    fleet.start_serve(&[]).await;
+    fleet.start_agents("");
+    fleet.deploy(&[]);
+    fleet
+        .wait_for_states(CONVERGE_SECS, &all(&hosts, "up-to-date"))
+        .await;
+
+    // Installed on web1, in its own /run (the agent's files_dir), with the modes asked for.
+    let dir = fleet.host("web1").root.join("run/bento/files");
+    let mode = |name: &str| {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::metadata(dir.join(name))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(
+        std::fs::read_to_string(dir.join("db-password")).unwrap(),
+        "s3cret-one\n"
+    );
+    assert_eq!((mode("db-password"), mode("ca.pem")), (0o400, 0o444));
+    // Never through the host's Nix store, which every local user can read.
+    let grep = std::process::Command::new("grep")
+        .args(["-rlF", "s3cret-one"])
+        .arg(fleet.host("web1").root.join("nix/store"))
+        .output()
+        .unwrap();
+    assert!(
+        grep.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&grep.stdout)
+    );
+    // web2 gets nothing, and cannot reach web1's files.
+    assert!(!fleet.host("web2").root.join("run/bento/files").exists());
+    let stolen = fleet.dir().join("stolen");
+    for path in ["/../web1/files/manifest.json", "/files/manifest.json"] {
+        let r = fleet.stock_sftp(
+            "web2",
+            "web2",
+            &fleet.ssh_key("web2"),
+            &format!("get {path} {}\n", stolen.display()),
+        );
+        assert_ne!(r.code, 0, "web2 fetched {path}: {r:?}");
+        assert!(!stolen.exists());
+    }
+
+    // A changed secret alone is a new generation for web1 only; the system is not
+    // re-activated, the file is replaced.
+    let activations = fleet.host("web1").activations();
+    fleet.give_file("web1", "db-password", "s3cret-two\n", 0o400);
+    let deployed = fleet.deploy(&[]);
+    assert!(deployed.stdout.contains("files changed"), "{deployed:#?}");
+    assert_eq!(fleet.released("web1").unwrap().0, 2);
+    assert_eq!(fleet.released("web2").unwrap().0, 1);
+    let replaced = wait_for(CONVERGE_SECS, || {
+        std::fs::read_to_string(dir.join("db-password"))
+            .ok()
+            .as_deref()
+            == Some("s3cret-two\n")
+    })
+    .await;
+    assert!(replaced, "{}", fleet.diagnostics());
+    fleet
+        .wait_for_states(CONVERGE_SECS, &all(&hosts, "up-to-date"))
+        .await;
+    assert_eq!(fleet.host("web1").activations(), activations);
+
+    // A blob altered on the server (same length, other bytes) is refused; the host keeps
+    // the file it had.
+    let blobs = fleet.state().join("publish/web1/files/blobs");
+    for e in std::fs::read_dir(&blobs).unwrap() {
+        let path = e.unwrap().path();
+        if std::fs::read_to_string(&path).unwrap() == "s3cret-two\n" {
+            std::fs::write(&path, "s3cret-bad\n").unwrap();
+        }
+    }
+    let forced = fleet.bento(&["deploy", "--force", "web1"]);
+    assert_eq!(forced.code, 0, "{forced:#?}");
+    fleet
+        .wait_for_states(CONVERGE_SECS, &[("web1", "refused")])
+        .await;
+    assert_eq!(
+        std::fs::read_to_string(dir.join("db-password")).unwrap(),
+        "s3cret-two\n"
+    );
+    let refused = fleet.final_reports("web1").pop().unwrap();
+    let reason = refused.reason.unwrap_or_default();
+    assert!(
+        reason.contains("db-password") && reason.contains("hashes to"),
+        "{reason}"
+    );
+}

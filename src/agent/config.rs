@@ -79,6 +79,9 @@ fn default_retry_base() -> u64 {
 fn default_state_dir() -> PathBuf {
     PathBuf::from("/var/lib/bento-agent")
 }
+fn default_files_dir() -> PathBuf {
+    PathBuf::from("/run/bento/files")
+}
 fn default_trigger_socket() -> PathBuf {
     PathBuf::from("/run/bento-agent/trigger.sock")
 }
@@ -131,6 +134,11 @@ pub struct AgentConfig {
     pub retry_base_secs: u64,
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
+    /// Where the files the fleet file delivers to this host (`[hosts.<h>.files]`) are
+    /// installed, outside the Nix store; a tmpfs (the default, under /run) keeps them off
+    /// the disk. Bento owns the directory: names the server no longer sends are removed.
+    #[serde(default = "default_files_dir")]
+    pub files_dir: PathBuf,
     /// Unix socket for `bento agent trigger`; writable by root (and `trigger_group`).
     #[serde(default = "default_trigger_socket")]
     pub trigger_socket: PathBuf,

@@ -9,6 +9,7 @@ use thiserror::Error;
 
 use super::config::{ActivationAction, Agent};
 use super::decide::{self, Action, Confirm, Phase, Plan, Recovery};
+use super::deliver::{self, Delivered};
 use super::link::Link;
 use super::memory::{InFlight, MemoryError, Persisted};
 use super::outbox::{self, OutboxError};
@@ -198,6 +199,16 @@ pub async fn run_once<L: Link + Sync>(
                 "generation {}: {} already runs",
                 target.generation, target.wanted
             ));
+            if let Err((outcome, reason)) = cycle.deliver_files(&mut attempt, &target).await {
+                let r = attempt.report(
+                    agent,
+                    target.generation,
+                    Some(&target.wanted),
+                    outcome,
+                    Some(reason),
+                );
+                return cycle.finish(r).await;
+            }
             cycle.mem.last_applied = Some(target.generation);
             cycle.mem.retry = None;
             cycle.mem.save(dir)?;
@@ -273,6 +284,10 @@ impl<L: Link + Sync> Cycle<'_, L> {
             );
             return self.finish(r).await;
         }
+        if let Err((outcome, reason)) = self.deliver_files(&mut attempt, target).await {
+            let r = attempt.report(agent, generation, Some(wanted), outcome, Some(reason));
+            return self.finish(r).await;
+        }
 
         attempt.note(format!(
             "activating {wanted} ({}); previous system {}",
@@ -310,6 +325,53 @@ impl<L: Link + Sync> Cycle<'_, L> {
             return self.conclude(attempt, target, Outcome::Applied, None).await;
         }
         self.confirm(attempt, target, previous).await
+    }
+
+    /// Installs the files the server delivers to this host for `target` (before the new
+    /// system starts, so its services find them). On failure: the outcome to report
+    /// (`refused` when something did not verify, `copy-failed` to retry) and why.
+    async fn deliver_files(
+        &self,
+        attempt: &mut Attempt,
+        target: &Target,
+    ) -> Result<(), (Outcome, String)> {
+        let agent = self.agent;
+        let dir = &agent.raw.files_dir;
+        let delivered = deliver::deliver(
+            self.link,
+            &agent.fleet_key,
+            &agent.raw.host,
+            target.generation,
+            dir,
+        )
+        .await;
+        match delivered {
+            Ok(Delivered::Nothing) => Ok(()),
+            Ok(Delivered::Files { installed, removed }) => {
+                let removed = if removed.is_empty() {
+                    String::new()
+                } else {
+                    format!("; removed {}", removed.join(", "))
+                };
+                let installed = if installed.is_empty() {
+                    "none".to_owned()
+                } else {
+                    installed.join(", ")
+                };
+                attempt.note(format!("files in {}: {installed}{removed}", dir.display()));
+                Ok(())
+            }
+            Err(e) => {
+                let outcome = if e.is_refusal() {
+                    Outcome::Refused
+                } else {
+                    Outcome::CopyFailed
+                };
+                let reason = format!("files not installed: {e}");
+                attempt.note(&reason);
+                Err((outcome, reason))
+            }
+        }
     }
 
     /// Confirms the new system (fresh session + health checks) until the deadline, or rolls

@@ -16,6 +16,13 @@ pub trait Link {
     /// Opens a fresh session, authenticates and reads `/release`: after an activation this
     /// proves the network, the server and this host's key all still work.
     fn probe_fresh(&self) -> impl Future<Output = Result<(), LinkError>> + Send;
+    /// Reads a file of this host's tree (`/files/...`) of at most `max` bytes; `None` when
+    /// it does not exist.
+    fn fetch_file(
+        &self,
+        path: &str,
+        max: u64,
+    ) -> impl Future<Output = Result<Option<Vec<u8>>, LinkError>> + Send;
     /// Uploads a report as a new file under `/reports/`.
     fn upload_report(
         &self,

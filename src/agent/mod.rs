@@ -6,6 +6,7 @@
 pub mod config;
 pub mod cycle;
 pub mod decide;
+pub mod deliver;
 pub mod exit;
 pub mod http_trigger;
 pub mod link;

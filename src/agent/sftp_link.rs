@@ -96,6 +96,11 @@ impl Link for SftpLink {
             })?
     }
 
+    async fn fetch_file(&self, path: &str, max: u64) -> Result<Option<Vec<u8>>, LinkError> {
+        self.with_session(async |s| s.read_optional_file(path, max).await)
+            .await
+    }
+
     async fn upload_report(&self, name: &str, bytes: &[u8]) -> Result<(), LinkError> {
         self.with_session(async |s| s.upload_report(name, bytes).await)
             .await

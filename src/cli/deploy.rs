@@ -5,12 +5,13 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use serde::Serialize;
 
 use super::{build as build_cli, table};
 use crate::build::{self, Options, Phase, Status};
 use crate::config::{self, Fleet, Host};
-use crate::deploy::{self, DeployLock, Outcome, Reason};
+use crate::deploy::{DeployLock, FileToDeliver, Outcome, Publisher, Reason};
 
 /// Build hosts and publish a new signed release for each host whose system changed.
 ///
@@ -81,13 +82,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             anyhow::bail!("--rollback takes one host name, not a tag");
         }
         let _lock = DeployLock::acquire(&fleet.state)?;
-        let outcome = deploy::rollback(
-            &fleet.state,
-            &key,
-            host,
-            build::unix_now(),
-            fleet.keep_systems,
-        )?;
+        let publisher = Publisher {
+            state: &fleet.state,
+            key: &key,
+            now: build::unix_now(),
+            keep_systems: fleet.keep_systems,
+        };
+        let files = files_of(&fleet, host)?;
+        let outcome = publisher.rollback(host, &files)?;
         if args.json {
             println!("{}", serde_json::to_string_pretty(&outcome)?);
         } else if let Outcome::Published {
@@ -151,22 +153,22 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.diff {
         show_diffs(&fleet, &reports, args.json);
     }
-    let now = build::unix_now();
+    let publisher = Publisher {
+        state: &fleet.state,
+        key: &key,
+        now: build::unix_now(),
+        keep_systems: fleet.keep_systems,
+    };
     for report in &mut reports {
         let Some(store_path) = &report.store_path else {
             continue;
         };
-        match deploy::publish(
-            &fleet.state,
-            &key,
-            &report.host,
-            store_path,
-            args.force,
-            now,
-            fleet.keep_systems,
-        ) {
+        let published = files_of(&fleet, &report.host).and_then(|files| {
+            Ok(publisher.publish(&report.host, store_path, &files, args.force)?)
+        });
+        match published {
             Ok(outcome) => report.release = Some(outcome),
-            Err(e) => report.error = Some(e.to_string()),
+            Err(e) => report.error = Some(format!("{e:#}")),
         }
     }
 
@@ -256,6 +258,7 @@ fn release_text(outcome: &Outcome) -> String {
                 Reason::First => "first",
                 Reason::Changed => "changed",
                 Reason::Resigned => "re-signed",
+                Reason::FilesChanged => "files changed",
                 Reason::Forced => "forced",
                 Reason::Rollback => "rollback",
             };
@@ -288,4 +291,27 @@ fn summary(reports: &[HostReport]) -> String {
         })
         .collect();
     table::render(&["HOST", "BUILD", "RELEASE", "RESULT"], &rows)
+}
+
+/// Reads the files `[hosts.<host>.files]` delivers, from their sources on this server.
+fn files_of(fleet: &Fleet, host: &str) -> anyhow::Result<Vec<FileToDeliver>> {
+    let Some(h) = fleet.hosts.get(host) else {
+        return Ok(Vec::new());
+    };
+    h.files
+        .iter()
+        .map(|(name, file)| {
+            let content = std::fs::read(&file.source).with_context(|| {
+                format!(
+                    "cannot read {} (host {host}, files.{name})",
+                    file.source.display()
+                )
+            })?;
+            Ok(FileToDeliver {
+                name: name.clone(),
+                content,
+                mode: file.mode,
+            })
+        })
+        .collect()
 }

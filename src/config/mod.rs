@@ -19,9 +19,13 @@
 //! [hosts.router]
 //! ssh_key = "ssh-ed25519 AAAA..."
 //! configuration = "hosts/router/configuration.nix"
+//!
+//! [hosts.web1.files]                # delivered outside the store, see `files`
+//! db-password = "secrets/web1/db-password"                      # mode 0400
+//! "tls.key" = { source = "secrets/web1/tls.key", mode = 0o440 }
 //! ```
 //!
-//! May import: `nix` (keys), `release` (host-name rules).
+//! May import: `nix` (keys), `release` (host-name rules), `files` (file-name rules).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -160,6 +164,18 @@ pub struct Host {
     /// Sorted, without duplicates.
     pub tags: Vec<String>,
     pub system: System,
+    /// Files delivered to the host outside the Nix store (`[hosts.<h>.files]`), by the
+    /// name they get on the host.
+    pub files: BTreeMap<String, DeliveredFile>,
+}
+
+/// One file of `[hosts.<h>.files]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveredFile {
+    /// Where it is read on the server (absolute).
+    pub source: PathBuf,
+    /// Its mode on the host.
+    pub mode: u32,
 }
 
 /// How a host's system is built.
@@ -199,6 +215,16 @@ struct RawHost {
     tags: Vec<String>,
     attr: Option<String>,
     configuration: Option<PathBuf>,
+    #[serde(default)]
+    files: BTreeMap<String, RawDeliveredFile>,
+}
+
+/// `name = "path"` or `name = { source = "path", mode = 0o440 }`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawDeliveredFile {
+    Source(PathBuf),
+    Full { source: PathBuf, mode: Option<u32> },
 }
 
 impl Fleet {
@@ -410,11 +436,33 @@ fn validate_host(
             }
         }
     };
+    let mut files = BTreeMap::new();
+    for (file_name, raw_file) in raw.files {
+        let (source, mode) = match raw_file {
+            RawDeliveredFile::Source(source) => (source, crate::files::DEFAULT_MODE),
+            RawDeliveredFile::Full { source, mode } => {
+                (source, mode.unwrap_or(crate::files::DEFAULT_MODE))
+            }
+        };
+        crate::files::check_name(&file_name)
+            .and_then(|()| crate::files::check_mode(&file_name, mode))
+            .map_err(|e| host_err("files", e.to_string()))?;
+        let source = resolve(&source);
+        if !source.is_file() {
+            return Err(ConfigError::MissingFile {
+                path: file.to_owned(),
+                subject: format!("host {name}, field files.{file_name}"),
+                file: source,
+            });
+        }
+        files.insert(file_name, DeliveredFile { source, mode });
+    }
     Ok(Host {
         name,
         ssh_key,
         tags,
         system,
+        files,
     })
 }
 

@@ -164,6 +164,25 @@ fn each_error_names_host_and_field() {
             &["[fleet] field jobs", "at least 1"],
         ),
         (
+            "file name with a slash",
+            format!(
+                "[hosts.web1]\nssh_key = \"{k1}\"\n[hosts.web1.files]\n\"a/b\" = \"flake.nix\"\n"
+            ),
+            &["host web1, field files", "\"a/b\" is not valid"],
+        ),
+        (
+            "set-uid file mode",
+            format!(
+                "[hosts.web1]\nssh_key = \"{k1}\"\n[hosts.web1.files]\ndb = {{ source = \"flake.nix\", mode = 0o4755 }}\n"
+            ),
+            &["host web1, field files", "mode 4755 is not valid"],
+        ),
+        (
+            "missing file source",
+            format!("[hosts.web1]\nssh_key = \"{k1}\"\n[hosts.web1.files]\ndb = \"secrets/db\"\n"),
+            &["host web1, field files.db", "secrets/db does not exist"],
+        ),
+        (
             "zero systems kept",
             "[fleet]\nkeep_systems = 0\n".into(),
             &["[fleet] field keep_systems", "at least 1"],
@@ -259,4 +278,18 @@ fn selection_of_unknown_names_lists_what_exists() {
         .map(|e| e.to_string())
         .unwrap_or_default();
     assert!(msg.contains("defines no hosts"), "{msg}");
+}
+
+#[test]
+fn delivered_files_default_to_root_only() {
+    let fleet = parse(&format!(
+        "[hosts.web1]\nssh_key = \"{}\"\n[hosts.web1.files]\ndb = \"flake.nix\"\n\"tls.key\" = {{ source = \"flake.nix\", mode = 0o440 }}\n",
+        ssh_key(1)
+    ))
+    .unwrap();
+    let files = &fleet.hosts["web1"].files;
+    let dir = std::env::temp_dir().join("bento-config-unit");
+    assert_eq!(files["db"].mode, 0o400);
+    assert_eq!(files["db"].source, dir.join("flake.nix"));
+    assert_eq!(files["tls.key"].mode, 0o440);
 }

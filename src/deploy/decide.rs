@@ -12,6 +12,8 @@ pub struct Current<'a> {
     pub store_path: &'a str,
     /// Whether the release's signature verifies with today's fleet key.
     pub signed_by_fleet_key: bool,
+    /// Whether the published files (`files/manifest.json`) are the ones configured now.
+    pub files_up_to_date: bool,
 }
 
 /// Why a release is published.
@@ -25,6 +27,8 @@ pub enum Reason {
     /// Same system, but the release was signed by another key (the fleet key was rotated):
     /// agents trusting the new key would refuse it.
     Resigned,
+    /// Same system, but the host's delivered files changed.
+    FilesChanged,
     /// `--force`.
     Forced,
     /// `--rollback`.
@@ -56,6 +60,7 @@ pub fn decide(
         None => Some(Reason::First),
         Some(c) if c.store_path != built => Some(Reason::Changed),
         Some(c) if !c.signed_by_fleet_key => Some(Reason::Resigned),
+        Some(c) if !c.files_up_to_date => Some(Reason::FilesChanged),
         Some(_) if force => Some(Reason::Forced),
         Some(_) => None,
     };
@@ -140,6 +145,7 @@ mod tests {
             generation,
             store_path,
             signed_by_fleet_key: true,
+            files_up_to_date: true,
         })
     }
 
@@ -168,6 +174,13 @@ mod tests {
             generation: 4,
             store_path: A,
             signed_by_fleet_key: false,
+            files_up_to_date: true,
+        });
+        let new_files = Some(Current {
+            generation: 4,
+            store_path: A,
+            signed_by_fleet_key: true,
+            files_up_to_date: false,
         });
         let publish = |generation, reason| Some(Decision::Publish { generation, reason });
         let cases = [
@@ -242,6 +255,22 @@ mod tests {
                 A,
                 false,
                 publish(5, Reason::Resigned),
+            ),
+            (
+                "files changed",
+                new_files,
+                Some(4),
+                A,
+                false,
+                publish(5, Reason::FilesChanged),
+            ),
+            (
+                "files and system changed",
+                new_files,
+                Some(4),
+                B,
+                false,
+                publish(5, Reason::Changed),
             ),
             ("overflow", cur(u64::MAX, A), None, B, false, None),
         ];

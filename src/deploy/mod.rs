@@ -26,10 +26,12 @@ use crate::release::{Release, ReleaseError};
 use crate::state::{self, StateError};
 
 pub mod decide;
+pub mod files;
 pub mod history;
 mod lock;
 
 pub use decide::{Decision, Reason};
+pub use files::FileToDeliver;
 pub use history::{History, HistoryEntry};
 pub use lock::DeployLock;
 
@@ -86,6 +88,12 @@ pub enum DeployError {
         generation: u64,
         path: PathBuf,
     },
+    #[error("cannot publish the files of host {host}: {source}")]
+    Files {
+        host: String,
+        #[source]
+        source: crate::files::FilesError,
+    },
     #[error(transparent)]
     State(#[from] StateError),
 }
@@ -120,91 +128,109 @@ pub fn current_release(state: &StateDir, host: &str) -> Result<Option<Release>, 
     }
 }
 
-/// Publishes `store_path` for `host` if it differs from its current release (or `force`),
-/// then releases the GC roots of systems older than the newest `keep_systems`.
-pub fn publish(
-    state: &StateDir,
-    key: &SecretKey,
-    host: &str,
-    store_path: &str,
-    force: bool,
-    now: u64,
-    keep_systems: usize,
-) -> Result<Outcome, DeployError> {
-    remove_stale_temp_files(&state.publish_dir(host));
-    let current = current_release(state, host)?;
-    let history = history::read(&state.history(host))?;
-    let public = key.public();
-    let view = current.as_ref().map(|r| decide::Current {
-        generation: r.generation,
-        store_path: &r.store_path,
-        signed_by_fleet_key: r.check_signature(&public).is_ok() && r.host == host,
-    });
-    let decision =
-        decide::decide(view, history.max_generation(), store_path, force).ok_or_else(|| {
-            DeployError::GenerationOverflow {
-                host: host.to_owned(),
-            }
-        })?;
-    match decision {
-        Decision::Unchanged { generation } => Ok(Outcome::Unchanged {
-            generation,
-            store_path: store_path.to_owned(),
-        }),
-        Decision::Publish { generation, reason } => {
-            write_release(state, key, host, generation, store_path, now, None)?;
-            prune_roots(state, host, store_path, keep_systems);
-            Ok(Outcome::Published {
-                generation,
-                store_path: store_path.to_owned(),
-                reason,
-                previous: current.map(|r| r.generation),
-            })
-        }
-    }
+/// What every publication of one `bento deploy` shares.
+#[derive(Debug, Clone, Copy)]
+pub struct Publisher<'a> {
+    pub state: &'a StateDir,
+    pub key: &'a SecretKey,
+    /// Creation time of the releases, Unix seconds.
+    pub now: u64,
+    /// GC roots kept per host (see [`prune_roots`]).
+    pub keep_systems: usize,
 }
 
-/// Republishes the system before the current one as a new, higher generation (then prunes
-/// GC roots as [`publish`] does).
-pub fn rollback(
-    state: &StateDir,
-    key: &SecretKey,
-    host: &str,
-    now: u64,
-    keep_systems: usize,
-) -> Result<Outcome, DeployError> {
-    remove_stale_temp_files(&state.publish_dir(host));
-    let current = current_release(state, host)?.ok_or_else(|| DeployError::NothingPublished {
-        host: host.to_owned(),
-    })?;
-    let history_path = state.history(host);
-    let history = history::read(&history_path)?;
-    let target = decide::rollback_target(&history.entries, current.generation, &current.store_path)
-        .ok_or_else(|| DeployError::NoRollbackTarget {
-            host: host.to_owned(),
-            generation: current.generation,
-            path: history_path.clone(),
-        })?;
-    let generation = decide::next_generation(Some(current.generation), history.max_generation())
-        .ok_or_else(|| DeployError::GenerationOverflow {
-            host: host.to_owned(),
-        })?;
-    write_release(
-        state,
-        key,
-        host,
-        generation,
-        &target.store_path,
-        now,
-        Some(target.of_generation),
-    )?;
-    prune_roots(state, host, &target.store_path, keep_systems);
-    Ok(Outcome::Published {
-        generation,
-        store_path: target.store_path,
-        reason: Reason::Rollback,
-        previous: Some(current.generation),
-    })
+impl Publisher<'_> {
+    /// Publishes `store_path` and `files` for `host` if either differs from what is
+    /// published (or `force`), then releases the GC roots of systems older than the newest
+    /// `keep_systems`.
+    pub fn publish(
+        &self,
+        host: &str,
+        store_path: &str,
+        files: &[FileToDeliver],
+        force: bool,
+    ) -> Result<Outcome, DeployError> {
+        let state = self.state;
+        remove_stale_temp_files(&state.publish_dir(host));
+        let current = current_release(state, host)?;
+        let history = history::read(&state.history(host))?;
+        let public = self.key.public();
+        let wanted_files = files::entries(host, files)?;
+        let files_up_to_date =
+            files::up_to_date(files::current(state, host).as_ref(), &wanted_files);
+        let view = current.as_ref().map(|r| decide::Current {
+            generation: r.generation,
+            store_path: &r.store_path,
+            signed_by_fleet_key: r.check_signature(&public).is_ok() && r.host == host,
+            files_up_to_date,
+        });
+        let decision = decide::decide(view, history.max_generation(), store_path, force)
+            .ok_or_else(|| DeployError::GenerationOverflow {
+                host: host.to_owned(),
+            })?;
+        match decision {
+            Decision::Unchanged { generation } => Ok(Outcome::Unchanged {
+                generation,
+                store_path: store_path.to_owned(),
+            }),
+            Decision::Publish { generation, reason } => {
+                files::write(state, self.key, host, generation, files)?;
+                write_release(
+                    state, self.key, host, generation, store_path, self.now, None,
+                )?;
+                prune_roots(state, host, store_path, self.keep_systems);
+                Ok(Outcome::Published {
+                    generation,
+                    store_path: store_path.to_owned(),
+                    reason,
+                    previous: current.map(|r| r.generation),
+                })
+            }
+        }
+    }
+
+    /// Republishes the system before the current one as a new, higher generation, with
+    /// today's `files` (files are never rolled back), then prunes GC roots as
+    /// [`Publisher::publish`] does.
+    pub fn rollback(&self, host: &str, files: &[FileToDeliver]) -> Result<Outcome, DeployError> {
+        let state = self.state;
+        remove_stale_temp_files(&state.publish_dir(host));
+        let current =
+            current_release(state, host)?.ok_or_else(|| DeployError::NothingPublished {
+                host: host.to_owned(),
+            })?;
+        let history_path = state.history(host);
+        let history = history::read(&history_path)?;
+        let target =
+            decide::rollback_target(&history.entries, current.generation, &current.store_path)
+                .ok_or_else(|| DeployError::NoRollbackTarget {
+                    host: host.to_owned(),
+                    generation: current.generation,
+                    path: history_path.clone(),
+                })?;
+        let generation =
+            decide::next_generation(Some(current.generation), history.max_generation())
+                .ok_or_else(|| DeployError::GenerationOverflow {
+                    host: host.to_owned(),
+                })?;
+        files::write(state, self.key, host, generation, files)?;
+        write_release(
+            state,
+            self.key,
+            host,
+            generation,
+            &target.store_path,
+            self.now,
+            Some(target.of_generation),
+        )?;
+        prune_roots(state, host, &target.store_path, self.keep_systems);
+        Ok(Outcome::Published {
+            generation,
+            store_path: target.store_path,
+            reason: Reason::Rollback,
+            previous: Some(current.generation),
+        })
+    }
 }
 
 fn write_release(

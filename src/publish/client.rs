@@ -63,6 +63,12 @@ pub enum ClientError {
     BadWatchAnswer { addr: String, answer: String },
     #[error("server {addr} ended the session: {reason}")]
     Disconnected { addr: String, reason: String },
+    #[error("{path} on {addr} is larger than the {max} bytes expected")]
+    TooLarge {
+        path: String,
+        addr: String,
+        max: u64,
+    },
 }
 
 /// An open SFTP session of one host.
@@ -294,6 +300,27 @@ impl Session {
 
     /// A whole file of the host's tree (`/release`, `/files/...`).
     pub async fn read_file(&self, path: &str) -> Result<Vec<u8>, ClientError> {
+        self.read_file_at_most(path, u64::MAX).await
+    }
+
+    /// A whole file of at most `max` bytes, or `None` when it does not exist; reading stops
+    /// as soon as more arrives.
+    pub async fn read_optional_file(
+        &self,
+        path: &str,
+        max: u64,
+    ) -> Result<Option<Vec<u8>>, ClientError> {
+        match self.read_file_at_most(path, max).await {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(ClientError::Sftp {
+                source: SftpError::Status(s),
+                ..
+            }) if s.status_code == StatusCode::NoSuchFile => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn read_file_at_most(&self, path: &str, max: u64) -> Result<Vec<u8>, ClientError> {
         let open = self
             .sftp
             .open(path, OpenFlags::READ, FileAttributes::empty());
@@ -303,7 +330,16 @@ impl Session {
             let read = self.sftp.read(handle.as_str(), out.len() as u64, CHUNK);
             match self.guard("read", path, read).await {
                 Ok(data) if data.data.is_empty() => break Ok(()),
-                Ok(data) => out.extend_from_slice(&data.data),
+                Ok(data) => {
+                    out.extend_from_slice(&data.data);
+                    if out.len() as u64 > max {
+                        break Err(ClientError::TooLarge {
+                            path: path.to_owned(),
+                            addr: self.addr.clone(),
+                            max,
+                        });
+                    }
+                }
                 Err(ClientError::Sftp {
                     source: SftpError::Status(s),
                     ..

@@ -89,6 +89,8 @@ pub struct Fleet {
     specs: BTreeMap<String, Spec>,
     /// Which hosts `bento.toml` lists (a host may be removed while its namespace lives on).
     listed: Vec<String>,
+    /// `[hosts.<h>.files]`: host → (file name → (source, mode)).
+    files: BTreeMap<String, BTreeMap<String, (PathBuf, u32)>>,
     serve_args: Vec<String>,
     serve_runs: u32,
     /// The cache and SFTP addresses (`ip:port`) the first `bento serve` bound.
@@ -132,6 +134,7 @@ impl Fleet {
                 .map(|n| ((*n).to_owned(), Spec::good(1)))
                 .collect(),
             listed: names.iter().map(|n| (*n).to_owned()).collect(),
+            files: BTreeMap::new(),
             serve_args: Vec::new(),
             serve_runs: 0,
             last_addresses: None,
@@ -217,6 +220,15 @@ impl Fleet {
                 "\n[hosts.\"{name}\"]\nssh_key = \"{}\"\n",
                 public.trim()
             ));
+            if let Some(files) = self.files.get(name) {
+                text.push_str(&format!("\n[hosts.\"{name}\".files]\n"));
+                for (file, (source, mode)) in files {
+                    text.push_str(&format!(
+                        "\"{file}\" = {{ source = \"{}\", mode = 0o{mode:o} }}\n",
+                        source.display()
+                    ));
+                }
+            }
         }
         // Written whole and renamed, as an editor saves: `bento serve` never reads half.
         let file = self.fleet_file();
@@ -228,6 +240,19 @@ impl Fleet {
         self.specs.insert(host.to_owned(), spec);
         self.write_flake();
         self.git_add();
+    }
+
+    /// Delivers `content` to `host` as file `name` (`[hosts.<h>.files]`, source kept beside
+    /// the repository); written to `bento.toml`, not deployed yet.
+    pub fn give_file(&mut self, host: &str, name: &str, content: &str, mode: u32) {
+        let source = self.dir().join("secrets").join(host).join(name);
+        std::fs::create_dir_all(source.parent().unwrap()).unwrap();
+        std::fs::write(&source, content).unwrap();
+        self.files
+            .entry(host.to_owned())
+            .or_default()
+            .insert(name.to_owned(), (source, mode));
+        self.write_fleet_file();
     }
 
     /// Removes `host` from `bento.toml` (its namespace and agent keep running).

@@ -1,0 +1,284 @@
+//! Installing the files the server delivers outside the Nix store (`crate::files`): fetch
+//! the signed manifest, check it against the fleet key, this host and the release's
+//! generation, fetch each blob and check it against the manifest, then put every file in
+//! place at once-per-file atomically (written beside, `chmod`, renamed) and remove the
+//! files the manifest no longer lists. Nothing is installed unless everything checked.
+
+use std::io::Write as _;
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::path::Path;
+
+use thiserror::Error;
+
+use super::link::{Link, LinkError};
+use crate::files::{self, FilesError, Manifest};
+use crate::nix::keys::PublicKey;
+
+#[derive(Debug, Error)]
+pub enum DeliverError {
+    /// The server could not be read; worth retrying.
+    #[error("cannot fetch /{path}: {source}")]
+    Fetch {
+        path: String,
+        #[source]
+        source: LinkError,
+    },
+    /// The manifest lists a blob the server does not have (it is publishing); retry.
+    #[error("/{path} is listed in the files manifest but missing on the server; retry shortly")]
+    Missing { path: String },
+    /// What arrived does not verify: refused.
+    #[error(transparent)]
+    Refused(#[from] FilesError),
+    #[error("cannot install into {path}: {source}")]
+    Install {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl DeliverError {
+    /// Whether the attempt should be reported as refused (tampering, wrong key or host)
+    /// rather than as a copy to retry.
+    pub fn is_refusal(&self) -> bool {
+        match self {
+            DeliverError::Refused(e) => !matches!(e, FilesError::WrongGeneration { .. }),
+            _ => false,
+        }
+    }
+}
+
+/// What was delivered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivered {
+    /// The server publishes no files for this host; `files_dir` is left alone.
+    Nothing,
+    /// These files are in place (and no others).
+    Files {
+        installed: Vec<String>,
+        removed: Vec<String>,
+    },
+}
+
+/// Fetches, verifies and installs this host's files for the release `generation`.
+pub async fn deliver<L: Link + Sync>(
+    link: &L,
+    key: &PublicKey,
+    host: &str,
+    generation: u64,
+    files_dir: &Path,
+) -> Result<Delivered, DeliverError> {
+    let fetch = async |path: String, max: u64| {
+        link.fetch_file(&format!("/{path}"), max)
+            .await
+            .map_err(|source| DeliverError::Fetch { path, source })
+    };
+    let Some(bytes) = fetch(
+        files::MANIFEST_PATH.to_owned(),
+        files::MAX_MANIFEST_BYTES as u64,
+    )
+    .await?
+    else {
+        return Ok(Delivered::Nothing);
+    };
+    let manifest = files::verify(&bytes, key, host, generation)?;
+    let mut contents = Vec::with_capacity(manifest.files.len());
+    for entry in &manifest.files {
+        let path = format!("{}/{}", files::BLOBS_DIR, entry.sha256);
+        // One byte more than signed, so that a longer blob arrives and is refused for its
+        // size, while a much longer one is cut off early.
+        let content = fetch(path.clone(), entry.size.saturating_add(1))
+            .await?
+            .ok_or(DeliverError::Missing { path })?;
+        entry.check(&content)?;
+        contents.push(content);
+    }
+    install(&manifest, &contents, files_dir)
+}
+
+/// Puts verified files in place: each written to a hidden temp file in `dir`, given its
+/// mode, synced and renamed over its name; then every other visible file is removed.
+fn install(
+    manifest: &Manifest,
+    contents: &[Vec<u8>],
+    dir: &Path,
+) -> Result<Delivered, DeliverError> {
+    let io = |path: &Path| {
+        let path = path.display().to_string();
+        move |source| DeliverError::Install { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).map_err(io(dir))?;
+    let mut installed = Vec::new();
+    for (entry, content) in manifest.files.iter().zip(contents) {
+        let target = dir.join(&entry.name);
+        let temp = dir.join(format!(".{}.incoming", entry.name));
+        let _ = std::fs::remove_file(&temp);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&temp)
+            .map_err(io(&temp))?;
+        f.write_all(content).map_err(io(&temp))?;
+        f.set_permissions(std::fs::Permissions::from_mode(entry.mode))
+            .map_err(io(&temp))?;
+        f.sync_all().map_err(io(&temp))?;
+        drop(f);
+        std::fs::rename(&temp, &target).map_err(io(&target))?;
+        installed.push(entry.name.clone());
+    }
+    let mut removed = Vec::new();
+    for e in std::fs::read_dir(dir).map_err(io(dir))?.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') || installed.contains(&name) {
+            continue;
+        }
+        if e.file_type()
+            .map(|t| t.is_file() || t.is_symlink())
+            .unwrap_or(false)
+        {
+            std::fs::remove_file(e.path()).map_err(io(&e.path()))?;
+            removed.push(name);
+        }
+    }
+    Ok(Delivered::Files { installed, removed })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::files::Entry;
+    use crate::nix::keys::SecretKey;
+    use std::collections::HashMap;
+    use std::time::Duration;
+
+    /// The files part of a host's SFTP tree, in memory.
+    struct Tree(HashMap<String, Vec<u8>>);
+
+    impl Link for Tree {
+        async fn fetch_release(&self) -> Result<Vec<u8>, LinkError> {
+            Err(LinkError("not in this test".into()))
+        }
+        async fn probe_fresh(&self) -> Result<(), LinkError> {
+            Ok(())
+        }
+        async fn fetch_file(&self, path: &str, max: u64) -> Result<Option<Vec<u8>>, LinkError> {
+            match self.0.get(path) {
+                Some(b) if b.len() as u64 > max => Err(LinkError("too large".into())),
+                other => Ok(other.cloned()),
+            }
+        }
+        async fn upload_report(&self, _: &str, _: &[u8]) -> Result<(), LinkError> {
+            Ok(())
+        }
+        async fn wait_for_change(&self, _: Option<u64>, _: Duration) -> Result<bool, LinkError> {
+            Ok(false)
+        }
+    }
+
+    fn tree(key: &SecretKey, generation: u64, files: &[(&str, &str, u32)]) -> Tree {
+        let mut t = HashMap::new();
+        let mut entries = Vec::new();
+        for (name, content, mode) in files {
+            let e = Entry::of(name, content.as_bytes(), *mode).unwrap();
+            t.insert(
+                format!("/{}/{}", files::BLOBS_DIR, e.sha256),
+                content.as_bytes().to_vec(),
+            );
+            entries.push(e);
+        }
+        let m = Manifest::sign("web1", generation, entries, key).unwrap();
+        t.insert(format!("/{}", files::MANIFEST_PATH), m.to_bytes());
+        Tree(t)
+    }
+
+    #[tokio::test]
+    async fn files_are_installed_with_their_modes_and_stale_ones_removed() {
+        let key = SecretKey::generate("fleet-1").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("files");
+        let t = tree(
+            &key,
+            3,
+            &[("db-password", "one\n", 0o400), ("ca.pem", "ca\n", 0o444)],
+        );
+        let got = deliver(&t, &key.public(), "web1", 3, &out).await.unwrap();
+        assert_eq!(
+            got,
+            Delivered::Files {
+                installed: vec!["ca.pem".into(), "db-password".into()],
+                removed: vec![]
+            }
+        );
+        let meta = std::fs::metadata(out.join("db-password")).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o400);
+        assert_eq!(std::fs::read(out.join("db-password")).unwrap(), b"one\n");
+
+        let t = tree(&key, 4, &[("db-password", "two\n", 0o400)]);
+        let got = deliver(&t, &key.public(), "web1", 4, &out).await.unwrap();
+        assert_eq!(
+            got,
+            Delivered::Files {
+                installed: vec!["db-password".into()],
+                removed: vec!["ca.pem".into()]
+            }
+        );
+        assert_eq!(std::fs::read(out.join("db-password")).unwrap(), b"two\n");
+    }
+
+    #[tokio::test]
+    async fn nothing_is_installed_unless_everything_verifies() {
+        let key = SecretKey::generate("fleet-1").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("files");
+        std::fs::create_dir_all(&out).unwrap();
+        std::fs::write(out.join("db-password"), "old\n").unwrap();
+
+        // A blob altered on the server.
+        let mut t = tree(
+            &key,
+            3,
+            &[("a", "fine\n", 0o400), ("db-password", "new\n", 0o400)],
+        );
+        let blob = Entry::of("db-password", b"new\n", 0o400).unwrap().sha256;
+        t.0.insert(format!("/{}/{blob}", files::BLOBS_DIR), b"evil\n".to_vec());
+        let err = deliver(&t, &key.public(), "web1", 3, &out)
+            .await
+            .unwrap_err();
+        assert!(err.is_refusal(), "{err}");
+        assert!(err.to_string().contains("db-password"), "{err}");
+        assert!(
+            !out.join("a").exists(),
+            "nothing installed from a set that failed"
+        );
+        assert_eq!(std::fs::read(out.join("db-password")).unwrap(), b"old\n");
+
+        // Another fleet's key; a manifest of another generation (transient, not refused).
+        let stranger = SecretKey::generate("fleet-1").unwrap();
+        let t = tree(&stranger, 3, &[("db-password", "new\n", 0o400)]);
+        let err = deliver(&t, &key.public(), "web1", 3, &out)
+            .await
+            .unwrap_err();
+        assert!(err.is_refusal(), "{err}");
+        let t = tree(&key, 2, &[("db-password", "new\n", 0o400)]);
+        let err = deliver(&t, &key.public(), "web1", 3, &out)
+            .await
+            .unwrap_err();
+        assert!(!err.is_refusal(), "{err}");
+
+        // A blob missing (the server is publishing): retried, not refused.
+        let mut t = tree(&key, 3, &[("db-password", "new\n", 0o400)]);
+        t.0.retain(|k, _| !k.contains("blobs"));
+        let err = deliver(&t, &key.public(), "web1", 3, &out)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, DeliverError::Missing { .. }), "{err}");
+
+        // No manifest at all: the directory is left alone.
+        let t = Tree(HashMap::new());
+        let got = deliver(&t, &key.public(), "web1", 3, &out).await.unwrap();
+        assert_eq!(got, Delivered::Nothing);
+        assert_eq!(std::fs::read(out.join("db-password")).unwrap(), b"old\n");
+    }
+}
