@@ -71,6 +71,11 @@ signing_key = "keys/{key_name}.secret"
 tags = ["example"]
 # Built from nixosConfigurations.{key}.config.system.build.toplevel (set `attr` to change
 # it, or `configuration = "path/configuration.nix"` for a host without flakes).
+
+# Files for this host that must stay out of the Nix store (secrets): the agent installs
+# them in /run/bento/files/<name>, mode 0400 unless given. Keep their sources out of git.
+# [hosts.{key}.files]
+# db-password = "secrets/{host}/db-password"
 "#
     );
     let flake_nix = format!(
@@ -109,7 +114,7 @@ tags = ["example"]
 }}
 "#
     );
-    let gitignore = "# The fleet's secret signing key must never be committed.\n/keys/*.secret\n# nix build output links\nresult\nresult-*\n";
+    let gitignore = "# The fleet's secret signing key must never be committed.\n/keys/*.secret\n# Nor the files delivered to hosts outside the store ([hosts.<name>.files]).\n/secrets/\n# nix build output links\nresult\nresult-*\n";
     vec![
         (PathBuf::from("bento.toml"), bento_toml),
         (PathBuf::from("flake.nix"), flake_nix),
