@@ -20,7 +20,7 @@ fn basic(user: &str, token: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hosts_see_only_their_own_closure() {
-    let salt = salt();
+    let salt = nonce();
     // The tops differ in content: two paths with byte-identical NARs share one NAR URL,
     // and a host may fetch a NAR its own closure holds, whoever else holds it too.
     let shared = format!(r#"mk "bento-shared-{salt}" "echo shared > $out""#);

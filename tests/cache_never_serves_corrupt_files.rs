@@ -27,7 +27,7 @@ async fn one_path(salt: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupted_zstd_file_is_refused_then_repaired_and_nix_succeeds() {
-    let salt = salt();
+    let salt = nonce();
     let path = one_path(&salt).await;
     let fleet = Fleet::new();
     fleet.publish("web1", 1, &path);
@@ -73,7 +73,7 @@ async fn a_corrupted_zstd_file_is_refused_then_repaired_and_nix_succeeds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_file_that_cannot_be_remade_falls_back_to_the_plain_nar() {
-    let salt = salt();
+    let salt = nonce();
     let path = one_path(&salt).await;
     let fleet = Fleet::new();
     fleet.publish("web1", 1, &path);
@@ -127,7 +127,7 @@ async fn a_lost_file_that_cannot_be_remade_falls_back_to_the_plain_nar() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_corrupted_while_the_server_was_down_is_caught_at_load() {
-    let salt = salt();
+    let salt = nonce();
     let path = one_path(&salt).await;
     let fleet = Fleet::new();
     fleet.publish("web1", 1, &path);

@@ -323,7 +323,7 @@ fn status_cli_prints_the_same_states_and_exits_by_them() {
     );
     write_fleet(&fleet);
     let run = fleet.bento(&["status", "--json"]);
-    assert_eq!(run.output.status.code(), Some(3), "{}", run.both());
+    assert_eq!(run.code, 3, "{}", run.both());
     let json: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     assert_eq!(json["schema"], 1);
     for (host, _, state) in CASES {
@@ -336,7 +336,7 @@ fn status_cli_prints_the_same_states_and_exits_by_them() {
         assert_eq!(h["state"], state, "{host}");
     }
     let run = fleet.bento(&["status"]);
-    assert_eq!(run.output.status.code(), Some(3), "{}", run.both());
+    assert_eq!(run.code, 3, "{}", run.both());
     assert!(
         run.stdout.contains("1 of 12 hosts up to date"),
         "{}",
@@ -350,7 +350,7 @@ fn status_cli_prints_the_same_states_and_exits_by_them() {
     );
     // Only the up-to-date host selected: exit 0.
     let run = fleet.bento(&["status", "h-ok"]);
-    assert_eq!(run.output.status.code(), Some(0), "{}", run.both());
+    assert_eq!(run.code, 0, "{}", run.both());
     assert!(run.stdout.contains("h-ok"), "{}", run.stdout);
     assert!(!run.stdout.contains("h-stale"), "{}", run.stdout);
 }

@@ -7,9 +7,7 @@
 mod fleet_support;
 
 use bento::report::{Outcome, Report};
-use fleet_support::{Kind, TestFleet, nix_system};
-
-const NIX_CONFIG: &str = fleet_support::NIX_CONFIG;
+use fleet_support::{Kind, NIX_CONFIG, TestFleet, nix_system};
 
 /// Builds a fake system named `system-<tag>` depending on packages `deps` (name, content).
 fn build_system(dir: &std::path::Path, tag: &str, deps: &[(&str, &str)]) -> String {

@@ -3,6 +3,8 @@
 
 use std::path::Path;
 
+use super::nix_system;
+
 /// How a fake system's `switch-to-configuration` behaves, besides recording itself in
 /// `/run/activations` and pointing `/run/current-system` at itself (as NixOS does).
 #[derive(Debug, Clone)]
@@ -19,12 +21,6 @@ pub enum Behaviour {
     /// Activates, printing this many numbered lines (`activation line N of M`) to stdout
     /// first: a long log whose every line can be checked where it arrives.
     Chatty(u32),
-}
-
-/// The Nix system name of this machine, spelled out so that flakes (pure evaluation, no
-/// `builtins.currentSystem`) can use the expression too.
-pub fn nix_system() -> String {
-    format!("{}-linux", std::env::consts::ARCH)
 }
 
 /// A Nix expression for a fake system of `host` at `generation`; `salt` makes otherwise

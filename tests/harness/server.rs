@@ -3,20 +3,19 @@
 //! to publish releases and read reports as `bento deploy` and `bento status` would.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bento::cache::{self, CacheConfig, CacheState};
 use bento::nix::keys::SecretKey;
-use bento::publish::{self, HostKeys, PublishConfig, PublishState};
+use bento::publish::{self, HostKeys, PublishState};
 use bento::release::Release;
 use bento::report::Report;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::net::{Host, Net};
-use super::run;
+use super::{public_key_line, publish_config, ssh_keygen};
 
 pub struct Server {
     pub dir: PathBuf,
@@ -29,33 +28,6 @@ pub struct Server {
     pub pinned: String,
     cache_stop: CancellationToken,
     sftp_stop: Option<CancellationToken>,
-}
-
-/// `ssh-keygen -t ed25519` into `dir/name`; returns the private key path.
-pub fn ssh_keygen(dir: &Path, name: &str) -> PathBuf {
-    let path = dir.join(name);
-    run(Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
-        .arg(&path));
-    path
-}
-
-fn public_line(private: &Path) -> String {
-    let mut p = private.as_os_str().to_owned();
-    p.push(".pub");
-    std::fs::read_to_string(PathBuf::from(p))
-        .unwrap()
-        .trim()
-        .to_owned()
-}
-
-/// Test limits: fast rejections and release polls.
-pub fn publish_config() -> PublishConfig {
-    PublishConfig {
-        auth_rejection_time: Duration::from_millis(10),
-        release_poll_interval: Duration::from_millis(200),
-        ..PublishConfig::default()
-    }
 }
 
 impl Server {
@@ -84,7 +56,7 @@ impl Server {
         let access = HostKeys::parse(hosts.iter().map(|h| {
             (
                 h.to_string(),
-                vec![public_line(&dir.join(format!("{h}.ssh")))],
+                vec![public_key_line(&dir.join(format!("{h}.ssh")))],
             )
         }))
         .unwrap();
