@@ -305,6 +305,16 @@ impl OneHost {
         systems: &[super::fake::Behaviour],
         extra: &str,
     ) -> Option<OneHost> {
+        let sized: Vec<_> = systems.iter().map(|b| (b.clone(), 0)).collect();
+        OneHost::start_sized(salt, &sized, extra).await
+    }
+
+    /// [`OneHost::start`] with systems of `(behaviour, MiB of incompressible data)`.
+    pub async fn start_sized(
+        salt: &str,
+        systems: &[(super::fake::Behaviour, u32)],
+        extra: &str,
+    ) -> Option<OneHost> {
         if !super::can_use_namespaces() {
             return None;
         }
@@ -312,7 +322,9 @@ impl OneHost {
         let systems: Vec<String> = systems
             .iter()
             .enumerate()
-            .map(|(i, b)| super::fake::build(tmp.path(), "web1", i as u64 + 1, b, salt))
+            .map(|(i, (b, mib))| {
+                super::fake::build_sized(tmp.path(), "web1", i as u64 + 1, b, salt, *mib)
+            })
             .collect();
         let net = Net::new();
         let host = net.host("web1", 1, &tmp.path().join("web1"));
