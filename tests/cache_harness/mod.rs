@@ -345,6 +345,13 @@ impl Client {
             .await
     }
 
+    /// [`Client::copy`] then [`Client::verify`], both of which must succeed.
+    pub async fn copy_and_verify(&self, url: &str, trusted_key: &str, path: &str, extra: &[&str]) {
+        let copied = self.copy(url, trusted_key, path, extra).await;
+        assert!(copied.is_ok(), "{}", copied.err().unwrap());
+        assert!(self.verify(trusted_key, path).await.is_ok());
+    }
+
     /// `nix store verify -r` on the copy, trusting only `trusted_key`.
     pub async fn verify(&self, trusted_key: &str, path: &str) -> Result<Output, CmdError> {
         self.cmd("nix")
