@@ -81,6 +81,19 @@ fn path_of(host: &str, generation: u64) -> String {
     format!("/nix/store/{hash}-nixos-system-{host}-{generation}")
 }
 
+/// A fleet of the [`CASES`] hosts, with releases, histories and reports on disk that give
+/// each its state.
+fn fleet_of_every_state() -> TestFleet {
+    let fleet = TestFleet::new(
+        &CASES
+            .iter()
+            .map(|(h, _, _)| (*h, Kind::Ok))
+            .collect::<Vec<_>>(),
+    );
+    write_fleet(&fleet);
+    fleet
+}
+
 fn write_fleet(fleet: &TestFleet) {
     let state = fleet.state_dir();
     let key = fleet.secret_key();
@@ -190,13 +203,7 @@ fn dashboard_shows_every_state_in_a_real_browser() {
     if Command::new("chromium").arg("--version").output().is_err() {
         panic!("chromium is missing: run scripts/setup.sh (it installs Debian's chromium)");
     }
-    let fleet = TestFleet::new(
-        &CASES
-            .iter()
-            .map(|(h, _, _)| (*h, Kind::Ok))
-            .collect::<Vec<_>>(),
-    );
-    write_fleet(&fleet);
+    let fleet = fleet_of_every_state();
 
     let mut child = fleet.command(&[
         "serve",
@@ -315,13 +322,7 @@ fn dashboard_shows_every_state_in_a_real_browser() {
 
 #[test]
 fn status_cli_prints_the_same_states_and_exits_by_them() {
-    let fleet = TestFleet::new(
-        &CASES
-            .iter()
-            .map(|(h, _, _)| (*h, Kind::Ok))
-            .collect::<Vec<_>>(),
-    );
-    write_fleet(&fleet);
+    let fleet = fleet_of_every_state();
     let run = fleet.bento(&["status", "--json"]);
     assert_eq!(run.code, 3, "{}", run.both());
     let json: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
@@ -357,13 +358,7 @@ fn status_cli_prints_the_same_states_and_exits_by_them() {
 
 #[test]
 fn status_watch_redraws_when_a_report_arrives() {
-    let fleet = TestFleet::new(
-        &CASES
-            .iter()
-            .map(|(h, _, _)| (*h, Kind::Ok))
-            .collect::<Vec<_>>(),
-    );
-    write_fleet(&fleet);
+    let fleet = fleet_of_every_state();
     let mut child = fleet.command(&["status", "--watch", "h-pending"]);
     let mut child = child.stdout(Stdio::piped()).spawn().unwrap();
     let mut stdout = child.stdout.take().unwrap();
