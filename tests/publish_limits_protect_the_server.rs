@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bento::publish::{ClientError, PublishConfig};
-use publish_harness::{Fleet, publish_config};
+use publish_harness::{AcceptAny, Fleet, publish_config};
 use tokio::io::AsyncReadExt as _;
 
 async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
@@ -161,16 +161,4 @@ async fn unauthenticated_and_idle_connections_are_closed() {
     }
     assert!(idle.read_release().await.is_err(), "idle session survived");
     fleet.stop().await;
-}
-
-struct AcceptAny;
-
-impl russh::client::Handler for AcceptAny {
-    type Error = russh::Error;
-    async fn check_server_key(
-        &mut self,
-        _key: &russh::keys::PublicKeyOrCertificate,
-    ) -> Result<bool, Self::Error> {
-        Ok(true)
-    }
 }

@@ -270,3 +270,17 @@ pub fn status_of(err: &ClientError) -> Option<russh_sftp::protocol::StatusCode> 
         _ => None,
     }
 }
+
+/// A raw russh client handler that accepts any server key (for tests that talk SSH below
+/// our client, where the server's identity is not the point).
+pub struct AcceptAny;
+
+impl russh::client::Handler for AcceptAny {
+    type Error = russh::Error;
+    async fn check_server_key(
+        &mut self,
+        _key: &russh::keys::PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        Ok(true)
+    }
+}
