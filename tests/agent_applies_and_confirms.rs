@@ -5,7 +5,7 @@
 
 mod harness;
 
-use harness::fake::Behaviour;
+use harness::fake::{self, Behaviour};
 use harness::server::{OneHost, agent_once};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -20,10 +20,7 @@ async fn a_new_release_is_applied_confirmed_and_reported() {
     let (code, log) = agent_once(host, config).await;
     assert_eq!(code, 0, "agent log:\n{log}");
     assert_eq!(host.running().as_deref(), Some(new.as_str()));
-    assert_eq!(
-        host.activations(),
-        vec![format!("{new}/bin/switch-to-configuration switch")]
-    );
+    assert_eq!(host.activations(), fake::switched(&[&new]));
     let reports = server.final_reports("web1");
     assert_eq!(reports.len(), 1, "{reports:?}");
     let r = &reports[0];

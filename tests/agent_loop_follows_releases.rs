@@ -8,35 +8,37 @@ mod harness;
 use std::path::Path;
 use std::time::Instant;
 
-use harness::fake::{self, Behaviour};
-use harness::net::Net;
-use harness::server::{Server, wait_for};
+use harness::fake::Behaviour;
+use harness::net::Host;
+use harness::server::{OneHost, wait_for};
+
+/// The agent loop (`bento agent`) inside `host`, killed when dropped.
+fn agent_loop(host: &Host, config: &Path) -> tokio::process::Child {
+    tokio::process::Command::from(host.command(
+        Path::new(env!("CARGO_BIN_EXE_bento")),
+        &["agent", "--config", &config.to_string_lossy()],
+    ))
+    .kill_on_drop(true)
+    .spawn()
+    .unwrap()
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instant_updates_apply_a_release_without_waiting_for_the_poll() {
-    if !harness::can_use_namespaces() {
+    let systems = [Behaviour::Good, Behaviour::Good, Behaviour::Good];
+    let extra = "poll_interval_secs = 600\ninstant_updates = true";
+    let Some(t) = OneHost::start("instant", &systems, extra).await else {
         return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let g1 = fake::build(tmp.path(), "web1", 1, &Behaviour::Good, "instant");
-    let g2 = fake::build(tmp.path(), "web1", 2, &Behaviour::Good, "instant");
-    let g3 = fake::build(tmp.path(), "web1", 3, &Behaviour::Good, "instant");
-    let net = Net::new();
-    let host = net.host("web1", 1, &tmp.path().join("web1"));
-    host.install(&g1);
-    let server = Server::start(tmp.path(), &net, &["web1"]).await;
-    let config = server.agent_config(&host, "poll_interval_secs = 600\ninstant_updates = true");
-    server.publish_release("web1", 2, &g2).await;
-    let mut agent = tokio::process::Command::from(host.command(
-        Path::new(env!("CARGO_BIN_EXE_bento")),
-        &["agent", "--config", &config.to_string_lossy()],
-    ));
-    let mut agent = agent.kill_on_drop(true).spawn().unwrap();
+    };
+    let (host, server) = (&t.host, &t.server);
+    let (g2, g3) = (&t.systems[1], &t.systems[2]);
+    server.publish_release("web1", 2, g2).await;
+    let mut agent = agent_loop(host, &t.config);
     assert!(wait_for(30, || host.running().as_deref() == Some(g2.as_str())).await);
     // The agent now waits on the server; a new release reaches it at once.
     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     let published = Instant::now();
-    server.publish_release("web1", 3, &g3).await;
+    server.publish_release("web1", 3, g3).await;
     let applied = wait_for(30, || host.running().as_deref() == Some(g3.as_str())).await;
     let took = published.elapsed();
     let _ = agent.kill().await;
@@ -50,22 +52,14 @@ async fn instant_updates_apply_a_release_without_waiting_for_the_poll() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trigger_checks_now_and_streams_progress() {
-    if !harness::can_use_namespaces() {
+    let systems = [Behaviour::Good, Behaviour::Good];
+    let extra = "poll_interval_secs = 600\ninstant_updates = false";
+    let Some(t) = OneHost::start("trigger", &systems, extra).await else {
         return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let g1 = fake::build(tmp.path(), "web1", 1, &Behaviour::Good, "trigger");
-    let g2 = fake::build(tmp.path(), "web1", 2, &Behaviour::Good, "trigger");
-    let net = Net::new();
-    let host = net.host("web1", 1, &tmp.path().join("web1"));
-    host.install(&g1);
-    let server = Server::start(tmp.path(), &net, &["web1"]).await;
-    let config = server.agent_config(&host, "poll_interval_secs = 600\ninstant_updates = false");
-    let mut agent = tokio::process::Command::from(host.command(
-        Path::new(env!("CARGO_BIN_EXE_bento")),
-        &["agent", "--config", &config.to_string_lossy()],
-    ));
-    let mut agent = agent.kill_on_drop(true).spawn().unwrap();
+    };
+    let (host, server) = (&t.host, &t.server);
+    let g2 = &t.systems[1];
+    let mut agent = agent_loop(host, &t.config);
     // The first attempt finds no release (its session stays open); then the agent sleeps
     // for ten minutes.
     let socket = host.root.join("run/bento-agent/trigger.sock");
@@ -74,7 +68,7 @@ async fn trigger_checks_now_and_streams_progress() {
     use std::os::unix::fs::PermissionsExt as _;
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "only root may trigger");
-    server.publish_release("web1", 2, &g2).await;
+    server.publish_release("web1", 2, g2).await;
     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     assert!(
         host.activations().is_empty(),

@@ -8,8 +8,7 @@ mod harness;
 use std::time::Duration;
 
 use harness::fake::{self, Behaviour};
-use harness::net::Net;
-use harness::server::{Server, agent_once, spawn_agent_once, wait_for};
+use harness::server::{OneHost, agent_once, spawn_agent_once, wait_for};
 
 /// SIGKILL to the agent and everything it started, as systemd stopping the unit would.
 fn kill(child: &tokio::process::Child) {
@@ -56,22 +55,17 @@ fn copy_running(new: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_during_the_copy_it_copies_again_and_activates_once() {
-    if !harness::can_use_namespaces() {
+    let systems = [(Behaviour::Good, 0), (Behaviour::Good, 64)];
+    let Some(t) = OneHost::start_sized("killcopy", &systems, "").await else {
         return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let old = fake::build(tmp.path(), "web1", 1, &Behaviour::Good, "killcopy");
-    let new = fake::build_big(tmp.path(), "web1", 2, 64, "killcopy");
-    let net = Net::new();
-    let host = net.host("web1", 1, &tmp.path().join("web1"));
-    host.install(&old);
-    let server = Server::start(tmp.path(), &net, &["web1"]).await;
-    let config = server.agent_config(&host, "");
-    server.publish_release("web1", 2, &new).await;
+    };
+    let (host, server, config) = (&t.host, &t.server, &t.config);
+    let (old, new) = (&t.systems[0], &t.systems[1]);
+    server.publish_release("web1", 2, new).await;
 
-    let agent = spawn_agent_once(&host, &config);
+    let agent = spawn_agent_once(host, config);
     assert!(
-        wait_for(60, || copy_running(&new)).await,
+        wait_for(60, || copy_running(new)).await,
         "never saw the copy"
     );
     kill(&agent);
@@ -79,7 +73,7 @@ async fn killed_during_the_copy_it_copies_again_and_activates_once() {
     assert!(host.activations().is_empty(), "killed before activation");
     assert_eq!(host.running().as_deref(), Some(old.as_str()));
 
-    let (code, log) = agent_once(&host, &config).await;
+    let (code, log) = agent_once(host, config).await;
     assert_eq!(code, 0, "{log}");
     assert_eq!(host.running().as_deref(), Some(new.as_str()));
     assert_eq!(host.activations().len(), 1, "activated once");
@@ -87,21 +81,18 @@ async fn killed_during_the_copy_it_copies_again_and_activates_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_after_the_switch_it_confirms_without_activating_again() {
-    if !harness::can_use_namespaces() {
+    // The new system's script points /run/current-system at itself, then takes 20 s to
+    // finish.
+    let systems = [Behaviour::Good, Behaviour::Sleep(20)];
+    let extra = "confirm_timeout_secs = 60";
+    let Some(t) = OneHost::start("killswitch", &systems, extra).await else {
         return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let old = fake::build(tmp.path(), "web1", 1, &Behaviour::Good, "killswitch");
-    // The script points /run/current-system at itself, then takes 20 s to finish.
-    let new = fake::build(tmp.path(), "web1", 2, &Behaviour::Sleep(20), "killswitch");
-    let net = Net::new();
-    let host = net.host("web1", 1, &tmp.path().join("web1"));
-    host.install(&old);
-    let server = Server::start(tmp.path(), &net, &["web1"]).await;
-    let config = server.agent_config(&host, "confirm_timeout_secs = 60");
-    server.publish_release("web1", 2, &new).await;
+    };
+    let (host, server, config) = (&t.host, &t.server, &t.config);
+    let new = &t.systems[1];
+    server.publish_release("web1", 2, new).await;
 
-    let agent = spawn_agent_once(&host, &config);
+    let agent = spawn_agent_once(host, config);
     if !wait_for(30, || host.running().as_deref() == Some(new.as_str())).await {
         kill(&agent);
         let out = agent.wait_with_output().await.unwrap();
@@ -113,7 +104,7 @@ async fn killed_after_the_switch_it_confirms_without_activating_again() {
     assert!(state.contains("\"activating\""), "{state}");
 
     let started = std::time::Instant::now();
-    let (code, log) = agent_once(&host, &config).await;
+    let (code, log) = agent_once(host, config).await;
     eprintln!(
         "recovery after a kill mid-activation: {:?}",
         started.elapsed()
@@ -128,26 +119,16 @@ async fn killed_after_the_switch_it_confirms_without_activating_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_while_confirming_past_its_deadline_it_rolls_back() {
-    if !harness::can_use_namespaces() {
+    let systems = [Behaviour::Good, Behaviour::BreakNetwork];
+    let extra = "confirm_timeout_secs = 4";
+    let Some(t) = OneHost::start("killconfirm", &systems, extra).await else {
         return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let old = fake::build(tmp.path(), "web1", 1, &Behaviour::Good, "killconfirm");
-    let bad = fake::build(
-        tmp.path(),
-        "web1",
-        2,
-        &Behaviour::BreakNetwork,
-        "killconfirm",
-    );
-    let net = Net::new();
-    let host = net.host("web1", 1, &tmp.path().join("web1"));
-    host.install(&old);
-    let server = Server::start(tmp.path(), &net, &["web1"]).await;
-    let config = server.agent_config(&host, "confirm_timeout_secs = 4");
-    server.publish_release("web1", 2, &bad).await;
+    };
+    let (host, server, config) = (&t.host, &t.server, &t.config);
+    let (old, bad) = (&t.systems[0], &t.systems[1]);
+    server.publish_release("web1", 2, bad).await;
 
-    let agent = spawn_agent_once(&host, &config);
+    let agent = spawn_agent_once(host, config);
     let state_file = host.root.join("agent-state/state.json");
     assert!(
         wait_for(30, || std::fs::read_to_string(&state_file)
@@ -161,20 +142,14 @@ async fn killed_while_confirming_past_its_deadline_it_rolls_back() {
     tokio::time::sleep(Duration::from_secs(5)).await;
 
     let started = std::time::Instant::now();
-    let (code, log) = agent_once(&host, &config).await;
+    let (code, log) = agent_once(host, config).await;
     eprintln!(
         "recovery (rollback) after a kill mid-confirmation: {:?}",
         started.elapsed()
     );
     assert_eq!(code, 6, "{log}");
     assert_eq!(host.running().as_deref(), Some(old.as_str()));
-    assert_eq!(
-        host.activations(),
-        vec![
-            format!("{bad}/bin/switch-to-configuration switch"),
-            format!("{old}/bin/switch-to-configuration switch"),
-        ]
-    );
+    assert_eq!(host.activations(), fake::switched(&[bad, old]));
     let r = server.final_reports("web1").pop().unwrap();
     assert_eq!(r.outcome.as_str(), "rolled-back");
     assert!(
@@ -185,6 +160,6 @@ async fn killed_while_confirming_past_its_deadline_it_rolls_back() {
         "{r:?}"
     );
     // The rolled-back generation is not tried again.
-    let (code, _) = agent_once(&host, &config).await;
+    let (code, _) = agent_once(host, config).await;
     assert_eq!(code, 3);
 }

@@ -7,26 +7,21 @@
 mod harness;
 
 use harness::fake::{self, Behaviour};
-use harness::net::Net;
-use harness::server::{Server, agent_once, spawn_agent_once, wait_for};
+use harness::server::{OneHost, agent_once, spawn_agent_once, wait_for};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_outage_is_not_blamed_on_the_new_generation() {
-    if !harness::can_use_namespaces() {
-        return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let old = fake::build(tmp.path(), "web1", 1, &Behaviour::Good, "srvdown");
     // Activation takes 2 s after switching: time for the test to stop the server.
-    let new = fake::build(tmp.path(), "web1", 2, &Behaviour::Sleep(2), "srvdown");
-    let net = Net::new();
-    let host = net.host("web1", 1, &tmp.path().join("web1"));
-    host.install(&old);
-    let mut server = Server::start(tmp.path(), &net, &["web1"]).await;
-    let config = server.agent_config(&host, "confirm_timeout_secs = 3");
+    let systems = [Behaviour::Good, Behaviour::Sleep(2)];
+    let extra = "confirm_timeout_secs = 3";
+    let Some(mut t) = OneHost::start("srvdown", &systems, extra).await else {
+        return;
+    };
+    let (old, new) = (t.systems[0].clone(), t.systems[1].clone());
+    let (host, server, config) = (&t.host, &mut t.server, &t.config);
     server.publish_release("web1", 2, &new).await;
 
-    let agent = spawn_agent_once(&host, &config);
+    let agent = spawn_agent_once(host, config);
     assert!(wait_for(30, || host.running().as_deref() == Some(new.as_str())).await);
     server.stop_sftp();
     let out = agent.wait_with_output().await.unwrap();
@@ -41,7 +36,7 @@ async fn a_server_outage_is_not_blamed_on_the_new_generation() {
     // The server is back: the queued report arrives first; the generation is not retried
     // before its backoff (2 s) has passed.
     server.restart_sftp().await;
-    let (code, log) = agent_once(&host, &config).await;
+    let (code, log) = agent_once(host, config).await;
     let reports = server.final_reports("web1");
     assert_eq!(reports.len(), 1, "{log}");
     assert_eq!(reports[0].outcome.as_str(), "retry-later");
@@ -57,20 +52,13 @@ async fn a_server_outage_is_not_blamed_on_the_new_generation() {
     if code == 3 {
         assert_eq!(host.activations().len(), 2, "waiting out the backoff");
         tokio::time::sleep(std::time::Duration::from_secs(3)).await;
-        let (code, log) = agent_once(&host, &config).await;
+        let (code, log) = agent_once(host, config).await;
         assert_eq!(code, 0, "{log}");
     } else {
         assert_eq!(code, 0, "{log}");
     }
     assert_eq!(host.running().as_deref(), Some(new.as_str()));
-    assert_eq!(
-        host.activations(),
-        vec![
-            format!("{new}/bin/switch-to-configuration switch"),
-            format!("{old}/bin/switch-to-configuration switch"),
-            format!("{new}/bin/switch-to-configuration switch"),
-        ]
-    );
+    assert_eq!(host.activations(), fake::switched(&[&new, &old, &new]));
     let last = server.final_reports("web1").pop().unwrap();
     assert_eq!(last.outcome.as_str(), "applied");
 }

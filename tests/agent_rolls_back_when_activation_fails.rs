@@ -27,10 +27,7 @@ async fn failed_activation_is_rolled_back_to_the_previous_system() {
     assert_eq!(host.running().as_deref(), Some(old.as_str()));
     assert_eq!(
         host.activations(),
-        vec![
-            format!("{bad}/bin/switch-to-configuration switch"),
-            format!("{old}/bin/switch-to-configuration switch"),
-        ],
+        fake::switched(&[&bad, &old]),
         "the previous system itself is re-activated"
     );
     // The profile points at the previous system again.

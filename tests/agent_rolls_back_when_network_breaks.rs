@@ -6,7 +6,7 @@
 
 mod harness;
 
-use harness::fake::Behaviour;
+use harness::fake::{self, Behaviour};
 use harness::server::{OneHost, agent_once};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -24,13 +24,7 @@ async fn a_configuration_that_cuts_the_network_is_rolled_back() {
     let took = started.elapsed();
     assert_eq!(code, 6, "{log}");
     assert_eq!(host.running().as_deref(), Some(old.as_str()));
-    assert_eq!(
-        host.activations(),
-        vec![
-            format!("{bad}/bin/switch-to-configuration switch"),
-            format!("{old}/bin/switch-to-configuration switch"),
-        ]
-    );
+    assert_eq!(host.activations(), fake::switched(&[&bad, &old]));
     let reports = server.final_reports("web1");
     assert_eq!(reports.len(), 1, "{reports:?}");
     let r = &reports[0];

@@ -21,7 +21,7 @@ fn six_hosts_build_and_the_two_failures_are_named_with_their_reason() {
     let fleet = eight_hosts();
     let run = fleet.bento(&["build", "--jobs", "4"]);
     assert!(!run.success(), "{}", run.both());
-    assert_eq!(run.output.status.code(), Some(1), "{}", run.both());
+    assert_eq!(run.code, 1, "{}", run.both());
     assert!(
         run.stderr
             .contains("2 of 8 hosts failed: broken-build (build), broken-eval (evaluation)"),
@@ -105,7 +105,7 @@ fn six_hosts_build_and_the_two_failures_are_named_with_their_reason() {
 fn json_output_has_one_entry_per_host() {
     let fleet = eight_hosts();
     let run = fleet.bento(&["build", "--json", "--jobs", "3"]);
-    assert_eq!(run.output.status.code(), Some(1), "{}", run.both());
+    assert_eq!(run.code, 1, "{}", run.both());
     let results: Vec<serde_json::Value> =
         serde_json::from_str(&run.stdout).unwrap_or_else(|_| panic!("{}", run.both()));
     assert_eq!(results.len(), 8);
@@ -153,7 +153,7 @@ fn json_output_has_one_entry_per_host() {
 fn dry_run_evaluates_only() {
     let fleet = eight_hosts();
     let run = fleet.bento(&["build", "--dry-run", "web1", "broken-build", "broken-eval"]);
-    assert_eq!(run.output.status.code(), Some(1), "{}", run.both());
+    assert_eq!(run.code, 1, "{}", run.both());
     assert!(
         run.stderr
             .contains("1 of 3 hosts failed: broken-eval (evaluation)"),

@@ -20,7 +20,7 @@ fn basic(user: &str, token: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hosts_see_only_their_own_closure() {
-    let salt = salt();
+    let salt = nonce();
     // The tops differ in content: two paths with byte-identical NARs share one NAR URL,
     // and a host may fetch a NAR its own closure holds, whoever else holds it too.
     let shared = format!(r#"mk "bento-shared-{salt}" "echo shared > $out""#);
@@ -146,9 +146,9 @@ async fn hosts_see_only_their_own_closure() {
     )
     .unwrap();
     let netrc_opt = ["--option", "netrc-file", netrc.to_str().unwrap()];
-    let ok = client.copy(&server.url(), &pubkey, &top1, &netrc_opt).await;
-    assert!(ok.is_ok(), "{}", ok.err().unwrap());
-    assert!(client.verify(&pubkey, &top1).await.is_ok());
+    client
+        .copy_and_verify(&server.url(), &pubkey, &top1, &netrc_opt)
+        .await;
     let refused = client.copy(&server.url(), &pubkey, &top2, &netrc_opt).await;
     assert!(refused.is_err(), "web1 must not copy web2's closure");
     assert!(!client.has(&top2));

@@ -11,7 +11,7 @@ use cache_harness::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_releases_become_servable_and_old_paths_leave() {
-    let salt = salt();
+    let salt = nonce();
     let gen1 = build(&format!(r#"mk "bento-gen1-{salt}" "echo one > $out""#)).await;
     let gen2 = build(&format!(
         r#"let lib = mk "bento-lib-{salt}" "echo lib > $out"; in mk "bento-gen2-{salt}" "echo ${{lib}} > $out""#

@@ -18,20 +18,22 @@ use bento::cache::request::Endpoint;
 use bento::nix::hash::Sha256Hash;
 use cache_harness::*;
 
-async fn one_path(salt: &str) -> String {
-    build(&format!(
+/// A path of this test's own, published for web1 and served.
+async fn one_path_served() -> (String, Fleet, Server) {
+    let salt = nonce();
+    let path = build(&format!(
         r#"mk "bento-corrupt-{salt}" "seq 1 200000 > $out""#
     ))
-    .await
+    .await;
+    let fleet = Fleet::new();
+    fleet.publish("web1", 1, &path);
+    let server = Server::start(fleet.config()).await;
+    (path, fleet, server)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupted_zstd_file_is_refused_then_repaired_and_nix_succeeds() {
-    let salt = salt();
-    let path = one_path(&salt).await;
-    let fleet = Fleet::new();
-    fleet.publish("web1", 1, &path);
-    let server = Server::start(fleet.config()).await;
+    let (path, fleet, server) = one_path_served().await;
     let narinfo_url = format!("/{}.narinfo", hash_part(&path));
     let before = server.get(&narinfo_url).await;
     let zst_url = format!("/{}", before.field("URL").unwrap());
@@ -65,19 +67,14 @@ async fn a_corrupted_zstd_file_is_refused_then_repaired_and_nix_succeeds() {
     assert_eq!(ni.field("FileHash"), Some(file_hash));
 
     let pubkey = fleet.key.public().to_string();
-    let client = Client::new();
-    let copied = client.copy(&server.url(), &pubkey, &path, &[]).await;
-    assert!(copied.is_ok(), "{}", copied.err().unwrap());
-    assert!(client.verify(&pubkey, &path).await.is_ok());
+    Client::new()
+        .copy_and_verify(&server.url(), &pubkey, &path, &[])
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_file_that_cannot_be_remade_falls_back_to_the_plain_nar() {
-    let salt = salt();
-    let path = one_path(&salt).await;
-    let fleet = Fleet::new();
-    fleet.publish("web1", 1, &path);
-    let server = Server::start(fleet.config()).await;
+    let (path, fleet, server) = one_path_served().await;
     let narinfo_url = format!("/{}.narinfo", hash_part(&path));
     let before = server.get(&narinfo_url).await;
     assert_eq!(before.field("Compression").as_deref(), Some("zstd"));
@@ -110,10 +107,9 @@ async fn a_lost_file_that_cannot_be_remade_falls_back_to_the_plain_nar() {
     );
 
     let pubkey = fleet.key.public().to_string();
-    let client = Client::new();
-    let copied = client.copy(&server.url(), &pubkey, &path, &[]).await;
-    assert!(copied.is_ok(), "{}", copied.err().unwrap());
-    assert!(client.verify(&pubkey, &path).await.is_ok());
+    Client::new()
+        .copy_and_verify(&server.url(), &pubkey, &path, &[])
+        .await;
     assert!(server.state.metrics().requests_total(Endpoint::Nar, 200) >= 1);
 
     // Once the directory can be written again, a refresh brings the same file back.
@@ -127,11 +123,7 @@ async fn a_lost_file_that_cannot_be_remade_falls_back_to_the_plain_nar() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_corrupted_while_the_server_was_down_is_caught_at_load() {
-    let salt = salt();
-    let path = one_path(&salt).await;
-    let fleet = Fleet::new();
-    fleet.publish("web1", 1, &path);
-    let first = Server::start(fleet.config()).await;
+    let (path, fleet, first) = one_path_served().await;
     let ni = first.get(&format!("/{}.narinfo", hash_part(&path))).await;
     drop(first);
     let file = fleet

@@ -10,7 +10,7 @@ use cache_harness::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nix_refuses_narinfos_signed_by_another_key() {
-    let salt = salt();
+    let salt = nonce();
     let top = build(&format!(
         r#"mk "bento-foreign-{salt}" "echo foreign > $out""#
     ))
@@ -48,7 +48,7 @@ async fn nix_refuses_narinfos_signed_by_another_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn releases_not_signed_by_the_fleet_key_are_not_served() {
-    let salt = salt();
+    let salt = nonce();
     let good = build(&format!(r#"mk "bento-good-{salt}" "echo good > $out""#)).await;
     let forged = build(&format!(r#"mk "bento-forged-{salt}" "echo forged > $out""#)).await;
     let fleet = Fleet::new();

@@ -9,7 +9,7 @@ use cache_harness::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_requests_are_4xx_and_unpublished_paths_404() {
-    let salt = salt();
+    let salt = nonce();
     let published = build(&format!(r#"mk "bento-pub-{salt}" "echo pub > $out""#)).await;
     let secret = build(&format!(r#"mk "bento-secret-{salt}" "echo secret > $out""#)).await;
     let fleet = Fleet::new();
@@ -104,7 +104,7 @@ async fn malformed_requests_are_4xx_and_unpublished_paths_404() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cache_info_head_and_ranges() {
-    let salt = salt();
+    let salt = nonce();
     let path = build(&format!(
         r#"mk "bento-range-{salt}" "head -c 3000000 /dev/urandom > $out""#
     ))

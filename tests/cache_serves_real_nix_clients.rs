@@ -11,7 +11,7 @@ use cache_harness::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nix_copies_a_tricky_closure_over_zstd_and_verifies_it() {
-    let salt = salt();
+    let salt = nonce();
     let top = build_tricky(&salt).await;
     let fleet = Fleet::new();
     fleet.publish("web1", 1, &top);
@@ -69,7 +69,7 @@ async fn nix_copies_a_tricky_closure_over_zstd_and_verifies_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_plain_nar_served_on_the_fly_is_byte_identical_to_nix_store_dump() {
-    let salt = salt();
+    let salt = nonce();
     let top = build_tricky(&salt).await;
     let fleet = Fleet::new();
     fleet.publish("web1", 1, &top);

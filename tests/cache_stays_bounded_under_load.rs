@@ -18,7 +18,7 @@ const RSS_GROWTH_LIMIT_KIB: u64 = 256 * 1024;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixty_four_clients_for_ten_seconds() {
-    let salt = salt();
+    let salt = nonce();
     let top = build_fan(&salt, 40, 64 * 1024).await;
     let big = build(&format!(
         r#"mk "bento-big-{salt}" "head -c 4000000 /dev/urandom > $out""#

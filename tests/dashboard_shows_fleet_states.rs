@@ -81,6 +81,19 @@ fn path_of(host: &str, generation: u64) -> String {
     format!("/nix/store/{hash}-nixos-system-{host}-{generation}")
 }
 
+/// A fleet of the [`CASES`] hosts, with releases, histories and reports on disk that give
+/// each its state.
+fn fleet_of_every_state() -> TestFleet {
+    let fleet = TestFleet::new(
+        &CASES
+            .iter()
+            .map(|(h, _, _)| (*h, Kind::Ok))
+            .collect::<Vec<_>>(),
+    );
+    write_fleet(&fleet);
+    fleet
+}
+
 fn write_fleet(fleet: &TestFleet) {
     let state = fleet.state_dir();
     let key = fleet.secret_key();
@@ -190,13 +203,7 @@ fn dashboard_shows_every_state_in_a_real_browser() {
     if Command::new("chromium").arg("--version").output().is_err() {
         panic!("chromium is missing: run scripts/setup.sh (it installs Debian's chromium)");
     }
-    let fleet = TestFleet::new(
-        &CASES
-            .iter()
-            .map(|(h, _, _)| (*h, Kind::Ok))
-            .collect::<Vec<_>>(),
-    );
-    write_fleet(&fleet);
+    let fleet = fleet_of_every_state();
 
     let mut child = fleet.command(&[
         "serve",
@@ -334,15 +341,9 @@ fn dashboard_shows_every_state_in_a_real_browser() {
 
 #[test]
 fn status_cli_prints_the_same_states_and_exits_by_them() {
-    let fleet = TestFleet::new(
-        &CASES
-            .iter()
-            .map(|(h, _, _)| (*h, Kind::Ok))
-            .collect::<Vec<_>>(),
-    );
-    write_fleet(&fleet);
+    let fleet = fleet_of_every_state();
     let run = fleet.bento(&["status", "--json"]);
-    assert_eq!(run.output.status.code(), Some(3), "{}", run.both());
+    assert_eq!(run.code, 3, "{}", run.both());
     let json: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     assert_eq!(json["schema"], 1);
     for (host, _, state) in CASES {
@@ -355,7 +356,7 @@ fn status_cli_prints_the_same_states_and_exits_by_them() {
         assert_eq!(h["state"], state, "{host}");
     }
     let run = fleet.bento(&["status"]);
-    assert_eq!(run.output.status.code(), Some(3), "{}", run.both());
+    assert_eq!(run.code, 3, "{}", run.both());
     assert!(
         run.stdout.contains("1 of 12 hosts up to date"),
         "{}",
@@ -369,20 +370,14 @@ fn status_cli_prints_the_same_states_and_exits_by_them() {
     );
     // Only the up-to-date host selected: exit 0.
     let run = fleet.bento(&["status", "h-ok"]);
-    assert_eq!(run.output.status.code(), Some(0), "{}", run.both());
+    assert_eq!(run.code, 0, "{}", run.both());
     assert!(run.stdout.contains("h-ok"), "{}", run.stdout);
     assert!(!run.stdout.contains("h-stale"), "{}", run.stdout);
 }
 
 #[test]
 fn status_watch_redraws_when_a_report_arrives() {
-    let fleet = TestFleet::new(
-        &CASES
-            .iter()
-            .map(|(h, _, _)| (*h, Kind::Ok))
-            .collect::<Vec<_>>(),
-    );
-    write_fleet(&fleet);
+    let fleet = fleet_of_every_state();
     let mut child = fleet.command(&["status", "--watch", "h-pending"]);
     let mut child = child.stdout(Stdio::piped()).spawn().unwrap();
     let mut stdout = child.stdout.take().unwrap();

@@ -7,9 +7,27 @@
 mod fleet_support;
 
 use bento::report::{Outcome, Report};
-use fleet_support::{Kind, TestFleet, nix_system};
+use fleet_support::{Kind, NIX_CONFIG, TestFleet, nix_system};
 
-const NIX_CONFIG: &str = fleet_support::NIX_CONFIG;
+/// Writes web1's report that it applied and runs `path` at `generation`, as its agent would.
+fn report_running(fleet: &TestFleet, generation: u64, path: &str) {
+    let reports = fleet.state_dir().reports_dir("web1");
+    std::fs::create_dir_all(&reports).unwrap();
+    let report = Report {
+        format: bento::report::FORMAT,
+        host: "web1".into(),
+        generation,
+        wanted: Some(path.to_owned()),
+        running: Some(path.to_owned()),
+        outcome: Outcome::Applied,
+        reason: None,
+        started_ms: 1_790_000_000_000,
+        finished_ms: 1_790_000_001_000,
+        timings: Default::default(),
+        log: String::new(),
+    };
+    std::fs::write(reports.join(report.file_name()), report.to_bytes()).unwrap();
+}
 
 /// Builds a fake system named `system-<tag>` depending on packages `deps` (name, content).
 fn build_system(dir: &std::path::Path, tag: &str, deps: &[(&str, &str)]) -> String {
@@ -63,22 +81,7 @@ fn diff_between_running_system_and_newest_build() {
 
     // The host reports running `old`; its newest build is `new`.
     let state = fleet.state_dir();
-    let reports = state.reports_dir("web1");
-    std::fs::create_dir_all(&reports).unwrap();
-    let report = Report {
-        format: bento::report::FORMAT,
-        host: "web1".into(),
-        generation: 1,
-        wanted: Some(old.clone()),
-        running: Some(old.clone()),
-        outcome: Outcome::Applied,
-        reason: None,
-        started_ms: 1_790_000_000_000,
-        finished_ms: 1_790_000_001_000,
-        timings: Default::default(),
-        log: String::new(),
-    };
-    std::fs::write(reports.join(report.file_name()), report.to_bytes()).unwrap();
+    report_running(&fleet, 1, &old);
     bento::build::record::write(
         &state,
         &bento::build::record::BuildRecord {
@@ -137,26 +140,7 @@ fn deploy_diff_shows_what_changes_before_publishing() {
     assert!(run.success(), "{}", run.both());
     let first = fleet.release("web1").unwrap();
     // The agent reports running generation 1.
-    let state = fleet.state_dir();
-    std::fs::create_dir_all(state.reports_dir("web1")).unwrap();
-    let report = Report {
-        format: bento::report::FORMAT,
-        host: "web1".into(),
-        generation: first.generation,
-        wanted: Some(first.store_path.clone()),
-        running: Some(first.store_path.clone()),
-        outcome: Outcome::Applied,
-        reason: None,
-        started_ms: 1_790_000_000_000,
-        finished_ms: 1_790_000_001_000,
-        timings: Default::default(),
-        log: String::new(),
-    };
-    std::fs::write(
-        state.reports_dir("web1").join(report.file_name()),
-        report.to_bytes(),
-    )
-    .unwrap();
+    report_running(&fleet, first.generation, &first.store_path);
     fleet.set_version("web1", "2");
     let run = fleet.bento(&["deploy", "--diff"]);
     assert!(run.success(), "{}", run.both());

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bento::report::Outcome;
-use harness::fake::Behaviour;
+use harness::fake::{self, Behaviour};
 use harness::fleet::{Fleet, Spec};
 use harness::server::wait_for;
 
@@ -72,7 +72,7 @@ async fn a_fleet_of_five_converges_from_nothing() {
         );
         assert_eq!(
             activations_of(&fleet, h, &path),
-            [format!("{path}/bin/switch-to-configuration switch")],
+            fake::switched(&[&path]),
             "{h} activated its system exactly once"
         );
         let last = fleet.final_reports(h).pop().unwrap();

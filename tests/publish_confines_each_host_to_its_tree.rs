@@ -10,7 +10,7 @@ mod publish_harness;
 use std::os::unix::fs::symlink;
 
 use bento::publish::PublishConfig;
-use publish_harness::{Fleet, failure_text, status_of, test_config};
+use publish_harness::{Fleet, failure_text, publish_config, status_of};
 use russh_sftp::protocol::{FileAttributes, OpenFlags, StatusCode};
 
 const CAP: u64 = 64 * 1024;
@@ -23,7 +23,7 @@ async fn fleet() -> Fleet {
         &["web1", "web2", "web3", "web4"],
         PublishConfig {
             max_report_bytes: CAP,
-            ..test_config()
+            ..publish_config()
         },
     )
     .await;

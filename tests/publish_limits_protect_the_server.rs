@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bento::publish::{ClientError, PublishConfig};
-use publish_harness::{Fleet, test_config};
+use publish_harness::{AcceptAny, Fleet, publish_config};
 use tokio::io::AsyncReadExt as _;
 
 async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
@@ -27,7 +27,7 @@ async fn a_flooding_session_is_cut_off_and_others_are_served() {
         PublishConfig {
             request_rate: 100.0,
             request_burst: 200,
-            ..test_config()
+            ..publish_config()
         },
     )
     .await;
@@ -79,7 +79,7 @@ async fn sessions_per_host_and_connections_are_capped() {
         PublishConfig {
             max_sessions_per_host: 2,
             max_sessions: 3,
-            ..test_config()
+            ..publish_config()
         },
     )
     .await;
@@ -125,7 +125,7 @@ async fn unauthenticated_and_idle_connections_are_closed() {
             auth_timeout: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(2),
             watch_max_wait: Duration::from_secs(1),
-            ..test_config()
+            ..publish_config()
         },
     )
     .await;
@@ -161,16 +161,4 @@ async fn unauthenticated_and_idle_connections_are_closed() {
     }
     assert!(idle.read_release().await.is_err(), "idle session survived");
     fleet.stop().await;
-}
-
-struct AcceptAny;
-
-impl russh::client::Handler for AcceptAny {
-    type Error = russh::Error;
-    async fn check_server_key(
-        &mut self,
-        _key: &russh::keys::PublicKeyOrCertificate,
-    ) -> Result<bool, Self::Error> {
-        Ok(true)
-    }
 }

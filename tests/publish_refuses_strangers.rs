@@ -8,7 +8,7 @@ mod publish_harness;
 use std::sync::Arc;
 
 use bento::publish::ClientError;
-use publish_harness::{Fleet, failure_text};
+use publish_harness::{AcceptAny, Fleet, failure_text};
 
 #[tokio::test]
 async fn another_hosts_user_or_an_unknown_key_is_refused() {
@@ -186,16 +186,4 @@ async fn raw_ssh(fleet: &Fleet) -> russh::client::Handle<AcceptAny> {
     )
     .await
     .unwrap()
-}
-
-pub struct AcceptAny;
-
-impl russh::client::Handler for AcceptAny {
-    type Error = russh::Error;
-    async fn check_server_key(
-        &mut self,
-        _key: &russh::keys::PublicKeyOrCertificate,
-    ) -> Result<bool, Self::Error> {
-        Ok(true)
-    }
 }

@@ -9,7 +9,7 @@ mod publish_harness;
 use std::time::Duration;
 
 use bento::publish::ClientError;
-use publish_harness::{Fleet, keygen, public_key};
+use publish_harness::{Fleet, public_key_line, ssh_keygen};
 
 #[tokio::test]
 async fn removed_host_loses_access_others_keep_their_sessions() {
@@ -30,10 +30,10 @@ async fn removed_host_loses_access_others_keep_their_sessions() {
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     // Remove web2; replace db1's key.
-    let new_db1_key = keygen(&fleet.tmp.path().join("keys"), "db1-new");
+    let new_db1_key = ssh_keygen(&fleet.tmp.path().join("keys"), "db1-new");
     let hosts = bento::publish::HostKeys::parse([
-        ("web1", vec![public_key(fleet.key("web1"))]),
-        ("db1", vec![public_key(&new_db1_key)]),
+        ("web1", vec![public_key_line(fleet.key("web1"))]),
+        ("db1", vec![public_key_line(&new_db1_key)]),
     ])
     .unwrap();
     let summary = fleet.state.reload(hosts);

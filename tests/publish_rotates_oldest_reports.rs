@@ -5,7 +5,7 @@
 mod publish_harness;
 
 use bento::publish::PublishConfig;
-use publish_harness::{Fleet, test_config};
+use publish_harness::{Fleet, publish_config};
 
 #[tokio::test]
 async fn oldest_reports_are_rotated_past_the_count_cap() {
@@ -13,7 +13,7 @@ async fn oldest_reports_are_rotated_past_the_count_cap() {
         &["web1", "web2"],
         PublishConfig {
             max_reports: 3,
-            ..test_config()
+            ..publish_config()
         },
     )
     .await;
@@ -62,7 +62,7 @@ async fn oldest_reports_are_rotated_past_the_size_cap() {
         PublishConfig {
             max_report_bytes: 1000,
             max_reports_total_bytes: 2500,
-            ..test_config()
+            ..publish_config()
         },
     )
     .await;

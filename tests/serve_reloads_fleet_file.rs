@@ -12,7 +12,8 @@ use std::time::Duration;
 use bento::nix::keys::{self, SecretKey};
 use bento::publish::client;
 use bento::release::Release;
-use harness::server::{ssh_keygen, wait_for};
+use harness::server::wait_for;
+use harness::{public_key_line, ssh_keygen};
 
 fn fleet_toml(state: &std::path::Path, key: &std::path::Path, hosts: &[(&str, String)]) -> String {
     let mut t = format!(
@@ -42,14 +43,11 @@ async fn editing_the_fleet_file_revokes_a_removed_host_only() {
     let files = keys::write_key_pair(&tmp.path().join("keys"), &fleet_key).unwrap();
     let a_key = ssh_keygen(tmp.path(), "a.ssh");
     let b_key = ssh_keygen(tmp.path(), "b.ssh");
-    let pubkey = |k: &std::path::Path| {
-        std::fs::read_to_string(format!("{}.pub", k.display()))
-            .unwrap()
-            .trim()
-            .to_owned()
-    };
     let toml = tmp.path().join("bento.toml");
-    let both = [("a", pubkey(&a_key)), ("b", pubkey(&b_key))];
+    let both = [
+        ("a", public_key_line(&a_key)),
+        ("b", public_key_line(&b_key)),
+    ];
     std::fs::write(&toml, fleet_toml(&state, &files.secret, &both)).unwrap();
     std::fs::write(tmp.path().join("flake.nix"), "{ outputs = _: { }; }\n").unwrap();
     // Releases as `bento deploy` writes them (the path need not exist for SFTP).

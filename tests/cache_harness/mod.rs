@@ -17,20 +17,16 @@ use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, Buf
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-/// The settings of `scripts/nix-env.sh`, given to every Nix child process, so that a plain
-/// `cargo test` works on an offline single-user machine.
-pub const NIX_CONFIG: &str = "experimental-features = nix-command flakes\nsandbox = false\nbuild-users-group =\nsubstituters =\nwarn-dirty = false\nnarinfo-cache-negative-ttl = 0\nnarinfo-cache-positive-ttl = 0";
+#[allow(unused_imports)] // each test binary uses some of them
+pub use support::nonce;
 
+#[path = "../support/mod.rs"]
+mod support;
+
+/// A Nix program with the test settings; narinfo answers are never cached, so each test
+/// sees what the server says now.
 pub fn nix_command(program: &str) -> Command {
-    Command::new(program).env("NIX_CONFIG", NIX_CONFIG)
-}
-
-/// A random suffix so that each test builds its own store paths.
-pub fn salt() -> String {
-    use rand::RngCore as _;
-    let mut b = [0u8; 6];
-    rand::rngs::OsRng.fill_bytes(&mut b);
-    hex::encode(b)
+    Command::new(program).env("NIX_CONFIG", support::NIX_CONFIG_NO_NARINFO_CACHE)
 }
 
 /// The `mk` helper of TESTING.md, to prefix a Nix expression with.
@@ -347,6 +343,13 @@ impl Client {
             .timeout(Duration::from_secs(300))
             .run_async()
             .await
+    }
+
+    /// [`Client::copy`] then [`Client::verify`], both of which must succeed.
+    pub async fn copy_and_verify(&self, url: &str, trusted_key: &str, path: &str, extra: &[&str]) {
+        let copied = self.copy(url, trusted_key, path, extra).await;
+        assert!(copied.is_ok(), "{}", copied.err().unwrap());
+        assert!(self.verify(trusted_key, path).await.is_ok());
     }
 
     /// `nix store verify -r` on the copy, trusting only `trusted_key`.

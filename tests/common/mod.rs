@@ -9,38 +9,22 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use bento::nix::cmd::{self, CmdError, Command, Output};
 use bento::nix::pathinfo::Store;
 use bento::nix::store::{self, StorePath};
 
-/// The settings of `scripts/nix-env.sh`: no substituters, no sandbox, no build users.
-pub const NIX_CONFIG: &str = "experimental-features = nix-command flakes\n\
-sandbox = false\n\
-build-users-group =\n\
-substituters =\n\
-warn-dirty = false";
+#[allow(unused_imports)] // each test binary uses some of them
+pub use support::{NIX_CONFIG, nonce};
 
-/// True when running as root. Otherwise prints a loud reason, so that a skipped test is
-/// never mistaken for a passing one.
+#[path = "../support/mod.rs"]
+mod support;
+
+/// True when running as root. Otherwise says loudly that `test` is skipped, so that a
+/// skipped test is never mistaken for a passing one.
 pub fn root_or_skip(test: &str) -> bool {
-    if rustix::process::getuid().is_root() {
-        return true;
-    }
-    // Straight to the stderr handle: libtest captures `eprintln!`, not this.
-    let _ = writeln!(
-        std::io::stderr(),
-        "\n!!!!!!!! SKIPPED {test}: needs root (single-user Nix 2.8 opens /nix/store directly); \
-         CI runs as root and must run it !!!!!!!!\n"
-    );
-    false
-}
-
-/// A random hex string, to make store paths or key names unique to one test run.
-pub fn nonce() -> String {
-    hex::encode(rand::random::<[u8; 8]>())
+    support::root_or_skip(test, "single-user Nix 2.8 opens /nix/store directly")
 }
 
 /// The environment for one test's Nix processes: [`NIX_CONFIG`] and a fresh

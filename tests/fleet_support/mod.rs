@@ -5,13 +5,16 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use base64::Engine as _;
 use bento::nix::keys::{self, PublicKey, SecretKey};
 
-/// Nix settings for this offline, single-user machine (as `scripts/nix-env.sh`).
-pub const NIX_CONFIG: &str = "experimental-features = nix-command flakes\nsandbox = false\nbuild-users-group =\nsubstituters =\nwarn-dirty = false";
+#[allow(unused_imports)] // each test binary uses some of them
+pub use support::{NIX_CONFIG, Ran, nix_system};
+
+#[path = "../support/mod.rs"]
+mod support;
 
 /// The fleet key's name in tests.
 pub const KEY_NAME: &str = "test-fleet-1";
@@ -41,24 +44,6 @@ pub struct TestFleet {
     pub hosts: Vec<HostSpec>,
 }
 
-/// What one run of `bento` did.
-pub struct Run {
-    pub output: Output,
-    pub stdout: String,
-    pub stderr: String,
-}
-
-impl Run {
-    pub fn success(&self) -> bool {
-        self.output.status.success()
-    }
-
-    /// Everything printed, for assertion messages.
-    pub fn both(&self) -> String {
-        format!("--- stdout:\n{}\n--- stderr:\n{}", self.stdout, self.stderr)
-    }
-}
-
 /// A well-formed OpenSSH ed25519 public key, distinct per `seed`.
 pub fn ssh_key(seed: u8) -> String {
     let mut blob = Vec::new();
@@ -70,10 +55,6 @@ pub fn ssh_key(seed: u8) -> String {
         "ssh-ed25519 {} root@h{seed}",
         base64::engine::general_purpose::STANDARD.encode(blob)
     )
-}
-
-pub fn nix_system() -> String {
-    format!("{}-linux", std::env::consts::ARCH)
 }
 
 impl TestFleet {
@@ -199,21 +180,16 @@ impl TestFleet {
     }
 
     /// Runs `bento ARGS -c bento.toml` (the subcommand first) with offline Nix settings.
-    pub fn bento(&self, args: &[&str]) -> Run {
+    pub fn bento(&self, args: &[&str]) -> Ran {
         self.bento_env(args, &[])
     }
 
-    pub fn bento_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+    pub fn bento_env(&self, args: &[&str], env: &[(&str, &str)]) -> Ran {
         let mut cmd = self.command(args);
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let output = cmd.output().expect("run bento");
-        Run {
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-            output,
-        }
+        Ran::from(cmd.output().expect("run bento"))
     }
 
     /// The command line of `bento ARGS -c bento.toml`, not started.

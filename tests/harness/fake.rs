@@ -3,6 +3,8 @@
 
 use std::path::Path;
 
+use super::nix_system;
+
 /// How a fake system's `switch-to-configuration` behaves, besides recording itself in
 /// `/run/activations` and pointing `/run/current-system` at itself (as NixOS does).
 #[derive(Debug, Clone)]
@@ -19,12 +21,6 @@ pub enum Behaviour {
     /// Activates, printing this many numbered lines (`activation line N of M`) to stdout
     /// first: a long log whose every line can be checked where it arrives.
     Chatty(u32),
-}
-
-/// The Nix system name of this machine, spelled out so that flakes (pure evaluation, no
-/// `builtins.currentSystem`) can use the expression too.
-pub fn nix_system() -> String {
-    format!("{}-linux", std::env::consts::ARCH)
 }
 
 /// A Nix expression for a fake system of `host` at `generation`; `salt` makes otherwise
@@ -92,16 +88,30 @@ in mk "nixos-system-{host}-g{generation}" ''
 
 /// Builds a fake system in the server's store and returns its store path.
 pub fn build(dir: &Path, host: &str, generation: u64, behaviour: &Behaviour, salt: &str) -> String {
+    build_sized(dir, host, generation, behaviour, salt, 0)
+}
+
+/// [`build`], with an incompressible `blob_mib` MiB file in a dependency (none for 0), so
+/// that copying it takes a moment.
+pub fn build_sized(
+    dir: &Path,
+    host: &str,
+    generation: u64,
+    behaviour: &Behaviour,
+    salt: &str,
+    blob_mib: u32,
+) -> String {
     let file = dir.join(format!("{host}-g{generation}-{salt}.nix"));
-    std::fs::write(&file, expression(host, generation, behaviour, salt)).unwrap();
+    let expr = expression_sized(host, generation, behaviour, salt, blob_mib);
+    std::fs::write(&file, expr).unwrap();
     super::nix_build(&file).pop().unwrap()
 }
 
-/// Builds a fake system with an incompressible `size_mib` MiB file in a dependency, so that
-/// copying it takes a moment.
-pub fn build_big(dir: &Path, host: &str, generation: u64, size_mib: u32, salt: &str) -> String {
-    let expr = expression_sized(host, generation, &Behaviour::Good, salt, size_mib);
-    let file = dir.join(format!("{host}-g{generation}-{salt}-big.nix"));
-    std::fs::write(&file, expr).unwrap();
-    super::nix_build(&file).pop().unwrap()
+/// What `/run/activations` holds after `switch-to-configuration switch` of each of
+/// `systems`, in that order.
+pub fn switched(systems: &[&str]) -> Vec<String> {
+    systems
+        .iter()
+        .map(|s| format!("{s}/bin/switch-to-configuration switch"))
+        .collect()
 }

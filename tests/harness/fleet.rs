@@ -18,8 +18,8 @@ use bento::report::Report;
 
 use super::fake::{self, Behaviour};
 use super::net::{Host, Net};
-use super::server::{Endpoints, final_only, reports_in, ssh_keygen, write_agent_config};
-use super::{NIX_CONFIG, run};
+use super::server::{Endpoints, final_only, reports_in, write_agent_config};
+use super::{NIX_CONFIG, Ran, public_key_line, run, ssh_keygen};
 
 /// What a host's configuration builds to: a fake system at `version`.
 #[derive(Debug, Clone)]
@@ -48,16 +48,6 @@ pub struct Serve {
     pub pinned: String,
 }
 
-impl From<std::process::Output> for Ran {
-    fn from(out: std::process::Output) -> Ran {
-        Ran {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-    }
-}
-
 impl Serve {
     /// Kills the server at once (SIGKILL: no graceful shutdown, sessions cut mid-transfer).
     pub fn kill(mut self) {
@@ -71,14 +61,6 @@ impl Drop for Serve {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// One `bento` run: exit code, stdout, stderr.
-#[derive(Debug)]
-pub struct Ran {
-    pub code: i32,
-    pub stdout: String,
-    pub stderr: String,
 }
 
 pub struct Fleet {
@@ -214,11 +196,9 @@ impl Fleet {
             secret.display()
         );
         for name in &self.listed {
-            let public =
-                std::fs::read_to_string(format!("{}.pub", self.ssh_key(name).display())).unwrap();
             text.push_str(&format!(
                 "\n[hosts.\"{name}\"]\nssh_key = \"{}\"\n",
-                public.trim()
+                public_key_line(&self.ssh_key(name))
             ));
             if let Some(files) = self.files.get(name) {
                 text.push_str(&format!("\n[hosts.\"{name}\".files]\n"));

@@ -14,8 +14,11 @@ pub mod server;
 use std::path::Path;
 use std::process::Command;
 
-/// Nix settings for tests: flakes on, no sandbox, no substituters (offline machine).
-pub const NIX_CONFIG: &str = "experimental-features = nix-command flakes\nsandbox = false\nbuild-users-group =\nsubstituters =\nwarn-dirty = false";
+#[allow(unused_imports)] // each test binary uses some of them
+pub use support::{NIX_CONFIG, Ran, nix_system, public_key_line, publish_config, ssh_keygen};
+
+#[path = "../support/mod.rs"]
+mod support;
 
 /// A `Command` with the test Nix settings.
 pub fn cmd(program: &str) -> Command {
@@ -41,22 +44,7 @@ pub fn run(c: &mut Command) -> String {
 /// Whether this process may create namespaces; tests that need them say loudly why they
 /// skip when it may not (CI runs as root and must run them).
 pub fn can_use_namespaces() -> bool {
-    let root = rustix_uid_is_root();
-    if !root {
-        eprintln!("SKIPPED: this test needs root for network and mount namespaces");
-    }
-    root
-}
-
-fn rustix_uid_is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(1).map(|u| u == "0"))
-        })
-        .unwrap_or(false)
+    support::root_or_skip(&support::current_test(), "network and mount namespaces")
 }
 
 /// `nix-build` of an expression file; returns the output paths.

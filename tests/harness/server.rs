@@ -3,20 +3,19 @@
 //! to publish releases and read reports as `bento deploy` and `bento status` would.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bento::cache::{self, CacheConfig, CacheState};
 use bento::nix::keys::SecretKey;
-use bento::publish::{self, HostKeys, PublishConfig, PublishState};
+use bento::publish::{self, HostKeys, PublishState};
 use bento::release::Release;
 use bento::report::Report;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::net::{Host, Net};
-use super::run;
+use super::{public_key_line, publish_config, ssh_keygen};
 
 pub struct Server {
     pub dir: PathBuf,
@@ -29,33 +28,6 @@ pub struct Server {
     pub pinned: String,
     cache_stop: CancellationToken,
     sftp_stop: Option<CancellationToken>,
-}
-
-/// `ssh-keygen -t ed25519` into `dir/name`; returns the private key path.
-pub fn ssh_keygen(dir: &Path, name: &str) -> PathBuf {
-    let path = dir.join(name);
-    run(Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
-        .arg(&path));
-    path
-}
-
-fn public_line(private: &Path) -> String {
-    let mut p = private.as_os_str().to_owned();
-    p.push(".pub");
-    std::fs::read_to_string(PathBuf::from(p))
-        .unwrap()
-        .trim()
-        .to_owned()
-}
-
-/// Test limits: fast rejections and release polls.
-pub fn publish_config() -> PublishConfig {
-    PublishConfig {
-        auth_rejection_time: Duration::from_millis(10),
-        release_poll_interval: Duration::from_millis(200),
-        ..PublishConfig::default()
-    }
 }
 
 impl Server {
@@ -84,7 +56,7 @@ impl Server {
         let access = HostKeys::parse(hosts.iter().map(|h| {
             (
                 h.to_string(),
-                vec![public_line(&dir.join(format!("{h}.ssh")))],
+                vec![public_key_line(&dir.join(format!("{h}.ssh")))],
             )
         }))
         .unwrap();
@@ -333,6 +305,16 @@ impl OneHost {
         systems: &[super::fake::Behaviour],
         extra: &str,
     ) -> Option<OneHost> {
+        let sized: Vec<_> = systems.iter().map(|b| (b.clone(), 0)).collect();
+        OneHost::start_sized(salt, &sized, extra).await
+    }
+
+    /// [`OneHost::start`] with systems of `(behaviour, MiB of incompressible data)`.
+    pub async fn start_sized(
+        salt: &str,
+        systems: &[(super::fake::Behaviour, u32)],
+        extra: &str,
+    ) -> Option<OneHost> {
         if !super::can_use_namespaces() {
             return None;
         }
@@ -340,7 +322,9 @@ impl OneHost {
         let systems: Vec<String> = systems
             .iter()
             .enumerate()
-            .map(|(i, b)| super::fake::build(tmp.path(), "web1", i as u64 + 1, b, salt))
+            .map(|(i, (b, mib))| {
+                super::fake::build_sized(tmp.path(), "web1", i as u64 + 1, b, salt, *mib)
+            })
             .collect();
         let net = Net::new();
         let host = net.host("web1", 1, &tmp.path().join("web1"));

@@ -22,14 +22,11 @@ use bento::release::Release;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-/// A config for tests: fast rejections, short waits.
-pub fn test_config() -> PublishConfig {
-    PublishConfig {
-        auth_rejection_time: Duration::from_millis(10),
-        release_poll_interval: Duration::from_millis(200),
-        ..PublishConfig::default()
-    }
-}
+#[allow(unused_imports)] // each test binary uses some of them
+pub use support::{public_key_line, publish_config, ssh_keygen};
+
+#[path = "../support/mod.rs"]
+mod support;
 
 pub struct Fleet {
     pub tmp: tempfile::TempDir,
@@ -46,30 +43,9 @@ pub struct Fleet {
     server: Option<JoinHandle<()>>,
 }
 
-/// `ssh-keygen -t ed25519 -N ''` into `dir/name`; returns the private key path.
-pub fn keygen(dir: &Path, name: &str) -> PathBuf {
-    let path = dir.join(name);
-    Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
-        .arg(&path)
-        .run()
-        .expect("ssh-keygen");
-    path
-}
-
-/// The public key line of a private key made by [`keygen`].
-pub fn public_key(private: &Path) -> String {
-    let mut p = private.as_os_str().to_owned();
-    p.push(".pub");
-    std::fs::read_to_string(PathBuf::from(p))
-        .unwrap()
-        .trim()
-        .to_owned()
-}
-
 impl Fleet {
     pub async fn start(hosts: &[&str]) -> Fleet {
-        Fleet::start_with(hosts, test_config()).await
+        Fleet::start_with(hosts, publish_config()).await
     }
 
     pub async fn start_with(hosts: &[&str], config: PublishConfig) -> Fleet {
@@ -83,10 +59,10 @@ impl Fleet {
         std::fs::create_dir_all(&key_dir).unwrap();
         let mut keys = HashMap::new();
         for host in hosts {
-            keys.insert((*host).to_owned(), keygen(&key_dir, host));
+            keys.insert((*host).to_owned(), ssh_keygen(&key_dir, host));
         }
         let host_keys =
-            HostKeys::parse(hosts.iter().map(|h| (*h, vec![public_key(&keys[*h])]))).unwrap();
+            HostKeys::parse(hosts.iter().map(|h| (*h, vec![public_key_line(&keys[*h])]))).unwrap();
         let host_key: HostKey =
             load_or_create_host_key(&state_dir.join("ssh_host_ed25519_key")).unwrap();
         let state = PublishState::new(&state_dir, host_key, host_keys, config).unwrap();
@@ -118,7 +94,7 @@ impl Fleet {
 
     /// A fresh key known to nobody.
     pub fn stranger_key(&self, name: &str) -> PathBuf {
-        keygen(&self.tmp.path().join("keys"), name)
+        ssh_keygen(&self.tmp.path().join("keys"), name)
     }
 
     pub fn host_dir(&self, host: &str) -> PathBuf {
@@ -168,7 +144,12 @@ impl Fleet {
 
     /// The access map with `hosts` and their current keys.
     pub fn host_keys(&self, hosts: &[&str]) -> HostKeys {
-        HostKeys::parse(hosts.iter().map(|h| (*h, vec![public_key(self.key(h))]))).unwrap()
+        HostKeys::parse(
+            hosts
+                .iter()
+                .map(|h| (*h, vec![public_key_line(self.key(h))])),
+        )
+        .unwrap()
     }
 
     /// Our Rust client, as host `host` with its own key.
@@ -287,5 +268,19 @@ pub fn status_of(err: &ClientError) -> Option<russh_sftp::protocol::StatusCode> 
             ..
         } => Some(s.status_code),
         _ => None,
+    }
+}
+
+/// A raw russh client handler that accepts any server key (for tests that talk SSH below
+/// our client, where the server's identity is not the point).
+pub struct AcceptAny;
+
+impl russh::client::Handler for AcceptAny {
+    type Error = russh::Error;
+    async fn check_server_key(
+        &mut self,
+        _key: &russh::keys::PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        Ok(true)
     }
 }
