@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bento::publish::PublishConfig;
-use publish_harness::{Fleet, test_config};
+use publish_harness::{Fleet, publish_config};
 use tokio::io::AsyncReadExt as _;
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -34,7 +34,7 @@ async fn one_address_cannot_hold_every_slot_before_logging_in() {
         &["web1"],
         PublishConfig {
             max_unauthenticated_per_ip: 3,
-            ..test_config()
+            ..publish_config()
         },
     )
     .await;
