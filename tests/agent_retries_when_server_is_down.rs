@@ -11,8 +11,9 @@ use harness::server::{OneHost, agent_once, spawn_agent_once, wait_for};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_outage_is_not_blamed_on_the_new_generation() {
-    // Activation takes 2 s after switching: time for the test to stop the server.
-    let systems = [Behaviour::Good, Behaviour::Sleep(2)];
+    // Activation takes 5 s after switching: time for the test to stop the server, even on a
+    // loaded machine.
+    let systems = [Behaviour::Good, Behaviour::Sleep(5)];
     let extra = "confirm_timeout_secs = 3";
     let Some(mut t) = OneHost::start("srvdown", &systems, extra).await else {
         return;

@@ -21,7 +21,24 @@ impl Net {
         let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let pid = std::process::id() % 10000;
         let id = format!("b{pid}n{n}");
-        let subnet = ((pid * 7 + n) % 200 + 20) as u8;
+        // Start from this process's own spot, then skip subnets some interface already uses
+        // (another test process, a demo). One bridge at a time in this process, so that two
+        // tests never both find the same subnet free.
+        static CHOOSING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _choosing = CHOOSING.lock().unwrap_or_else(|e| e.into_inner());
+        let used = String::from_utf8_lossy(
+            &Command::new("ip")
+                .args(["-o", "-4", "addr", "show"])
+                .output()
+                .map(|o| o.stdout)
+                .unwrap_or_default(),
+        )
+        .into_owned();
+        let start = (pid * 7 + n) % 200;
+        let subnet = (0..200)
+            .map(|i| ((start + i) % 200 + 20) as u8)
+            .find(|s| !used.contains(&format!(" 10.77.{s}.")))
+            .expect("a free 10.77.X.0/24 subnet");
         let bridge = format!("br{id}");
         run(Command::new("ip").args(["link", "add", &bridge, "type", "bridge"]));
         let net = Net { id, subnet, bridge };
