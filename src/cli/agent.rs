@@ -83,6 +83,7 @@ fn check_config(file: &std::path::Path) -> anyhow::Result<ExitCode> {
     println!("  confirm within  {}s", a.raw.confirm_timeout_secs);
     println!("  health checks   {}", a.raw.health_checks.len());
     println!("  state           {}", a.raw.state_dir.display());
+    println!("  files           {}", a.raw.files_dir.display());
     Ok(ExitCode::SUCCESS)
 }
 
