@@ -108,7 +108,8 @@ fn install(
         move |source| DeliverError::Install { path, source }
     };
     std::fs::create_dir_all(dir).map_err(io(dir))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).map_err(io(dir))?;
+    // Others may open a file whose name and mode allow it, but not list the names.
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o751)).map_err(io(dir))?;
     let mut installed = Vec::new();
     for (entry, content) in manifest.files.iter().zip(contents) {
         let target = dir.join(&entry.name);
@@ -213,6 +214,8 @@ mod tests {
         );
         let meta = std::fs::metadata(out.join("db-password")).unwrap();
         assert_eq!(meta.permissions().mode() & 0o777, 0o400);
+        let listing = std::fs::metadata(&out).unwrap().permissions().mode() & 0o777;
+        assert_eq!(listing, 0o751, "others cannot list the names");
         assert_eq!(std::fs::read(out.join("db-password")).unwrap(), b"one\n");
 
         let t = tree(&key, 4, &[("db-password", "two\n", 0o400)]);

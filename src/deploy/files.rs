@@ -2,6 +2,7 @@
 //! `publish/<host>/files/blobs/`, then the signed manifest, both before the release that
 //! goes with them; blobs no manifest names any more are removed afterwards.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use crate::config::StateDir;
@@ -19,76 +20,94 @@ pub struct FileToDeliver {
     pub mode: u32,
 }
 
-/// The manifest entries of `files`, sorted by name.
-pub fn entries(host: &str, files: &[FileToDeliver]) -> Result<Vec<Entry>, DeployError> {
-    let mut out = files
-        .iter()
-        .map(|f| Entry::of(&f.name, &f.content, f.mode))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| DeployError::Files {
-            host: host.to_owned(),
+/// A host's files for one deploy: read, hashed and compared with what is published once.
+#[derive(Debug)]
+pub struct HostFiles {
+    /// Manifest entries, sorted by name.
+    entries: Vec<Entry>,
+    /// Contents by SHA-256 (hex).
+    contents: HashMap<String, Vec<u8>>,
+    /// The manifest published now, if any.
+    published: Option<Manifest>,
+}
+
+impl HostFiles {
+    /// Hashes `files` and reads the host's published manifest.
+    pub fn prepare(
+        state: &StateDir,
+        host: &str,
+        files: &[FileToDeliver],
+    ) -> Result<HostFiles, DeployError> {
+        let mut entries = Vec::with_capacity(files.len());
+        let mut contents = HashMap::with_capacity(files.len());
+        for f in files {
+            let entry =
+                Entry::of(&f.name, &f.content, f.mode).map_err(|source| DeployError::Files {
+                    host: host.to_owned(),
+                    source,
+                })?;
+            contents.insert(entry.sha256.clone(), f.content.clone());
+            entries.push(entry);
+        }
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(HostFiles {
+            entries,
+            contents,
+            published: current(state, host),
+        })
+    }
+
+    /// Whether what is published is what is asked for: nothing published and nothing
+    /// asked, or the same files (names, contents, modes).
+    pub fn up_to_date(&self) -> bool {
+        match &self.published {
+            None => self.entries.is_empty(),
+            Some(m) => m.same_files(&self.entries),
+        }
+    }
+
+    /// Writes the blobs, then the manifest of `generation`; a host that never had files
+    /// and has none gets nothing written.
+    pub fn write(
+        &self,
+        state: &StateDir,
+        key: &SecretKey,
+        host: &str,
+        generation: u64,
+    ) -> Result<(), DeployError> {
+        if self.entries.is_empty() && self.published.is_none() {
+            return Ok(());
+        }
+        let dir = state.publish_dir(host);
+        let blobs = dir.join(files::BLOBS_DIR);
+        std::fs::create_dir_all(&blobs).map_err(|source| DeployError::Io {
+            path: blobs.clone(),
             source,
         })?;
-    out.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(out)
+        for (sha256, content) in &self.contents {
+            let blob = blobs.join(sha256);
+            if !blob.exists() {
+                state::write_atomic(&blob, content, 0o600)?;
+            }
+        }
+        let manifest =
+            Manifest::sign(host, generation, self.entries.clone(), key).map_err(|source| {
+                DeployError::Files {
+                    host: host.to_owned(),
+                    source,
+                }
+            })?;
+        state::write_atomic(&dir.join(files::MANIFEST_PATH), &manifest.to_bytes(), 0o600)?;
+        remove_unlisted_blobs(&blobs, &self.entries);
+        Ok(())
+    }
 }
 
 /// The published manifest, if any (not trusted: the server's own bookkeeping). One that
 /// cannot be read counts as absent, so the next publication replaces it.
-pub fn current(state: &StateDir, host: &str) -> Option<Manifest> {
+fn current(state: &StateDir, host: &str) -> Option<Manifest> {
     let bytes = std::fs::read(state.publish_dir(host).join(files::MANIFEST_PATH)).ok()?;
     Manifest::parse_untrusted(&bytes).ok()
-}
-
-/// Whether what is published is what `entries` asks for: nothing published and nothing
-/// asked, or the same files.
-pub fn up_to_date(current: Option<&Manifest>, entries: &[Entry]) -> bool {
-    match current {
-        None => entries.is_empty(),
-        Some(m) => m.same_files(entries),
-    }
-}
-
-/// Writes the blobs and the manifest of `generation`; a host that never had files and has
-/// none gets nothing written.
-pub fn write(
-    state: &StateDir,
-    key: &SecretKey,
-    host: &str,
-    generation: u64,
-    files: &[FileToDeliver],
-) -> Result<(), DeployError> {
-    let entries = entries(host, files)?;
-    let dir = state.publish_dir(host);
-    if entries.is_empty() && current(state, host).is_none() {
-        return Ok(());
-    }
-    let blobs = dir.join(files::BLOBS_DIR);
-    std::fs::create_dir_all(&blobs).map_err(|source| DeployError::Io {
-        path: blobs.clone(),
-        source,
-    })?;
-    for (entry, file) in entries.iter().zip(sorted(files)) {
-        let blob = blobs.join(&entry.sha256);
-        if !blob.exists() {
-            state::write_atomic(&blob, &file.content, 0o600)?;
-        }
-    }
-    let manifest = Manifest::sign(host, generation, entries.clone(), key).map_err(|source| {
-        DeployError::Files {
-            host: host.to_owned(),
-            source,
-        }
-    })?;
-    state::write_atomic(&dir.join(files::MANIFEST_PATH), &manifest.to_bytes(), 0o600)?;
-    remove_unlisted_blobs(&blobs, &entries);
-    Ok(())
-}
-
-fn sorted(files: &[FileToDeliver]) -> Vec<&FileToDeliver> {
-    let mut v: Vec<&FileToDeliver> = files.iter().collect();
-    v.sort_by(|a, b| a.name.cmp(&b.name));
-    v
 }
 
 /// Removes blobs the current manifest does not name (never fatal: a blob left behind only
@@ -124,20 +143,25 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let state = StateDir::new(dir.path().to_owned());
         let key = SecretKey::generate("fleet-1").unwrap();
-        assert!(up_to_date(current(&state, "web1").as_ref(), &[]));
-        write(&state, &key, "web1", 1, &[]).unwrap();
+        let publish = |generation, files: &[FileToDeliver]| {
+            let prepared = HostFiles::prepare(&state, "web1", files).unwrap();
+            let was_up_to_date = prepared.up_to_date();
+            prepared.write(&state, &key, "web1", generation).unwrap();
+            was_up_to_date
+        };
+        assert!(publish(1, &[]), "no files, none published");
         assert!(
             current(&state, "web1").is_none(),
             "no files, nothing written"
         );
 
         let v1 = [file("db-password", "one\n"), file("api-token", "t\n")];
-        write(&state, &key, "web1", 2, &v1).unwrap();
+        assert!(!publish(2, &v1));
         let m = current(&state, "web1").unwrap();
         let manifest_bytes =
             std::fs::read(state.publish_dir("web1").join(files::MANIFEST_PATH)).unwrap();
         files::verify(&manifest_bytes, &key.public(), "web1", 2).unwrap();
-        assert!(up_to_date(Some(&m), &entries("web1", &v1).unwrap()));
+        assert_eq!(m.files.len(), 2);
         for e in &m.files {
             let blob = state
                 .publish_dir("web1")
@@ -145,18 +169,23 @@ mod tests {
                 .join(&e.sha256);
             e.check(&std::fs::read(blob).unwrap()).unwrap();
         }
+        assert!(
+            HostFiles::prepare(&state, "web1", &v1)
+                .unwrap()
+                .up_to_date()
+        );
 
         let v2 = [file("db-password", "two\n")];
-        assert!(!up_to_date(Some(&m), &entries("web1", &v2).unwrap()));
-        write(&state, &key, "web1", 3, &v2).unwrap();
+        assert!(!publish(3, &v2));
         let blobs: Vec<_> = std::fs::read_dir(state.publish_dir("web1").join(files::BLOBS_DIR))
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
-        assert_eq!(blobs, [entries("web1", &v2).unwrap()[0].sha256.clone()]);
+        let m = current(&state, "web1").unwrap();
+        assert_eq!(blobs, [m.files[0].sha256.clone()], "the old blobs are gone");
 
         // Removing every file publishes an empty manifest, so the host removes them too.
-        write(&state, &key, "web1", 4, &[]).unwrap();
+        assert!(!publish(4, &[]));
         let m = current(&state, "web1").unwrap();
         assert_eq!((m.generation, m.files.len()), (4, 0));
     }

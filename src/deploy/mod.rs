@@ -31,7 +31,7 @@ pub mod history;
 mod lock;
 
 pub use decide::{Decision, Reason};
-pub use files::FileToDeliver;
+pub use files::{FileToDeliver, HostFiles};
 pub use history::{History, HistoryEntry};
 pub use lock::DeployLock;
 
@@ -155,14 +155,12 @@ impl Publisher<'_> {
         let current = current_release(state, host)?;
         let history = history::read(&state.history(host))?;
         let public = self.key.public();
-        let wanted_files = files::entries(host, files)?;
-        let files_up_to_date =
-            files::up_to_date(files::current(state, host).as_ref(), &wanted_files);
+        let files = HostFiles::prepare(state, host, files)?;
         let view = current.as_ref().map(|r| decide::Current {
             generation: r.generation,
             store_path: &r.store_path,
             signed_by_fleet_key: r.check_signature(&public).is_ok() && r.host == host,
-            files_up_to_date,
+            files_up_to_date: files.up_to_date(),
         });
         let decision = decide::decide(view, history.max_generation(), store_path, force)
             .ok_or_else(|| DeployError::GenerationOverflow {
@@ -174,7 +172,7 @@ impl Publisher<'_> {
                 store_path: store_path.to_owned(),
             }),
             Decision::Publish { generation, reason } => {
-                files::write(state, self.key, host, generation, files)?;
+                files.write(state, self.key, host, generation)?;
                 write_release(
                     state, self.key, host, generation, store_path, self.now, None,
                 )?;
@@ -213,7 +211,7 @@ impl Publisher<'_> {
                 .ok_or_else(|| DeployError::GenerationOverflow {
                     host: host.to_owned(),
                 })?;
-        files::write(state, self.key, host, generation, files)?;
+        HostFiles::prepare(state, host, files)?.write(state, self.key, host, generation)?;
         write_release(
             state,
             self.key,

@@ -431,5 +431,12 @@ mod tests {
             Entry::of("a", b"2", 0o400).unwrap(),
         ];
         assert!(Manifest::sign("web1", 1, dup, &key()).is_err());
+        let many: Vec<Entry> = (0..=MAX_FILES)
+            .map(|i| Entry::of(&format!("f{i}"), b"x", 0o400).unwrap())
+            .collect();
+        let err = Manifest::sign("web1", 1, many, &key())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("257 files"), "{err}");
     }
 }
