@@ -67,7 +67,7 @@ impl Drop for Killed {
 }
 
 fn now() -> u64 {
-    bento::status::unix_now()
+    bento::clock::unix_now()
 }
 
 fn path_of(host: &str, generation: u64) -> String {

@@ -3,7 +3,7 @@
 //! in `decide`; this file only sequences effects and persists state before each step that
 //! changes the system.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
@@ -14,6 +14,7 @@ use super::link::Link;
 use super::memory::{InFlight, MemoryError, Persisted};
 use super::outbox::{self, OutboxError};
 use super::system::{self, SystemError};
+use crate::clock::{unix_now, unix_now_ms};
 use crate::release::{self, Expectation, Release};
 use crate::report::{self, Outcome, Report, Timings};
 
@@ -36,18 +37,6 @@ pub enum Ended {
     Reported(Outcome),
 }
 
-pub fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// The log and timings of one attempt, turned into a report at the end.
 struct Attempt {
     started_ms: u64,
@@ -62,7 +51,7 @@ pub type Progress = tokio::sync::broadcast::Sender<String>;
 impl Attempt {
     fn new(progress: &Progress) -> Self {
         Attempt {
-            started_ms: now_ms(),
+            started_ms: unix_now_ms(),
             log: String::new(),
             timings: Timings::default(),
             progress: progress.clone(),
@@ -74,7 +63,7 @@ impl Attempt {
         tracing::info!("{line}");
         // Nobody listening is fine.
         let _ = self.progress.send(line.to_owned());
-        let t = now_ms().saturating_sub(self.started_ms);
+        let t = unix_now_ms().saturating_sub(self.started_ms);
         self.log
             .push_str(&format!("[{:>4}.{:03}s] {line}\n", t / 1000, t % 1000));
     }
@@ -96,7 +85,7 @@ impl Attempt {
             outcome,
             reason,
             started_ms: self.started_ms,
-            finished_ms: now_ms(),
+            finished_ms: unix_now_ms(),
             timings: self.timings,
             log: self.log,
         }
@@ -191,7 +180,7 @@ pub async fn run_once<L: Link + Sync>(
         &target.wanted,
         running.as_deref(),
         &cycle.mem.memory(),
-        now_secs(),
+        unix_now(),
     ) {
         Action::SkipFailed | Action::WaitRetry { .. } => Ok(Ended::Idle),
         Action::AlreadyRunning => {
@@ -299,8 +288,8 @@ impl<L: Link + Sync> Cycle<'_, L> {
             store_path: wanted.to_owned(),
             previous: previous.clone(),
             phase: Phase::Activating,
-            deadline: now_secs() + agent.confirm_timeout.as_secs(),
-            started: now_secs(),
+            deadline: unix_now() + agent.confirm_timeout.as_secs(),
+            started: unix_now(),
         });
         self.mem.save(&agent.raw.state_dir)?;
         let t = Instant::now();
@@ -386,10 +375,10 @@ impl<L: Link + Sync> Cycle<'_, L> {
         // Best effort, before the clock starts: the network may already be gone.
         self.interim(&attempt, target, Outcome::Unconfirmed).await;
         // A resumed confirmation keeps its original deadline; a fresh one starts now.
-        let fresh_deadline = now_secs() + agent.confirm_timeout.as_secs();
+        let fresh_deadline = unix_now() + agent.confirm_timeout.as_secs();
         let budget = match self.mem.in_flight.as_mut() {
             Some(f) if f.phase == Phase::Confirming => {
-                Duration::from_secs(f.deadline.saturating_sub(now_secs()))
+                Duration::from_secs(f.deadline.saturating_sub(unix_now()))
             }
             Some(f) => {
                 f.phase = Phase::Confirming;
@@ -476,7 +465,7 @@ impl<L: Link + Sync> Cycle<'_, L> {
             }
             Outcome::RetryLater => {
                 let attempts = mem.retry.filter(|r| r.0 == generation).map_or(0, |r| r.2);
-                let until = now_secs() + decide::retry_delay(agent.retry_base, attempts).as_secs();
+                let until = unix_now() + decide::retry_delay(agent.retry_base, attempts).as_secs();
                 mem.retry = Some((generation, until, attempts + 1));
             }
             o if decide::condemns(o) => {
@@ -515,7 +504,7 @@ impl<L: Link + Sync> Cycle<'_, L> {
         let is_new = running.as_deref() == Some(flight.store_path.as_str());
         let is_prev = running.is_some() && running == flight.previous;
         let mut attempt = Attempt::new(progress);
-        let decision = decide::recover(flight.phase, is_new, is_prev, now_secs(), flight.deadline);
+        let decision = decide::recover(flight.phase, is_new, is_prev, unix_now(), flight.deadline);
         attempt.note(format!(
             "recovering generation {} left {:?} by an interrupted agent: {decision:?}",
             flight.generation, flight.phase

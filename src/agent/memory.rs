@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use super::decide::{Memory, Phase};
-use crate::state::{StateError, write_atomic};
+use crate::durable::{WriteError, write_atomic};
 
 pub const FORMAT: u32 = 1;
 const FILE: &str = "state.json";
@@ -31,7 +31,7 @@ pub enum MemoryError {
     )]
     Newer { path: PathBuf, got: u32 },
     #[error(transparent)]
-    Write(#[from] StateError),
+    Write(#[from] WriteError),
 }
 
 /// An activation that has started and not yet been confirmed or rolled back.

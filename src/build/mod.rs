@@ -6,10 +6,10 @@
 //! A successful build leaves a GC root at `gcroots/<host>/build` and a record at
 //! `builds/<host>.json`.
 //!
-//! May import: `nix`, `config`, `state`.
+//! May import: `nix`, `config`, `durable`, `clock`.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use thiserror::Error;
@@ -18,8 +18,8 @@ use tokio::task::JoinSet;
 use tracing::Instrument as _;
 
 use crate::config::{Host, StateDir};
+use crate::durable::WriteError;
 use crate::nix::cmd::CmdError;
-use crate::state::StateError;
 
 pub mod gcroot;
 pub mod plan;
@@ -44,7 +44,7 @@ pub enum BuildError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    State(#[from] StateError),
+    Write(#[from] WriteError),
 }
 
 /// What to do.
@@ -276,7 +276,7 @@ async fn run_phases(state: &StateDir, host: &Host, dry_run: bool, report: &Repor
         host: host.name.clone(),
         drv_path: drv_path.clone(),
         store_path: store_path.clone(),
-        built: unix_now(),
+        built: crate::clock::unix_now(),
     };
     if let Err(e) = record::write(state, &record) {
         return failed(Phase::Record, e.to_string(), e.to_string());
@@ -285,11 +285,4 @@ async fn run_phases(state: &StateDir, host: &Host, dry_run: bool, report: &Repor
         drv_path,
         store_path,
     }
-}
-
-/// Seconds since the Unix epoch (0 if the clock is before it).
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }

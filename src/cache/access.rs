@@ -32,7 +32,7 @@ pub enum AccessError {
     Write {
         path: PathBuf,
         #[source]
-        source: crate::state::StateError,
+        source: crate::durable::WriteError,
     },
     #[error("cache token file {path} is empty")]
     Empty { path: PathBuf },
@@ -150,12 +150,11 @@ pub fn load_or_create(
                 })?;
                 let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
                 let token = generate_token();
-                crate::state::write_atomic(&path, format!("{token}\n").as_bytes(), 0o600).map_err(
-                    |source| AccessError::Write {
+                crate::durable::write_atomic(&path, format!("{token}\n").as_bytes(), 0o600)
+                    .map_err(|source| AccessError::Write {
                         path: path.clone(),
                         source,
-                    },
-                )?;
+                    })?;
                 tracing::info!(host = %host, path = %path.display(), "created cache token");
                 token
             }

@@ -10,7 +10,7 @@
 //! servable), `scan` (the publish tree), `compress` (zstd files), `state` (refresh),
 //! `stream` (NAR bodies), `handler` (HTTP), `metrics`.
 //!
-//! May import: `nix`, `release`, `state` (atomic writes). Never `build` or `deploy`.
+//! May import: `nix`, `release`, `durable` (atomic writes). Never `build` or `deploy`.
 
 use std::sync::Arc;
 

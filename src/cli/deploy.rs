@@ -85,7 +85,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let publisher = Publisher {
             state: &fleet.state,
             key: &key,
-            now: build::unix_now(),
+            now: crate::clock::unix_now(),
             keep_systems: fleet.keep_systems,
         };
         let files = files_of(&fleet, host)?;
@@ -156,7 +156,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let publisher = Publisher {
         state: &fleet.state,
         key: &key,
-        now: build::unix_now(),
+        now: crate::clock::unix_now(),
         keep_systems: fleet.keep_systems,
     };
     for report in &mut reports {

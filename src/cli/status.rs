@@ -50,7 +50,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         status::collect(
             &fleet.state,
             hosts.iter().map(String::as_str),
-            status::unix_now(),
+            crate::clock::unix_now(),
             fleet.stale_after_secs,
         )
     };

@@ -6,9 +6,9 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use crate::config::StateDir;
+use crate::durable;
 use crate::files::{self, Entry, Manifest};
 use crate::nix::keys::SecretKey;
-use crate::state;
 
 use super::DeployError;
 
@@ -87,7 +87,7 @@ impl HostFiles {
         for (sha256, content) in &self.contents {
             let blob = blobs.join(sha256);
             if !blob.exists() {
-                state::write_atomic(&blob, content, 0o600)?;
+                durable::write_atomic(&blob, content, 0o600)?;
             }
         }
         let manifest =
@@ -97,7 +97,7 @@ impl HostFiles {
                     source,
                 }
             })?;
-        state::write_atomic(&dir.join(files::MANIFEST_PATH), &manifest.to_bytes(), 0o600)?;
+        durable::write_atomic(&dir.join(files::MANIFEST_PATH), &manifest.to_bytes(), 0o600)?;
         remove_unlisted_blobs(&blobs, &self.entries);
         Ok(())
     }

@@ -4,14 +4,14 @@
 //!
 //! Order of effects for one release, chosen so that a crash at any instant is harmless:
 //! 1. GC root `gcroots/<host>/generation-<N>` (the system cannot be collected once offered);
-//! 2. the release, replaced atomically (`state::write_atomic`: temp, fsync, rename, fsync);
+//! 2. the release, replaced atomically (`durable::write_atomic`: temp, fsync, rename, fsync);
 //! 3. the history line, appended and fsynced.
 //!
 //! A crash between 2 and 3 loses a history line, never a generation: the next generation
 //! is one more than the largest of the current release and the history.
 //!
 //! Callers hold a [`DeployLock`] around all of it. May import: `nix`, `config`, `build`,
-//! `release`, `state`.
+//! `release`, `durable`.
 
 use std::path::{Path, PathBuf};
 
@@ -20,10 +20,10 @@ use thiserror::Error;
 
 use crate::build::gcroot;
 use crate::config::StateDir;
+use crate::durable::{self, WriteError};
 use crate::nix::cmd::CmdError;
 use crate::nix::keys::SecretKey;
 use crate::release::{Release, ReleaseError};
-use crate::state::{self, StateError};
 
 pub mod decide;
 pub mod files;
@@ -95,7 +95,7 @@ pub enum DeployError {
         source: crate::files::FilesError,
     },
     #[error(transparent)]
-    State(#[from] StateError),
+    Write(#[from] WriteError),
 }
 
 /// What publishing did for one host.
@@ -258,7 +258,7 @@ fn write_release(
         path: dir.clone(),
         source,
     })?;
-    state::write_atomic(&state.release(host), &release.to_bytes(), 0o644)?;
+    durable::write_atomic(&state.release(host), &release.to_bytes(), 0o644)?;
     history::append(
         &state.history(host),
         &HistoryEntry {
@@ -312,7 +312,7 @@ pub fn prune_roots(state: &StateDir, host: &str, current: &str, keep_systems: us
 }
 
 /// Removes temp files a killed deploy left beside a release (`.release.tmp-<pid>`, the
-/// names `state::write_atomic` uses), whether or not the host gets a new release now.
+/// names `durable::write_atomic` uses), whether or not the host gets a new release now.
 /// Safe because the caller holds the deploy lock.
 fn remove_stale_temp_files(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {

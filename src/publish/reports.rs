@@ -12,7 +12,7 @@
 //! next rotation once an hour old.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rand::RngCore as _;
 use rustix::fs::{AtFlags, FileType, RenameFlags};
@@ -215,9 +215,7 @@ fn rotate(dir: BorrowedFd<'_>, keep: &str, max_count: usize, max_total: u64) -> 
             return 0;
         }
     };
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
+    let now = i64::try_from(crate::clock::unix_now()).unwrap_or(i64::MAX);
     let mut reports = Vec::new();
     for name in names {
         let Ok(st) = confine::lstat_entry(dir, &name) else {

@@ -44,10 +44,7 @@ impl LastSeen {
     /// Records contact with `host` (a validated host name) now; cheap when already recorded
     /// within the last minute.
     pub fn saw(&self, host: &str) {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let now = crate::clock::unix_now();
         if !self.due(host, now) {
             return;
         }
@@ -58,7 +55,7 @@ impl LastSeen {
             let result = std::fs::create_dir_all(&dir)
                 .map_err(|e| e.to_string())
                 .and_then(|()| {
-                    crate::state::write_atomic(&path, format!("{now}\n").as_bytes(), 0o644)
+                    crate::durable::write_atomic(&path, format!("{now}\n").as_bytes(), 0o644)
                         .map_err(|e| e.to_string())
                 });
             if let Err(error) = result {

@@ -12,14 +12,6 @@ use crate::config::StateDir;
 use crate::release::Release;
 use crate::report::Report;
 
-/// Seconds since the Unix epoch.
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, StatusError> {
     match std::fs::read(path) {
         Ok(b) => Ok(Some(b)),

@@ -19,7 +19,7 @@ pub mod source;
 pub mod view;
 pub mod web;
 
-pub use collect::{collect, collect_host, unix_now};
+pub use collect::{collect, collect_host};
 pub use derive::HostState;
 pub use source::Source;
 pub use view::{FleetStatus, HostStatus, SCHEMA};

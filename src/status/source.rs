@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use super::view::{FleetStatus, HostStatus};
-use super::{StatusError, collect, collect_host, unix_now};
+use super::{StatusError, collect, collect_host};
+use crate::clock::unix_now;
 use crate::config::StateDir;
 
 #[derive(Debug)]

@@ -117,7 +117,7 @@ impl Fleet {
         let r = Release::sign(host, generation, path, 1_790_000_000 + generation, key).unwrap();
         let dir = self.dir.path().join("publish").join(host);
         std::fs::create_dir_all(&dir).unwrap();
-        bento::state::write_atomic(&dir.join("release"), &r.to_bytes(), 0o644).unwrap();
+        bento::durable::write_atomic(&dir.join("release"), &r.to_bytes(), 0o644).unwrap();
     }
 
     pub fn config(&self) -> CacheConfig {

@@ -212,7 +212,7 @@ impl Fleet {
         }
         // Written whole and renamed, as an editor saves: `bento serve` never reads half.
         let file = self.fleet_file();
-        bento::state::write_atomic(&file, text.as_bytes(), 0o644).unwrap();
+        bento::durable::write_atomic(&file, text.as_bytes(), 0o644).unwrap();
     }
 
     /// Changes one host's configuration in the repository (not deployed yet).

@@ -128,7 +128,7 @@ impl Server {
     pub async fn write_release(&self, host: &str, bytes: &[u8]) {
         let dir = self.state_dir.join("publish").join(host);
         std::fs::create_dir_all(&dir).unwrap();
-        bento::state::write_atomic(&dir.join("release"), bytes, 0o644).unwrap();
+        bento::durable::write_atomic(&dir.join("release"), bytes, 0o644).unwrap();
         self.cache.refresh().await.unwrap();
         self.publish.notify_release_changed(host);
     }

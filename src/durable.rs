@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 #[derive(Debug, Error)]
-pub enum StateError {
+pub enum WriteError {
     #[error("cannot write {path}: {source}")]
     Write {
         path: PathBuf,
@@ -21,12 +21,12 @@ pub enum StateError {
 }
 
 /// Replaces `path` with `bytes` atomically; the file gets `mode`.
-pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StateError> {
-    let err = |source| StateError::Write {
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), WriteError> {
+    let err = |source| WriteError::Write {
         path: path.to_owned(),
         source,
     };
-    let dir = path.parent().ok_or_else(|| StateError::NoParent {
+    let dir = path.parent().ok_or_else(|| WriteError::NoParent {
         path: path.to_owned(),
     })?;
     let name = path
