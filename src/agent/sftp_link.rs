@@ -29,10 +29,10 @@ fn link_err(e: ClientError) -> LinkError {
 impl SftpLink {
     pub fn new(agent: &Agent) -> Self {
         SftpLink {
-            server: agent.raw.server.clone(),
-            host: agent.raw.host.clone(),
-            key: agent.raw.ssh_key.clone(),
-            pinned: agent.raw.server_host_key.clone(),
+            server: agent.server.clone(),
+            host: agent.host.clone(),
+            key: agent.ssh_key.clone(),
+            pinned: agent.server_host_key.clone(),
             session: Mutex::new(None),
         }
     }

@@ -1,21 +1,22 @@
-//! The agent's persisted state: what it applied, what failed, and the activation in flight.
-//! Written atomically with a format version before every step that changes the system, so
-//! a crash or kill at any point is recovered at the next start. A corrupt or newer file is
-//! refused loudly, never silently reset.
+//! The agent's journal, `<state_dir>/state.json`: what it applied, what failed, what to retry
+//! and when, and the activation in flight; what the agent carries from one attempt to the
+//! next. Written atomically with a format version before every step that changes the
+//! system, so a crash or kill at any point is recovered at the next start. A corrupt or
+//! newer file is refused loudly, never silently reset.
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use super::decide::{Memory, Phase};
+use super::decide::{Memory, Phase, Retry};
 use crate::durable::{WriteError, write_atomic};
 
 pub const FORMAT: u32 = 1;
 const FILE: &str = "state.json";
 
 #[derive(Debug, Error)]
-pub enum MemoryError {
+pub enum JournalError {
     #[error("cannot read agent state {path}: {source}")]
     Read {
         path: PathBuf,
@@ -51,12 +52,12 @@ pub struct InFlight {
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Persisted {
+pub struct Journal {
     pub format: u32,
     pub last_applied: Option<u64>,
     pub last_failed: Option<u64>,
-    /// (generation, not before Unix seconds, attempts so far)
-    pub retry: Option<(u64, u64, u32)>,
+    /// A generation to try again later (stored as `[generation, not_before, attempts]`).
+    pub retry: Option<Retry>,
     pub in_flight: Option<InFlight>,
     /// Generation of the last release fetched (applied or not): instant updates wait for a
     /// different one, so a refused release does not wake the agent again and again.
@@ -64,12 +65,12 @@ pub struct Persisted {
     pub last_seen: Option<u64>,
 }
 
-impl Persisted {
+impl Journal {
     pub fn memory(&self) -> Memory {
         Memory {
             last_applied: self.last_applied,
             last_failed: self.last_failed,
-            retry: self.retry.map(|(g, until, _)| (g, until)),
+            retry: self.retry,
         }
     }
 
@@ -77,41 +78,41 @@ impl Persisted {
         dir.join(FILE)
     }
 
-    /// Loads the state; a missing file is a fresh host.
-    pub fn load(dir: &Path) -> Result<Persisted, MemoryError> {
+    /// Loads the journal; a missing file is a fresh host.
+    pub fn load(dir: &Path) -> Result<Journal, JournalError> {
         let path = Self::path(dir);
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(Persisted {
+                return Ok(Journal {
                     format: FORMAT,
-                    ..Persisted::default()
+                    ..Journal::default()
                 });
             }
-            Err(source) => return Err(MemoryError::Read { path, source }),
+            Err(source) => return Err(JournalError::Read { path, source }),
         };
         #[derive(Deserialize)]
         struct Version {
             format: u32,
         }
         let version: Version =
-            serde_json::from_slice(&bytes).map_err(|e| MemoryError::Corrupt {
+            serde_json::from_slice(&bytes).map_err(|e| JournalError::Corrupt {
                 path: path.clone(),
                 message: e.to_string(),
             })?;
         if version.format > FORMAT {
-            return Err(MemoryError::Newer {
+            return Err(JournalError::Newer {
                 path,
                 got: version.format,
             });
         }
-        serde_json::from_slice(&bytes).map_err(|e| MemoryError::Corrupt {
+        serde_json::from_slice(&bytes).map_err(|e| JournalError::Corrupt {
             path,
             message: e.to_string(),
         })
     }
 
-    pub fn save(&self, dir: &Path) -> Result<(), MemoryError> {
+    pub fn save(&self, dir: &Path) -> Result<(), JournalError> {
         let mut bytes = serde_json::to_vec_pretty(self).unwrap_or_default();
         bytes.push(b'\n');
         write_atomic(&Self::path(dir), &bytes, 0o600)?;
@@ -126,9 +127,9 @@ mod tests {
     #[test]
     fn round_trip_and_fresh_host() {
         let dir = tempfile::tempdir().unwrap();
-        let fresh = Persisted::load(dir.path()).unwrap();
+        let fresh = Journal::load(dir.path()).unwrap();
         assert_eq!(fresh.last_applied, None);
-        let s = Persisted {
+        let s = Journal {
             format: FORMAT,
             last_applied: Some(3),
             last_failed: Some(2),
@@ -144,7 +145,25 @@ mod tests {
             last_seen: Some(4),
         };
         s.save(dir.path()).unwrap();
-        assert_eq!(Persisted::load(dir.path()).unwrap(), s);
+        assert_eq!(Journal::load(dir.path()).unwrap(), s);
+    }
+
+    #[test]
+    fn retry_keeps_its_stored_form() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = br#"{"format": 1, "last_applied": 3, "last_failed": null, "retry": [4, 1000, 2], "in_flight": null}"#;
+        std::fs::write(dir.path().join(FILE), text).unwrap();
+        let journal = Journal::load(dir.path()).unwrap();
+        let want = Retry {
+            generation: 4,
+            not_before: 1000,
+            attempts: 2,
+        };
+        assert_eq!(journal.retry, Some(want));
+        journal.save(dir.path()).unwrap();
+        let saved: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join(FILE)).unwrap()).unwrap();
+        assert_eq!(saved["retry"], serde_json::json!([4, 1000, 2]));
     }
 
     #[test]
@@ -152,13 +171,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(FILE), b"{\"format\": 1, \"last_appl").unwrap();
         assert!(matches!(
-            Persisted::load(dir.path()),
-            Err(MemoryError::Corrupt { .. })
+            Journal::load(dir.path()),
+            Err(JournalError::Corrupt { .. })
         ));
         std::fs::write(dir.path().join(FILE), b"{\"format\": 7}").unwrap();
         assert!(matches!(
-            Persisted::load(dir.path()),
-            Err(MemoryError::Newer { got: 7, .. })
+            Journal::load(dir.path()),
+            Err(JournalError::Newer { got: 7, .. })
         ));
         // The file is left as it was for a human to inspect.
         assert_eq!(
