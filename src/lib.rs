@@ -13,7 +13,7 @@ pub mod deploy;
 pub mod durable;
 pub mod files;
 pub mod nix;
-pub mod publish;
 pub mod release;
 pub mod report;
+pub mod sftp;
 pub mod status;

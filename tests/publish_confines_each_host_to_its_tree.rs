@@ -9,7 +9,7 @@ mod publish_harness;
 
 use std::os::unix::fs::symlink;
 
-use bento::publish::PublishConfig;
+use bento::sftp::server::SftpConfig;
 use publish_harness::{Fleet, failure_text, publish_config, status_of};
 use russh_sftp::protocol::{FileAttributes, OpenFlags, StatusCode};
 
@@ -21,7 +21,7 @@ const POISON: [&str; 2] = ["root:x:0:0", "POISON-WEB2"];
 async fn fleet() -> Fleet {
     let fleet = Fleet::start_with(
         &["web1", "web2", "web3", "web4"],
-        PublishConfig {
+        SftpConfig {
             max_report_bytes: CAP,
             ..publish_config()
         },

@@ -8,7 +8,7 @@ mod publish_harness;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bento::publish::PublishConfig;
+use bento::sftp::server::SftpConfig;
 use publish_harness::{Fleet, publish_config};
 use tokio::io::AsyncReadExt as _;
 use tokio::net::{TcpSocket, TcpStream};
@@ -32,7 +32,7 @@ async fn silent_connection(source: [u8; 4], server: SocketAddr) -> (TcpStream, V
 async fn one_address_cannot_hold_every_slot_before_logging_in() {
     let fleet = Fleet::start_with(
         &["web1"],
-        PublishConfig {
+        SftpConfig {
             max_unauthenticated_per_ip: 3,
             ..publish_config()
         },

@@ -69,7 +69,7 @@ async fn forwarding_channels_are_refused_and_sftp_still_works() {
     let fleet = Fleet::start(&["web1"]).await;
     fleet.write_release("web1", 4);
     let key = russh::keys::load_secret_key(fleet.key("web1"), None).unwrap();
-    let pinned = bento::publish::client::parse_pinned_key(&fleet.pinned).unwrap();
+    let pinned = bento::sftp::client::parse_pinned_key(&fleet.pinned).unwrap();
     let mut ssh = russh::client::connect(
         Arc::new(russh::client::Config::default()),
         fleet.addr,

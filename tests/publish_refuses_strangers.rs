@@ -7,7 +7,7 @@ mod publish_harness;
 
 use std::sync::Arc;
 
-use bento::publish::ClientError;
+use bento::sftp::client::ClientError;
 use publish_harness::{AcceptAny, Fleet, failure_text};
 
 #[tokio::test]
@@ -122,9 +122,9 @@ async fn password_and_keyboard_interactive_are_refused() {
 #[tokio::test]
 async fn clients_refuse_a_server_with_another_host_key() {
     let fleet = Fleet::start(&["web1"]).await;
-    let other = bento::publish::HostKey::generate();
+    let other = bento::sftp::server::HostKey::generate();
 
-    let err = bento::publish::connect(
+    let err = bento::sftp::client::connect(
         fleet.addr,
         "web1",
         fleet.key("web1"),
@@ -170,7 +170,7 @@ async fn clients_refuse_a_server_with_another_host_key() {
         .host_key()
         .known_hosts_line("127.0.0.1", fleet.addr.port());
     assert!(
-        bento::publish::connect(fleet.addr, "web1", fleet.key("web1"), &line)
+        bento::sftp::client::connect(fleet.addr, "web1", fleet.key("web1"), &line)
             .await
             .is_ok()
     );

@@ -8,7 +8,7 @@ mod publish_harness;
 
 use std::time::Duration;
 
-use bento::publish::ClientError;
+use bento::sftp::client::ClientError;
 use publish_harness::{Fleet, public_key_line, ssh_keygen};
 
 #[tokio::test]
@@ -31,7 +31,7 @@ async fn removed_host_loses_access_others_keep_their_sessions() {
 
     // Remove web2; replace db1's key.
     let new_db1_key = ssh_keygen(&fleet.tmp.path().join("keys"), "db1-new");
-    let hosts = bento::publish::HostKeys::parse([
+    let hosts = bento::sftp::server::HostKeys::parse([
         ("web1", vec![public_key_line(fleet.key("web1"))]),
         ("db1", vec![public_key_line(&new_db1_key)]),
     ])

@@ -10,8 +10,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use bento::nix::keys::{self, SecretKey};
-use bento::publish::client;
 use bento::release::Release;
+use bento::sftp::client;
 use harness::server::wait_for;
 use harness::{public_key_line, ssh_keygen};
 

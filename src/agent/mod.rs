@@ -1,6 +1,6 @@
 //! The host side: fetch → verify → copy → activate → confirm or roll back → report.
 //!
-//! May import: `nix`, `release`, `report`, `durable`, `clock`, and the publisher's client. Never the
+//! May import: `nix`, `release`, `report`, `durable`, `clock`, and `sftp::client`. Never the
 //! server-side modules (`config`, `build`, `cache`).
 
 pub mod config;

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cache::{self, Access, CacheConfig, CacheState, ExtraMetrics};
 use crate::config::Fleet;
-use crate::publish::{self, HostKeys, PublishConfig, PublishState};
+use crate::sftp::server::{self as sftp, HostKeys, Sessions, SftpConfig};
 use crate::status;
 
 /// Serve the fleet: the binary cache of published closures (HTTP) and each host's signed
@@ -105,15 +105,14 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
     config.extra_metrics = Some(ExtraMetrics(Arc::new(move || gauges.render())));
     let cache_state = CacheState::new(config)?;
     cache_state.serve_only(fleet.hosts.keys().cloned().collect());
-    let host_key = publish::load_or_create_host_key(&fleet.state.ssh_host_key())?;
+    let host_key = sftp::load_or_create_host_key(&fleet.state.ssh_host_key())?;
     // Agents waiting for a release are told once the cache serves its closure (below), not
     // when the SFTP side's own poll sees the file: its poll is only a fallback here.
-    let publish_config = PublishConfig {
+    let publish_config = SftpConfig {
         release_poll_interval: Duration::from_secs(60),
-        ..PublishConfig::default()
+        ..SftpConfig::default()
     };
-    let publish_state =
-        PublishState::new(&state_dir, host_key, host_keys(&fleet)?, publish_config)?;
+    let publish_state = Sessions::new(&state_dir, host_key, host_keys(&fleet)?, publish_config)?;
     let cache_listener = tokio::net::TcpListener::bind(args.cache_listen)
         .await
         .with_context(|| format!("cannot listen on {} for the cache", args.cache_listen))?;
@@ -177,7 +176,7 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
     let sftp_stop = shutdown.clone();
     let sftp_state = publish_state.clone();
     servers.spawn(async move {
-        publish::serve(sftp_listener, sftp_state, sftp_stop).await;
+        sftp::serve(sftp_listener, sftp_state, sftp_stop).await;
         Ok(())
     });
     if let Some(listener) = dashboard_listener {
@@ -224,7 +223,7 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
 /// is woken only when the closure of its new release can be copied.
 async fn announce_after_refresh(
     mut refreshes: tokio::sync::watch::Receiver<u64>,
-    state: Arc<PublishState>,
+    state: Arc<Sessions>,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -245,7 +244,7 @@ fn modified(path: &Path) -> Option<SystemTime> {
 /// file that does not load is reported and the current hosts kept.
 async fn reload_on_change(
     file: PathBuf,
-    state: Arc<PublishState>,
+    state: Arc<Sessions>,
     cache_state: Arc<CacheState>,
     source: Arc<status::Source>,
     shutdown: CancellationToken,

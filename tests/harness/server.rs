@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use bento::cache::{self, CacheConfig, CacheState};
 use bento::nix::keys::SecretKey;
-use bento::publish::{self, HostKeys, PublishState};
 use bento::release::Release;
 use bento::report::Report;
+use bento::sftp::server::{self as sftp, HostKeys, Sessions};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -22,7 +22,7 @@ pub struct Server {
     pub state_dir: PathBuf,
     pub key: SecretKey,
     pub cache: Arc<CacheState>,
-    pub publish: Arc<PublishState>,
+    pub publish: Arc<Sessions>,
     pub cache_addr: std::net::SocketAddr,
     pub sftp_addr: std::net::SocketAddr,
     pub pinned: String,
@@ -51,7 +51,7 @@ impl Server {
             cache_stop.clone(),
         ));
         let host_key =
-            publish::load_or_create_host_key(&state_dir.join("ssh/host_ed25519_key")).unwrap();
+            sftp::load_or_create_host_key(&state_dir.join("ssh/host_ed25519_key")).unwrap();
         let pinned = host_key.public_openssh();
         let access = HostKeys::parse(hosts.iter().map(|h| {
             (
@@ -60,7 +60,7 @@ impl Server {
             )
         }))
         .unwrap();
-        let publish = PublishState::new(&state_dir, host_key, access, publish_config()).unwrap();
+        let publish = Sessions::new(&state_dir, host_key, access, publish_config()).unwrap();
         let sftp_listener = TcpListener::bind((net.server_ip().as_str(), 0))
             .await
             .unwrap();
@@ -83,7 +83,7 @@ impl Server {
 
     fn start_sftp(&mut self, listener: TcpListener) {
         let stop = CancellationToken::new();
-        tokio::spawn(publish::serve(listener, self.publish.clone(), stop.clone()));
+        tokio::spawn(sftp::serve(listener, self.publish.clone(), stop.clone()));
         self.sftp_stop = Some(stop);
     }
 

@@ -14,11 +14,11 @@ use std::time::Duration;
 
 use bento::nix::cmd::{CmdError, Command, Output};
 use bento::nix::keys::SecretKey;
-use bento::publish::{
-    ClientError, HostKey, HostKeys, PublishConfig, PublishState, Session, load_or_create_host_key,
-    serve,
-};
 use bento::release::Release;
+use bento::sftp::client::{ClientError, Session};
+use bento::sftp::server::{
+    HostKey, HostKeys, Sessions, SftpConfig, load_or_create_host_key, serve,
+};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -31,7 +31,7 @@ mod support;
 pub struct Fleet {
     pub tmp: tempfile::TempDir,
     pub state_dir: PathBuf,
-    pub state: Arc<PublishState>,
+    pub state: Arc<Sessions>,
     pub addr: SocketAddr,
     /// A known_hosts file holding the line the server printed.
     pub known_hosts: PathBuf,
@@ -48,7 +48,7 @@ impl Fleet {
         Fleet::start_with(hosts, publish_config()).await
     }
 
-    pub async fn start_with(hosts: &[&str], config: PublishConfig) -> Fleet {
+    pub async fn start_with(hosts: &[&str], config: SftpConfig) -> Fleet {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
@@ -65,7 +65,7 @@ impl Fleet {
             HostKeys::parse(hosts.iter().map(|h| (*h, vec![public_key_line(&keys[*h])]))).unwrap();
         let host_key: HostKey =
             load_or_create_host_key(&state_dir.join("ssh_host_ed25519_key")).unwrap();
-        let state = PublishState::new(&state_dir, host_key, host_keys, config).unwrap();
+        let state = Sessions::new(&state_dir, host_key, host_keys, config).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let line = state.host_key().known_hosts_line("127.0.0.1", addr.port());
@@ -158,7 +158,7 @@ impl Fleet {
     }
 
     pub async fn client_with(&self, host: &str, key: &Path) -> Result<Session, ClientError> {
-        bento::publish::connect(self.addr, host, key, &self.pinned).await
+        bento::sftp::client::connect(self.addr, host, key, &self.pinned).await
     }
 
     /// Options every stock OpenSSH client gets: no user config, no agent, only our key,

@@ -129,10 +129,10 @@ impl From<std::process::Output> for Ran {
 }
 
 /// Publisher limits for tests: fast rejections and release polls.
-pub fn publish_config() -> bento::publish::PublishConfig {
-    bento::publish::PublishConfig {
+pub fn publish_config() -> bento::sftp::server::SftpConfig {
+    bento::sftp::server::SftpConfig {
         auth_rejection_time: std::time::Duration::from_millis(10),
         release_poll_interval: std::time::Duration::from_millis(200),
-        ..bento::publish::PublishConfig::default()
+        ..bento::sftp::server::SftpConfig::default()
     }
 }

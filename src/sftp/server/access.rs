@@ -10,15 +10,12 @@ use std::collections::BTreeMap;
 use russh::keys::ssh_key::{Algorithm, PublicKey};
 use thiserror::Error;
 
-use crate::release::check_host_name;
-
-/// What [`check_host_name`] accepts, for messages.
-const HOST_NAME_RULE: &str = "use 1 to 63 of A-Z a-z 0-9 . _ -, starting with a letter or a digit";
+use crate::release::{HOST_NAME_RULE, check_host_name};
 
 #[derive(Debug, Error)]
-pub enum AccessError {
-    #[error("host name {host:?} is not usable for SFTP: {reason}")]
-    InvalidHostName { host: String, reason: &'static str },
+pub enum HostKeysError {
+    #[error("host name {host:?} is not usable for SFTP: {HOST_NAME_RULE}")]
+    InvalidHostName { host: String },
     #[error("host {host} is listed twice")]
     DuplicateHost { host: String },
     #[error("host {host}: SSH key {index} ({snippet}) is not a valid OpenSSH public key: {reason}")]
@@ -56,7 +53,7 @@ pub struct ReloadSummary {
 impl HostKeys {
     /// Parses `(host, keys)` pairs, keys in OpenSSH one-line form (`type base64 [comment]`).
     /// A host with no keys is allowed and simply cannot log in.
-    pub fn parse<I, H, K, S>(hosts: I) -> Result<Self, AccessError>
+    pub fn parse<I, H, K, S>(hosts: I) -> Result<Self, HostKeysError>
     where
         I: IntoIterator<Item = (H, K)>,
         H: Into<String>,
@@ -67,17 +64,14 @@ impl HostKeys {
         for (host, keys) in hosts {
             let host = host.into();
             if check_host_name(&host).is_err() {
-                return Err(AccessError::InvalidHostName {
-                    host,
-                    reason: HOST_NAME_RULE,
-                });
+                return Err(HostKeysError::InvalidHostName { host });
             }
             let mut parsed = Vec::new();
             for (i, key) in keys.into_iter().enumerate() {
                 parsed.push(parse_key(&host, i + 1, key.as_ref())?);
             }
             if map.contains_key(&host) {
-                return Err(AccessError::DuplicateHost { host });
+                return Err(HostKeysError::DuplicateHost { host });
             }
             map.insert(host, parsed);
         }
@@ -133,14 +127,14 @@ fn same_keys(a: &[PublicKey], b: &[PublicKey]) -> bool {
             .all(|k| b.iter().any(|o| o.key_data() == k.key_data()))
 }
 
-fn parse_key(host: &str, index: usize, text: &str) -> Result<PublicKey, AccessError> {
+fn parse_key(host: &str, index: usize, text: &str) -> Result<PublicKey, HostKeysError> {
     let text = text.trim();
     let snippet: String = if text.chars().count() > 24 {
         format!("{}...", text.chars().take(24).collect::<String>())
     } else {
         text.to_owned()
     };
-    let key = PublicKey::from_openssh(text).map_err(|e| AccessError::InvalidKey {
+    let key = PublicKey::from_openssh(text).map_err(|e| HostKeysError::InvalidKey {
         host: host.to_owned(),
         index,
         snippet,
@@ -148,7 +142,7 @@ fn parse_key(host: &str, index: usize, text: &str) -> Result<PublicKey, AccessEr
     })?;
     match key.algorithm() {
         Algorithm::Ed25519 | Algorithm::Ecdsa { .. } => Ok(key),
-        other => Err(AccessError::UnsupportedKeyType {
+        other => Err(HostKeysError::UnsupportedKeyType {
             host: host.to_owned(),
             index,
             algorithm: other.to_string(),
@@ -190,7 +184,7 @@ mod tests {
         assert!(err.to_string().contains("\"../etc\""), "{err}");
 
         let err = HostKeys::parse([("a", vec![K1]), ("a", vec![K2])]).unwrap_err();
-        assert!(matches!(err, AccessError::DuplicateHost { .. }), "{err}");
+        assert!(matches!(err, HostKeysError::DuplicateHost { .. }), "{err}");
 
         let rsa = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAAAgQC7 web1";
         let err = HostKeys::parse([("web1", vec![rsa])]).unwrap_err();

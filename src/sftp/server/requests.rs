@@ -1,7 +1,7 @@
-//! The SFTP loop of one session: reads request packets from the channel, charges each to the
-//! session's rate bucket, re-checks that the host and key are still authorized, and hands
-//! the request to [`Ops`]; answers go through a writer task so that watch reads, which are
-//! answered later by their own task, never block other requests.
+//! The SFTP request loop of one session: reads request packets from the channel, charges each
+//! to the session's rate bucket, re-checks that the host and key are still authorized, and
+//! hands the request to [`Ops`]; answers go through a writer task (see `reply`) so that watch
+//! reads, which are answered later by their own task, never block other requests.
 //!
 //! Framing is done here (4-byte length, at most [`MAX_PACKET`]), decoding and encoding by
 //! `russh_sftp::protocol::Packet`. russh-sftp's own server loop is not used because it
@@ -17,10 +17,11 @@ use russh_sftp::protocol::{Packet, StatusCode};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::mpsc;
 
+use super::control::{Identity, KillReason, SessionCtl};
 use super::metrics;
 use super::ops::Ops;
-use super::session::{Identity, KillReason, SessionCtl};
-use super::state::PublishState;
+use super::reply::send;
+use super::sessions::Sessions;
 
 /// Largest request accepted (a 256 KiB write plus its header).
 pub(crate) const MAX_PACKET: u32 = 256 * 1024 + 1024;
@@ -33,17 +34,17 @@ const OUT_QUEUE: usize = 64;
 
 pub(crate) fn spawn(
     stream: ChannelStream<Msg>,
-    state: Arc<PublishState>,
+    sessions: Arc<Sessions>,
     ctl: Arc<SessionCtl>,
     identity: Identity,
 ) {
-    tokio::spawn(run(stream, state, ctl, identity));
+    tokio::spawn(run(stream, sessions, ctl, identity));
 }
 
 #[tracing::instrument(skip_all, fields(host = %identity.host))]
 async fn run(
     stream: ChannelStream<Msg>,
-    state: Arc<PublishState>,
+    sessions: Arc<Sessions>,
     ctl: Arc<SessionCtl>,
     identity: Identity,
 ) {
@@ -57,7 +58,7 @@ async fn run(
         }
         let _ = wr.shutdown().await;
     });
-    let mut ops = Ops::new(state.clone(), identity.host.clone(), tx.clone());
+    let mut ops = Ops::new(sessions.clone(), identity.host.clone(), tx.clone());
     loop {
         let read = tokio::select! {
             r = read_packet(&mut rd) => r,
@@ -71,16 +72,16 @@ async fn run(
                 break;
             }
         };
-        metrics::inc(&state.metrics().sftp_requests);
-        if !ctl.charge(state.metrics()) {
+        metrics::inc(&sessions.metrics().sftp_requests);
+        if !ctl.charge(sessions.metrics()) {
             break;
         }
-        if !state.is_authorized(&identity.host, &identity.key) {
+        if !sessions.is_authorized(&identity.host, &identity.key) {
             ctl.kill(KillReason::Revoked);
             break;
         }
         // Every request is contact: agents with instant updates keep one session for days.
-        state.saw(&identity.host);
+        sessions.saw(&identity.host);
         let answer = match Packet::try_from(&mut bytes) {
             Ok(request) => ops.handle(request),
             Err(_) => Some(Packet::error(0, StatusCode::BadMessage)),
@@ -103,17 +104,6 @@ async fn run(
     if tokio::time::timeout(FLUSH_TIME, &mut writer).await.is_err() {
         writer.abort();
         let _ = writer.await;
-    }
-}
-
-/// Queues an answer for the writer; false once the writer is gone.
-pub(crate) async fn send(tx: &mpsc::Sender<Bytes>, packet: Packet) -> bool {
-    match Bytes::try_from(packet) {
-        Ok(bytes) => tx.send(bytes).await.is_ok(),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot encode an SFTP answer");
-            true
-        }
     }
 }
 

@@ -1,7 +1,7 @@
-//! The publisher's shared state: the access map (replaceable at runtime), the publish
+//! What every session of the SFTP server shares: the access map (replaceable at runtime), the publish
 //! directory, the host key, the release watches, session accounting and metrics.
 //!
-//! [`PublishState::reload`] swaps the access map without touching other hosts' sessions and
+//! [`Sessions::reload`] swaps the access map without touching other hosts' sessions and
 //! bumps an epoch that every session supervisor watches: a session whose host or key is gone
 //! is disconnected at once, and every SFTP request re-checks access as well, so nothing slips
 //! through between the swap and the disconnect.
@@ -19,7 +19,7 @@ use thiserror::Error;
 use tokio::sync::{Semaphore, watch};
 
 use super::access::{HostKeys, ReloadSummary};
-use super::config::{ConfigError, PublishConfig};
+use super::config::{SftpConfig, SftpConfigError};
 use super::confine;
 use super::hostkey::HostKey;
 use super::metrics::{self, Metrics};
@@ -31,9 +31,9 @@ use super::watch::{ReleaseWatch, release_generation};
 pub const PUBLISH_DIR: &str = "publish";
 
 #[derive(Debug, Error)]
-pub enum StateError {
+pub enum SessionsError {
     #[error(transparent)]
-    Config(#[from] ConfigError),
+    Config(#[from] SftpConfigError),
     #[error("cannot create or open the publish directory {path}: {source}")]
     PublishDir {
         path: PathBuf,
@@ -42,11 +42,11 @@ pub enum StateError {
     },
 }
 
-/// Everything the SSH server shares between sessions. Build one with [`PublishState::new`],
-/// pass it to [`super::serve`], keep a clone to call [`PublishState::reload`] and
-/// [`PublishState::notify_release_changed`].
-pub struct PublishState {
-    config: PublishConfig,
+/// Everything the SSH server shares between sessions. Build one with [`Sessions::new`],
+/// pass it to [`super::serve`], keep a clone to call [`Sessions::reload`] and
+/// [`Sessions::notify_release_changed`].
+pub struct Sessions {
+    config: SftpConfig,
     publish_dir: PathBuf,
     publish_fd: OwnedFd,
     host_key: HostKey,
@@ -60,9 +60,9 @@ pub struct PublishState {
     seen: LastSeen,
 }
 
-impl std::fmt::Debug for PublishState {
+impl std::fmt::Debug for Sessions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PublishState")
+        f.debug_struct("Sessions")
             .field("publish_dir", &self.publish_dir)
             .field("hosts", &self.hosts().len())
             .field("host_key", &self.host_key)
@@ -70,17 +70,17 @@ impl std::fmt::Debug for PublishState {
     }
 }
 
-impl PublishState {
+impl Sessions {
     /// Opens (creating it if needed, mode 0750) `<state_dir>/publish`.
     pub fn new(
         state_dir: &Path,
         host_key: HostKey,
         hosts: HostKeys,
-        config: PublishConfig,
-    ) -> Result<Arc<Self>, StateError> {
+        config: SftpConfig,
+    ) -> Result<Arc<Self>, SessionsError> {
         config.validate()?;
         let publish_dir = state_dir.join(PUBLISH_DIR);
-        let dir_err = |source| StateError::PublishDir {
+        let dir_err = |source| SessionsError::PublishDir {
             path: publish_dir.clone(),
             source,
         };
@@ -96,7 +96,7 @@ impl PublishState {
         )
         .map_err(|e| dir_err(e.into()))?;
         let (access_epoch, _) = watch::channel(0);
-        Ok(Arc::new(PublishState {
+        Ok(Arc::new(Sessions {
             connections: Arc::new(Semaphore::new(config.max_sessions)),
             unauthenticated: PerIp::new(config.max_unauthenticated_per_ip),
             config,
@@ -162,7 +162,7 @@ impl PublishState {
         &self.host_key
     }
 
-    pub fn config(&self) -> &PublishConfig {
+    pub fn config(&self) -> &SftpConfig {
         &self.config
     }
 
@@ -221,7 +221,7 @@ impl PublishState {
         *n += 1;
         metrics::inc(&self.metrics.sessions_open);
         Some(HostSlot {
-            state: self.clone(),
+            sessions: self.clone(),
             host: host.to_owned(),
         })
     }
@@ -239,14 +239,14 @@ impl PublishState {
 
 /// One authenticated session of a host; gives its place back when dropped.
 pub(crate) struct HostSlot {
-    state: Arc<PublishState>,
+    sessions: Arc<Sessions>,
     host: String,
 }
 
 impl Drop for HostSlot {
     fn drop(&mut self) {
         let mut per_host = self
-            .state
+            .sessions
             .per_host
             .lock()
             .unwrap_or_else(|e| e.into_inner());
@@ -256,6 +256,6 @@ impl Drop for HostSlot {
                 per_host.remove(&self.host);
             }
         }
-        metrics::dec(&self.state.metrics.sessions_open);
+        metrics::dec(&self.sessions.metrics.sessions_open);
     }
 }

@@ -1,29 +1,29 @@
-//! Limits and timeouts of the publisher, with their defaults in one place.
+//! Limits and timeouts of the SFTP server, with their defaults in one place.
 //!
 //! The CLI layer (or the fleet file's `[serve]` section, when it has one) fills a
-//! [`PublishConfig`]; [`PublishConfig::validate`] refuses combinations that cannot work.
+//! [`SftpConfig`]; [`SftpConfig::validate`] refuses combinations that cannot work.
 
 use std::time::Duration;
 
 use thiserror::Error;
 
 #[derive(Debug, Error, PartialEq, Eq)]
-pub enum ConfigError {
-    #[error("publish config: {field} must be greater than zero")]
+pub enum SftpConfigError {
+    #[error("SFTP server config: {field} must be greater than zero")]
     Zero { field: &'static str },
     #[error(
-        "publish config: max_report_bytes ({file}) is larger than max_reports_total_bytes ({total}); one report could never be kept"
+        "SFTP server config: max_report_bytes ({file}) is larger than max_reports_total_bytes ({total}); one report could never be kept"
     )]
     ReportCaps { file: u64, total: u64 },
     #[error(
-        "publish config: watch_max_wait ({wait:?}) must be shorter than idle_timeout ({idle:?}), or waiting agents are cut off as idle"
+        "SFTP server config: watch_max_wait ({wait:?}) must be shorter than idle_timeout ({idle:?}), or waiting agents are cut off as idle"
     )]
     WaitLongerThanIdle { wait: Duration, idle: Duration },
 }
 
 /// Limits and timeouts. `Default` gives values sized for a fleet of thousands of hosts.
 #[derive(Debug, Clone)]
-pub struct PublishConfig {
+pub struct SftpConfig {
     /// Connections open at once, authenticated or not; more are closed on accept.
     pub max_sessions: usize,
     /// Authenticated sessions one host may hold at once (an agent needs one, two during
@@ -57,15 +57,15 @@ pub struct PublishConfig {
     /// Longest a watch read waits before answering with the unchanged generation.
     pub watch_max_wait: Duration,
     /// How often the release files of watched hosts are checked for changes made without
-    /// [`super::PublishState::notify_release_changed`].
+    /// [`super::Sessions::notify_release_changed`].
     pub release_poll_interval: Duration,
     /// Largest answer to one SFTP read.
     pub max_read_len: u32,
 }
 
-impl Default for PublishConfig {
+impl Default for SftpConfig {
     fn default() -> Self {
-        PublishConfig {
+        SftpConfig {
             max_sessions: 8192,
             max_sessions_per_host: 4,
             max_unauthenticated_per_ip: 32,
@@ -87,8 +87,8 @@ impl Default for PublishConfig {
     }
 }
 
-impl PublishConfig {
-    pub fn validate(&self) -> Result<(), ConfigError> {
+impl SftpConfig {
+    pub fn validate(&self) -> Result<(), SftpConfigError> {
         let nonzero: [(&'static str, bool); 11] = [
             ("max_sessions", self.max_sessions > 0),
             ("max_sessions_per_host", self.max_sessions_per_host > 0),
@@ -109,16 +109,16 @@ impl PublishConfig {
             ("max_read_len", self.max_read_len > 0),
         ];
         if let Some((field, _)) = nonzero.iter().find(|(_, ok)| !ok) {
-            return Err(ConfigError::Zero { field });
+            return Err(SftpConfigError::Zero { field });
         }
         if self.max_report_bytes > self.max_reports_total_bytes {
-            return Err(ConfigError::ReportCaps {
+            return Err(SftpConfigError::ReportCaps {
                 file: self.max_report_bytes,
                 total: self.max_reports_total_bytes,
             });
         }
         if self.watch_max_wait >= self.idle_timeout {
-            return Err(ConfigError::WaitLongerThanIdle {
+            return Err(SftpConfigError::WaitLongerThanIdle {
                 wait: self.watch_max_wait,
                 idle: self.idle_timeout,
             });
@@ -133,34 +133,37 @@ mod tests {
 
     #[test]
     fn defaults_are_valid() {
-        assert_eq!(PublishConfig::default().validate(), Ok(()));
+        assert_eq!(SftpConfig::default().validate(), Ok(()));
     }
 
     #[test]
     fn impossible_combinations_are_refused() {
-        let c = PublishConfig {
+        let c = SftpConfig {
             max_report_bytes: 10,
             max_reports_total_bytes: 5,
-            ..PublishConfig::default()
-        };
-        assert!(matches!(c.validate(), Err(ConfigError::ReportCaps { .. })));
-        let c = PublishConfig {
-            max_sessions: 0,
-            ..PublishConfig::default()
-        };
-        assert_eq!(
-            c.validate(),
-            Err(ConfigError::Zero {
-                field: "max_sessions"
-            })
-        );
-        let c = PublishConfig {
-            watch_max_wait: Duration::from_secs(600),
-            ..PublishConfig::default()
+            ..SftpConfig::default()
         };
         assert!(matches!(
             c.validate(),
-            Err(ConfigError::WaitLongerThanIdle { .. })
+            Err(SftpConfigError::ReportCaps { .. })
+        ));
+        let c = SftpConfig {
+            max_sessions: 0,
+            ..SftpConfig::default()
+        };
+        assert_eq!(
+            c.validate(),
+            Err(SftpConfigError::Zero {
+                field: "max_sessions"
+            })
+        );
+        let c = SftpConfig {
+            watch_max_wait: Duration::from_secs(600),
+            ..SftpConfig::default()
+        };
+        assert!(matches!(
+            c.validate(),
+            Err(SftpConfigError::WaitLongerThanIdle { .. })
         ));
     }
 }

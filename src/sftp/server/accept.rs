@@ -18,12 +18,12 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::control::{KillReason, SessionCtl};
 use super::killswitch::Killable;
 use super::metrics::{self, GaugeGuard};
 use super::per_ip::Slot;
-use super::session::{KillReason, SessionCtl};
+use super::sessions::Sessions;
 use super::ssh::SshHandler;
-use super::state::PublishState;
 
 /// How long a disconnected session gets to finish before its supervisor lets go.
 const DRAIN: Duration = Duration::from_secs(5);
@@ -32,16 +32,16 @@ const DRAIN: Duration = Duration::from_secs(5);
 /// every session and returns once they have ended (or after a few seconds). Per-connection
 /// errors are logged, never returned. Also polls the release files of watched hosts every
 /// `release_poll_interval`.
-pub async fn serve(listener: TcpListener, state: Arc<PublishState>, shutdown: CancellationToken) {
-    let config = Arc::new(russh_config(&state));
+pub async fn serve(listener: TcpListener, sessions: Arc<Sessions>, shutdown: CancellationToken) {
+    let config = Arc::new(russh_config(&sessions));
     let tasks = TaskTracker::new();
-    tasks.spawn(poll_releases(state.clone(), shutdown.clone()));
+    tasks.spawn(poll_releases(sessions.clone(), shutdown.clone()));
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(
             %addr,
-            host_key = %state.host_key().public_openssh(),
-            fingerprint = %state.host_key().fingerprint(),
-            "SFTP publisher listening"
+            host_key = %sessions.host_key().public_openssh(),
+            fingerprint = %sessions.host_key().fingerprint(),
+            "SFTP server listening"
         );
     }
     loop {
@@ -58,15 +58,15 @@ pub async fn serve(listener: TcpListener, state: Arc<PublishState>, shutdown: Ca
                 continue;
             }
         };
-        metrics::inc(&state.metrics().connections_accepted);
-        let Ok(permit) = state.connections.clone().try_acquire_owned() else {
-            metrics::inc(&state.metrics().connections_refused);
+        metrics::inc(&sessions.metrics().connections_accepted);
+        let Ok(permit) = sessions.connections.clone().try_acquire_owned() else {
+            metrics::inc(&sessions.metrics().connections_refused);
             tracing::warn!(%peer, "too many connections; closing");
             drop(socket);
             continue;
         };
-        let Some(slot) = state.unauthenticated.try_acquire(peer.ip()) else {
-            metrics::inc(&state.metrics().connections_refused);
+        let Some(slot) = sessions.unauthenticated.try_acquire(peer.ip()) else {
+            metrics::inc(&sessions.metrics().connections_refused);
             tracing::warn!(%peer, "too many unauthenticated connections from this address; closing");
             drop(socket);
             continue;
@@ -76,7 +76,7 @@ pub async fn serve(listener: TcpListener, state: Arc<PublishState>, shutdown: Ca
             socket,
             peer,
             (permit, slot),
-            state.clone(),
+            sessions.clone(),
             config.clone(),
             shutdown.clone(),
         ));
@@ -88,14 +88,14 @@ pub async fn serve(listener: TcpListener, state: Arc<PublishState>, shutdown: Ca
 }
 
 /// The russh configuration: our host key, public key only, timeouts from the config.
-fn russh_config(state: &PublishState) -> Config {
-    let c = state.config();
+fn russh_config(sessions: &Sessions) -> Config {
+    let c = sessions.config();
     Config {
         server_id: SshId::Standard(format!("SSH-2.0-bento_{}", env!("CARGO_PKG_VERSION")).into()),
         methods: MethodSet::from(&[MethodKind::PublicKey][..]),
         auth_rejection_time: c.auth_rejection_time,
         auth_rejection_time_initial: Some(Duration::ZERO),
-        keys: vec![state.host_key().private_key().clone()],
+        keys: vec![sessions.host_key().private_key().clone()],
         max_auth_attempts: c.max_auth_attempts,
         inactivity_timeout: Some(c.idle_timeout),
         keepalive_interval: None,
@@ -104,13 +104,13 @@ fn russh_config(state: &PublishState) -> Config {
     }
 }
 
-async fn poll_releases(state: Arc<PublishState>, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(state.config().release_poll_interval);
+async fn poll_releases(sessions: Arc<Sessions>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(sessions.config().release_poll_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
-            _ = tick.tick() => state.poll_releases(),
+            _ = tick.tick() => sessions.poll_releases(),
         }
     }
 }
@@ -120,18 +120,18 @@ async fn supervise(
     socket: TcpStream,
     peer: SocketAddr,
     (permit, unauthenticated): (OwnedSemaphorePermit, Slot),
-    state: Arc<PublishState>,
+    sessions: Arc<Sessions>,
     config: Arc<Config>,
     shutdown: CancellationToken,
 ) {
-    let _open = GaugeGuard::new(&state.metrics().connections_open);
+    let _open = GaugeGuard::new(&sessions.metrics().connections_open);
     // Declared after the gauge so that the slot is free before the gauge says so.
     let _permit = permit;
-    let c = state.config();
+    let c = sessions.config();
     let ctl = Arc::new(SessionCtl::new(peer, c.request_rate, c.request_burst));
     ctl.hold_until_login(unauthenticated);
     let auth_deadline = tokio::time::Instant::now() + c.auth_timeout;
-    let handler = SshHandler::new(state.clone(), ctl.clone());
+    let handler = SshHandler::new(sessions.clone(), ctl.clone());
     let cut = CancellationToken::new();
     let stream = Killable::new(socket, cut.clone());
     let started = tokio::time::timeout_at(
@@ -146,13 +146,13 @@ async fn supervise(
             return;
         }
         Err(_) => {
-            metrics::inc(&state.metrics().auth_timeouts);
+            metrics::inc(&sessions.metrics().auth_timeouts);
             tracing::info!("no SSH greeting within the authentication timeout");
             return;
         }
     };
     let handle = running.handle();
-    let mut access = state.subscribe_access();
+    let mut access = sessions.subscribe_access();
     let auth_timer = tokio::time::sleep_until(auth_deadline);
     tokio::pin!(auth_timer);
     // `select!` evaluates branch conditions once per round, so the timer branch re-checks.
@@ -169,7 +169,7 @@ async fn supervise(
             () = ctl.killed() => {
                 let why = ctl.kill_reason().unwrap_or(KillReason::Revoked);
                 if why == KillReason::Revoked {
-                    metrics::inc(&state.metrics().revoked_disconnects);
+                    metrics::inc(&sessions.metrics().revoked_disconnects);
                 }
                 break why.text();
             }
@@ -178,7 +178,7 @@ async fn supervise(
                     auth_pending = false;
                     continue;
                 }
-                metrics::inc(&state.metrics().auth_timeouts);
+                metrics::inc(&sessions.metrics().auth_timeouts);
                 break "authentication timeout";
             }
             changed = access.changed() => {
@@ -186,7 +186,7 @@ async fn supervise(
                     continue;
                 }
                 if let Some(id) = ctl.identity()
-                    && !state.is_authorized(&id.host, &id.key)
+                    && !sessions.is_authorized(&id.host, &id.key)
                 {
                     ctl.kill(KillReason::Revoked);
                 }

@@ -31,9 +31,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::confine;
 use super::metrics::{self, GaugeGuard};
+use super::reply::send;
 use super::reports::{ReportError, Upload};
-use super::sftp::send;
-use super::state::PublishState;
+use super::sessions::Sessions;
 use super::vfs::{self, Node, PathError};
 
 /// Directory entries one `readdir` answer carries.
@@ -125,7 +125,7 @@ enum OpenHandle {
 
 /// The open handles and the operations of one SFTP session of one host.
 pub(crate) struct Ops {
-    state: Arc<PublishState>,
+    sessions: Arc<Sessions>,
     host: String,
     out: mpsc::Sender<Bytes>,
     handles: HashMap<String, OpenHandle>,
@@ -135,10 +135,10 @@ pub(crate) struct Ops {
 }
 
 impl Ops {
-    pub(crate) fn new(state: Arc<PublishState>, host: String, out: mpsc::Sender<Bytes>) -> Self {
-        let waits = Arc::new(Semaphore::new(state.config().max_watches_per_session));
+    pub(crate) fn new(sessions: Arc<Sessions>, host: String, out: mpsc::Sender<Bytes>) -> Self {
+        let waits = Arc::new(Semaphore::new(sessions.config().max_watches_per_session));
         Ops {
-            state,
+            sessions,
             host,
             out,
             handles: HashMap::new(),
@@ -189,7 +189,7 @@ impl Ops {
         };
         Some(result.unwrap_or_else(|fail| {
             if fail.code == StatusCode::PermissionDenied {
-                metrics::inc(&self.state.metrics().requests_refused);
+                metrics::inc(&self.sessions.metrics().requests_refused);
                 tracing::info!(host = %self.host, why = %fail.msg, "SFTP request refused");
             }
             fail.into_packet(id)
@@ -205,7 +205,7 @@ impl Ops {
 
     /// The host's directory; `vpath` names what was asked for in errors.
     fn root(&self, create: bool, vpath: &str) -> Result<OwnedFd, Fail> {
-        self.state
+        self.sessions
             .open_host_root(&self.host, create)
             .map_err(|e| Fail::fs(e, vpath))
     }
@@ -213,7 +213,7 @@ impl Ops {
     fn open(&mut self, id: u32, path: &str, flags: OpenFlags) -> Result<Packet, Fail> {
         let node = vfs::resolve(path).map_err(Fail::path)?;
         let vpath = node.virtual_path();
-        if self.handles.len() >= self.state.config().max_open_handles {
+        if self.handles.len() >= self.sessions.config().max_open_handles {
             return Err(Fail::failure("too many open handles"));
         }
         let writes = flags.intersects(
@@ -241,7 +241,7 @@ impl Ops {
                 }
                 let root = self.root(true, &vpath)?;
                 let upload =
-                    Upload::begin(root.as_fd(), &name, self.state.config().max_report_bytes)
+                    Upload::begin(root.as_fd(), &name, self.sessions.config().max_report_bytes)
                         .map_err(report_fail)?;
                 self.add_handle(id, OpenHandle::Upload(upload))
             }
@@ -249,7 +249,7 @@ impl Ops {
                 if writes {
                     return Err(Fail::denied(format!("{vpath} is read-only")));
                 }
-                let max = self.state.config().watch_max_wait;
+                let max = self.sessions.config().watch_max_wait;
                 let wait = wait_secs.map_or(max, |s| Duration::from_secs(s).min(max));
                 self.add_handle(id, OpenHandle::Watch { known, wait })
             }
@@ -263,11 +263,11 @@ impl Ops {
         match self.handles.remove(handle) {
             Some(OpenHandle::Upload(upload)) => {
                 let (name, bytes) = (upload.name().to_owned(), upload.len());
-                let config = self.state.config();
+                let config = self.sessions.config();
                 let rotated = upload
                     .finish(config.max_reports, config.max_reports_total_bytes)
                     .map_err(report_fail)?;
-                let m = self.state.metrics();
+                let m = self.sessions.metrics();
                 metrics::inc(&m.reports_received);
                 metrics::add(&m.reports_rotated, rotated as u64);
                 tracing::info!(host = %self.host, report = %name, bytes, rotated, "report received");
@@ -282,13 +282,13 @@ impl Ops {
         let result = match self.handles.get(handle) {
             None => Err(Fail::bad_handle()),
             Some(OpenHandle::File { fd, .. }) => {
-                let len = len.min(self.state.config().max_read_len) as usize;
+                let len = len.min(self.sessions.config().max_read_len) as usize;
                 let mut buf = vec![0u8; len];
                 match rustix::io::pread(fd, &mut buf, offset) {
                     Ok(0) => Err(Fail::eof()),
                     Ok(n) => {
                         buf.truncate(n);
-                        metrics::add(&self.state.metrics().bytes_sent, n as u64);
+                        metrics::add(&self.sessions.metrics().bytes_sent, n as u64);
                         Ok(Packet::Data(Data { id, data: buf }))
                     }
                     Err(e) => Err(Fail::fs(e, "file")),
@@ -311,22 +311,23 @@ impl Ops {
         let Ok(permit) = self.waits.clone().try_acquire_owned() else {
             return Some(Fail::failure("too many waiting reads in this session").into_packet(id));
         };
-        let mut rx = self.state.subscribe_release(&self.host);
-        let (state, out, cancel) = (self.state.clone(), self.out.clone(), self.cancel.clone());
+        let mut rx = self.sessions.subscribe_release(&self.host);
+        let (sessions, out, cancel) =
+            (self.sessions.clone(), self.out.clone(), self.cancel.clone());
         tokio::spawn(async move {
             let _permit = permit;
-            let _waiting = GaugeGuard::new(&state.metrics().watches_waiting);
+            let _waiting = GaugeGuard::new(&sessions.metrics().watches_waiting);
             let changed = tokio::select! {
                 r = rx.wait_for(|g| *g != known) => r.ok().map(|g| *g),
                 () = tokio::time::sleep(wait) => None,
                 () = cancel.cancelled() => return,
             };
             if changed.is_some() {
-                metrics::inc(&state.metrics().watch_wakeups);
+                metrics::inc(&sessions.metrics().watch_wakeups);
             }
             let generation = changed.unwrap_or_else(|| *rx.borrow());
             let data = format!("{generation}\n").into_bytes();
-            metrics::add(&state.metrics().bytes_sent, data.len() as u64);
+            metrics::add(&sessions.metrics().bytes_sent, data.len() as u64);
             send(&out, Packet::Data(Data { id, data })).await;
         });
         None
@@ -340,14 +341,14 @@ impl Ops {
         };
         match result {
             Ok(()) => {
-                metrics::add(&self.state.metrics().bytes_received, data.len() as u64);
+                metrics::add(&self.sessions.metrics().bytes_received, data.len() as u64);
                 Ok(ok(id))
             }
             Err(e) => {
                 // The upload is over: dropping it removes the partial file.
                 self.handles.remove(handle);
                 if matches!(e, ReportError::TooLarge { .. }) {
-                    metrics::inc(&self.state.metrics().reports_too_large);
+                    metrics::inc(&self.sessions.metrics().reports_too_large);
                 }
                 tracing::info!(host = %self.host, error = %e, "report upload refused");
                 Err(report_fail(e))
@@ -403,7 +404,7 @@ impl Ops {
 
     fn opendir(&mut self, id: u32, path: &str) -> Result<Packet, Fail> {
         let node = vfs::resolve(path).map_err(Fail::path)?;
-        if self.handles.len() >= self.state.config().max_open_handles {
+        if self.handles.len() >= self.sessions.config().max_open_handles {
             return Err(Fail::failure("too many open handles"));
         }
         let entries = match &node {
@@ -422,7 +423,7 @@ impl Ops {
 
     fn root_entries(&self) -> Vec<File> {
         let mut entries = Vec::new();
-        if let Ok(root) = self.state.open_host_root(&self.host, false)
+        if let Ok(root) = self.sessions.open_host_root(&self.host, false)
             && let Ok(st) = confine::stat(root.as_fd(), "release")
             && let Some(a) = stat_attrs(&st)
         {

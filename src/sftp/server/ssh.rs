@@ -12,10 +12,10 @@ use russh::server::{
 use russh::{Channel, ChannelId, ChannelOpenFailure, MethodKind, MethodSet, Pty, Sig};
 use thiserror::Error;
 
+use super::control::{Identity, SessionCtl};
 use super::metrics::{self, Metrics};
-use super::session::{Identity, SessionCtl};
-use super::sftp;
-use super::state::{HostSlot, PublishState};
+use super::requests;
+use super::sessions::{HostSlot, Sessions};
 
 /// Session channels one connection may have open (the stock client uses one).
 const MAX_CHANNELS: usize = 2;
@@ -27,7 +27,7 @@ pub(crate) enum SshError {
 }
 
 pub(crate) struct SshHandler {
-    state: Arc<PublishState>,
+    sessions: Arc<Sessions>,
     ctl: Arc<SessionCtl>,
     slot: Option<HostSlot>,
     /// Accepted channels not yet running a subsystem.
@@ -37,9 +37,9 @@ pub(crate) struct SshHandler {
 }
 
 impl SshHandler {
-    pub(crate) fn new(state: Arc<PublishState>, ctl: Arc<SessionCtl>) -> Self {
+    pub(crate) fn new(sessions: Arc<Sessions>, ctl: Arc<SessionCtl>) -> Self {
         SshHandler {
-            state,
+            sessions,
             ctl,
             slot: None,
             channels: HashMap::new(),
@@ -48,7 +48,7 @@ impl SshHandler {
     }
 
     fn metrics(&self) -> &Metrics {
-        self.state.metrics()
+        self.sessions.metrics()
     }
 
     /// Rejects an authentication request, advertising public-key authentication only.
@@ -129,7 +129,7 @@ impl russh::server::Handler for SshHandler {
         user: &str,
         offer: PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
-        if self.state.is_authorized(user, offer.public_key) {
+        if self.sessions.is_authorized(user, offer.public_key) {
             Ok(Auth::Accept)
         } else {
             Ok(self.reject(user, "publickey", "not a key of this host"))
@@ -141,11 +141,11 @@ impl russh::server::Handler for SshHandler {
         user: &str,
         key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
-        if !self.state.is_authorized(user, key.public_key) {
+        if !self.sessions.is_authorized(user, key.public_key) {
             return Ok(self.reject(user, "publickey", "not a key of this host"));
         }
         if self.slot.is_none() {
-            match self.state.claim_host_slot(user) {
+            match self.sessions.claim_host_slot(user) {
                 Some(slot) => self.slot = Some(slot),
                 None => {
                     return Ok(self.reject(user, "publickey", "too many sessions of this host"));
@@ -153,7 +153,7 @@ impl russh::server::Handler for SshHandler {
             }
         }
         metrics::inc(&self.metrics().auth_successes);
-        self.state.saw(user);
+        self.sessions.saw(user);
         self.ctl.set_identity(Identity {
             host: user.to_owned(),
             key: key.public_key.clone(),
@@ -195,9 +195,9 @@ impl russh::server::Handler for SshHandler {
         match (name, self.channels.remove(&channel), identity) {
             ("sftp", Some(ch), Some(identity)) => {
                 session.channel_success(channel)?;
-                sftp::spawn(
+                requests::spawn(
                     ch.into_stream(),
-                    self.state.clone(),
+                    self.sessions.clone(),
                     self.ctl.clone(),
                     identity,
                 );

@@ -2,7 +2,7 @@
 //! its release, so that a waiting agent learns of a new release the moment it is published.
 //!
 //! A host's channel exists while someone waits on it. Its value changes when
-//! [`super::PublishState::notify_release_changed`] is called (the deploy path does so after
+//! [`super::Sessions::notify_release_changed`] is called (the deploy path does so after
 //! writing a release) or when the periodic poll sees `publish/<host>/release` change
 //! (inode, size, mtime or ctime), which covers releases written by another process. Both
 //! re-read the release through the confined open and extract its generation with the
@@ -155,7 +155,7 @@ fn read_generation(publish: BorrowedFd<'_>, host: &str, parse: Parse) -> (Option
     match parse(&bytes) {
         Some(g) => (Some(stamp), g),
         None => {
-            tracing::warn!(host, "release has no generation the publisher can read");
+            tracing::warn!(host, "release has no generation the SFTP server can read");
             (Some(stamp), 0)
         }
     }
