@@ -12,7 +12,7 @@ use anyhow::Context as _;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::cache::{self, Access, CacheConfig, CacheState, ExtraMetrics};
+use crate::cache::{self, Access, Cache, CacheConfig, ExtraMetrics};
 use crate::config::Fleet;
 use crate::sftp::server::{self as sftp, HostKeys, Sessions, SftpConfig};
 use crate::status;
@@ -103,7 +103,7 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
     );
     let gauges = Arc::new(status::metrics::Cached::new(source.clone()));
     config.extra_metrics = Some(ExtraMetrics(Arc::new(move || gauges.render())));
-    let cache_state = CacheState::new(config)?;
+    let cache_state = Cache::new(config)?;
     cache_state.serve_only(fleet.hosts.keys().cloned().collect());
     let host_key = sftp::load_or_create_host_key(&fleet.state.ssh_host_key())?;
     // Agents waiting for a release are told once the cache serves its closure (below), not
@@ -245,7 +245,7 @@ fn modified(path: &Path) -> Option<SystemTime> {
 async fn reload_on_change(
     file: PathBuf,
     state: Arc<Sessions>,
-    cache_state: Arc<CacheState>,
+    cache_state: Arc<Cache>,
     source: Arc<status::Source>,
     shutdown: CancellationToken,
 ) {

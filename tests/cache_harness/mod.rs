@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bento::cache::{self, CacheConfig, CacheState};
+use bento::cache::{self, Cache, CacheConfig};
 use bento::nix::cmd::{CmdError, Command, Output};
 use bento::nix::keys::SecretKey;
 use bento::release::Release;
@@ -130,14 +130,14 @@ impl Fleet {
 /// A cache served in-process on 127.0.0.1:0 until dropped.
 pub struct Server {
     pub addr: SocketAddr,
-    pub state: Arc<CacheState>,
+    pub state: Arc<Cache>,
     shutdown: CancellationToken,
 }
 
 impl Server {
     /// Loads the publish tree (waiting for compression), then serves.
     pub async fn start(config: CacheConfig) -> Self {
-        let state = CacheState::new(config).unwrap();
+        let state = Cache::new(config).unwrap();
         state.refresh().await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

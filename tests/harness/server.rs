@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bento::cache::{self, CacheConfig, CacheState};
+use bento::cache::{self, Cache, CacheConfig};
 use bento::nix::keys::SecretKey;
 use bento::release::Release;
 use bento::report::Report;
@@ -21,7 +21,7 @@ pub struct Server {
     pub dir: PathBuf,
     pub state_dir: PathBuf,
     pub key: SecretKey,
-    pub cache: Arc<CacheState>,
+    pub cache: Arc<Cache>,
     pub publish: Arc<Sessions>,
     pub cache_addr: std::net::SocketAddr,
     pub sftp_addr: std::net::SocketAddr,
@@ -39,7 +39,7 @@ impl Server {
         for h in hosts {
             ssh_keygen(dir, &format!("{h}.ssh"));
         }
-        let cache = CacheState::new(CacheConfig::new(&state_dir, key.clone())).unwrap();
+        let cache = Cache::new(CacheConfig::new(&state_dir, key.clone())).unwrap();
         let cache_listener = TcpListener::bind((net.server_ip().as_str(), 0))
             .await
             .unwrap();

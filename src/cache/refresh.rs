@@ -1,5 +1,6 @@
-//! The cache's state: configuration, the current index, metrics, the NAR stream limit,
-//! and the reload of the publish tree ([`CacheState::refresh`], [`CacheState::watch`]).
+//! The running cache, [`Cache`]: its configuration, the index it serves now, metrics and the
+//! NAR stream limit, and how that index is kept in step with the publish tree
+//! ([`Cache::refresh`], [`Cache::watch`]).
 //!
 //! A refresh runs in two phases so a new release is servable as soon as its narinfos are
 //! signed: (1) read releases, query closures, sign new narinfos (plain NAR) and swap the
@@ -19,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::CacheError;
 use super::access::{self, Access, TOKENS_DIR};
 use super::compress::{self, FileIdentity, ZstFile};
-use super::index::{self, Entry, Index};
+use super::index::{self, Compressed, Index, ServablePath};
 use super::metrics::{IndexFigures, Metrics};
 use super::scan::{self, Fingerprint};
 use crate::nix::hash::Sha256Hash;
@@ -27,8 +28,11 @@ use crate::nix::keys::{PublicKey, SecretKey};
 use crate::nix::pathinfo::{PathInfoError, Store};
 use crate::nix::store::{self, StorePath};
 
-/// A verified zstd file and whether it was found (true) or made (false).
-type Found = Result<(ZstFile, bool), compress::CompressError>;
+/// A verified zstd file, found from an earlier refresh or made now.
+enum Found {
+    Reused(ZstFile),
+    Made(ZstFile),
+}
 
 /// Produces more Prometheus text for `/metrics` (the fleet's host states, from `status`),
 /// called on a blocking thread at scrape time. The cache knows nothing of what it says.
@@ -94,7 +98,7 @@ pub struct RefreshReport {
 }
 
 /// Shared by every handler and the refresher.
-pub struct CacheState {
+pub struct Cache {
     pub(super) config: CacheConfig,
     fleet_key: PublicKey,
     index: RwLock<Arc<Index>>,
@@ -114,16 +118,16 @@ pub struct CacheState {
     served_hosts: Mutex<Option<BTreeSet<String>>>,
 }
 
-impl std::fmt::Debug for CacheState {
+impl std::fmt::Debug for Cache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CacheState")
+        f.debug_struct("Cache")
             .field("config", &self.config)
             .finish_non_exhaustive()
     }
 }
 
-impl CacheState {
-    /// A cache with an empty index; call [`CacheState::refresh`] (or run
+impl Cache {
+    /// A cache with an empty index; call [`Cache::refresh`] (or run
     /// [`super::serve`], which does) to load the publish tree.
     pub fn new(config: CacheConfig) -> Result<Arc<Self>, CacheError> {
         if config.max_nar_streams == 0 {
@@ -136,7 +140,7 @@ impl CacheState {
             store::STORE_DIR,
             config.priority
         ));
-        Ok(Arc::new(CacheState {
+        Ok(Arc::new(Cache {
             fleet_key: config.signing_key.public(),
             index: RwLock::new(Arc::new(Index::default())),
             metrics: Metrics::default(),
@@ -383,23 +387,23 @@ impl CacheState {
         drop(previous);
 
         // Phase 2: one zstd file per distinct NAR hash that lacks a verified one.
-        let mut todo: HashMap<Sha256Hash, &Entry> = HashMap::new();
+        let mut todo: HashMap<Sha256Hash, &ServablePath> = HashMap::new();
         for e in entries.iter().filter(|e| e.zst.is_none()) {
             todo.entry(e.info.nar_hash).or_insert(e);
         }
-        let results: Vec<(Sha256Hash, Found)> = todo
+        let results: Vec<(Sha256Hash, Result<Found, compress::CompressError>)> = todo
             .into_par_iter()
             .map(|(nar_hash, e)| (nar_hash, self.find_or_compress(e)))
             .collect();
         let mut files: HashMap<Sha256Hash, ZstFile> = HashMap::new();
         for (nar_hash, r) in results {
             match r {
-                Ok((file, reused)) => {
-                    if reused {
-                        report.reused_files += 1;
-                    } else {
-                        report.compressed += 1;
-                    }
+                Ok(Found::Reused(file)) => {
+                    report.reused_files += 1;
+                    files.insert(nar_hash, file);
+                }
+                Ok(Found::Made(file)) => {
+                    report.compressed += 1;
                     files.insert(nar_hash, file);
                 }
                 Err(e) => {
@@ -408,15 +412,18 @@ impl CacheState {
             }
         }
         let key = &self.config.signing_key;
-        let entries: Vec<Arc<Entry>> = entries
+        let entries: Vec<Arc<ServablePath>> = entries
             .into_par_iter()
             .map(|e| match (e.zst.is_none(), files.get(&e.info.nar_hash)) {
                 (true, Some(file)) => match index::render_zst(&e.info, file, key) {
-                    Ok(bytes) => Arc::new(Entry {
+                    Ok(bytes) => Arc::new(ServablePath {
                         info: e.info.clone(),
                         hash_part: e.hash_part,
                         narinfo_plain: e.narinfo_plain.clone(),
-                        zst: Some((file.clone(), bytes)),
+                        zst: Some(Compressed {
+                            file: file.clone(),
+                            narinfo: bytes,
+                        }),
                         hosts: e.hosts.clone(),
                     }),
                     Err(err) => {
@@ -430,7 +437,7 @@ impl CacheState {
         report.uncompressed = entries.iter().filter(|e| e.zst.is_none()).count();
         let keep: HashMap<Sha256Hash, Sha256Hash> = entries
             .iter()
-            .filter_map(|e| e.zst.as_ref().map(|(z, _)| (e.info.nar_hash, z.file_hash)))
+            .filter_map(|e| e.zst.as_ref().map(|c| (e.info.nar_hash, c.file.file_hash)))
             .collect();
         self.swap(Index::new(entries, host_ids, tokens));
         // Files of paths that left every closure, and of crashed compressions, go; but
@@ -446,11 +453,11 @@ impl CacheState {
     }
 
     /// A verified zstd file for the NAR of `e`: the one recorded from earlier if it still
-    /// hashes right, else a fresh compression. The bool says whether it was reused.
-    fn find_or_compress(&self, e: &Entry) -> Found {
+    /// hashes right, else a fresh compression.
+    fn find_or_compress(&self, e: &ServablePath) -> Result<Found, compress::CompressError> {
         let dir = &self.config.state_dir;
         match compress::load_verified(dir, &e.info.nar_hash) {
-            Ok(Some(file)) => return Ok((file, true)),
+            Ok(Some(file)) => return Ok(Found::Reused(file)),
             Ok(None) => {}
             Err(err) => {
                 tracing::warn!(path = %store::render(&e.info.path), error = %err, "compressed NAR is corrupt; compressing again");
@@ -461,6 +468,6 @@ impl CacheState {
                 compress::remove(dir, &e.info.nar_hash, file);
             }
         }
-        compress::compress(dir, &e.info).map(|f| (f, false))
+        compress::compress(dir, &e.info).map(Found::Made)
     }
 }
