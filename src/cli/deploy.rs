@@ -9,9 +9,9 @@ use anyhow::Context as _;
 use serde::Serialize;
 
 use super::{build as build_cli, table};
-use crate::build::{self, Options, Phase, Status};
+use crate::build::{self, BuildPhase, Options, Status};
 use crate::config::{self, Fleet, Host};
-use crate::deploy::{DeployLock, FileToDeliver, Outcome, Publisher, Reason};
+use crate::deploy::{DeployLock, DeployOutcome, FileToDeliver, Publisher, Reason};
 
 /// Build hosts and publish a new signed release for each host whose system changed.
 ///
@@ -64,11 +64,11 @@ struct HostReport {
     /// `built`, `reused` (--no-build) or `failed`.
     build: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    build_phase: Option<Phase>,
+    build_phase: Option<BuildPhase>,
     #[serde(skip_serializing_if = "Option::is_none")]
     store_path: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    release: Option<Outcome>,
+    release: Option<DeployOutcome>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
 }
@@ -92,7 +92,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let outcome = publisher.rollback(host, &files)?;
         if args.json {
             println!("{}", serde_json::to_string_pretty(&outcome)?);
-        } else if let Outcome::Published {
+        } else if let DeployOutcome::Published {
             generation,
             store_path,
             previous,
@@ -141,7 +141,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 Status::Evaluated { .. } => HostReport {
                     host: r.host,
                     build: "failed",
-                    build_phase: Some(Phase::Build),
+                    build_phase: Some(BuildPhase::Build),
                     store_path: None,
                     release: None,
                     error: Some("evaluated but not built".into()),
@@ -237,7 +237,7 @@ fn reuse_builds(fleet: &Fleet, hosts: &[Host]) -> Vec<HostReport> {
             HostReport {
                 host: h.name.clone(),
                 build: if store_path.is_some() { "reused" } else { "failed" },
-                build_phase: store_path.is_none().then_some(Phase::Build),
+                build_phase: store_path.is_none().then_some(BuildPhase::Build),
                 store_path,
                 release: None,
                 error,
@@ -246,9 +246,9 @@ fn reuse_builds(fleet: &Fleet, hosts: &[Host]) -> Vec<HostReport> {
         .collect()
 }
 
-fn release_text(outcome: &Outcome) -> String {
+fn release_text(outcome: &DeployOutcome) -> String {
     match outcome {
-        Outcome::Published {
+        DeployOutcome::Published {
             generation,
             reason,
             previous,
@@ -265,7 +265,7 @@ fn release_text(outcome: &Outcome) -> String {
             let was = previous.map(|p| format!(", was {p}")).unwrap_or_default();
             format!("generation {generation} ({why}{was})")
         }
-        Outcome::Unchanged { generation, .. } => format!("unchanged ({generation})"),
+        DeployOutcome::Unchanged { generation, .. } => format!("unchanged ({generation})"),
     }
 }
 

@@ -96,7 +96,7 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
     if args.host_tokens {
         config.access = Access::TokenDir;
     }
-    let source = status::Source::new(
+    let source = status::StatusSource::new(
         fleet.state.clone(),
         fleet.hosts.keys().cloned().collect(),
         fleet.stale_after_secs,
@@ -246,7 +246,7 @@ async fn reload_on_change(
     file: PathBuf,
     state: Arc<Sessions>,
     cache_state: Arc<Cache>,
-    source: Arc<status::Source>,
+    source: Arc<status::StatusSource>,
     shutdown: CancellationToken,
 ) {
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();

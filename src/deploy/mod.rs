@@ -101,7 +101,7 @@ pub enum DeployError {
 /// What publishing did for one host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "action", rename_all = "kebab-case")]
-pub enum Outcome {
+pub enum DeployOutcome {
     Published {
         generation: u64,
         store_path: String,
@@ -149,7 +149,7 @@ impl Publisher<'_> {
         store_path: &str,
         files: &[FileToDeliver],
         force: bool,
-    ) -> Result<Outcome, DeployError> {
+    ) -> Result<DeployOutcome, DeployError> {
         let state = self.state;
         remove_stale_temp_files(&state.publish_dir(host));
         let current = current_release(state, host)?;
@@ -167,7 +167,7 @@ impl Publisher<'_> {
                 host: host.to_owned(),
             })?;
         match decision {
-            Decision::Unchanged { generation } => Ok(Outcome::Unchanged {
+            Decision::Unchanged { generation } => Ok(DeployOutcome::Unchanged {
                 generation,
                 store_path: store_path.to_owned(),
             }),
@@ -177,7 +177,7 @@ impl Publisher<'_> {
                     state, self.key, host, generation, store_path, self.now, None,
                 )?;
                 prune_roots(state, host, store_path, self.keep_systems);
-                Ok(Outcome::Published {
+                Ok(DeployOutcome::Published {
                     generation,
                     store_path: store_path.to_owned(),
                     reason,
@@ -190,7 +190,11 @@ impl Publisher<'_> {
     /// Republishes the system before the current one as a new, higher generation, with
     /// today's `files` (files are never rolled back), then prunes GC roots as
     /// [`Publisher::publish`] does.
-    pub fn rollback(&self, host: &str, files: &[FileToDeliver]) -> Result<Outcome, DeployError> {
+    pub fn rollback(
+        &self,
+        host: &str,
+        files: &[FileToDeliver],
+    ) -> Result<DeployOutcome, DeployError> {
         let state = self.state;
         remove_stale_temp_files(&state.publish_dir(host));
         let current =
@@ -222,7 +226,7 @@ impl Publisher<'_> {
             Some(target.of_generation),
         )?;
         prune_roots(state, host, &target.store_path, self.keep_systems);
-        Ok(Outcome::Published {
+        Ok(DeployOutcome::Published {
             generation,
             store_path: target.store_path,
             reason: Reason::Rollback,

@@ -21,7 +21,7 @@ pub mod web;
 
 pub use collect::{collect, collect_host};
 pub use derive::HostState;
-pub use source::Source;
+pub use source::StatusSource;
 pub use view::{FleetStatus, HostStatus, SCHEMA};
 
 #[derive(Debug, Error)]
