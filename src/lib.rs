@@ -15,5 +15,6 @@ pub mod files;
 pub mod nix;
 pub mod release;
 pub mod report;
+pub mod server;
 pub mod sftp;
 pub mod status;
