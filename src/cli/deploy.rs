@@ -2,12 +2,12 @@
 //! signed release, with the next generation, for every host whose system changed; or
 //! `--rollback HOST`. One deploy at a time (a lock in the state directory).
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use serde::Serialize;
 
+use super::args::HostsToBuild;
 use super::{build as build_cli, table};
 use crate::build::{self, BuildPhase, Options, Status};
 use crate::config::{self, Fleet, Host};
@@ -30,12 +30,8 @@ use crate::deploy::{DeployLock, DeployOutcome, FileToDeliver, Publisher, Reason}
 /// keep theirs, so `nix-collect-garbage` on the server frees older ones.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Hosts to deploy: host names and @tags. None means every host.
-    #[arg(value_name = "HOST|@TAG")]
-    hosts: Vec<String>,
-    /// The fleet file.
-    #[arg(short, long, default_value = "bento.toml")]
-    config: PathBuf,
+    #[command(flatten)]
+    pub(super) selection: HostsToBuild,
     /// Publish each host's last build (from `bento build`) instead of building now.
     #[arg(long)]
     no_build: bool,
@@ -45,12 +41,6 @@ pub struct Args {
     /// Republish HOST's previous system as a new generation, instead of deploying.
     #[arg(long, value_name = "HOST", conflicts_with_all = ["hosts", "no_build", "force"])]
     rollback: Option<String>,
-    /// Hosts evaluated and built at once [default: [fleet] jobs, else from cores and memory].
-    #[arg(short, long, value_parser = clap::value_parser!(u16).range(1..))]
-    jobs: Option<u16>,
-    /// Print the results as JSON on stdout.
-    #[arg(long)]
-    json: bool,
     /// Before publishing, show per host what changes (packages added, removed, version
     /// changes) between the system it reports running and the one to be published.
     #[arg(long)]
@@ -74,7 +64,13 @@ struct HostReport {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let fleet = Fleet::load(&args.config)?;
+    let HostsToBuild {
+        hosts,
+        fleet,
+        jobs,
+        json,
+    } = args.selection;
+    let fleet = fleet.load()?;
     let key = fleet.load_signing_key()?;
     if let Some(host) = &args.rollback {
         let selected = config::select(&fleet, std::slice::from_ref(host))?;
@@ -90,7 +86,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         };
         let files = files_of(&fleet, host)?;
         let outcome = publisher.rollback(host, &files)?;
-        if args.json {
+        if json {
             println!("{}", serde_json::to_string_pretty(&outcome)?);
         } else if let DeployOutcome::Published {
             generation,
@@ -107,7 +103,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
 
-    let hosts: Vec<Host> = config::select(&fleet, &args.hosts)?
+    let hosts: Vec<Host> = config::select(&fleet, &hosts)?
         .into_iter()
         .cloned()
         .collect();
@@ -116,7 +112,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         reuse_builds(&fleet, &hosts)
     } else {
         let options = Options {
-            jobs: build_cli::jobs(&fleet, args.jobs),
+            jobs: build_cli::jobs(&fleet, jobs),
             dry_run: false,
         };
         build_cli::build_with_progress(&fleet, &hosts, options)?
@@ -151,7 +147,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
 
     if args.diff {
-        show_diffs(&fleet, &reports, args.json);
+        show_diffs(&fleet, &reports, json);
     }
     let publisher = Publisher {
         state: &fleet.state,
@@ -172,7 +168,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
 
-    if args.json {
+    if json {
         println!("{}", serde_json::to_string_pretty(&reports)?);
     } else {
         print!("{}", summary(&reports));

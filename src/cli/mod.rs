@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 pub mod agent;
+mod args;
 pub mod build;
 pub mod deploy;
 pub mod diff;
@@ -49,6 +50,55 @@ impl Cli {
             Command::Keygen(args) => keygen::run(args),
             Command::Serve(args) => serve::run(args),
             Command::Status(args) => status::run(args),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_command_that_reads_bento_toml_takes_bento_config() {
+        let cli = Cli::command();
+        let config_env = |name: &str| {
+            let sub = cli.find_subcommand(name).unwrap();
+            let arg = sub
+                .get_arguments()
+                .find(|a| a.get_id() == "config")
+                .unwrap();
+            let default: Vec<_> = arg.get_default_values().to_vec();
+            (arg.get_env().map(|e| e.to_owned()), default)
+        };
+        for name in ["build", "deploy", "diff", "status", "serve"] {
+            let (env, default) = config_env(name);
+            assert_eq!(env.as_deref(), Some("BENTO_CONFIG".as_ref()), "{name}");
+            assert_eq!(default, ["bento.toml"], "{name}");
+        }
+        // The agent's --config is its own file, not the fleet's.
+        let (env, default) = config_env("agent");
+        assert_eq!(env, None);
+        assert_eq!(default, ["/etc/bento/agent.toml"]);
+    }
+
+    #[test]
+    fn build_and_deploy_share_their_selection() {
+        for name in ["build", "deploy"] {
+            let cli = Cli::try_parse_from(["bento", name, "web1", "@db", "-j", "3", "--json"]);
+            let shared = match cli.map(|c| c.command) {
+                Ok(Command::Build(a)) => a.selection,
+                Ok(Command::Deploy(a)) => a.selection,
+                other => panic!("{name}: {other:?}"),
+            };
+            assert_eq!(shared.hosts, ["web1", "@db"], "{name}");
+            assert_eq!(shared.jobs, Some(3), "{name}");
+            assert!(shared.json, "{name}");
         }
     }
 }

@@ -4,7 +4,7 @@
 //! file.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -12,6 +12,7 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use super::args::FleetFile;
 use crate::server::{self, Listeners, ServerConfig};
 
 /// Serve the fleet: the binary cache of published closures (HTTP) and each host's signed
@@ -28,9 +29,8 @@ use crate::server::{self, Listeners, ServerConfig};
 /// the port hosts reach. The cache's /metrics carries the fleet gauges too.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The fleet file.
-    #[arg(long, short, default_value = "bento.toml", env = "BENTO_CONFIG")]
-    config: PathBuf,
+    #[command(flatten)]
+    fleet: FleetFile,
     /// Address of the binary cache (HTTP).
     #[arg(long, default_value = "[::]:8080")]
     cache_listen: SocketAddr,
@@ -74,7 +74,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 async fn serve(args: Args) -> anyhow::Result<ExitCode> {
-    let mut config = ServerConfig::load(&args.config)?;
+    let mut config = ServerConfig::load(&args.fleet.config)?;
     config.host_tokens = args.host_tokens;
     config.max_nar_streams = args.max_nar_streams;
     config.verify_sends = args.verify_sends;
