@@ -1,4 +1,4 @@
-//! Benchmark of the SFTP publisher (prints figures, asserts nothing). Run it with
+//! Benchmark of the SFTP server (prints figures, asserts nothing). Run it with
 //! `scripts/bench-sftp.sh`, which builds it in release mode and pins the processes.
 //!
 //! The server runs in its own process on a single-threaded tokio runtime, pinned to one CPU
@@ -190,7 +190,7 @@ async fn driver(args: Args) -> anyhow::Result<()> {
     let fleet = make_fleet(hosts_needed)?;
     let mut server = start_server(&fleet, &args).await?;
     println!(
-        "SFTP publisher benchmark: {} hosts, server pid {} on {}, single-threaded runtime",
+        "SFTP server benchmark: {} hosts, server pid {} on {}, single-threaded runtime",
         fleet.hosts.len(),
         server.pid,
         args.server_cpu

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmark of the SFTP publisher: polls/s and server CPU per poll on one core, memory per
+# Benchmark of the SFTP server: polls/s and server CPU per poll on one core, memory per
 # idle session, time from a new release to a waiting agent being told. Prints figures,
 # asserts nothing. Extra arguments go to the benchmark (see `--help`), e.g. --clients 50.
 #

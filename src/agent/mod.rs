@@ -1,7 +1,7 @@
 //! The host side: fetch → verify → copy → activate → confirm or roll back → report.
 //!
-//! May import: `nix`, `release`, `report`, `durable`, `clock`, and `sftp::client`. Never the
-//! server-side modules (`config`, `build`, `cache`).
+//! May import: `nix`, `release`, `files`, `report`, `durable`, `clock`, and `sftp::client`.
+//! Never the server-side modules (`config`, `build`, `cache`, `sftp::server`).
 
 pub mod config;
 pub mod cycle;

@@ -3,7 +3,7 @@
 //!
 //! May import: std, the Nix format crates (`nix-derivation`, `nix-narinfo`, `nix-archive`),
 //! crypto and encoding crates. Never the network, never a layer above it (`config`, `build`,
-//! `release`, `cache`, `publish`, `agent`, `status`).
+//! `release`, `cache`, `sftp`, `agent`, `status`).
 
 pub mod cmd;
 pub mod hash;

@@ -12,8 +12,8 @@
 //! The CLI binds the listeners (so tests can bind `127.0.0.1:0` and call the same function),
 //! prints the addresses and keys, and turns signals into the shutdown token.
 //!
-//! May import: `config`, `cache`, `sftp::server`, `status`. It only wires them: each part
-//! knows nothing of the others.
+//! May import: `nix` (keys), `config`, `cache`, `sftp::server`, `status`. It only wires them:
+//! each part knows nothing of the others.
 
 use std::error::Error as _;
 use std::sync::Arc;

@@ -1,7 +1,8 @@
 //! The agent's side of SFTP: connect with the host's own key to a server whose host key is
 //! pinned (never trust on first use), read `/release` and `/files/...`, upload a report, and
 //! wait for the release to change (see the watch protocol in the module header of `sftp`).
-//! Nothing here imports the server.
+//!
+//! May import: `report` (report names). Never `sftp::server`: the agent links this alone.
 //!
 //! Built on the russh client and russh-sftp's raw session, so that every request's outcome
 //! (including the close that puts a report in place) is seen and reported.
@@ -356,7 +357,7 @@ impl Session {
     /// Uploads a new report `/reports/<name>`; fails if a report of that name exists or
     /// `bytes` is over the server's per-file cap.
     pub async fn upload_report(&self, name: &str, bytes: &[u8]) -> Result<(), ClientError> {
-        if super::check_report_name(name).is_err() {
+        if crate::report::check_report_name(name).is_err() {
             return Err(ClientError::ReportName(name.to_owned()));
         }
         let path = format!("/reports/{name}");

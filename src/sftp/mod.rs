@@ -3,10 +3,10 @@
 //! original Bento's chroot users, without users to manage. See `docs/sftp.md` for operators.
 //!
 //! [`server`] is the SSH/SFTP server `bento serve` runs; [`client`] is what the agent uses to
-//! talk to it. What both sides must agree on, the tree a host sees, the report names and the
-//! watch protocol, is described and checked here.
+//! talk to it. What both sides must agree on, the tree a host sees and the watch protocol,
+//! is described here; the rule for report names is `report::check_report_name`.
 //!
-//! May import: `release`, `durable`, `clock`. [`client`] imports nothing of [`server`]: the
+//! May import: see [`server`] and [`client`]. The client imports nothing of the server: the
 //! agent links the client only.
 //!
 //! # The tree a host sees
@@ -39,38 +39,3 @@
 
 pub mod client;
 pub mod server;
-
-/// Longest report name accepted.
-pub const MAX_REPORT_NAME: usize = 128;
-
-/// A report name: 1 to 128 of `A-Z a-z 0-9 . _ -`, not starting with a dot (names starting
-/// with a dot are the server's own upload temporaries). The client checks before uploading,
-/// the server again on every path.
-pub fn check_report_name(name: &str) -> Result<(), &'static str> {
-    if name.is_empty() || name.len() > MAX_REPORT_NAME {
-        return Err("report names have 1 to 128 characters");
-    }
-    if name.starts_with('.') {
-        return Err("report names may not start with a dot");
-    }
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-    {
-        return Err("report names use only A-Z a-z 0-9 . _ -");
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn report_names_are_restricted() {
-        assert!(check_report_name("gen-12_2024.json").is_ok());
-        for bad in ["", ".upload-x", "a b", "a:b", "ä", &"x".repeat(129)] {
-            assert!(check_report_name(bad).is_err(), "{bad:?}");
-        }
-    }
-}

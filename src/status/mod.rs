@@ -5,7 +5,7 @@
 //! Prometheus; `diff` compares two system closures package by package.
 //!
 //! May import: `config` (the state directory layout), `deploy` (release history, read
-//! only), `release`, `report`, `nix`. Never builds or publishes.
+//! only), `release`, `report`, `nix`, `clock`. Never builds or publishes.
 
 use std::path::PathBuf;
 

@@ -2,9 +2,9 @@
 //! own key, and sees only its own directory (the tree and the watch protocol are described in
 //! [`crate::sftp`]).
 //!
-//! May import: `release`, `durable`, `clock`, `sftp` (the shared rules); russh, russh-sftp,
-//! rustix, tokio. Never `build` or `deploy`; it reads what the release path wrote into the
-//! publish tree.
+//! May import: `nix`, `release`, `report` (report names), `durable`, `clock`; russh,
+//! russh-sftp, rustix, tokio. Never `build` or `deploy` (it reads what they wrote into the
+//! publish tree), never `sftp::client`.
 //!
 //! # Using it
 //!

@@ -17,7 +17,7 @@
 
 use thiserror::Error;
 
-use crate::sftp::check_report_name;
+use crate::report::check_report_name;
 
 /// Why a path names nothing a client may reach.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
