@@ -209,7 +209,7 @@ in
                   defaultText = literalExpression "config.services.bento.server.stateDir";
                   description = "The state directory; must equal `services.bento.server.stateDir`.";
                 };
-                signing_key = optional types.str "The fleet signing key (default: <state_dir>/keys/fleet.secret, which the module fills from `fleetKeyFile` or makes).";
+                signing_key = optional types.str "The fleet signing key (default: `<state_dir>/keys/fleet.secret`, which the module fills from `fleetKeyFile` or makes).";
                 jobs = optional types.ints.positive "Hosts built at once (default: from cores and memory).";
                 keep_systems = optional types.ints.positive "Per host, the newest published systems kept from garbage collection (default 5).";
                 stale_after_secs = optional types.ints.positive "Seconds of silence after which a host is stale (default 300).";
@@ -286,7 +286,7 @@ in
       description = ''
         The fleet signing key (Nix format, `bento keygen`), e.g. placed by agenix or
         sops-nix. Read through LoadCredential= and installed on each start as
-        <stateDir>/keys/fleet.secret, mode 0640, group `bento`. When null, a key is made there
+        `<stateDir>/keys/fleet.secret`, mode 0640, group `bento`. When null, a key is made there
         on first start (see `generateFleetKey`) and its public half printed in the journal.
         A path outside the Nix store, given as a string.
       '';
@@ -296,7 +296,7 @@ in
       type = types.bool;
       default = cfg.fleetKeyFile == null && cfg.settings.fleet.signing_key == null;
       defaultText = literalExpression "fleetKeyFile == null && settings.fleet.signing_key == null";
-      description = "Make <stateDir>/keys/fleet.secret on first start when it is missing.";
+      description = "Make `<stateDir>/keys/fleet.secret` on first start when it is missing.";
     };
 
     fleetKeyName = mkOption {
@@ -311,7 +311,7 @@ in
       example = "/run/secrets/bento-ssh-host-key";
       description = ''
         The SFTP server's SSH host key (OpenSSH ed25519 private key), through
-        LoadCredential=. When null, `bento serve` makes <stateDir>/ssh/host_ed25519_key on
+        LoadCredential=. When null, `bento serve` makes `<stateDir>/ssh/host_ed25519_key` on
         first start; either way it prints the public key hosts pin. A path outside the Nix
         store, given as a string.
       '';
@@ -344,7 +344,7 @@ in
       type = types.bool;
       default = false;
       description = ''
-        Give each host a cache token (<stateDir>/cache-tokens/<host>, made when missing) and
+        Give each host a cache token (`<stateDir>/cache-tokens/<host>`, made when missing) and
         let it fetch only its own closure. Each agent then needs `cacheNetrcFile`.
       '';
     };
