@@ -28,12 +28,10 @@ let
 
   systemOf =
     host: variant: module:
-    (config.nodes.${host}._module.args.extendModules {
-      modules = [
-        module
-        { bentoTest.variant = variant; }
-      ];
-    }).config.system.build.toplevel;
+    (config.nodes.${host}.bentoTest.extend [
+      module
+      { bentoTest.variant = variant; }
+    ]).config.system.build.toplevel;
   systems = lib.mapAttrs (host: lib.mapAttrs (systemOf host)) config.bento.variants;
   base = lib.genAttrs webHosts (host: config.nodes.${host}.system.build.toplevel);
   published = lib.attrValues base ++ lib.concatMap lib.attrValues (lib.attrValues systems);

@@ -421,14 +421,13 @@ let
                 needs = [ ];
                 checks = _: [ ];
                 expectWarning = null;
+                # As the harness builds it: the host's own extension.
                 eval =
                   evalConfig:
-                  (evalConfig (nodeModules name host)).extendModules {
-                    modules = [
-                      module
-                      { bentoTest.variant = variant; }
-                    ];
-                  };
+                  (evalConfig (nodeModules name host)).config.bentoTest.extend [
+                    module
+                    { bentoTest.variant = variant; }
+                  ];
               };
             }) variants
           ) (s.bento.variants or { })

@@ -10,6 +10,7 @@ name:
   config,
   lib,
   pkgs,
+  extendModules,
   ...
 }:
 let
@@ -20,6 +21,16 @@ in
     type = lib.types.str;
     default = "base";
     description = "This system's name among a test's variants (../harness.nix).";
+  };
+  # This host's configuration plus more modules: how the harness builds a variant system.
+  # (A node's configuration, as the test framework hands it out, does not carry
+  # `extendModules`; the node's own modules receive it.)
+  options.bentoTest.extend = lib.mkOption {
+    type = lib.types.raw;
+    readOnly = true;
+    internal = true;
+    default = modules: extendModules { inherit modules; };
+    description = "Extends this host's configuration with a list of modules.";
   };
 
   config = {
