@@ -120,10 +120,21 @@ in
               m.wait_for_unit("bento-agent.service")
 
 
+      def served(host, path):
+          """Whether the cache serves the system's narinfo to its host (with its token, if any)."""
+          narinfo = path.split("/")[3][:32] + ".narinfo"
+          token = server.succeed(f"cat /var/lib/bento/cache-tokens/{host} 2>/dev/null || true").strip()
+          auth = f"-u {host}:{token} " if token else ""
+          return server.execute(f"curl -sf -o /dev/null {auth}http://127.0.0.1:8080/{narinfo}")[0] == 0
+
+
       def deploy(**hosts):
-          """Publish each host's system as its next release (bento deploy --store-path)."""
+          """Publish each host's system as its next release (bento deploy --store-path), and
+          wait until the cache serves it, so that the next attempt can copy it."""
           args = " ".join(f"--store-path {h}={p}" for h, p in hosts.items())
-          return server.succeed(f"{AS_BENTO} deploy --config {FLEET} {args}")
+          out = server.succeed(f"{AS_BENTO} deploy --config {FLEET} {args}")
+          retry(lambda _: all(served(h, p) for h, p in hosts.items()), timeout=60)
+          return out
 
 
       def host_status(host):

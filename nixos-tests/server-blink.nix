@@ -23,7 +23,7 @@
         deploy(web1=SYSTEMS["web1"]["blink"])
         web1.succeed(
             "systemd-run --unit=bento-test-trigger --collect"
-            " -p StandardOutput=file:/tmp/trigger.log bento agent trigger"
+            " -p StandardOutput=file:/tmp/trigger.log /run/current-system/sw/bin/bento agent trigger"
         )
         web1.wait_for_file("/run/bento-test-activating", timeout=180)
         server.succeed("systemctl stop bento-server.service")

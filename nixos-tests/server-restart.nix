@@ -21,7 +21,7 @@ in
     deploy(web1=SYSTEMS["web1"]["big"], web2=SYSTEMS["web2"]["big"])
     server.succeed("tc qdisc add dev eth1 root tbf rate 16mbit burst 64kb latency 500ms")
     for m in (web1, web2):
-        m.succeed("systemd-run --unit=bento-test-trigger --collect bento agent trigger")
+        m.succeed("systemd-run --unit=bento-test-trigger --collect /run/current-system/sw/bin/bento agent trigger")
 
     with subtest("the server is killed with both downloads in flight and restarts"):
         server.wait_until_succeeds(
