@@ -46,6 +46,57 @@ rec {
     else
       v6 != null && below 65535 (lib.last v6);
 
+  # The `package` option of both modules: built with the system's own nixpkgs.
+  packageOption =
+    pkgs:
+    lib.mkOption {
+      type = lib.types.package;
+      default = pkgs.callPackage ./package.nix { };
+      defaultText = lib.literalExpression "pkgs.callPackage (bento + \"/nix/package.nix\") { }";
+      description = "The bento package, built by default with this system's own nixpkgs.";
+    };
+
+  # A settings key whose default is the program's own: null leaves it out of the file.
+  nullableOption =
+    type: description:
+    lib.mkOption {
+      type = lib.types.nullOr type;
+      default = null;
+      inherit description;
+    };
+
+  # `file` as rendered, once the shell command `check` has accepted it; otherwise the build
+  # fails with `check`'s message and the `hint` lines. No check when `check` is null, or
+  # when the build machine cannot run the host's binaries (a cross build).
+  # passthru.unchecked is the file itself (scripts/check-nixos.sh builds it when its bento
+  # cannot check yet).
+  checkedFile =
+    pkgs:
+    {
+      name,
+      file,
+      check,
+      hint,
+    }:
+    let
+      canRun = pkgs.stdenv.buildPlatform.canExecute pkgs.stdenv.hostPlatform;
+    in
+    pkgs.runCommand name
+      {
+        preferLocalBuild = true;
+        passthru.unchecked = file;
+      }
+      ''
+        ${lib.optionalString (check != null && canRun) ''
+          if ! ${check} >&2; then
+            ${lib.concatMapStrings (line: "echo ${lib.escapeShellArg "bento: ${line}"} >&2
+") hint}
+            exit 1
+          fi
+        ''}
+        cp ${file} $out
+      '';
+
   # Host names as `bento` accepts them (src/release/mod.rs, check_host_name).
   isHostName = s: builtins.match "[A-Za-z0-9][A-Za-z0-9._-]{0,62}" s != null;
 

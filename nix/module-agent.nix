@@ -35,24 +35,14 @@ let
   usesSshdKey = lib.elem (toString cfg.sshKeyFile) sshdKeys;
 
   settingsFile = toml.generate "bento-agent.toml" (bentoLib.withoutNulls cfg.settings);
-  canRun = pkgs.stdenv.buildPlatform.canExecute pkgs.stdenv.hostPlatform;
   # The rendered file, accepted by the agent that will read it. Its store path is what the
   # unit runs with and what agent-unit.json names.
-  checkedConfig =
-    pkgs.runCommand "bento-agent.toml"
-      {
-        preferLocalBuild = true;
-        passthru.unchecked = settingsFile;
-      }
-      ''
-        ${lib.optionalString canRun ''
-          if ! ${lib.getExe cfg.package} agent check-config ${settingsFile} >&2; then
-            echo "bento: the agent configuration rendered from services.bento.agent.settings was refused (above)." >&2
-            exit 1
-          fi
-        ''}
-        cp ${settingsFile} $out
-      '';
+  checkedConfig = bentoLib.checkedFile pkgs {
+    name = "bento-agent.toml";
+    file = settingsFile;
+    check = "${lib.getExe cfg.package} agent check-config ${settingsFile}";
+    hint = [ "the agent configuration rendered from services.bento.agent.settings was refused (above)." ];
+  };
   exe = bentoLib.realExe cfg.package;
 
   ownKeyScript = pkgs.writeShellScript "bento-agent-key" ''
@@ -66,14 +56,19 @@ let
     echo "bento: this host logs in with $key; in bento.toml: [hosts.${cfg.settings.host}] ssh_key = \"$(${pkgs.coreutils}/bin/cut -d' ' -f1,2 "$key.pub")\""
   '';
 
-  # Settings keys whose default is the agent's own (src/agent/config.rs): null leaves them
-  # out of the file.
-  optional =
-    type: description:
+  optional = bentoLib.nullableOption;
+  actions = types.enum [
+    "switch"
+    "boot"
+    "test"
+  ];
+  # A settings key that defaults to the shortcut option of the same meaning.
+  fromShortcut =
+    type: shortcut: description:
     mkOption {
-      type = types.nullOr type;
-      default = null;
-      inherit description;
+      inherit type description;
+      default = cfg.${shortcut};
+      defaultText = literalExpression "config.services.bento.agent.${shortcut}";
     };
 in
 {
@@ -92,12 +87,7 @@ in
   options.services.bento.agent = {
     enable = lib.mkEnableOption "the Bento agent, which pulls, activates and confirms this host's system";
 
-    package = mkOption {
-      type = types.package;
-      default = pkgs.callPackage ./package.nix { };
-      defaultText = literalExpression "pkgs.callPackage (bento + \"/nix/package.nix\") { }";
-      description = "The bento package, built by default with this system's own nixpkgs.";
-    };
+    package = bentoLib.packageOption pkgs;
 
     hostName = mkOption {
       type = types.str;
@@ -166,11 +156,7 @@ in
     };
 
     action = mkOption {
-      type = types.enum [
-        "switch"
-        "boot"
-        "test"
-      ];
+      type = actions;
       default = "switch";
       description = "What `switch-to-configuration` is asked to do; `boot` makes the new system the boot default only.";
     };
@@ -203,36 +189,11 @@ in
       type = types.submodule {
         freeformType = toml.type;
         options = {
-          host = mkOption {
-            type = types.str;
-            default = cfg.hostName;
-            defaultText = literalExpression "config.services.bento.agent.hostName";
-            description = "This host's name in the fleet.";
-          };
-          server = mkOption {
-            type = types.str;
-            default = cfg.server;
-            defaultText = literalExpression "config.services.bento.agent.server";
-            description = "SFTP address of the server.";
-          };
-          server_host_key = mkOption {
-            type = types.str;
-            default = cfg.serverHostKey;
-            defaultText = literalExpression "config.services.bento.agent.serverHostKey";
-            description = "The server's pinned SSH host key.";
-          };
-          fleet_public_key = mkOption {
-            type = types.str;
-            default = cfg.fleetPublicKey;
-            defaultText = literalExpression "config.services.bento.agent.fleetPublicKey";
-            description = "The fleet's public signing key.";
-          };
-          cache_url = mkOption {
-            type = types.str;
-            default = cfg.cacheUrl;
-            defaultText = literalExpression "config.services.bento.agent.cacheUrl";
-            description = "The binary cache.";
-          };
+          host = fromShortcut types.str "hostName" "This host's name in the fleet.";
+          server = fromShortcut types.str "server" "SFTP address of the server.";
+          server_host_key = fromShortcut types.str "serverHostKey" "The server's pinned SSH host key.";
+          fleet_public_key = fromShortcut types.str "fleetPublicKey" "The fleet's public signing key.";
+          cache_url = fromShortcut types.str "cacheUrl" "The binary cache.";
           ssh_key = mkOption {
             type = types.str;
             default = toString cfg.sshKeyFile;
@@ -245,22 +206,8 @@ in
             defaultText = literalExpression "config.services.bento.agent.cacheNetrcFile";
             description = "Path of the netrc file with the host's cache token.";
           };
-          action = mkOption {
-            type = types.enum [
-              "switch"
-              "boot"
-              "test"
-            ];
-            default = cfg.action;
-            defaultText = literalExpression "config.services.bento.agent.action";
-            description = "What switch-to-configuration is asked to do.";
-          };
-          health_checks = mkOption {
-            type = types.listOf (types.listOf types.str);
-            default = cfg.healthChecks;
-            defaultText = literalExpression "config.services.bento.agent.healthChecks";
-            description = "Commands that must all succeed for a new system to be kept.";
-          };
+          action = fromShortcut actions "action" "What switch-to-configuration is asked to do.";
+          health_checks = fromShortcut (types.listOf (types.listOf types.str)) "healthChecks" "Commands that must all succeed for a new system to be kept.";
           state_dir = mkOption {
             type = types.str;
             default = "/var/lib/bento-agent";

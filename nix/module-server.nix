@@ -64,24 +64,20 @@ let
   )
   ++ lib.optional cfg.hostTokens "--host-tokens";
 
-  canRun = pkgs.stdenv.buildPlatform.canExecute pkgs.stdenv.hostPlatform;
-  checkedFleet =
-    pkgs.runCommand "bento.toml"
-      {
-        preferLocalBuild = true;
-        passthru.unchecked = settingsFile;
-      }
-      ''
-        ${lib.optionalString (cfg.checkConfig && canRun) ''
-          if ! ${lib.getExe cfg.package} serve --check-config --config ${settingsFile} ${lib.escapeShellArgs listenFlags} >&2; then
-            echo "bento: the fleet file rendered from services.bento.server.settings was refused (above)." >&2
-            echo "bento: the check runs in the build sandbox, where only the Nix store exists; if it names a" >&2
-            echo "bento: file outside the store, set services.bento.server.checkConfig = false." >&2
-            exit 1
-          fi
-        ''}
-        cp ${settingsFile} $out
-      '';
+  checkedFleet = bentoLib.checkedFile pkgs {
+    name = "bento.toml";
+    file = settingsFile;
+    check =
+      if cfg.checkConfig then
+        "${lib.getExe cfg.package} serve --check-config --config ${settingsFile} ${lib.escapeShellArgs listenFlags}"
+      else
+        null;
+    hint = [
+      "the fleet file rendered from services.bento.server.settings was refused (above)."
+      "the check runs in the build sandbox, where only the Nix store exists; if it names a"
+      "file outside the store, set services.bento.server.checkConfig = false."
+    ];
+  };
 
   credentials =
     lib.optional (cfg.fleetKeyFile != null) "fleet-key:${toString cfg.fleetKeyFile}"
@@ -138,13 +134,7 @@ let
     cfg.cachePort
   ];
 
-  optional =
-    type: description:
-    mkOption {
-      type = types.nullOr type;
-      default = null;
-      inherit description;
-    };
+  optional = bentoLib.nullableOption;
 
   deliveredFile = types.either types.str (
     types.submodule {
@@ -168,12 +158,7 @@ in
   options.services.bento.server = {
     enable = lib.mkEnableOption "the Bento server (binary cache and SFTP publisher)";
 
-    package = mkOption {
-      type = types.package;
-      default = pkgs.callPackage ./package.nix { };
-      defaultText = literalExpression "pkgs.callPackage (bento + \"/nix/package.nix\") { }";
-      description = "The bento package, built by default with this system's own nixpkgs.";
-    };
+    package = bentoLib.packageOption pkgs;
 
     settings = mkOption {
       default = { };
