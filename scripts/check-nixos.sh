@@ -34,7 +34,10 @@ fail() {
 }
 
 # 1. Syntax of every .nix file.
-mapfile -t nix_files < <(git ls-files --cached --others --exclude-standard -- '*.nix')
+if ! mapfile -t nix_files < <(git ls-files --cached --others --exclude-standard -- '*.nix' 2>/dev/null) || [ ${#nix_files[@]} = 0 ]; then
+	mapfile -t nix_files < <(find . -name '*.nix' -not -path './target/*' -not -path './.git/*' | sort)
+fi
+[ ${#nix_files[@]} -gt 0 ] || fail "no .nix file found to parse"
 for f in "${nix_files[@]}"; do
 	[ -f "$f" ] || continue
 	nix-instantiate --parse "$f" >/dev/null 2>"$tmp/parse.err" || {
