@@ -75,9 +75,9 @@ rustPlatform.buildRustPackage {
       the closure from its own binary cache); each host's agent pulls, activates,
       confirms it can still reach the server and is healthy, or rolls back by itself.
     '';
-    homepage = cargo.package.repository or null;
     license = lib.licenses.mit;
     mainProgram = "bento";
     platforms = lib.platforms.linux;
-  };
+  }
+  // lib.optionalAttrs (cargo.package ? repository) { homepage = cargo.package.repository; };
 }
