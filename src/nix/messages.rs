@@ -51,9 +51,7 @@ impl Shape {
                 line.strip_prefix(a).is_some_and(|rest| rest.contains(b))
             }
             Shape::Exactly(s) => line == s,
-            Shape::Both(a, b) => line
-                .split_once(a)
-                .is_some_and(|(_, rest)| rest.contains(b)),
+            Shape::Both(a, b) => line.split_once(a).is_some_and(|(_, rest)| rest.contains(b)),
         }
     }
 }
