@@ -139,9 +139,25 @@ pub fn after_rollback(server_reachable: bool) -> Outcome {
     }
 }
 
-/// Whether an outcome condemns its generation on this host.
+/// Whether an outcome condemns its generation on this host. A failed rollback does too:
+/// an operator looks at the host before anything is tried on it again automatically.
 pub fn condemns(outcome: Outcome) -> bool {
-    matches!(outcome, Outcome::ActivationFailed | Outcome::RolledBack)
+    matches!(
+        outcome,
+        Outcome::ActivationFailed | Outcome::RolledBack | Outcome::RollbackFailed
+    )
+}
+
+/// The result of a run that found nothing to do for `generation`, when reports an earlier
+/// run left undelivered went out first (`delivered`: generation and outcome, oldest
+/// first): the newest final report about that generation says how it ended. An agent killed
+/// after finishing an attempt and before reporting it thus exits as that attempt did.
+pub fn late_report(delivered: &[(u64, Outcome)], generation: u64) -> Option<Outcome> {
+    delivered
+        .iter()
+        .rev()
+        .find(|(g, o)| *g == generation && !o.is_interim())
+        .map(|(_, o)| *o)
 }
 
 /// Delay before retrying a generation that could not be confirmed for reasons outside it:
@@ -297,8 +313,25 @@ mod tests {
         assert_eq!(after_rollback(false), Outcome::RetryLater);
         assert!(condemns(Outcome::RolledBack));
         assert!(condemns(Outcome::ActivationFailed));
+        assert!(condemns(Outcome::RollbackFailed));
         assert!(!condemns(Outcome::RetryLater));
         assert!(!condemns(Outcome::CopyFailed));
+    }
+
+    #[test]
+    fn a_late_report_gives_the_result_of_its_attempt() {
+        use Outcome::*;
+        type Delivered<'a> = &'a [(u64, Outcome)];
+        let cases: [(Delivered, u64, Option<Outcome>); 5] = [
+            (&[], 4, None),
+            (&[(4, Deploying), (4, Unconfirmed)], 4, None),
+            (&[(4, Unconfirmed), (4, Applied)], 4, Some(Applied)),
+            (&[(3, RolledBack)], 4, None),
+            (&[(4, RetryLater), (4, RolledBack)], 4, Some(RolledBack)),
+        ];
+        for (delivered, generation, want) in cases {
+            assert_eq!(late_report(delivered, generation), want, "{delivered:?}");
+        }
     }
 
     #[test]
