@@ -299,7 +299,9 @@ impl<L: Link + Sync> Cycle<'_, L> {
         attempt.timings.copy_ms = ms(t);
         if let Err(e) = copied {
             let outcome = match e {
-                SystemError::CopyRefused { .. } => Outcome::Refused,
+                SystemError::CopyRefused { .. } | SystemError::CopyTampered { .. } => {
+                    Outcome::Refused
+                }
                 _ => Outcome::CopyFailed,
             };
             attempt.note(e.to_string());

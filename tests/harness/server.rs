@@ -33,6 +33,11 @@ pub struct Server {
 impl Server {
     /// Starts both servers on the bridge's address, for `hosts` (each gets an SSH key).
     pub async fn start(dir: &Path, net: &Net, hosts: &[&str]) -> Server {
+        Server::start_on(dir, &net.server_ip(), hosts).await
+    }
+
+    /// Starts both servers on `ip` (a test network's address on this machine).
+    pub async fn start_on(dir: &Path, ip: &str, hosts: &[&str]) -> Server {
         let state_dir = dir.join("server");
         std::fs::create_dir_all(state_dir.join("keys")).unwrap();
         let key = SecretKey::generate("bento-test-fleet").unwrap();
@@ -40,9 +45,7 @@ impl Server {
             ssh_keygen(dir, &format!("{h}.ssh"));
         }
         let cache = Cache::new(CacheConfig::new(&state_dir, key.clone())).unwrap();
-        let cache_listener = TcpListener::bind((net.server_ip().as_str(), 0))
-            .await
-            .unwrap();
+        let cache_listener = TcpListener::bind((ip, 0)).await.unwrap();
         let cache_addr = cache_listener.local_addr().unwrap();
         let cache_stop = CancellationToken::new();
         tokio::spawn(cache::serve(
@@ -61,9 +64,7 @@ impl Server {
         }))
         .unwrap();
         let publish = Sessions::new(&state_dir, host_key, access, publish_config()).unwrap();
-        let sftp_listener = TcpListener::bind((net.server_ip().as_str(), 0))
-            .await
-            .unwrap();
+        let sftp_listener = TcpListener::bind((ip, 0)).await.unwrap();
         let sftp_addr = sftp_listener.local_addr().unwrap();
         let mut server = Server {
             dir: dir.to_owned(),
@@ -131,6 +132,22 @@ impl Server {
         bento::durable::write_atomic(&dir.join("release"), bytes, 0o644).unwrap();
         self.cache.refresh().await.unwrap();
         self.publish.notify_release_changed(host);
+    }
+
+    /// Publishes `files` (name, content, mode) for `host` with the release of `generation`,
+    /// as `bento deploy` does: content-addressed blobs and the signed manifest.
+    pub fn publish_files(&self, host: &str, generation: u64, files: &[(&str, &str, u32)]) {
+        use bento::files::{BLOBS_DIR, MANIFEST_PATH, Manifest, ManifestEntry};
+        let root = self.state_dir.join("publish").join(host);
+        std::fs::create_dir_all(root.join(BLOBS_DIR)).unwrap();
+        let mut entries = Vec::new();
+        for (name, content, mode) in files {
+            let e = ManifestEntry::of(name, content.as_bytes(), *mode).unwrap();
+            std::fs::write(root.join(BLOBS_DIR).join(&e.sha256), content).unwrap();
+            entries.push(e);
+        }
+        let m = Manifest::sign(host, generation, entries, &self.key).unwrap();
+        bento::durable::write_atomic(&root.join(MANIFEST_PATH), &m.to_bytes(), 0o644).unwrap();
     }
 
     /// Reports the host's agent uploaded, oldest first.

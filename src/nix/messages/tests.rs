@@ -395,6 +395,11 @@ fn what_no_rule_knows_is_unknown() -> Vec<Case> {
     // A truncated NAR on 2.8-2.26 gives libstdc++'s texts (observed): the agent then checks
     // the NAR itself.
     c("2.8.0 (observed)", "error: basic_string::_M_create", None);
+    c(
+        "2.8.0 (observed, the last path's NAR cut in half)",
+        "error: coroutine has finished",
+        None,
+    );
     c("2.8.0 (observed)", "error: out of memory", None);
     c("any", "", None);
     // A bare "error:" prefix alone means nothing.
