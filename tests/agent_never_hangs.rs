@@ -9,27 +9,8 @@ mod harness;
 use std::time::{Duration, Instant};
 
 use harness::fake::{self, Behaviour};
+use harness::processes_with;
 use harness::server::{OneHost, agent_once, spawn_agent_once, wait_for};
-
-/// Pids of the processes (of any namespace) whose command line contains `needle`.
-fn processes_with(needle: &str) -> Vec<u32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(Result::ok)
-        .filter_map(|e| {
-            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
-            // Zombies wait for their reaper; they run nothing.
-            if stat.rsplit_once(") ")?.1.starts_with('Z') {
-                return None;
-            }
-            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
-            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            (cmd.contains(needle) && pid != std::process::id()).then_some(pid)
-        })
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_switch_that_hangs_is_killed_at_its_deadline_and_rolled_back() {

@@ -19,6 +19,7 @@ mod systemd_box;
 use std::time::{Duration, Instant};
 
 use harness::fake::{self, Behaviour};
+use harness::processes_with;
 use harness::server::Server;
 use systemd_box::SystemdBox;
 
@@ -85,6 +86,15 @@ impl Scene {
         })
     }
 
+    /// Publishes `system` as generation 2 and starts the agent's unit; returns when, and
+    /// the agent's first pid.
+    async fn release_and_start(&self, system: &str) -> (Instant, String) {
+        self.server.publish_release("web1", 2, system).await;
+        let started = Instant::now();
+        self.b.ok("systemctl", &["start", UNIT]);
+        (started, self.property(UNIT, "MainPID"))
+    }
+
     /// Waits for the agent's final report on `generation`.
     async fn final_report(&self, generation: u64) -> bento::report::Report {
         let deadline = Instant::now() + Duration::from_secs(120);
@@ -123,26 +133,19 @@ impl Scene {
     fn property(&self, unit: &str, property: &str) -> String {
         self.b.unit_property(unit, property)
     }
-}
 
-/// Pids of this machine's processes (the box's included) whose command line holds `needle`.
-fn processes_with(needle: &str) -> Vec<u32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(Result::ok)
-        .filter_map(|e| {
-            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
-            if stat.rsplit_once(") ")?.1.starts_with('Z') {
-                return None;
-            }
-            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
-            String::from_utf8_lossy(&cmd)
-                .contains(needle)
-                .then_some(pid)
-        })
-        .collect()
+    /// Waits up to a minute for `cond`; fails with the agent's journal.
+    async fn until(&self, what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !cond() {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not within a minute; the agent's journal:\n{}",
+                self.b.journal(UNIT)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -152,10 +155,7 @@ async fn a_switch_that_stops_the_agent_completes_and_the_restarted_agent_confirm
         return;
     };
     let new = s.systems[1].clone();
-    s.server.publish_release("web1", 2, &new).await;
-    let started = Instant::now();
-    s.b.ok("systemctl", &["start", UNIT]);
-    let first_pid = s.property(UNIT, "MainPID");
+    let (started, first_pid) = s.release_and_start(&new).await;
 
     let r = s.final_report(2).await;
     eprintln!(
@@ -200,13 +200,11 @@ async fn a_hanging_switch_unit_is_stopped_at_its_deadline() {
     s.b.ok("systemctl", &["start", UNIT]);
     // Positive control: the switch runs in its own unit, and hangs there.
     let tag = format!("hang-{bad}");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while s.property("bento-switch-2.service", "ActiveState") != "active"
-        || processes_with(&tag).is_empty()
-    {
-        assert!(Instant::now() < deadline, "{}", s.b.journal(UNIT));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    s.until("the switch hanging in its unit", || {
+        s.property("bento-switch-2.service", "ActiveState") == "active"
+            && !processes_with(&tag).is_empty()
+    })
+    .await;
     let cgroup = std::fs::read_to_string(format!("/proc/{}/cgroup", processes_with(&tag)[0]))
         .unwrap_or_default();
     assert!(cgroup.contains("bento-switch-2.service"), "{cgroup}");
@@ -252,18 +250,14 @@ async fn a_new_agent_configuration_restarts_the_agent_exactly_once() {
         return;
     };
     let new = s.systems[1].clone();
-    s.server.publish_release("web1", 2, &new).await;
-    let started = Instant::now();
-    s.b.ok("systemctl", &["start", UNIT]);
-    let first_pid = s.property(UNIT, "MainPID");
+    let (started, first_pid) = s.release_and_start(&new).await;
 
     let r = s.final_report(2).await;
     assert_eq!(r.outcome.as_str(), "applied", "{}", r.log);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while s.property(UNIT, "NRestarts") != "1" || s.property(UNIT, "ActiveState") != "active" {
-        assert!(Instant::now() < deadline, "{}", s.b.journal(UNIT));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    s.until("the agent restarted", || {
+        s.property(UNIT, "NRestarts") == "1" && s.property(UNIT, "ActiveState") == "active"
+    })
+    .await;
     let second_pid = s.property(UNIT, "MainPID");
     eprintln!(
         "release naming a new agent to the new agent running: {:?}",

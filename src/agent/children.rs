@@ -103,6 +103,37 @@ fn boot_id() -> String {
         .unwrap_or_default()
 }
 
+/// A child's record for the time it runs: made when it starts, removed when the run ends
+/// (also when the run is dropped: its group is killed then).
+struct Tracked<'a> {
+    state_dir: &'a Path,
+    argv: String,
+    pgid: Option<u32>,
+}
+
+impl<'a> Tracked<'a> {
+    fn new(state_dir: &'a Path, cmd: &Command) -> Self {
+        Tracked {
+            state_dir,
+            argv: cmd.argv(),
+            pgid: None,
+        }
+    }
+
+    fn started(&mut self, pid: u32) {
+        self.pgid = Some(pid);
+        record(self.state_dir, pid, &self.argv);
+    }
+}
+
+impl Drop for Tracked<'_> {
+    fn drop(&mut self) {
+        if let Some(pid) = self.pgid {
+            forget(self.state_dir, pid);
+        }
+    }
+}
+
 /// Runs `cmd` in a process group of its own, recorded under `state_dir` while it runs,
 /// handing its lines to `on_line`.
 pub async fn run(
@@ -111,21 +142,9 @@ pub async fn run(
     on_line: impl FnMut(&str) + Send,
 ) -> Result<Output, CmdError> {
     let cmd = cmd.own_process_group();
-    let argv = cmd.argv();
-    let mut pgid = None;
-    let result = cmd
-        .run_async_started(
-            |pid| {
-                pgid = Some(pid);
-                record(state_dir, pid, &argv);
-            },
-            on_line,
-        )
-        .await;
-    if let Some(pid) = pgid {
-        forget(state_dir, pid);
-    }
-    result
+    let mut tracked = Tracked::new(state_dir, &cmd);
+    cmd.run_async_started(|pid| tracked.started(pid), on_line)
+        .await
 }
 
 /// [`run`], with stdout handed to `on_stdout` in chunks instead of kept.
@@ -135,21 +154,9 @@ pub async fn run_streaming(
     on_stdout: impl FnMut(&[u8]) + Send,
 ) -> Result<Output, CmdError> {
     let cmd = cmd.own_process_group();
-    let argv = cmd.argv();
-    let mut pgid = None;
-    let result = cmd
-        .run_async_streaming(
-            |pid| {
-                pgid = Some(pid);
-                record(state_dir, pid, &argv);
-            },
-            on_stdout,
-        )
-        .await;
-    if let Some(pid) = pgid {
-        forget(state_dir, pid);
-    }
-    result
+    let mut tracked = Tracked::new(state_dir, &cmd);
+    cmd.run_async_streaming(|pid| tracked.started(pid), on_stdout)
+        .await
 }
 
 fn record(state_dir: &Path, pid: u32, argv: &str) {

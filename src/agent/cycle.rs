@@ -236,21 +236,8 @@ impl<L: Link + Sync> Cycle<'_, L> {
     /// a failure is logged, and the next attempt tries again.
     fn put_files_back(&self) {
         let agent = self.agent;
-        if !files_dir::needs_restore(&agent.state_dir, &agent.files_dir) {
-            return;
-        }
-        match files_dir::restore(
-            &agent.state_dir,
-            &agent.fleet_key,
-            &agent.host,
-            &agent.files_dir,
-        ) {
-            Ok(names) => tracing::info!(
-                files = %names.join(", "),
-                dir = %agent.files_dir.display(),
-                "delivered files put back"
-            ),
-            Err(e) => tracing::warn!(error = %e, "cannot put the delivered files back"),
+        if files_dir::needs_restore(&agent.state_dir, &agent.files_dir) {
+            files_dir::put_back(agent);
         }
     }
 

@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
+use super::config::Agent;
 use crate::durable::write_atomic;
 use crate::files::{self, FilesError, Manifest};
 use crate::nix::keys::PublicKey;
@@ -257,6 +258,25 @@ pub fn restore(
         return Ok(Vec::new());
     };
     install(&set.manifest, &set.contents, dir, &[], true).map(|i| i.written)
+}
+
+/// [`restore`] for `agent`, logged: what was put back, or why nothing could be (the next
+/// attempt tries again).
+pub fn put_back(agent: &Agent) {
+    match restore(
+        &agent.state_dir,
+        &agent.fleet_key,
+        &agent.host,
+        &agent.files_dir,
+    ) {
+        Ok(names) if names.is_empty() => {}
+        Ok(names) => tracing::info!(
+            files = %names.join(", "),
+            dir = %agent.files_dir.display(),
+            "delivered files put back"
+        ),
+        Err(e) => tracing::warn!(error = %e, "cannot put the delivered files back"),
+    }
 }
 
 /// A cheap look (no hashing) for a kept file that is missing, resized or of another mode:

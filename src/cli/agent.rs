@@ -110,15 +110,22 @@ fn check_config(file: &std::path::Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The agent lock, or `None` (after saying so, with `note`) when another agent holds it.
+fn lock_or_busy(agent: &Agent, note: &str) -> anyhow::Result<Option<system::Lock>> {
+    match system::lock(&agent.state_dir) {
+        Ok(l) => Ok(Some(l)),
+        Err(e @ system::SystemError::Busy { .. }) => {
+            eprintln!("{e}{note}");
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 fn restore_files(config: &std::path::Path) -> anyhow::Result<ExitCode> {
     let agent = Agent::load(config)?;
-    let _lock = match system::lock(&agent.state_dir) {
-        Ok(l) => l,
-        Err(e @ system::SystemError::Busy { .. }) => {
-            eprintln!("{e}; it puts the files back itself");
-            return Ok(ExitCode::from(exit::BUSY));
-        }
-        Err(e) => return Err(e.into()),
+    let Some(_lock) = lock_or_busy(&agent, "; it puts the files back itself")? else {
+        return Ok(ExitCode::from(exit::BUSY));
     };
     let names = files_dir::restore(
         &agent.state_dir,
@@ -162,20 +169,7 @@ fn prepare(agent: &Agent) {
     for line in children::kill_leftovers(&agent.state_dir) {
         tracing::warn!("{line}");
     }
-    match files_dir::restore(
-        &agent.state_dir,
-        &agent.fleet_key,
-        &agent.host,
-        &agent.files_dir,
-    ) {
-        Ok(names) if names.is_empty() => {}
-        Ok(names) => tracing::info!(
-            files = %names.join(", "),
-            dir = %agent.files_dir.display(),
-            "delivered files put back"
-        ),
-        Err(e) => tracing::warn!(error = %e, "cannot put the delivered files back"),
-    }
+    files_dir::put_back(agent);
 }
 
 async fn trigger_now(socket: &std::path::Path) -> anyhow::Result<ExitCode> {
@@ -192,13 +186,8 @@ async fn trigger_now(socket: &std::path::Path) -> anyhow::Result<ExitCode> {
 
 async fn agent(config: &std::path::Path, once: bool) -> anyhow::Result<ExitCode> {
     let agent = Agent::load(config)?;
-    let _lock = match system::lock(&agent.state_dir) {
-        Ok(l) => l,
-        Err(e @ system::SystemError::Busy { .. }) => {
-            eprintln!("{e}");
-            return Ok(ExitCode::from(exit::BUSY));
-        }
-        Err(e) => return Err(e.into()),
+    let Some(_lock) = lock_or_busy(&agent, "")? else {
+        return Ok(ExitCode::from(exit::BUSY));
     };
     prepare(&agent);
     // The agent the running system names, as this one starts (see agent::self_update).
