@@ -62,6 +62,7 @@ NS=bwan$$
 VETH=vwan$$
 link_pid=""
 cleanup() {
+  set +e # every step, whatever the one before did
   [ -n "$link_pid" ] && kill "$link_pid" 2>/dev/null
   [ -f "$work/nginx/nginx.pid" ] && kill "$(cat "$work/nginx/nginx.pid")" 2>/dev/null
   ip netns pids "$NS" 2>/dev/null | xargs -r kill -KILL 2>/dev/null
@@ -70,15 +71,8 @@ cleanup() {
   fleet_cleanup
 }
 trap cleanup EXIT
-say() { printf '\n\033[1m== %s\033[0m\n' "$*" >&2; }
+source scripts/lib/bench.sh
 load() { cut -d' ' -f1-3 /proc/loadavg; }
-free_port() { # a loopback port nobody answers on
-  local p
-  while :; do
-    p=$((20000 + RANDOM % 20000))
-    (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
-  done
-}
 
 # ---------------------------------------------------------------- the fleet: two fake systems
 say "building and publishing: wan-small ($SMALL_PATHS paths), wan-big (1 path of $BIG_MIB MiB)"
@@ -111,12 +105,12 @@ git -C "$work/repo" add -A
 conf=$work/repo/bento.toml
 "$BENTO" deploy -c "$conf" >"$work/deploy.log" 2>&1 || { cat "$work/deploy.log" >&2; exit 1; }
 top_of() { sed -n 's/.*"store_path": "\(.*\)".*/\1/p' "$work/state/publish/$1/release"; }
-declare -A TOP=([small]=$(top_of wan-small) [big]=$(top_of wan-big))
+declare -A TOP=([small]=$(top_of wan-small) [big]=$(top_of wan-big)) PATHS=() NAR_MB=()
 for c in small big; do
-  echo "$c: ${TOP[$c]}: $(nix-store -qR "${TOP[$c]}" | wc -l) paths," \
-    "$(nix path-info -rS "${TOP[$c]}" | awk '{s += $2} END {printf "%.1f MB", s / 1e6}') of NAR"
+  PATHS[$c]=$(nix-store -qR "${TOP[$c]}" | wc -l)
+  NAR_MB[$c]=$(nix path-info -S "${TOP[$c]}" | awk '{printf "%.1f", $2 / 1e6}')
+  echo "$c: ${TOP[$c]}: ${PATHS[$c]} paths, ${NAR_MB[$c]} MB of NAR"
 done
-SMALL_MB=$(nix path-info -rS "${TOP[small]}" | awk '{s += $2} END {printf "%.1f", s / 1e6}')
 PUB=$(cat "$work/state/keys/bento-demo-fleet.public")
 
 # ---------------------------------------------------------------- bento serve
@@ -133,7 +127,7 @@ until [ "$(metric bento_cache_paths 2>/dev/null)" = "$want" ] && [ "$(metric ben
 done
 # Requests the cache answered, /metrics itself left out.
 cache_requests() {
-  curl -sf "http://127.0.0.1:$P_CACHE/metrics" |
+  { curl -sf "http://127.0.0.1:$P_CACHE/metrics" || true; } |
     awk '/^bento_cache_requests_total/ && !/endpoint="metrics"/ {s += $2} END {print s + 0}'
 }
 
@@ -174,13 +168,8 @@ for s in $(seq 200 249); do
   grep -q " 10\.77\.$s\." <<< "$used" || { SUB=10.77.$s; break; }
 done
 [ -n "$SUB" ] || { echo "bench-wan: no free 10.77.200-249.0/24 subnet" >&2; exit 1; }
-ip netns add "$NS"
-ip link add "$VETH" type veth peer name eth0 netns "$NS"
+fleet_netns "$NS" "$VETH" "$SUB.2"
 ip addr add "$SUB.1/24" dev "$VETH"
-ip link set "$VETH" up
-ip netns exec "$NS" ip addr add "$SUB.2/24" dev eth0
-ip netns exec "$NS" ip link set eth0 up
-ip netns exec "$NS" ip link set lo up
 CACHE_URL=http://$SUB.1:$P_CACHE
 STATIC_URL=http://$SUB.1:$P_STATIC
 
@@ -255,9 +244,8 @@ measure() {
   out=$(ip netns exec "$NS" unshare -m --propagation private "$work/client.sh" "$run" "$check" "${CMD[@]}")
   if [ "$method" = floor ]; then req1=$(static_requests); else req1=$(cache_requests); fi
   con1=$(grep -c ' opened ' "$work/link.log" || true)
-  local rc ms got expect
+  local rc ms got expect=${PATHS[$c]}
   read -r rc ms got <<< "$out"
-  expect=$(nix-store -qR "${TOP[$c]}" | wc -l)
   [ "$method" = floor ] && expect=${FLOOR_SIZE[$c]}
   if [ "$rc" != 0 ] || [ "$got" != "$expect" ]; then
     echo "  $method $c rtt $rtt rep $rep FAILED (status $rc, got $got of $expect):" >&2
@@ -338,7 +326,7 @@ echo "connections: opened through the link. Link: $(sed -n 's/^link: rtt [0-9]* 
 echo "Floor files: small $small_mb MB, big $(awk -v s="${FLOOR_SIZE[big]}" 'BEGIN {printf "%.1f", s / 1048576}') MiB (narinfos + compressed NARs)."
 echo
 rtts=$(IFS=/; echo "${RTTS[*]}" | sed 's|/| / |g')
-echo "| method | $SMALL_PATHS small paths ($SMALL_MB MB) at RTT $rtts ms | 1 path of $BIG_MIB MiB at $rtts ms |"
+echo "| method | $SMALL_PATHS small paths (${NAR_MB[small]} MB) at RTT $rtts ms | 1 path of $BIG_MIB MiB at $rtts ms |"
 echo "|---|---|---|"
 for method in "${METHODS[@]}"; do
   echo "| ${LABEL[$method]} | $(cell "$method" small) | $(cell "$method" big) |"
