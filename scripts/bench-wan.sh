@@ -240,10 +240,10 @@ measure() {
   check=${TOP[$c]}
   [ "$method" = floor ] && check=$run/closure
   if [ "$method" = floor ]; then req0=$(static_requests); else req0=$(cache_requests); fi
-  con0=$(grep -c ' opened ' "$work/link.log" || true)
+  con0=$(grep -c ' opened ' "$LINK_LOG" || true)
   out=$(ip netns exec "$NS" unshare -m --propagation private "$work/client.sh" "$run" "$check" "${CMD[@]}")
   if [ "$method" = floor ]; then req1=$(static_requests); else req1=$(cache_requests); fi
-  con1=$(grep -c ' opened ' "$work/link.log" || true)
+  con1=$(grep -c ' opened ' "$LINK_LOG" || true)
   local rc ms got expect=${PATHS[$c]}
   read -r rc ms got <<< "$out"
   [ "$method" = floor ] && expect=${FLOOR_SIZE[$c]}
@@ -267,14 +267,16 @@ for rtt in "${RTTS[@]}"; do
   say "RTT $rtt ms"
   rate_args=()
   [ "$RATE" != 0 ] && rate_args=(--rate-mbit "$RATE")
+  LINK_LOG=$work/link-$rtt.log # one per link: a new one cannot be mistaken for the last one
+  rm -f "$LINK_LOG"
   "$LINK" --rtt-ms "$rtt" "${rate_args[@]}" --forward "$SUB.1:$P_CACHE=127.0.0.1:$P_CACHE" \
-    --forward "$SUB.1:$P_STATIC=127.0.0.1:$P_STATIC" >"$work/link.log" 2>&1 &
+    --forward "$SUB.1:$P_STATIC=127.0.0.1:$P_STATIC" >"$LINK_LOG" 2>&1 &
   link_pid=$!
-  until grep -q '^ready' "$work/link.log"; do
-    kill -0 "$link_pid" 2>/dev/null || { cat "$work/link.log" >&2; exit 1; }
+  until grep -q '^ready' "$LINK_LOG" 2>/dev/null; do
+    kill -0 "$link_pid" 2>/dev/null || { cat "$LINK_LOG" >&2; exit 1; }
     sleep 0.05
   done
-  sed -n 's/^link: /link: /p' "$work/link.log" >&2
+  sed -n 's/^link: /  link: /p' "$LINK_LOG" >&2
   # The RTT the link gives: a new connection and its first request (2 RTT: the handshake is
   # charged to the first bytes), then a request on the kept connection (1 RTT).
   read -r first kept <<< "$(ip netns exec "$NS" curl -sf -o /dev/null -o /dev/null \
@@ -322,7 +324,7 @@ cell() {
 small_mb=$(awk -v s="${FLOOR_SIZE[small]}" 'BEGIN {printf "%.1f", s / 1e6}')
 echo
 echo "Median of $REPS; requests: bento serve's /metrics (nginx's access log for the floor);"
-echo "connections: opened through the link. Link: $(sed -n 's/^link: rtt [0-9]* ms, //p' "$work/link.log" | head -n 1)."
+echo "connections: opened through the link. Link: $(sed -n 's/^link: rtt [0-9.]* ms, //p' "$LINK_LOG")."
 echo "Floor files: small $small_mb MB, big $(awk -v s="${FLOOR_SIZE[big]}" 'BEGIN {printf "%.1f", s / 1048576}') MiB (narinfos + compressed NARs)."
 echo
 rtts=$(IFS=/; echo "${RTTS[*]}" | sed 's|/| / |g')
