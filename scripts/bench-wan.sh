@@ -27,7 +27,6 @@
 #   BENCH_NO_BUILD=1  use the existing release build
 #   BENCH_SMALL_PATHS, BENCH_BIG_MIB  closure sizes (default 300, 200)
 set -euo pipefail
-origin=$PWD
 cd "$(dirname "$0")/.."
 source scripts/nix-env.sh
 
@@ -44,11 +43,10 @@ RATE=${BENCH_RATE_MBIT:-0}
 SMALL_PATHS=${BENCH_SMALL_PATHS:-300}
 BIG_MIB=${BENCH_BIG_MIB:-200}
 
-target=${CARGO_TARGET_DIR:-target}
-case $target in /*) ;; *) [ -n "${CARGO_TARGET_DIR:-}" ] && target=$origin/$target || target=$PWD/$target ;; esac
+source scripts/lib/target.sh
 [ -n "${BENCH_NO_BUILD:-}" ] || cargo build --release --quiet --bin bento --example wan_link
-BENTO=$target/release/bento
-LINK=$target/release/examples/wan_link
+BENTO=$BENTO_RELEASE_DIR/bento
+LINK=$BENTO_RELEASE_DIR/examples/wan_link
 for bin in "$BENTO" "$LINK"; do
   [ -x "$bin" ] || { echo "bench-wan: $bin is missing (cargo build --release --bin bento --example wan_link)" >&2; exit 1; }
 done
