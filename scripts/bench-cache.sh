@@ -21,8 +21,9 @@ for tool in wrk nginx curl nix; do
   command -v "$tool" >/dev/null || { echo "bench-cache: $tool is missing; run scripts/setup.sh" >&2; exit 1; }
 done
 cargo build --release --quiet --bin bento --example publish_release
-bento=$PWD/target/release/bento
-publish=$PWD/target/release/examples/publish_release
+source scripts/lib/target.sh
+bento=$BENTO_RELEASE_DIR/bento
+publish=$BENTO_RELEASE_DIR/examples/publish_release
 
 work=$(mktemp -d /tmp/bento-bench.XXXXXX)
 pids=()
@@ -32,15 +33,8 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-say() { printf '\n\033[1m== %s\033[0m\n' "$*" >&2; }
+source scripts/lib/bench.sh
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
-free_port() { # a loopback port nobody answers on
-  local p
-  while :; do
-    p=$((20000 + RANDOM % 20000))
-    (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
-  done
-}
 
 # ---------------------------------------------------------------- closures
 say "building closures: 200 small paths, and ${BIG_MB} MB in 5 paths (half random, half text)"

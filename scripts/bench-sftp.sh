@@ -8,7 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --example bench_sftp
-bin=target/release/examples/bench_sftp
+source scripts/lib/target.sh
+bin=$BENTO_RELEASE_DIR/examples/bench_sftp
 cpus=$(nproc)
 if command -v taskset >/dev/null && [ "$cpus" -ge 2 ]; then
   exec taskset -c "1-$((cpus - 1))" "$bin" --server-cpu 0 "$@"

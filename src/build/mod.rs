@@ -20,6 +20,7 @@ use tracing::Instrument as _;
 use crate::config::{Host, StateDir};
 use crate::durable::WriteError;
 use crate::nix::cmd::CmdError;
+use crate::nix::transient::{self, Backoff};
 
 pub mod gcroot;
 pub mod plan;
@@ -144,6 +145,12 @@ pub async fn build_hosts(
     options: Options,
     report: Reporter,
 ) -> Vec<HostResult> {
+    // Parallel Nix processes on a store nobody opened yet race to create it.
+    if !hosts.is_empty()
+        && let Err(e) = transient::ensure_store_initialised().await
+    {
+        tracing::warn!(error = %e, "cannot open the Nix store before building");
+    }
     let semaphore = Arc::new(Semaphore::new(options.jobs.max(1)));
     let mut tasks = JoinSet::new();
     for host in hosts {
@@ -236,10 +243,13 @@ async fn run_phases(state: &StateDir, host: &Host, dry_run: bool, report: &Repor
         host: name.clone(),
         phase: BuildPhase::Evaluate,
     });
-    let out = match plan::eval_command(&host.system).run_async_with(lines).await {
-        Ok(out) => out,
-        Err(e) => return cmd_failure(BuildPhase::Evaluate, &e),
-    };
+    let out =
+        match transient::run_retrying(&plan::eval_command(&host.system), Backoff::STORE, lines)
+            .await
+        {
+            Ok(out) => out,
+            Err(e) => return cmd_failure(BuildPhase::Evaluate, &e),
+        };
     let drv_path = match plan::parse_drv_path(&out.stdout_text()) {
         Ok(d) => d,
         Err(msg) => return failed(BuildPhase::Evaluate, msg.clone(), msg),
@@ -259,10 +269,8 @@ async fn run_phases(state: &StateDir, host: &Host, dry_run: bool, report: &Repor
         let msg = format!("cannot create {}: {e}", dir.display());
         return failed(BuildPhase::Build, msg.clone(), msg);
     }
-    let out = match plan::build_command(&drv_path, &root)
-        .run_async_with(lines)
-        .await
-    {
+    let build = plan::build_command(&drv_path, &root);
+    let out = match transient::run_retrying(&build, Backoff::STORE, lines).await {
         Ok(out) => out,
         Err(e) => return cmd_failure(BuildPhase::Build, &e),
     };

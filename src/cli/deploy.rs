@@ -164,7 +164,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         });
         match published {
             Ok(outcome) => report.release = Some(outcome),
-            Err(e) => report.error = Some(format!("{e:#}")),
+            Err(e) => report.error = Some(super::describe_error(&e)),
         }
     }
 
@@ -204,7 +204,7 @@ fn show_diffs(fleet: &Fleet, reports: &[HostReport], json: bool) {
                 Err(e) => format!("cannot compare: {e}\n"),
             },
             Ok(None) => "has not reported a running system yet: everything is new\n".into(),
-            Err(e) => format!("cannot read its reports: {e:#}\n"),
+            Err(e) => format!("cannot read its reports: {}\n", super::describe_error(&e)),
         };
         let text = format!("== {} ==\n{text}", r.host);
         if json {

@@ -39,6 +39,21 @@ enum Command {
     Status(status::Args),
 }
 
+/// An error and its causes on one line, each cause said once: most of Bento's error
+/// messages already include their cause's text (so that a log line with only the message is
+/// complete), and anyhow's `{:#}` would print it a second time.
+pub fn describe_error(err: &anyhow::Error) -> String {
+    let mut text = err.to_string();
+    for cause in err.chain().skip(1) {
+        let said = cause.to_string();
+        if !said.is_empty() && !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+    }
+    text
+}
+
 impl Cli {
     pub fn run(self) -> anyhow::Result<ExitCode> {
         match self.command {
@@ -99,6 +114,44 @@ mod tests {
             assert_eq!(shared.hosts, ["web1", "@db"], "{name}");
             assert_eq!(shared.jobs, Some(3), "{name}");
             assert!(shared.json, "{name}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod error_tests {
+    use super::describe_error;
+    use anyhow::Context as _;
+
+    #[test]
+    fn each_cause_is_said_once() {
+        let io = || std::io::Error::new(std::io::ErrorKind::PermissionDenied, "permission denied");
+        let cases: Vec<(anyhow::Error, &str)> = vec![
+            // A message that includes its source.
+            (
+                anyhow::Error::new(crate::config::FleetFileError::Read {
+                    path: "/srv/bento.toml".into(),
+                    source: io(),
+                }),
+                "cannot read fleet file /srv/bento.toml: permission denied",
+            ),
+            // Context over it: still once.
+            (
+                anyhow::Error::new(crate::config::FleetFileError::Read {
+                    path: "/srv/bento.toml".into(),
+                    source: io(),
+                })
+                .context("cannot start the server"),
+                "cannot start the server: cannot read fleet file /srv/bento.toml: permission denied",
+            ),
+            // A cause the message does not include is kept.
+            (
+                Err::<(), _>(io()).context("cannot open x").unwrap_err(),
+                "cannot open x: permission denied",
+            ),
+        ];
+        for (err, want) in cases {
+            assert_eq!(describe_error(&err), want);
         }
     }
 }

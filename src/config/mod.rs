@@ -71,6 +71,10 @@ pub mod defaults {
 
 #[derive(Debug, Error)]
 pub enum FleetFileError {
+    #[error(
+        "no fleet file at {path}: run `bento init` in your configuration repository to create one, or name yours with --config FILE (or BENTO_CONFIG=FILE)"
+    )]
+    Missing { path: PathBuf },
     #[error("cannot read fleet file {path}: {source}")]
     Read {
         path: PathBuf,
@@ -231,9 +235,12 @@ impl Fleet {
     /// Reads and validates a fleet file. Relative paths in it are relative to its directory.
     pub fn load(path: &Path) -> Result<Fleet, FleetFileError> {
         let file = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
-        let text = std::fs::read_to_string(&file).map_err(|source| FleetFileError::Read {
-            path: file.clone(),
-            source,
+        let text = std::fs::read_to_string(&file).map_err(|source| match source.kind() {
+            std::io::ErrorKind::NotFound => FleetFileError::Missing { path: file.clone() },
+            _ => FleetFileError::Read {
+                path: file.clone(),
+                source,
+            },
         })?;
         Fleet::parse(&text, &file)
     }

@@ -13,6 +13,7 @@ pub mod nar;
 pub mod narinfo;
 pub mod pathinfo;
 pub mod store;
+pub mod transient;
 
 pub use cmd::{CmdError, Command, Output};
 pub use hash::{HashError, Sha256Hash};
