@@ -135,7 +135,13 @@ pub async fn run_once<L: Link + Sync>(
         journal: Journal::load(dir)?,
     };
     // Reports from earlier attempts first: the server learns what happened in order.
-    let delivered = outbox::flush(dir, link).await?;
+    outbox::flush(dir, link).await?;
+    // An attempt whose agent was killed before it ended: its outcome is this run's, when
+    // this run finds nothing more to do on that generation.
+    let untold = cycle.journal.untold.take();
+    if untold.is_some() {
+        cycle.journal.save(dir)?;
+    }
     cycle.put_files_back();
 
     if let Some(flight) = cycle.journal.in_flight.clone() {
@@ -156,9 +162,7 @@ pub async fn run_once<L: Link + Sync>(
         cycle.journal.last_seen = Some(untrusted_generation);
         cycle.journal.save(dir)?;
     }
-    // Nothing to do, unless an earlier run (killed before its report went out) finished
-    // this generation: then this run's result is that report's, delivered now.
-    let idle = || match decide::late_report(&delivered, untrusted_generation) {
+    let idle = || match decide::idle_result(untold, untrusted_generation) {
         Some(outcome) => Ended::Reported(outcome),
         None => Ended::Idle,
     };
@@ -498,6 +502,7 @@ impl<L: Link + Sync> Cycle<'_, L> {
         let (agent, generation) = (self.agent, target.generation);
         let journal = &mut self.journal;
         journal.in_flight = None;
+        journal.untold = Some((generation, outcome));
         match outcome {
             Outcome::Applied => {
                 journal.last_applied = Some(generation);
@@ -541,6 +546,9 @@ impl<L: Link + Sync> Cycle<'_, L> {
         }
         outbox::queue(&agent.state_dir, &report)?;
         outbox::flush(&agent.state_dir, self.link).await?;
+        if self.journal.untold.take().is_some() {
+            self.journal.save(&agent.state_dir)?;
+        }
         Ok(Ended::Reported(outcome))
     }
 }

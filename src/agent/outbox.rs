@@ -8,7 +8,7 @@ use thiserror::Error;
 
 use super::link::Link;
 use crate::durable::{WriteError, write_atomic};
-use crate::report::{Outcome, Report};
+use crate::report::Report;
 
 #[derive(Debug, Error)]
 pub enum OutboxError {
@@ -38,11 +38,8 @@ pub fn queue(state_dir: &Path, report: &Report) -> Result<(), OutboxError> {
 }
 
 /// Uploads queued reports, oldest first; stops at the first failure (the server is likely
-/// unreachable). Returns the generation and outcome of each report delivered.
-pub async fn flush<L: Link>(
-    state_dir: &Path,
-    link: &L,
-) -> Result<Vec<(u64, Outcome)>, OutboxError> {
+/// unreachable) and returns how many were delivered.
+pub async fn flush<L: Link>(state_dir: &Path, link: &L) -> Result<usize, OutboxError> {
     let d = dir(state_dir);
     let mut names: Vec<String> = match std::fs::read_dir(&d) {
         Ok(entries) => entries
@@ -50,11 +47,11 @@ pub async fn flush<L: Link>(
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .filter(|n| n.ends_with(".json") && !n.starts_with('.'))
             .collect(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
         Err(source) => return Err(OutboxError::Read { path: d, source }),
     };
     names.sort();
-    let mut sent = Vec::new();
+    let mut sent = 0;
     for name in names {
         let path = d.join(&name);
         let Ok(bytes) = std::fs::read(&path) else {
@@ -63,9 +60,7 @@ pub async fn flush<L: Link>(
         match link.upload_report(&name, &bytes).await {
             Ok(()) => {
                 let _ = std::fs::remove_file(&path);
-                if let Ok(r) = Report::parse(&bytes) {
-                    sent.push((r.generation, r.outcome));
-                }
+                sent += 1;
             }
             Err(e) => {
                 tracing::info!(report = %name, error = %e, "report not delivered yet; will retry");
