@@ -6,7 +6,7 @@
 mod harness;
 
 use harness::fake::{self, Behaviour};
-use harness::server::{OneHost, agent_once};
+use harness::scene::{OneHost, agent_once};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_release_is_applied_confirmed_and_reported() {

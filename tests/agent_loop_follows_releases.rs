@@ -10,7 +10,8 @@ use std::time::Instant;
 
 use harness::fake::Behaviour;
 use harness::net::Host;
-use harness::server::{OneHost, wait_for};
+use harness::ran::wait_for;
+use harness::scene::OneHost;
 
 /// The agent loop (`bento agent`) inside `host`, killed when dropped.
 fn agent_loop(host: &Host, config: &Path) -> tokio::process::Child {
@@ -64,7 +65,7 @@ async fn trigger_checks_now_and_streams_progress() {
     // for ten minutes.
     let socket = host.root.join("run/bento-agent/trigger.sock");
     assert!(wait_for(30, || socket.exists()).await);
-    assert!(wait_for(30, || server.publish.sessions_of("web1") > 0).await);
+    assert!(wait_for(30, || server.sftp().state.sessions_of("web1") > 0).await);
     use std::os::unix::fs::PermissionsExt as _;
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "only root may trigger");

@@ -5,7 +5,7 @@
 mod harness;
 
 use harness::fake::{self, Behaviour};
-use harness::server::{OneHost, agent_once};
+use harness::scene::{OneHost, agent_once};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_activation_is_rolled_back_to_the_previous_system() {
@@ -13,7 +13,7 @@ async fn failed_activation_is_rolled_back_to_the_previous_system() {
     let Some(t) = OneHost::start("actfail", &systems, "").await else {
         return;
     };
-    let (host, server, config, tmp) = (&t.host, &t.server, &t.config, &t.tmp);
+    let (host, server, config) = (&t.host, &t.server, &t.config);
     let (old, bad) = (t.systems[0].clone(), t.systems[1].clone());
     server.publish_release("web1", 2, &bad).await;
 
@@ -51,7 +51,7 @@ async fn failed_activation_is_rolled_back_to_the_previous_system() {
     let (code, _) = agent_once(host, config).await;
     assert_eq!(code, 3);
     assert_eq!(host.activations().len(), 2);
-    let fixed = fake::build(tmp.path(), "web1", 3, &Behaviour::Good, "actfail");
+    let fixed = fake::build("web1", 3, &Behaviour::Good, "actfail");
     server.publish_release("web1", 3, &fixed).await;
     let (code, log) = agent_once(host, config).await;
     assert_eq!(code, 0, "{log}");

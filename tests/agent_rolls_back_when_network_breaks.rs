@@ -7,7 +7,7 @@
 mod harness;
 
 use harness::fake::{self, Behaviour};
-use harness::server::{OneHost, agent_once};
+use harness::scene::{OneHost, agent_once};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_configuration_that_cuts_the_network_is_rolled_back() {

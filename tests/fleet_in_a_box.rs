@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use bento::report::Outcome;
 use harness::fake::{self, Behaviour};
-use harness::fleet::{Fleet, Spec};
-use harness::server::wait_for;
+use harness::fleet::Fleet;
+use harness::ran::wait_for;
+use harness::repo::Spec;
 
 /// Generous: a loaded CI machine builds, copies and confirms much slower than a quiet one.
 const CONVERGE_SECS: u64 = 120;
@@ -149,14 +150,7 @@ async fn a_configuration_that_cuts_the_network_is_rolled_back_and_status_says_so
     let (_, good) = fleet.released("web2").unwrap();
     let web1_before = fleet.host("web1").activations();
 
-    fleet.configure(
-        "web2",
-        Spec {
-            version: 2,
-            behaviour: Behaviour::BreakNetwork,
-            blob_mib: 0,
-        },
-    );
+    fleet.configure("web2", Spec::good(2).behaving(Behaviour::BreakNetwork));
     fleet.deploy(&[]);
     let (_, bad) = fleet.released("web2").unwrap();
     fleet
@@ -236,14 +230,7 @@ async fn every_agent_completes_after_serve_is_restarted_during_downloads() {
         return;
     };
     for h in hosts {
-        fleet.configure(
-            h,
-            Spec {
-                version: 2,
-                behaviour: Behaviour::Good,
-                blob_mib: 24,
-            },
-        );
+        fleet.configure(h, Spec::good(2).with_blob(24));
         // 24 MiB at 40 Mbit/s: about 5 s per download.
         fleet.host(h).throttle("40mbit");
     }
@@ -508,22 +495,8 @@ async fn reports_and_logs_arrive_intact_and_status_shows_each_state() {
         return;
     };
     const LINES: u32 = 3000;
-    fleet.configure(
-        "chatty",
-        Spec {
-            version: 1,
-            behaviour: Behaviour::Chatty(LINES),
-            blob_mib: 0,
-        },
-    );
-    fleet.configure(
-        "failing",
-        Spec {
-            version: 1,
-            behaviour: Behaviour::FailActivation,
-            blob_mib: 0,
-        },
-    );
+    fleet.configure("chatty", Spec::good(1).behaving(Behaviour::Chatty(LINES)));
+    fleet.configure("failing", Spec::good(1).behaving(Behaviour::FailActivation));
     fleet.start_serve(&[]).await;
     fleet.deploy(&["chatty", "failing", "silent", "distrustful", "cacheless"]);
     fleet.start_agent("chatty", "");

@@ -5,15 +5,12 @@
 
 mod harness;
 
-use std::io::{BufRead as _, BufReader};
-use std::process::{Command, Stdio};
-use std::time::Duration;
-
 use bento::nix::keys::{self, SecretKey};
 use bento::publish::client;
-use bento::release::Release;
-use harness::server::wait_for;
-use harness::{public_key_line, ssh_keygen};
+use harness::keys::{public_key_line, ssh_keygen};
+use harness::ran::wait_for;
+use harness::serve::Serve;
+use harness::servers::signed_release;
 
 fn fleet_toml(state: &std::path::Path, key: &std::path::Path, hosts: &[(&str, String)]) -> String {
     let mut t = format!(
@@ -25,14 +22,6 @@ fn fleet_toml(state: &std::path::Path, key: &std::path::Path, hosts: &[(&str, St
         t.push_str(&format!("\n[hosts.{name}]\nssh_key = \"{pubkey}\"\n"));
     }
     t
-}
-
-struct Killed(std::process::Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -55,38 +44,23 @@ async fn editing_the_fleet_file_revokes_a_removed_host_only() {
     for h in ["a", "b"] {
         let dir = state.join("publish").join(h);
         std::fs::create_dir_all(&dir).unwrap();
-        let r = Release::sign(h, 1, path, 1, &fleet_key).unwrap();
-        std::fs::write(dir.join("release"), r.to_bytes()).unwrap();
+        std::fs::write(dir.join("release"), signed_release(h, 1, path, &fleet_key)).unwrap();
     }
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_bento"))
-        .args(["serve", "--config"])
-        .arg(&toml)
-        .args([
-            "--cache-listen",
-            "127.0.0.1:0",
-            "--sftp-listen",
-            "127.0.0.1:0",
-            "--no-dashboard",
-        ])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let server = Killed(child);
-    let mut lines = BufReader::new(stdout).lines();
-    let (mut sftp, mut pinned) = (String::new(), String::new());
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        if let Some(a) = line.trim().strip_prefix("sftp") {
-            sftp = a.trim().to_owned();
-        }
-        if let Some(p) = line.strip_prefix("Agents pin the host key: server_host_key = ") {
-            pinned = p.trim_matches('"').to_owned();
-            break;
-        }
-    }
+    let server = tokio::task::block_in_place(|| {
+        Serve::start(
+            &toml,
+            &[
+                "--cache-listen",
+                "127.0.0.1:0",
+                "--sftp-listen",
+                "127.0.0.1:0",
+                "--no-dashboard",
+            ],
+            &tmp.path().join("serve.log"),
+        )
+    });
+    let (sftp, pinned) = (server.sftp.clone(), server.pinned.clone());
     assert!(pinned.starts_with("ssh-ed25519 "), "{pinned}");
     assert!(sftp.starts_with("127.0.0.1:"), "{sftp}");
 
@@ -116,7 +90,7 @@ async fn editing_the_fleet_file_revokes_a_removed_host_only() {
 
     // A broken fleet file is refused and the access map kept.
     std::fs::write(&toml, "[fleet]\nthis is not toml").unwrap();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
     assert!(
         client::connect(sftp.as_str(), "a", &a_key, &pinned)
             .await
