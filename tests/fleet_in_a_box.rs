@@ -32,6 +32,24 @@ fn activations_of(fleet: &Fleet, host: &str, path: &str) -> Vec<String> {
         .collect()
 }
 
+/// Waits until the agent loop of each of `hosts` has finished `more` attempts beyond those
+/// it had finished when called: they had every chance to act.
+async fn wait_for_attempts(fleet: &Fleet, hosts: &[&str], more: usize) {
+    let start: Vec<usize> = hosts.iter().map(|h| fleet.attempts(h)).collect();
+    let made = wait_for(60, || {
+        hosts
+            .iter()
+            .zip(&start)
+            .all(|(h, n)| fleet.attempts(h) >= n + more)
+    })
+    .await;
+    assert!(
+        made,
+        "the agents of {hosts:?} made no {more} more attempts in 60 s\n{}",
+        fleet.diagnostics()
+    );
+}
+
 /// A fleet already converged on its first deployment.
 async fn converged(salt: &str, hosts: &[&'static str], serve_args: &[&str]) -> Option<Fleet> {
     let mut fleet = Fleet::new(salt, hosts)?;
@@ -118,8 +136,9 @@ async fn a_change_to_one_host_updates_only_that_host() {
     assert_eq!(fleet.host("web2").running().as_deref(), Some(path.as_str()));
     assert_eq!(activations_of(&fleet, "web2", &path).len(), 1);
 
-    // Give the other agents several polls in which they could (wrongly) act.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Give the other agents two more attempts each in which they could (wrongly) act; that
+    // they made them is the positive control of the checks below.
+    wait_for_attempts(&fleet, &["web1", "web3"], 2).await;
     for h in ["web1", "web3"] {
         let (release, activations, reports) = &before[h];
         assert_eq!(
@@ -203,9 +222,10 @@ async fn a_configuration_that_cuts_the_network_is_rolled_back_and_status_says_so
         report.log
     );
 
-    // The bad generation is not tried again, and web1 never noticed.
+    // The bad generation is not tried again, and web1 never noticed: both agents make two
+    // more attempts (the positive control), and activate nothing.
     let count = activations.len();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    wait_for_attempts(&fleet, &["web1", "web2"], 2).await;
     assert_eq!(fleet.host("web2").activations().len(), count);
     assert_eq!(fleet.host("web1").activations(), web1_before);
 }

@@ -88,9 +88,22 @@ async fn editing_the_fleet_file_revokes_a_removed_host_only() {
     let release = a.read_release().await.unwrap().unwrap();
     assert!(String::from_utf8_lossy(&release).contains("\"host\": \"a\""));
 
-    // A broken fleet file is refused and the access map kept.
+    // A broken fleet file is refused and the access map kept. Rather than waiting a while
+    // and finding nothing changed, wait until serve says it read the file and refused it
+    // (the revocation above shows what a reload it accepts does).
+    let refused = "fleet file not reloaded; keeping the hosts as they were";
+    assert!(
+        !server.log_text().contains(refused),
+        "{}",
+        server.log_text()
+    );
     std::fs::write(&toml, "[fleet]\nthis is not toml").unwrap();
-    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert!(
+        wait_for(20, || server.log_text().contains(refused)).await,
+        "serve never read the broken file:\n{}",
+        server.log_text()
+    );
+    assert!(!a.is_closed(), "a's session survives the refused reload");
     assert!(
         client::connect(sftp.as_str(), "a", &a_key, &pinned)
             .await
