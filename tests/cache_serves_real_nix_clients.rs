@@ -10,16 +10,24 @@ use bento::cache::request::Endpoint;
 use harness::nix::{self, Nix, build_tricky, closure, hash_part, nonce};
 use harness::servers::{CacheServer, ServerDir};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nix_copies_a_tricky_closure_over_zstd_and_verifies_it() {
+/// The tricky closure, published for web1 and served; `None` when this test may not run
+/// (see `harness::root`).
+async fn tricky_served() -> Option<(String, ServerDir, CacheServer)> {
     if !harness::needs_root("the machine's Nix store, which the cache serves") {
-        return;
+        return None;
     }
-    let salt = nonce();
-    let top = build_tricky(&salt);
+    let top = build_tricky(&nonce());
     let dir = ServerDir::new();
     dir.publish("web1", 1, &top);
     let server = CacheServer::start(dir.cache_config()).await;
+    Some((top, dir, server))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nix_copies_a_tricky_closure_over_zstd_and_verifies_it() {
+    let Some((top, dir, server)) = tricky_served().await else {
+        return;
+    };
     let pubkey = dir.key.public().to_string();
 
     // The narinfo advertises the zstd file, signed by the fleet key.
@@ -75,14 +83,9 @@ async fn nix_copies_a_tricky_closure_over_zstd_and_verifies_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_plain_nar_served_on_the_fly_is_byte_identical_to_nix_store_dump() {
-    if !harness::needs_root("the machine's Nix store, which the cache serves") {
+    let Some((top, _dir, server)) = tricky_served().await else {
         return;
-    }
-    let salt = nonce();
-    let top = build_tricky(&salt);
-    let dir = ServerDir::new();
-    dir.publish("web1", 1, &top);
-    let server = CacheServer::start(dir.cache_config()).await;
+    };
     let ni = server.get(&format!("/{}.narinfo", hash_part(&top))).await;
     let nar_hash = ni.field("NarHash").unwrap();
     let digest = nar_hash.strip_prefix("sha256:").unwrap();

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bento::publish::PublishConfig;
+use harness::ran::retry;
 use harness::servers::{SftpServer, sftp_config};
 use tokio::io::AsyncReadExt as _;
 use tokio::net::{TcpSocket, TcpStream};
@@ -65,19 +66,8 @@ async fn one_address_cannot_hold_every_slot_before_logging_in() {
     drop(held.pop());
     let mut logged_in = Vec::new();
     for _ in 0..3 {
-        let mut tries = 0;
-        let session = loop {
-            match server.client("web1").await {
-                Ok(s) => break s,
-                // The dropped connection's slot comes back when the server notices the close.
-                Err(e) if tries < 50 => {
-                    tries += 1;
-                    let _ = e;
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(e) => panic!("web1 cannot log in: {e}"),
-            }
-        };
+        // The dropped connection's slot comes back when the server notices the close.
+        let session = retry("web1 cannot log in", || server.client("web1")).await;
         assert!(session.read_release().await.unwrap().is_some());
         logged_in.push(session);
     }

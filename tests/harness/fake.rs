@@ -94,22 +94,14 @@ in mk "nixos-system-{host}-{generation}" ''
 
 /// Builds a fake system in the machine's store and returns its store path.
 pub fn build(host: &str, generation: u64, behaviour: &Behaviour, salt: &str) -> String {
-    build_sized(host, generation, behaviour, salt, 0)
+    build_expression(&expression(host, generation, behaviour, salt, 0))
 }
 
-/// [`build`], with an incompressible `blob_mib` MiB file in a dependency (none for 0), so
-/// that copying it takes a moment.
-pub fn build_sized(
-    host: &str,
-    generation: u64,
-    behaviour: &Behaviour,
-    salt: &str,
-    blob_mib: u32,
-) -> String {
-    let expr = expression(host, generation, behaviour, salt, blob_mib);
+/// Builds an [`expression`] in the machine's store and returns its store path.
+pub fn build_expression(expr: &str) -> String {
     // `nix::build` prefixes its `mk`; this expression brings its own.
     let out = nix::command("nix-build")
-        .args(["--no-out-link", "-E", &expr])
+        .args(["--no-out-link", "-E", expr])
         .run()
         .unwrap_or_else(|e| panic!("{e}"));
     out.stdout_text().lines().last().unwrap().to_owned()

@@ -88,6 +88,27 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// Runs `attempt` until it succeeds, at most 50 times, 100 ms apart (for what comes back by
+/// itself a moment later: a port a stopped server held, a connection slot); panics with the
+/// last error, naming `what`.
+pub async fn retry<T, E: std::fmt::Display, F: std::future::Future<Output = Result<T, E>>>(
+    what: &str,
+    mut attempt: impl FnMut() -> F,
+) -> T {
+    let mut tries = 0;
+    loop {
+        match attempt().await {
+            Ok(t) => return t,
+            Err(e) if tries < 50 => {
+                tries += 1;
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("{what}: {e}"),
+        }
+    }
+}
+
 /// Waits up to `secs` for `cond`, checking every 50 ms; false if it never held.
 pub async fn wait_for(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);

@@ -233,6 +233,53 @@ pub struct OneHost {
 }
 
 impl OneHost {
+    /// Publishes system `n` (`systems[n - 1]`) as release generation `n`, tells both
+    /// servers, and returns its store path.
+    pub async fn publish(&self, n: u64) -> String {
+        let system = self.systems[n as usize - 1].clone();
+        self.server.publish_release("web1", n, &system).await;
+        system
+    }
+
+    /// One `bento agent --once` inside the host with its configuration: exit code and
+    /// stderr.
+    pub async fn agent_once(&self) -> (i32, String) {
+        agent_once(&self.host, &self.config).await
+    }
+
+    /// Publishes system 2, which the agent must roll back: one `bento agent --once` exits
+    /// with `code`, the host activated system 2 then system 1 and runs system 1 again, and
+    /// its one final report says `outcome` (`reason` containing `why`). Returns the report
+    /// and how long the attempt took.
+    pub async fn expect_rolled_back(
+        &self,
+        code: i32,
+        outcome: &str,
+        why: &str,
+    ) -> (Report, std::time::Duration) {
+        let (old, bad) = (self.systems[0].clone(), self.systems[1].clone());
+        self.server.publish_release("web1", 2, &bad).await;
+        let started = std::time::Instant::now();
+        let (got, log) = self.agent_once().await;
+        let took = started.elapsed();
+        assert_eq!(got, code, "{log}");
+        assert_eq!(self.host.running().as_deref(), Some(old.as_str()));
+        assert_eq!(
+            self.host.activations(),
+            fake::switched(&[&bad, &old]),
+            "the previous system itself is re-activated"
+        );
+        let mut reports = self.server.final_reports("web1");
+        assert_eq!(reports.len(), 1, "{reports:?}");
+        let r = reports.remove(0);
+        assert_eq!(r.outcome.as_str(), outcome, "{r:?}");
+        assert!(
+            r.reason.as_deref().unwrap_or_default().contains(why),
+            "{r:?}"
+        );
+        (r, took)
+    }
+
     /// `None` (after saying why) when this test may not run here (see `harness::root`).
     pub async fn start(salt: &str, systems: &[Behaviour], extra: &str) -> Option<OneHost> {
         let sized: Vec<_> = systems.iter().map(|b| (b.clone(), 0)).collect();
@@ -251,7 +298,9 @@ impl OneHost {
         let systems: Vec<String> = systems
             .iter()
             .enumerate()
-            .map(|(i, (b, mib))| fake::build_sized("web1", i as u64 + 1, b, salt, *mib))
+            .map(|(i, (b, mib))| {
+                fake::build_expression(&fake::expression("web1", i as u64 + 1, b, salt, *mib))
+            })
             .collect();
         let net = Net::new();
         let server = Server::start(&net, &["web1"]).await;

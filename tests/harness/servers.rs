@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::http::{Resp, http};
 use super::keys::{public_key_line, ssh_keygen};
+use super::ran::retry;
 
 /// A server's state directory (`<tmp>/state`) with the fleet key, and scratch space beside
 /// it (`<tmp>`) for keys and files a test makes. Removed when dropped.
@@ -299,18 +300,7 @@ impl SftpServer {
         .unwrap();
         let host_key = load_or_create_host_key(&dir.state.join("ssh/host_ed25519_key")).unwrap();
         let state = PublishState::new(&dir.state, host_key, access, config).unwrap();
-        let mut tries = 0;
-        let listener = loop {
-            match TcpListener::bind(addr).await {
-                Ok(l) => break l,
-                Err(e) if tries < 50 => {
-                    tries += 1;
-                    let _ = e;
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(e) => panic!("cannot bind {addr}: {e}"),
-            }
-        };
+        let listener = retry(&format!("cannot bind {addr}"), || TcpListener::bind(addr)).await;
         let addr = listener.local_addr().unwrap();
         let line = state
             .host_key()
