@@ -2,16 +2,25 @@
 SHELL := /bin/bash
 NIX_SETTINGS = source scripts/nix-env.sh
 
-.PHONY: setup test demo fuzz bench
+.PHONY: setup test check-nixos demo fuzz bench
 
 setup:
 	@scripts/setup.sh
 
-## Everything CI checks: formatting, lints, every test (unit, integration against real Nix).
+## Everything CI checks: formatting, lints, every test (unit, integration against real Nix),
+## and the NixOS side as far as this machine allows (see check-nixos).
 test: setup
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
 	$(NIX_SETTINGS) && cargo test --all-targets -- --test-threads=2
+	scripts/check-nixos.sh
+
+## The NixOS modules and the VM tests' nodes: every .nix file parses; with NIXPKGS_LIB set
+## (a checkout of github:nix-community/nixpkgs.lib) the module evaluation table, the
+## rendered configs through the real bento, the option reference of docs/nixos.md and the
+## flake's outputs. The VM tests themselves need nixpkgs and KVM: `nix flake check -L`.
+check-nixos:
+	scripts/check-nixos.sh
 
 ## The demo: what Bento does, end to end, on this machine.
 demo: setup

@@ -1,4 +1,4 @@
-//! Benchmark of the SFTP publisher (prints figures, asserts nothing). Run it with
+//! Benchmark of the SFTP server (prints figures, asserts nothing). Run it with
 //! `scripts/bench-sftp.sh`, which builds it in release mode and pins the processes.
 //!
 //! The server runs in its own process on a single-threaded tokio runtime, pinned to one CPU
@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use bento::nix::cmd::Command;
-use bento::publish::{HostKey, HostKeys, PublishConfig, PublishState, serve};
+use bento::sftp::server::{HostKey, HostKeys, Sessions, SftpConfig, serve};
 use clap::Parser;
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::process::{Child, ChildStdin};
@@ -81,7 +81,7 @@ async fn server(state_dir: PathBuf, hosts_file: PathBuf, poll_ms: u64) -> anyhow
         let (host, key) = l.split_once(' ')?;
         Some((host.to_owned(), vec![key.to_owned()]))
     }))?;
-    let config = PublishConfig {
+    let config = SftpConfig {
         max_sessions: 16_384,
         max_sessions_per_host: 16,
         // Every client of the benchmark comes from 127.0.0.1.
@@ -90,9 +90,9 @@ async fn server(state_dir: PathBuf, hosts_file: PathBuf, poll_ms: u64) -> anyhow
         request_rate: 100_000.0,
         request_burst: 100_000,
         release_poll_interval: Duration::from_millis(poll_ms),
-        ..PublishConfig::default()
+        ..SftpConfig::default()
     };
-    let state = PublishState::new(&state_dir, HostKey::generate(), hosts, config)?;
+    let state = Sessions::new(&state_dir, HostKey::generate(), hosts, config)?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let port = listener.local_addr()?.port();
     let shutdown = tokio_util::sync::CancellationToken::new();
@@ -190,7 +190,7 @@ async fn driver(args: Args) -> anyhow::Result<()> {
     let fleet = make_fleet(hosts_needed)?;
     let mut server = start_server(&fleet, &args).await?;
     println!(
-        "SFTP publisher benchmark: {} hosts, server pid {} on {}, single-threaded runtime",
+        "SFTP server benchmark: {} hosts, server pid {} on {}, single-threaded runtime",
         fleet.hosts.len(),
         server.pid,
         args.server_cpu
@@ -334,9 +334,9 @@ async fn connect(
     fleet: &Fleet,
     server: &Server,
     host: &str,
-) -> anyhow::Result<bento::publish::Session> {
+) -> anyhow::Result<bento::sftp::client::Session> {
     Ok(
-        bento::publish::connect(server.addr.as_str(), host, &fleet.key(host), &server.pinned)
+        bento::sftp::client::connect(server.addr.as_str(), host, &fleet.key(host), &server.pinned)
             .await?,
     )
 }

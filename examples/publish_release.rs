@@ -23,6 +23,6 @@ fn main() -> anyhow::Result<()> {
     let release = Release::sign(host, generation.parse()?, store_path, created, &key)?;
     let dir = PathBuf::from(state_dir).join("publish").join(host);
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    bento::state::write_atomic(&dir.join("release"), &release.to_bytes(), 0o644)?;
+    bento::durable::write_atomic(&dir.join("release"), &release.to_bytes(), 0o644)?;
     Ok(())
 }

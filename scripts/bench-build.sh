@@ -33,7 +33,8 @@ ROUNDS=${ROUNDS:-1}
 
 [ -x /usr/bin/time ] || { echo "bench: /usr/bin/time missing; run scripts/setup.sh" >&2; exit 1; }
 cargo build --release -q
-bento=$PWD/target/release/bento
+source scripts/lib/target.sh
+bento=$BENTO_RELEASE_DIR/bento
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

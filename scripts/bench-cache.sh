@@ -21,8 +21,9 @@ for tool in wrk nginx curl nix; do
   command -v "$tool" >/dev/null || { echo "bench-cache: $tool is missing; run scripts/setup.sh" >&2; exit 1; }
 done
 cargo build --release --quiet --bin bento --example publish_release
-bento=$PWD/target/release/bento
-publish=$PWD/target/release/examples/publish_release
+source scripts/lib/target.sh
+bento=$BENTO_RELEASE_DIR/bento
+publish=$BENTO_RELEASE_DIR/examples/publish_release
 
 work=$(mktemp -d /tmp/bento-bench.XXXXXX)
 pids=()

@@ -6,7 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/nix-env.sh
-BENTO=$PWD/target/release/bento
+source scripts/lib/target.sh
+BENTO=$BENTO_RELEASE_DIR/bento
 export RUST_LOG=${RUST_LOG:-warn}
 source scripts/lib/fleet.sh
 sizes=("${@:-10 50}")

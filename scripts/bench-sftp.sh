@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmark of the SFTP publisher: polls/s and server CPU per poll on one core, memory per
+# Benchmark of the SFTP server: polls/s and server CPU per poll on one core, memory per
 # idle session, time from a new release to a waiting agent being told. Prints figures,
 # asserts nothing. Extra arguments go to the benchmark (see `--help`), e.g. --clients 50.
 #
@@ -8,7 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --example bench_sftp
-bin=target/release/examples/bench_sftp
+source scripts/lib/target.sh
+bin=$BENTO_RELEASE_DIR/examples/bench_sftp
 cpus=$(nproc)
 if command -v taskset >/dev/null && [ "$cpus" -ge 2 ]; then
   exec taskset -c "1-$((cpus - 1))" "$bin" --server-cpu 0 "$@"

@@ -5,7 +5,8 @@
 # host itself. Cleans up after itself. Needs root (namespaces).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BENTO=$PWD/target/release/bento
+source scripts/lib/target.sh
+BENTO=$BENTO_RELEASE_DIR/bento
 export RUST_LOG=${RUST_LOG:-warn}
 source scripts/lib/fleet.sh
 

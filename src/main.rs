@@ -15,7 +15,7 @@ fn main() -> ExitCode {
     match cli.run() {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", bento::cli::describe_error(&err));
             ExitCode::FAILURE
         }
     }

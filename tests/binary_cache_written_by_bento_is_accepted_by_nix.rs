@@ -15,7 +15,7 @@ mod harness;
 use std::path::Path;
 
 use base64::Engine as _;
-use bento::agent::config::{Agent, AgentConfig};
+use bento::agent::config::Agent;
 use bento::nix::narinfo::{self, Compression, FileInfo};
 use bento::nix::pathinfo::PathInfoError;
 use bento::nix::store::{self, StorePath};
@@ -153,7 +153,7 @@ impl Fixture {
             harness::keys::made_up_public_key(1),
             self.key.public()
         );
-        AgentConfig::parse(Path::new("agent.toml"), &text).unwrap()
+        Agent::parse(Path::new("agent.toml"), &text).unwrap()
     }
 
     /// The agent's own copy command (`copy_command`: signatures required, only the fleet

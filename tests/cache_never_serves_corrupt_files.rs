@@ -139,7 +139,7 @@ async fn a_file_corrupted_while_the_server_was_down_is_caught_at_load() {
     std::fs::write(&file, &bytes).unwrap();
 
     // A new server does not trust the file it finds: it hashes it, and remakes it.
-    let state = bento::cache::CacheState::new(dir.cache_config()).unwrap();
+    let state = bento::cache::Cache::new(dir.cache_config()).unwrap();
     let report = state.refresh().await.unwrap();
     assert_eq!((report.reused_files, report.compressed), (0, 1));
     let good = std::fs::read(&file).unwrap();
@@ -148,7 +148,7 @@ async fn a_file_corrupted_while_the_server_was_down_is_caught_at_load() {
         ni.field("FileHash").unwrap()
     );
     // And an intact file is reused, not recompressed.
-    let again = bento::cache::CacheState::new(dir.cache_config()).unwrap();
+    let again = bento::cache::Cache::new(dir.cache_config()).unwrap();
     let report = again.refresh().await.unwrap();
     assert_eq!((report.reused_files, report.compressed), (1, 0));
 }

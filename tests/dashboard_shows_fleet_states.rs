@@ -60,7 +60,7 @@ const CASES: [(&str, Newest, &str); 12] = [
 const POISON: &str = "<img src=x id=poison-from-agent>";
 
 fn now() -> u64 {
-    bento::status::unix_now()
+    bento::clock::unix_now()
 }
 
 fn path_of(host: &str, generation: u64) -> String {

@@ -9,7 +9,7 @@ mod harness;
 
 use std::os::unix::fs::symlink;
 
-use bento::publish::PublishConfig;
+use bento::sftp::server::SftpConfig;
 use harness::ran::failure_text;
 use harness::servers::{SftpServer, sftp_config, status_of};
 use russh_sftp::protocol::{FileAttributes, OpenFlags, StatusCode};
@@ -22,7 +22,7 @@ const POISON: [&str; 2] = ["root:x:0:0", "POISON-WEB2"];
 async fn server() -> SftpServer {
     let server = SftpServer::start_with(
         &["web1", "web2", "web3", "web4"],
-        PublishConfig {
+        SftpConfig {
             max_report_bytes: CAP,
             ..sftp_config()
         },

@@ -8,7 +8,8 @@ mod harness;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bento::publish::{ClientError, PublishConfig};
+use bento::sftp::client::ClientError;
+use bento::sftp::server::SftpConfig;
 use harness::servers::{AcceptAny, SftpServer, sftp_config};
 use tokio::io::AsyncReadExt as _;
 
@@ -24,7 +25,7 @@ async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
 async fn a_flooding_session_is_cut_off_and_others_are_served() {
     let server = SftpServer::start_with(
         &["web1", "web2"],
-        PublishConfig {
+        SftpConfig {
             request_rate: 100.0,
             request_burst: 200,
             ..sftp_config()
@@ -76,7 +77,7 @@ async fn a_flooding_session_is_cut_off_and_others_are_served() {
 async fn sessions_per_host_and_connections_are_capped() {
     let server = SftpServer::start_with(
         &["web1", "web2", "web3"],
-        PublishConfig {
+        SftpConfig {
             max_sessions_per_host: 2,
             max_sessions: 3,
             ..sftp_config()
@@ -121,7 +122,7 @@ async fn sessions_per_host_and_connections_are_capped() {
 async fn unauthenticated_and_idle_connections_are_closed() {
     let server = SftpServer::start_with(
         &["web1", "web2"],
-        PublishConfig {
+        SftpConfig {
             auth_timeout: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(2),
             watch_max_wait: Duration::from_secs(1),

@@ -8,7 +8,7 @@ mod harness;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bento::publish::PublishConfig;
+use bento::sftp::server::SftpConfig;
 use harness::ran::retry;
 use harness::servers::{SftpServer, sftp_config};
 use tokio::io::AsyncReadExt as _;
@@ -33,7 +33,7 @@ async fn silent_connection(source: [u8; 4], server: SocketAddr) -> (TcpStream, V
 async fn one_address_cannot_hold_every_slot_before_logging_in() {
     let server = SftpServer::start_with(
         &["web1"],
-        PublishConfig {
+        SftpConfig {
             max_unauthenticated_per_ip: 3,
             ..sftp_config()
         },

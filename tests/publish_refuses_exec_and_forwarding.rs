@@ -70,7 +70,7 @@ async fn forwarding_channels_are_refused_and_sftp_still_works() {
     let server = SftpServer::start(&["web1"]).await;
     server.dir.publish_made_up("web1", 4);
     let key = russh::keys::load_secret_key(server.key("web1"), None).unwrap();
-    let pinned = bento::publish::client::parse_pinned_key(&server.pinned).unwrap();
+    let pinned = bento::sftp::client::parse_pinned_key(&server.pinned).unwrap();
     let mut ssh = russh::client::connect(
         Arc::new(russh::client::Config::default()),
         server.addr,

@@ -7,7 +7,7 @@ mod harness;
 
 use std::sync::Arc;
 
-use bento::publish::ClientError;
+use bento::sftp::client::ClientError;
 use harness::ran::failure_text;
 use harness::servers::{AcceptAny, SftpServer};
 
@@ -129,9 +129,9 @@ async fn password_and_keyboard_interactive_are_refused() {
 #[tokio::test]
 async fn clients_refuse_a_server_with_another_host_key() {
     let server = SftpServer::start(&["web1"]).await;
-    let other = bento::publish::HostKey::generate();
+    let other = bento::sftp::server::HostKey::generate();
 
-    let err = bento::publish::connect(
+    let err = bento::sftp::client::connect(
         server.addr,
         "web1",
         server.key("web1"),
@@ -177,7 +177,7 @@ async fn clients_refuse_a_server_with_another_host_key() {
         .host_key()
         .known_hosts_line("127.0.0.1", server.addr.port());
     assert!(
-        bento::publish::connect(server.addr, "web1", server.key("web1"), &line)
+        bento::sftp::client::connect(server.addr, "web1", server.key("web1"), &line)
             .await
             .is_ok()
     );

@@ -8,7 +8,7 @@ mod harness;
 
 use std::time::Duration;
 
-use bento::publish::ClientError;
+use bento::sftp::client::ClientError;
 use harness::keys::{public_key_line, ssh_keygen};
 use harness::servers::SftpServer;
 
@@ -32,7 +32,7 @@ async fn removed_host_loses_access_others_keep_their_sessions() {
 
     // Remove web2; replace db1's key.
     let new_db1_key = ssh_keygen(&server.dir.scratch().join("keys"), "db1-new");
-    let hosts = bento::publish::HostKeys::parse([
+    let hosts = bento::sftp::server::HostKeys::parse([
         ("web1", vec![public_key_line(server.key("web1"))]),
         ("db1", vec![public_key_line(&new_db1_key)]),
     ])

@@ -4,14 +4,14 @@
 
 mod harness;
 
-use bento::publish::PublishConfig;
+use bento::sftp::server::SftpConfig;
 use harness::servers::{SftpServer, sftp_config};
 
 #[tokio::test]
 async fn oldest_reports_are_rotated_past_the_count_cap() {
     let server = SftpServer::start_with(
         &["web1", "web2"],
-        PublishConfig {
+        SftpConfig {
             max_reports: 3,
             ..sftp_config()
         },
@@ -59,7 +59,7 @@ async fn oldest_reports_are_rotated_past_the_count_cap() {
 async fn oldest_reports_are_rotated_past_the_size_cap() {
     let server = SftpServer::start_with(
         &["web1"],
-        PublishConfig {
+        SftpConfig {
             max_report_bytes: 1000,
             max_reports_total_bytes: 2500,
             ..sftp_config()

@@ -9,7 +9,7 @@ mod harness;
 
 use std::time::{Duration, Instant};
 
-use bento::publish::Session;
+use bento::sftp::client::Session;
 use harness::servers::SftpServer;
 
 /// Generous: these assert that the agent is told, not how fast.

@@ -6,7 +6,7 @@
 mod harness;
 
 use bento::nix::keys::{self, SecretKey};
-use bento::publish::client;
+use bento::sftp::client;
 use harness::keys::{public_key_line, ssh_keygen};
 use harness::ran::wait_for;
 use harness::serve::Serve;

@@ -33,7 +33,7 @@ const HOSTS: [&str; 9] = [
 ];
 
 fn state_of(state: &StateDir, host: &str) -> HostState {
-    status::collect_host(state, host, status::unix_now(), 300)
+    status::collect_host(state, host, bento::clock::unix_now(), 300)
         .unwrap()
         .state
 }
@@ -80,7 +80,7 @@ async fn states_follow_what_real_agents_report() {
         "{text}"
     );
     assert!(text.contains("bento_agent_last_generation 2\n"), "{text}");
-    let s = status::collect_host(&state, "good", status::unix_now(), 300).unwrap();
+    let s = status::collect_host(&state, "good", bento::clock::unix_now(), 300).unwrap();
     assert_eq!(s.state, HostState::UpToDate, "{s:?}");
     assert_eq!(s.running.as_deref(), Some(good_g2.as_str()));
     assert_eq!(s.current_generation, Some(2));
@@ -99,7 +99,7 @@ async fn states_follow_what_real_agents_report() {
     assert_eq!(state_of(&state, "later"), HostState::UpToDate);
     let later_g3 = fake::build("later", 3, &Behaviour::Good, salt);
     server.publish_release("later", 3, &later_g3).await;
-    let s = status::collect_host(&state, "later", status::unix_now(), 300).unwrap();
+    let s = status::collect_host(&state, "later", bento::clock::unix_now(), 300).unwrap();
     assert_eq!(s.state, HostState::Pending, "{s:?}");
     assert_eq!(s.last_report.as_ref().unwrap().outcome, "applied");
     assert_eq!(s.desired.as_ref().unwrap().generation, 3);
@@ -142,7 +142,7 @@ async fn states_follow_what_real_agents_report() {
     );
     let out = agent.wait_with_output().await.unwrap();
     assert_ne!(out.status.code(), Some(0));
-    let s = status::collect_host(&state, "unhealthy", status::unix_now(), 300).unwrap();
+    let s = status::collect_host(&state, "unhealthy", bento::clock::unix_now(), 300).unwrap();
     assert_eq!(s.state, HostState::RolledBack, "{s:?}");
     assert!(s.last_error.is_some(), "{s:?}");
     assert_eq!(s.current_generation, None, "g2 never applied");
@@ -153,7 +153,7 @@ async fn states_follow_what_real_agents_report() {
     let config = server.agent_config(host("broken"), "");
     let (code, log) = agent_once(host("broken"), &config).await;
     assert_ne!(code, 0, "{log}");
-    let s = status::collect_host(&state, "broken", status::unix_now(), 300).unwrap();
+    let s = status::collect_host(&state, "broken", bento::clock::unix_now(), 300).unwrap();
     assert_eq!(s.state, HostState::ActivationFailed, "{s:?}");
     assert!(s.last_error.is_some(), "{s:?}");
 
@@ -173,7 +173,7 @@ async fn states_follow_what_real_agents_report() {
     let config = server.agent_config(host("missing"), "");
     let (code, log) = agent_once(host("missing"), &config).await;
     assert_ne!(code, 0, "{log}");
-    let s = status::collect_host(&state, "missing", status::unix_now(), 300).unwrap();
+    let s = status::collect_host(&state, "missing", bento::clock::unix_now(), 300).unwrap();
     assert_eq!(s.state, HostState::CopyFailed, "{s:?}\n{log}");
 
     // silent: released, its agent never ran → never-seen.
@@ -207,13 +207,13 @@ async fn states_follow_what_real_agents_report() {
     );
     server.restart_sftp().await;
     let (_, log) = agent_once(host("outage"), &config).await;
-    let s = status::collect_host(&state, "outage", status::unix_now(), 300).unwrap();
+    let s = status::collect_host(&state, "outage", bento::clock::unix_now(), 300).unwrap();
     assert_eq!(s.state, HostState::RetryLater, "{s:?}\n{log}");
 
     // The whole fleet at once, and the same reports an hour later: every host that was
     // heard from is stale; the others keep their state.
     let names: Vec<&str> = all.clone();
-    let now = status::unix_now();
+    let now = bento::clock::unix_now();
     let fleet = status::collect(&state, names.iter().copied(), now, 300).unwrap();
     let got: Vec<(&str, &str)> = fleet
         .hosts

@@ -1,7 +1,9 @@
 //! The agent's configuration file (TOML, rendered by the NixOS module): where the server
 //! is and how to trust it, which host this is, how to activate and confirm.
 //!
-//! Defaults live in this file only. Unknown fields are refused.
+//! Defaults live in this file only. Unknown fields are refused. The file's form stays private
+//! here; the rest of the agent reads the checked [`Agent`], whose fields are parsed keys and
+//! durations.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -13,7 +15,7 @@ use crate::nix::keys::PublicKey;
 use crate::release::check_host_name;
 
 #[derive(Debug, Error)]
-pub enum ConfigError {
+pub enum AgentConfigError {
     #[error("cannot read agent config {path}: {source}")]
     Read {
         path: PathBuf,
@@ -92,7 +94,75 @@ fn default_true() -> bool {
 /// The agent configuration as written in the file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct AgentConfig {
+struct AgentFile {
+    /// This host's name, as in the fleet file; it is also the SFTP user name.
+    host: String,
+    /// SFTP server address, `host:port`.
+    server: String,
+    /// The server's SSH host key (`ssh-ed25519 AAAA...`), pinned: nothing else is trusted.
+    server_host_key: String,
+    /// This host's SSH private key, used to log in to the server.
+    ssh_key: PathBuf,
+    /// The binary cache URL (`http://server:8080`, or `file:///mnt/cache` for a cache
+    /// carried by hand to an air-gapped host).
+    cache_url: String,
+    /// A netrc file with this host's cache token, when the cache requires one.
+    #[serde(default)]
+    cache_netrc: Option<PathBuf>,
+    /// The fleet's public key (`name:base64`), the only signer of releases and narinfos.
+    fleet_public_key: String,
+    #[serde(default = "default_profile")]
+    profile: PathBuf,
+    /// The link to the running system (NixOS: `/run/current-system`).
+    #[serde(default = "default_current_system")]
+    current_system: PathBuf,
+    #[serde(default = "default_action")]
+    action: ActivationAction,
+    #[serde(default = "default_poll_interval")]
+    poll_interval_secs: u64,
+    /// Random spread of the poll interval, as a fraction (0.2 = ±20 %).
+    #[serde(default = "default_jitter")]
+    poll_jitter: f64,
+    #[serde(default = "default_confirm_timeout")]
+    confirm_timeout_secs: u64,
+    #[serde(default = "default_confirm_retry")]
+    confirm_retry_secs: u64,
+    /// Commands (argv lists) that must all exit 0 for a new system to be confirmed.
+    #[serde(default)]
+    health_checks: Vec<Vec<String>>,
+    /// First delay before retrying a generation that was rolled back while the server was
+    /// unreachable (not the configuration's fault); doubles per attempt, at most an hour.
+    #[serde(default = "default_retry_base")]
+    retry_base_secs: u64,
+    #[serde(default = "default_state_dir")]
+    state_dir: PathBuf,
+    /// Where the files the fleet file delivers to this host (`[hosts.<h>.files]`) are
+    /// installed, outside the Nix store; a tmpfs (the default, under /run) keeps them off
+    /// the disk. Bento owns the directory: names the server no longer sends are removed.
+    #[serde(default = "default_files_dir")]
+    files_dir: PathBuf,
+    /// Unix socket for `bento agent trigger`; writable by root (and `trigger_group`).
+    #[serde(default = "default_trigger_socket")]
+    trigger_socket: PathBuf,
+    #[serde(default)]
+    trigger_group: Option<String>,
+    /// A local web page with a "check for updates" button (e.g. `127.0.0.1:51337`), off
+    /// unless set; only loopback addresses are accepted.
+    #[serde(default)]
+    http_trigger: Option<std::net::SocketAddr>,
+    /// Keep one SSH session open to be told of new releases at once (polling stays the
+    /// fallback).
+    #[serde(default = "default_true")]
+    instant_updates: bool,
+    /// Node-exporter textfile written (atomically) with this agent's last outcome after
+    /// each attempt, e.g. `/var/lib/prometheus-node-exporter/bento.prom`.
+    #[serde(default)]
+    metrics_textfile: Option<PathBuf>,
+}
+
+/// A checked agent configuration: what the file says, with keys parsed and durations made.
+#[derive(Debug, Clone)]
+pub struct Agent {
     /// This host's name, as in the fleet file; it is also the SFTP user name.
     pub host: String,
     /// SFTP server address, `host:port`.
@@ -101,89 +171,56 @@ pub struct AgentConfig {
     pub server_host_key: String,
     /// This host's SSH private key, used to log in to the server.
     pub ssh_key: PathBuf,
-    /// The binary cache URL (`http://server:8080`, or `file:///mnt/cache` for a cache
-    /// carried by hand to an air-gapped host).
+    /// The binary cache URL (`http://`, `https://` or `file://`).
     pub cache_url: String,
     /// A netrc file with this host's cache token, when the cache requires one.
-    #[serde(default)]
     pub cache_netrc: Option<PathBuf>,
-    /// The fleet's public key (`name:base64`), the only signer of releases and narinfos.
-    pub fleet_public_key: String,
-    #[serde(default = "default_profile")]
+    /// The fleet's public key, the only signer of releases and narinfos.
+    pub fleet_key: PublicKey,
+    /// The system profile switched on activation.
     pub profile: PathBuf,
     /// The link to the running system (NixOS: `/run/current-system`).
-    #[serde(default = "default_current_system")]
     pub current_system: PathBuf,
-    #[serde(default = "default_action")]
     pub action: ActivationAction,
-    #[serde(default = "default_poll_interval")]
-    pub poll_interval_secs: u64,
+    pub poll_interval: Duration,
     /// Random spread of the poll interval, as a fraction (0.2 = ±20 %).
-    #[serde(default = "default_jitter")]
     pub poll_jitter: f64,
-    #[serde(default = "default_confirm_timeout")]
-    pub confirm_timeout_secs: u64,
-    #[serde(default = "default_confirm_retry")]
-    pub confirm_retry_secs: u64,
+    pub confirm_timeout: Duration,
+    pub confirm_retry: Duration,
     /// Commands (argv lists) that must all exit 0 for a new system to be confirmed.
-    #[serde(default)]
     pub health_checks: Vec<Vec<String>>,
-    /// First delay before retrying a generation that was rolled back while the server was
-    /// unreachable (not the configuration's fault); doubles per attempt, at most an hour.
-    #[serde(default = "default_retry_base")]
-    pub retry_base_secs: u64,
-    #[serde(default = "default_state_dir")]
+    /// First delay before retrying a generation rolled back while the server was unreachable.
+    pub retry_base: Duration,
+    /// The agent's state directory: its journal, outbox and lock.
     pub state_dir: PathBuf,
-    /// Where the files the fleet file delivers to this host (`[hosts.<h>.files]`) are
-    /// installed, outside the Nix store; a tmpfs (the default, under /run) keeps them off
-    /// the disk. Bento owns the directory: names the server no longer sends are removed.
-    #[serde(default = "default_files_dir")]
+    /// Where delivered files are installed; Bento owns the directory.
     pub files_dir: PathBuf,
-    /// Unix socket for `bento agent trigger`; writable by root (and `trigger_group`).
-    #[serde(default = "default_trigger_socket")]
+    /// Unix socket for `bento agent trigger`.
     pub trigger_socket: PathBuf,
-    #[serde(default)]
     pub trigger_group: Option<String>,
-    /// A local web page with a "check for updates" button (e.g. `127.0.0.1:51337`), off
-    /// unless set; only loopback addresses are accepted.
-    #[serde(default)]
+    /// The local "check for updates" page, when set (loopback only).
     pub http_trigger: Option<std::net::SocketAddr>,
-    /// Keep one SSH session open to be told of new releases at once (polling stays the
-    /// fallback).
-    #[serde(default = "default_true")]
+    /// Keep one SSH session open to be told of new releases at once.
     pub instant_updates: bool,
-    /// Node-exporter textfile written (atomically) with this agent's last outcome after
-    /// each attempt, e.g. `/var/lib/prometheus-node-exporter/bento.prom`.
-    #[serde(default)]
+    /// Node-exporter textfile written after each attempt, when set.
     pub metrics_textfile: Option<PathBuf>,
 }
 
-/// A checked configuration: parsed keys, durations.
-#[derive(Debug, Clone)]
-pub struct Agent {
-    pub raw: AgentConfig,
-    pub fleet_key: PublicKey,
-    pub poll_interval: Duration,
-    pub confirm_timeout: Duration,
-    pub confirm_retry: Duration,
-    pub retry_base: Duration,
-}
-
-impl AgentConfig {
-    pub fn load(path: &Path) -> Result<Agent, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+impl Agent {
+    pub fn load(path: &Path) -> Result<Agent, AgentConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| AgentConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
         Self::parse(path, &text)
     }
 
-    pub fn parse(path: &Path, text: &str) -> Result<Agent, ConfigError> {
-        let raw: AgentConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+    pub fn parse(path: &Path, text: &str) -> Result<Agent, AgentConfigError> {
+        let raw: AgentFile = toml::from_str(text).map_err(|e| AgentConfigError::Parse {
             path: path.to_owned(),
             message: e.to_string(),
         })?;
-        let field = |field: &'static str, message: String| ConfigError::Field {
+        let field = |field: &'static str, message: String| AgentConfigError::Field {
             path: path.to_owned(),
             field,
             message,
@@ -241,12 +278,29 @@ impl AgentConfig {
             ));
         }
         Ok(Agent {
+            host: raw.host,
+            server: raw.server,
+            server_host_key: raw.server_host_key,
+            ssh_key: raw.ssh_key,
+            cache_url: raw.cache_url,
+            cache_netrc: raw.cache_netrc,
             fleet_key,
+            profile: raw.profile,
+            current_system: raw.current_system,
+            action: raw.action,
             poll_interval: Duration::from_secs(raw.poll_interval_secs),
+            poll_jitter: raw.poll_jitter,
             confirm_timeout: Duration::from_secs(raw.confirm_timeout_secs),
             confirm_retry: Duration::from_secs(raw.confirm_retry_secs),
+            health_checks: raw.health_checks,
             retry_base: Duration::from_secs(raw.retry_base_secs.max(1)),
-            raw,
+            state_dir: raw.state_dir,
+            files_dir: raw.files_dir,
+            trigger_socket: raw.trigger_socket,
+            trigger_group: raw.trigger_group,
+            http_trigger: raw.http_trigger,
+            instant_updates: raw.instant_updates,
+            metrics_textfile: raw.metrics_textfile,
         })
     }
 }
@@ -272,12 +326,12 @@ fleet_public_key = "{KEY}"
 
     #[test]
     fn minimal_config_gets_defaults() {
-        let a = AgentConfig::parse(Path::new("agent.toml"), &minimal()).unwrap();
-        assert_eq!(a.raw.profile, PathBuf::from("/nix/var/nix/profiles/system"));
-        assert_eq!(a.raw.action, ActivationAction::Switch);
+        let a = Agent::parse(Path::new("agent.toml"), &minimal()).unwrap();
+        assert_eq!(a.profile, PathBuf::from("/nix/var/nix/profiles/system"));
+        assert_eq!(a.action, ActivationAction::Switch);
         assert_eq!(a.poll_interval, Duration::from_secs(60));
         assert_eq!(a.fleet_key.to_string(), KEY);
-        assert!(a.raw.instant_updates);
+        assert!(a.instant_updates);
     }
 
     #[test]
@@ -291,20 +345,20 @@ fleet_public_key = "{KEY}"
         ];
         for (from, to, field) in cases {
             let text = minimal().replacen(from, to, 1);
-            let err = AgentConfig::parse(Path::new("agent.toml"), &text)
+            let err = Agent::parse(Path::new("agent.toml"), &text)
                 .err()
                 .map(|e| e.to_string())
                 .unwrap_or_default();
             assert!(err.contains(field), "{field}: {err}");
         }
         let unknown = format!("{}\nsurprise = 1\n", minimal());
-        let err = AgentConfig::parse(Path::new("agent.toml"), &unknown)
+        let err = Agent::parse(Path::new("agent.toml"), &unknown)
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(err.contains("surprise"), "{err}");
         let open_page = format!("{}\nhttp_trigger = \"0.0.0.0:51337\"\n", minimal());
-        let err = AgentConfig::parse(Path::new("agent.toml"), &open_page)
+        let err = Agent::parse(Path::new("agent.toml"), &open_page)
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
@@ -313,8 +367,8 @@ fleet_public_key = "{KEY}"
             "{err}"
         );
         let local_page = format!("{}\nhttp_trigger = \"127.0.0.1:51337\"\n", minimal());
-        assert!(AgentConfig::parse(Path::new("agent.toml"), &local_page).is_ok());
+        assert!(Agent::parse(Path::new("agent.toml"), &local_page).is_ok());
         let empty_check = format!("{}\nhealth_checks = [[]]\n", minimal());
-        assert!(AgentConfig::parse(Path::new("a"), &empty_check).is_err());
+        assert!(Agent::parse(Path::new("a"), &empty_check).is_err());
     }
 }

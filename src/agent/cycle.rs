@@ -1,26 +1,27 @@
 //! One attempt of the agent: recover an unfinished activation, fetch the release, verify it,
 //! copy the closure, activate, confirm or roll back, and queue a report. The decisions are
-//! in `decide`; this file only sequences effects and persists state before each step that
+//! in `decide`; this file only sequences effects and writes the journal before each step that
 //! changes the system.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
 use super::config::{ActivationAction, Agent};
-use super::decide::{self, Action, Confirm, Phase, Plan, Recovery};
+use super::decide::{self, Action, Confirm, Phase, Plan, Recovery, Retry};
 use super::deliver::{self, Delivered};
+use super::journal::{InFlight, Journal, JournalError};
 use super::link::Link;
-use super::memory::{InFlight, MemoryError, Persisted};
 use super::outbox::{self, OutboxError};
 use super::system::{self, SystemError};
+use crate::clock::{unix_now, unix_now_ms};
 use crate::release::{self, Expectation, Release};
 use crate::report::{self, Outcome, Report, Timings};
 
 #[derive(Debug, Error)]
 pub enum CycleError {
     #[error(transparent)]
-    Memory(#[from] MemoryError),
+    Journal(#[from] JournalError),
     #[error(transparent)]
     Outbox(#[from] OutboxError),
     #[error("cannot fetch the release from {server}: {message}")]
@@ -34,18 +35,6 @@ pub enum Ended {
     Idle,
     /// An attempt ran and was reported with this outcome.
     Reported(Outcome),
-}
-
-pub fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The log and timings of one attempt, turned into a report at the end.
@@ -62,7 +51,7 @@ pub type Progress = tokio::sync::broadcast::Sender<String>;
 impl Attempt {
     fn new(progress: &Progress) -> Self {
         Attempt {
-            started_ms: now_ms(),
+            started_ms: unix_now_ms(),
             log: String::new(),
             timings: Timings::default(),
             progress: progress.clone(),
@@ -74,7 +63,7 @@ impl Attempt {
         tracing::info!("{line}");
         // Nobody listening is fine.
         let _ = self.progress.send(line.to_owned());
-        let t = now_ms().saturating_sub(self.started_ms);
+        let t = unix_now_ms().saturating_sub(self.started_ms);
         self.log
             .push_str(&format!("[{:>4}.{:03}s] {line}\n", t / 1000, t % 1000));
     }
@@ -89,14 +78,14 @@ impl Attempt {
     ) -> Report {
         Report {
             format: report::FORMAT,
-            host: agent.raw.host.clone(),
+            host: agent.host.clone(),
             generation,
             wanted: wanted.map(str::to_owned),
-            running: system::running_system(&agent.raw.current_system),
+            running: system::running_system(&agent.current_system),
             outcome,
             reason,
             started_ms: self.started_ms,
-            finished_ms: now_ms(),
+            finished_ms: unix_now_ms(),
             timings: self.timings,
             log: self.log,
         }
@@ -110,12 +99,18 @@ struct Target {
     wanted: String,
 }
 
-/// One run of the agent: its configuration, its link to the server and its persisted
-/// state, which every step reads and updates.
+/// One run of the agent: its configuration, its link to the server and its journal, which
+/// every step reads and updates.
 struct Cycle<'a, L> {
     agent: &'a Agent,
     link: &'a L,
-    mem: Persisted,
+    journal: Journal,
+}
+
+/// Why the files of a release were not installed: the outcome to report and its reason.
+struct NotDelivered {
+    outcome: Outcome,
+    reason: String,
 }
 
 /// How long an interim report may take; it must never delay a rollback.
@@ -131,16 +126,16 @@ pub async fn run_once<L: Link + Sync>(
     link: &L,
     progress: &Progress,
 ) -> Result<Ended, CycleError> {
-    let dir = &agent.raw.state_dir;
+    let dir = &agent.state_dir;
     let mut cycle = Cycle {
         agent,
         link,
-        mem: Persisted::load(dir)?,
+        journal: Journal::load(dir)?,
     };
     // Reports from earlier attempts first: the server learns what happened in order.
     outbox::flush(dir, link).await?;
 
-    if let Some(flight) = cycle.mem.in_flight.clone() {
+    if let Some(flight) = cycle.journal.in_flight.clone() {
         let ended = cycle.recover(flight, progress).await?;
         if ended != Ended::Idle {
             return Ok(ended);
@@ -148,24 +143,24 @@ pub async fn run_once<L: Link + Sync>(
     }
 
     let bytes = link.fetch_release().await.map_err(|e| CycleError::Fetch {
-        server: agent.raw.server.clone(),
+        server: agent.server.clone(),
         message: e.0,
     })?;
     let untrusted_generation = Release::parse_untrusted(&bytes)
         .map(|r| r.generation)
         .unwrap_or(0);
-    if cycle.mem.last_seen != Some(untrusted_generation) {
-        cycle.mem.last_seen = Some(untrusted_generation);
-        cycle.mem.save(dir)?;
+    if cycle.journal.last_seen != Some(untrusted_generation) {
+        cycle.journal.last_seen = Some(untrusted_generation);
+        cycle.journal.save(dir)?;
     }
-    if decide::plan(untrusted_generation, &cycle.mem.memory()) == Plan::Idle {
+    if decide::plan(untrusted_generation, &cycle.journal.memory()) == Plan::Idle {
         return Ok(Ended::Idle);
     }
     let mut attempt = Attempt::new(progress);
     let expect = Expectation {
         key: &agent.fleet_key,
-        host: &agent.raw.host,
-        last_applied: cycle.mem.last_applied,
+        host: &agent.host,
+        last_applied: cycle.journal.last_applied,
     };
     let release = match release::verify(&bytes, expect) {
         Ok(r) => r,
@@ -181,7 +176,7 @@ pub async fn run_once<L: Link + Sync>(
             return cycle.finish(r).await;
         }
     };
-    let running = system::running_system(&agent.raw.current_system);
+    let running = system::running_system(&agent.current_system);
     let target = Target {
         generation: release.generation,
         wanted: release.store_path,
@@ -190,8 +185,8 @@ pub async fn run_once<L: Link + Sync>(
         target.generation,
         &target.wanted,
         running.as_deref(),
-        &cycle.mem.memory(),
-        now_secs(),
+        &cycle.journal.memory(),
+        unix_now(),
     ) {
         Action::SkipFailed | Action::WaitRetry { .. } => Ok(Ended::Idle),
         Action::AlreadyRunning => {
@@ -199,7 +194,9 @@ pub async fn run_once<L: Link + Sync>(
                 "generation {}: {} already runs",
                 target.generation, target.wanted
             ));
-            if let Err((outcome, reason)) = cycle.deliver_files(&mut attempt, &target).await {
+            if let Err(NotDelivered { outcome, reason }) =
+                cycle.deliver_files(&mut attempt, &target).await
+            {
                 let r = attempt.report(
                     agent,
                     target.generation,
@@ -209,9 +206,9 @@ pub async fn run_once<L: Link + Sync>(
                 );
                 return cycle.finish(r).await;
             }
-            cycle.mem.last_applied = Some(target.generation);
-            cycle.mem.retry = None;
-            cycle.mem.save(dir)?;
+            cycle.journal.last_applied = Some(target.generation);
+            cycle.journal.retry = None;
+            cycle.journal.save(dir)?;
             let r = attempt.report(
                 agent,
                 target.generation,
@@ -263,7 +260,7 @@ impl<L: Link + Sync> Cycle<'_, L> {
         let (generation, wanted) = (target.generation, target.wanted.as_str());
         attempt.note(format!(
             "generation {generation}: copying {wanted} from {}",
-            agent.raw.cache_url
+            agent.cache_url
         ));
         self.interim(&attempt, target, Outcome::Deploying).await;
         let t = Instant::now();
@@ -284,33 +281,30 @@ impl<L: Link + Sync> Cycle<'_, L> {
             );
             return self.finish(r).await;
         }
-        if let Err((outcome, reason)) = self.deliver_files(&mut attempt, target).await {
+        if let Err(NotDelivered { outcome, reason }) =
+            self.deliver_files(&mut attempt, target).await
+        {
             let r = attempt.report(agent, generation, Some(wanted), outcome, Some(reason));
             return self.finish(r).await;
         }
 
         attempt.note(format!(
             "activating {wanted} ({}); previous system {}",
-            agent.raw.action.as_str(),
+            agent.action.as_str(),
             previous.as_deref().unwrap_or("unknown")
         ));
-        self.mem.in_flight = Some(InFlight {
+        self.journal.in_flight = Some(InFlight {
             generation,
             store_path: wanted.to_owned(),
             previous: previous.clone(),
             phase: Phase::Activating,
-            deadline: now_secs() + agent.confirm_timeout.as_secs(),
-            started: now_secs(),
+            deadline: unix_now() + agent.confirm_timeout.as_secs(),
+            started: unix_now(),
         });
-        self.mem.save(&agent.raw.state_dir)?;
+        self.journal.save(&agent.state_dir)?;
         let t = Instant::now();
-        let activated = system::activate(
-            &agent.raw.profile,
-            wanted,
-            agent.raw.action,
-            &mut attempt.log,
-        )
-        .await;
+        let activated =
+            system::activate(&agent.profile, wanted, agent.action, &mut attempt.log).await;
         attempt.timings.activate_ms = ms(t);
         if let Err(e) = activated {
             attempt.note(e.to_string());
@@ -320,7 +314,7 @@ impl<L: Link + Sync> Cycle<'_, L> {
                 .conclude(attempt, target, Outcome::ActivationFailed, reason)
                 .await;
         }
-        if agent.raw.action == ActivationAction::Boot {
+        if agent.action == ActivationAction::Boot {
             attempt.note("set as boot default; it runs after the next reboot");
             return self.conclude(attempt, target, Outcome::Applied, None).await;
         }
@@ -334,13 +328,13 @@ impl<L: Link + Sync> Cycle<'_, L> {
         &self,
         attempt: &mut Attempt,
         target: &Target,
-    ) -> Result<(), (Outcome, String)> {
+    ) -> Result<(), NotDelivered> {
         let agent = self.agent;
-        let dir = &agent.raw.files_dir;
+        let dir = &agent.files_dir;
         let delivered = deliver::deliver(
             self.link,
             &agent.fleet_key,
-            &agent.raw.host,
+            &agent.host,
             target.generation,
             dir,
         )
@@ -369,7 +363,7 @@ impl<L: Link + Sync> Cycle<'_, L> {
                 };
                 let reason = format!("files not installed: {e}");
                 attempt.note(&reason);
-                Err((outcome, reason))
+                Err(NotDelivered { outcome, reason })
             }
         }
     }
@@ -386,10 +380,10 @@ impl<L: Link + Sync> Cycle<'_, L> {
         // Best effort, before the clock starts: the network may already be gone.
         self.interim(&attempt, target, Outcome::Unconfirmed).await;
         // A resumed confirmation keeps its original deadline; a fresh one starts now.
-        let fresh_deadline = now_secs() + agent.confirm_timeout.as_secs();
-        let budget = match self.mem.in_flight.as_mut() {
+        let fresh_deadline = unix_now() + agent.confirm_timeout.as_secs();
+        let budget = match self.journal.in_flight.as_mut() {
             Some(f) if f.phase == Phase::Confirming => {
-                Duration::from_secs(f.deadline.saturating_sub(now_secs()))
+                Duration::from_secs(f.deadline.saturating_sub(unix_now()))
             }
             Some(f) => {
                 f.phase = Phase::Confirming;
@@ -398,7 +392,7 @@ impl<L: Link + Sync> Cycle<'_, L> {
             }
             None => agent.confirm_timeout,
         };
-        self.mem.save(&agent.raw.state_dir)?;
+        self.journal.save(&agent.state_dir)?;
         attempt.note(format!(
             "confirming: server and health checks, within {}s",
             budget.as_secs()
@@ -408,7 +402,7 @@ impl<L: Link + Sync> Cycle<'_, L> {
         loop {
             let check = match self.link.probe_fresh().await {
                 Ok(()) => system::health_checks(
-                    &agent.raw.health_checks,
+                    &agent.health_checks,
                     agent.confirm_timeout,
                     &mut attempt.log,
                 )
@@ -457,7 +451,7 @@ impl<L: Link + Sync> Cycle<'_, L> {
         self.conclude(attempt, target, outcome, Some(reason)).await
     }
 
-    /// Records the outcome in the persisted state (clearing the in-flight activation) and
+    /// Records the outcome in the journal (clearing the in-flight activation) and
     /// queues the report.
     async fn conclude(
         &mut self,
@@ -467,25 +461,36 @@ impl<L: Link + Sync> Cycle<'_, L> {
         reason: Option<String>,
     ) -> Result<Ended, CycleError> {
         let (agent, generation) = (self.agent, target.generation);
-        let mem = &mut self.mem;
-        mem.in_flight = None;
+        let journal = &mut self.journal;
+        journal.in_flight = None;
         match outcome {
             Outcome::Applied => {
-                mem.last_applied = Some(generation);
-                mem.retry = None;
+                journal.last_applied = Some(generation);
+                journal.retry = None;
             }
             Outcome::RetryLater => {
-                let attempts = mem.retry.filter(|r| r.0 == generation).map_or(0, |r| r.2);
-                let until = now_secs() + decide::retry_delay(agent.retry_base, attempts).as_secs();
-                mem.retry = Some((generation, until, attempts + 1));
+                let attempts = journal
+                    .retry
+                    .filter(|r| r.generation == generation)
+                    .map_or(0, |r| r.attempts);
+                let delay = decide::retry_delay(agent.retry_base, attempts);
+                journal.retry = Some(Retry {
+                    generation,
+                    not_before: unix_now() + delay.as_secs(),
+                    attempts: attempts + 1,
+                });
             }
             o if decide::condemns(o) => {
-                mem.last_failed = Some(mem.last_failed.map_or(generation, |f| f.max(generation)));
-                mem.retry = None;
+                journal.last_failed = Some(
+                    journal
+                        .last_failed
+                        .map_or(generation, |f| f.max(generation)),
+                );
+                journal.retry = None;
             }
             _ => {}
         }
-        mem.save(&agent.raw.state_dir)?;
+        journal.save(&agent.state_dir)?;
         let r = attempt.report(agent, generation, Some(&target.wanted), outcome, reason);
         self.finish(r).await
     }
@@ -494,13 +499,13 @@ impl<L: Link + Sync> Cycle<'_, L> {
     async fn finish(&mut self, report: Report) -> Result<Ended, CycleError> {
         let agent = self.agent;
         let outcome = report.outcome;
-        if let Some(path) = &agent.raw.metrics_textfile {
+        if let Some(path) = &agent.metrics_textfile {
             if let Err(e) = report::textfile::write(path, &report) {
                 tracing::warn!(path = %path.display(), error = %e, "cannot write the metrics textfile");
             }
         }
-        outbox::queue(&agent.raw.state_dir, &report)?;
-        outbox::flush(&agent.raw.state_dir, self.link).await?;
+        outbox::queue(&agent.state_dir, &report)?;
+        outbox::flush(&agent.state_dir, self.link).await?;
         Ok(Ended::Reported(outcome))
     }
 
@@ -511,11 +516,11 @@ impl<L: Link + Sync> Cycle<'_, L> {
         progress: &Progress,
     ) -> Result<Ended, CycleError> {
         let agent = self.agent;
-        let running = system::running_system(&agent.raw.current_system);
+        let running = system::running_system(&agent.current_system);
         let is_new = running.as_deref() == Some(flight.store_path.as_str());
         let is_prev = running.is_some() && running == flight.previous;
         let mut attempt = Attempt::new(progress);
-        let decision = decide::recover(flight.phase, is_new, is_prev, now_secs(), flight.deadline);
+        let decision = decide::recover(flight.phase, is_new, is_prev, unix_now(), flight.deadline);
         attempt.note(format!(
             "recovering generation {} left {:?} by an interrupted agent: {decision:?}",
             flight.generation, flight.phase
@@ -541,10 +546,10 @@ impl<L: Link + Sync> Cycle<'_, L> {
             }
             Recovery::Abandon => {
                 if let Some(prev) = flight.previous.as_deref() {
-                    let _ = system::set_profile(&agent.raw.profile, prev, &mut attempt.log).await;
+                    let _ = system::set_profile(&agent.profile, prev, &mut attempt.log).await;
                 }
-                self.mem.in_flight = None;
-                self.mem.save(&agent.raw.state_dir)?;
+                self.journal.in_flight = None;
+                self.journal.save(&agent.state_dir)?;
                 Ok(Ended::Idle)
             }
         }
@@ -558,8 +563,7 @@ async fn roll_back(agent: &Agent, attempt: &mut Attempt, previous: Option<&str>)
         return;
     };
     attempt.note(format!("rolling back to {prev}"));
-    let result =
-        system::activate(&agent.raw.profile, prev, agent.raw.action, &mut attempt.log).await;
+    let result = system::activate(&agent.profile, prev, agent.action, &mut attempt.log).await;
     if let Err(e) = result {
         attempt.note(format!("rollback failed: {e}"));
     }

@@ -15,8 +15,36 @@ pub struct Memory {
     /// Highest generation that failed on this host (activation failed or rolled back):
     /// it and anything older are not tried again.
     pub last_failed: Option<u64>,
-    /// A generation to try again later, and the earliest time (Unix seconds) to do so.
-    pub retry: Option<(u64, u64)>,
+    /// A generation to try again later, and the earliest time to do so.
+    pub retry: Option<Retry>,
+}
+
+/// A generation rolled back while the server was unreachable (not its fault), to be tried
+/// again later. The journal stores it as `[generation, not_before, attempts]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(from = "(u64, u64, u32)", into = "(u64, u64, u32)")]
+pub struct Retry {
+    pub generation: u64,
+    /// Unix seconds before which it is not tried.
+    pub not_before: u64,
+    /// Attempts so far; the delay doubles with each.
+    pub attempts: u32,
+}
+
+impl From<(u64, u64, u32)> for Retry {
+    fn from((generation, not_before, attempts): (u64, u64, u32)) -> Self {
+        Retry {
+            generation,
+            not_before,
+            attempts,
+        }
+    }
+}
+
+impl From<Retry> for (u64, u64, u32) {
+    fn from(r: Retry) -> Self {
+        (r.generation, r.not_before, r.attempts)
+    }
 }
 
 /// What a fetched (and not yet verified) release asks of this host.
@@ -62,11 +90,13 @@ pub fn action(
     if memory.last_failed.is_some_and(|f| generation <= f) {
         return Action::SkipFailed;
     }
-    if let Some((g, until)) = memory.retry
-        && g == generation
-        && now < until
+    if let Some(retry) = memory.retry
+        && retry.generation == generation
+        && now < retry.not_before
     {
-        return Action::WaitRetry { until };
+        return Action::WaitRetry {
+            until: retry.not_before,
+        };
     }
     if running == Some(wanted) {
         return Action::AlreadyRunning;
@@ -208,7 +238,11 @@ mod tests {
             ..Memory::default()
         };
         let retry6 = Memory {
-            retry: Some((6, 1000)),
+            retry: Some(Retry {
+                generation: 6,
+                not_before: 1000,
+                attempts: 0,
+            }),
             ..Memory::default()
         };
         let cases = [

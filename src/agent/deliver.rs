@@ -149,7 +149,7 @@ fn install(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::files::Entry;
+    use crate::files::ManifestEntry;
     use crate::nix::keys::SecretKey;
     use std::collections::HashMap;
     use std::time::Duration;
@@ -182,7 +182,7 @@ mod tests {
         let mut t = HashMap::new();
         let mut entries = Vec::new();
         for (name, content, mode) in files {
-            let e = Entry::of(name, content.as_bytes(), *mode).unwrap();
+            let e = ManifestEntry::of(name, content.as_bytes(), *mode).unwrap();
             t.insert(
                 format!("/{}/{}", files::BLOBS_DIR, e.sha256),
                 content.as_bytes().to_vec(),
@@ -244,7 +244,9 @@ mod tests {
             3,
             &[("a", "fine\n", 0o400), ("db-password", "new\n", 0o400)],
         );
-        let blob = Entry::of("db-password", b"new\n", 0o400).unwrap().sha256;
+        let blob = ManifestEntry::of("db-password", b"new\n", 0o400)
+            .unwrap()
+            .sha256;
         t.0.insert(format!("/{}/{blob}", files::BLOBS_DIR), b"evil\n".to_vec());
         let err = deliver(&t, &key.public(), "web1", 3, &out)
             .await

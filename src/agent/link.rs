@@ -1,6 +1,6 @@
 //! What the agent needs from the server, as a seam between the cycle and the SFTP client:
 //! read this host's release, prove the server is reachable with a fresh session, upload a
-//! report. The implementation is `publish::client`.
+//! report. The implementation is `sftp::client`, in `sftp_link`.
 
 use std::future::Future;
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! The host side: fetch → verify → copy → activate → confirm or roll back → report.
 //!
-//! May import: `nix`, `release`, `report`, `state`, and the publisher's client. Never the
-//! server-side modules (`config`, `build`, `cache`).
+//! May import: `nix`, `release`, `files`, `report`, `durable`, `clock`, and `sftp::client`.
+//! Never the server-side modules (`config`, `build`, `cache`, `sftp::server`).
 
 pub mod config;
 pub mod cycle;
@@ -9,8 +9,8 @@ pub mod decide;
 pub mod deliver;
 pub mod exit;
 pub mod http_trigger;
+pub mod journal;
 pub mod link;
-pub mod memory;
 pub mod outbox;
 pub mod run;
 pub mod sftp_link;

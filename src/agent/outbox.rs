@@ -7,13 +7,13 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 use super::link::Link;
+use crate::durable::{WriteError, write_atomic};
 use crate::report::Report;
-use crate::state::{StateError, write_atomic};
 
 #[derive(Debug, Error)]
 pub enum OutboxError {
     #[error(transparent)]
-    Write(#[from] StateError),
+    Write(#[from] WriteError),
     #[error("cannot read the report outbox {path}: {source}")]
     Read {
         path: PathBuf,

@@ -10,8 +10,8 @@ use tokio_util::sync::CancellationToken;
 use super::config::Agent;
 use super::cycle::{self, CycleError, Ended, Progress};
 use super::decide;
+use super::journal::Journal;
 use super::link::Link;
-use super::memory::Persisted;
 use super::trigger::Request;
 use crate::report::Outcome;
 
@@ -48,7 +48,7 @@ pub async fn run_loop<L: Link + Sync>(
         failures = if result.is_err() { failures + 1 } else { 0 };
         let mut delay = decide::poll_delay(
             agent.poll_interval,
-            agent.raw.poll_jitter,
+            agent.poll_jitter,
             rand::random::<f64>(),
             failures,
         );
@@ -59,10 +59,10 @@ pub async fn run_loop<L: Link + Sync>(
             copy_failures = 0;
         }
         let deadline = Instant::now() + delay;
-        let known = Persisted::load(&agent.raw.state_dir)
+        let known = Journal::load(&agent.state_dir)
             .ok()
             .and_then(|m| m.last_seen);
-        let instant = agent.raw.instant_updates && failures == 0;
+        let instant = agent.instant_updates && failures == 0;
         let wait = async {
             if instant {
                 match link.wait_for_change(known, delay).await {

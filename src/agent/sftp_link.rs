@@ -1,4 +1,4 @@
-//! The agent's [`Link`] over the publisher's SFTP client: one session kept for polls and
+//! The agent's [`Link`] over the SFTP client: one session kept for polls and
 //! waits (reopened when it drops), and a fresh session for every confirmation probe, so a
 //! probe proves that a new connection (network, server, this host's key) works now.
 
@@ -9,7 +9,7 @@ use tokio::sync::Mutex;
 
 use super::config::Agent;
 use super::link::{Link, LinkError};
-use crate::publish::client::{self, ClientError, Session};
+use crate::sftp::client::{self, ClientError, Session};
 
 /// How long a confirmation probe may take before it counts as a failure.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -29,10 +29,10 @@ fn link_err(e: ClientError) -> LinkError {
 impl SftpLink {
     pub fn new(agent: &Agent) -> Self {
         SftpLink {
-            server: agent.raw.server.clone(),
-            host: agent.raw.host.clone(),
-            key: agent.raw.ssh_key.clone(),
-            pinned: agent.raw.server_host_key.clone(),
+            server: agent.server.clone(),
+            host: agent.host.clone(),
+            key: agent.ssh_key.clone(),
+            pinned: agent.server_host_key.clone(),
             session: Mutex::new(None),
         }
     }

@@ -85,7 +85,7 @@ pub fn copy_command(agent: &Agent, path: &str) -> Command {
     let mut c = cmd::nix().args([
         "copy",
         "--from",
-        &agent.raw.cache_url,
+        &agent.cache_url,
         "--option",
         "require-sigs",
         "true",
@@ -104,7 +104,7 @@ pub fn copy_command(agent: &Agent, path: &str) -> Command {
         "narinfo-cache-positive-ttl",
         "0",
     ]);
-    if let Some(netrc) = &agent.raw.cache_netrc {
+    if let Some(netrc) = &agent.cache_netrc {
         c = c.arg("--option").arg("netrc-file").arg(netrc);
     }
     c.arg(path)
@@ -118,7 +118,7 @@ pub async fn copy_closure(agent: &Agent, path: &str, log: &mut String) -> Result
         })
         .await;
     result.map(|_| ()).map_err(|source| {
-        let (path, cache) = (path.to_owned(), agent.raw.cache_url.clone());
+        let (path, cache) = (path.to_owned(), agent.cache_url.clone());
         if is_refusal(source.stderr_tail()) {
             SystemError::CopyRefused {
                 path,

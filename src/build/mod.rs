@@ -6,10 +6,10 @@
 //! A successful build leaves a GC root at `gcroots/<host>/build` and a record at
 //! `builds/<host>.json`.
 //!
-//! May import: `nix`, `config`, `state`.
+//! May import: `nix`, `config`, `durable`, `clock`.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use thiserror::Error;
@@ -18,8 +18,9 @@ use tokio::task::JoinSet;
 use tracing::Instrument as _;
 
 use crate::config::{Host, StateDir};
+use crate::durable::WriteError;
 use crate::nix::cmd::CmdError;
-use crate::state::StateError;
+use crate::nix::transient::{self, Backoff};
 
 pub mod gcroot;
 pub mod plan;
@@ -44,7 +45,7 @@ pub enum BuildError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    State(#[from] StateError),
+    Write(#[from] WriteError),
 }
 
 /// What to do.
@@ -59,19 +60,19 @@ pub struct Options {
 /// The phase a host is in, or failed in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Phase {
+pub enum BuildPhase {
     Evaluate,
     Build,
     /// Writing the build record.
     Record,
 }
 
-impl std::fmt::Display for Phase {
+impl std::fmt::Display for BuildPhase {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            Phase::Evaluate => "evaluation",
-            Phase::Build => "build",
-            Phase::Record => "recording the build",
+            BuildPhase::Evaluate => "evaluation",
+            BuildPhase::Build => "build",
+            BuildPhase::Record => "recording the build",
         })
     }
 }
@@ -87,7 +88,7 @@ pub enum Status {
     /// `--dry-run`: evaluated, not built.
     Evaluated { drv_path: String },
     Failed {
-        phase: Phase,
+        phase: BuildPhase,
         /// The first lines of the error, for a summary.
         error: String,
         /// The whole error (command line, exit status, end of stderr).
@@ -118,7 +119,7 @@ impl HostResult {
 #[derive(Debug, Clone)]
 pub enum Event {
     /// The host entered a phase.
-    Phase { host: String, phase: Phase },
+    Phase { host: String, phase: BuildPhase },
     /// A line Nix printed on stderr for the host.
     Line { host: String, line: String },
     /// The host is done.
@@ -144,6 +145,12 @@ pub async fn build_hosts(
     options: Options,
     report: Reporter,
 ) -> Vec<HostResult> {
+    // Parallel Nix processes on a store nobody opened yet race to create it.
+    if !hosts.is_empty()
+        && let Err(e) = transient::ensure_store_initialised().await
+    {
+        tracing::warn!(error = %e, "cannot open the Nix store before building");
+    }
     let semaphore = Arc::new(Semaphore::new(options.jobs.max(1)));
     let mut tasks = JoinSet::new();
     for host in hosts {
@@ -176,7 +183,7 @@ pub async fn build_hosts(
             results.push(HostResult {
                 host: host.name.clone(),
                 status: failed(
-                    Phase::Build,
+                    BuildPhase::Build,
                     "the build task ended abnormally".into(),
                     String::new(),
                 ),
@@ -188,7 +195,7 @@ pub async fn build_hosts(
     results
 }
 
-fn failed(phase: Phase, error: String, detail: String) -> Status {
+fn failed(phase: BuildPhase, error: String, detail: String) -> Status {
     Status::Failed {
         phase,
         error,
@@ -196,7 +203,7 @@ fn failed(phase: Phase, error: String, detail: String) -> Status {
     }
 }
 
-fn cmd_failure(phase: Phase, err: &CmdError) -> Status {
+fn cmd_failure(phase: BuildPhase, err: &CmdError) -> Status {
     let excerpt = plan::error_excerpt(err.stderr_tail(), EXCERPT_LINES);
     let error = if excerpt.is_empty() {
         err.to_string()
@@ -234,15 +241,18 @@ async fn run_phases(state: &StateDir, host: &Host, dry_run: bool, report: &Repor
 
     report(Event::Phase {
         host: name.clone(),
-        phase: Phase::Evaluate,
+        phase: BuildPhase::Evaluate,
     });
-    let out = match plan::eval_command(&host.system).run_async_with(lines).await {
-        Ok(out) => out,
-        Err(e) => return cmd_failure(Phase::Evaluate, &e),
-    };
+    let out =
+        match transient::run_retrying(&plan::eval_command(&host.system), Backoff::STORE, lines)
+            .await
+        {
+            Ok(out) => out,
+            Err(e) => return cmd_failure(BuildPhase::Evaluate, &e),
+        };
     let drv_path = match plan::parse_drv_path(&out.stdout_text()) {
         Ok(d) => d,
-        Err(msg) => return failed(Phase::Evaluate, msg.clone(), msg),
+        Err(msg) => return failed(BuildPhase::Evaluate, msg.clone(), msg),
     };
     if dry_run {
         return Status::Evaluated { drv_path };
@@ -250,25 +260,23 @@ async fn run_phases(state: &StateDir, host: &Host, dry_run: bool, report: &Repor
 
     report(Event::Phase {
         host: name.clone(),
-        phase: Phase::Build,
+        phase: BuildPhase::Build,
     });
     let root = state.build_root(&host.name);
     if let Some(dir) = root.parent()
         && let Err(e) = std::fs::create_dir_all(dir)
     {
         let msg = format!("cannot create {}: {e}", dir.display());
-        return failed(Phase::Build, msg.clone(), msg);
+        return failed(BuildPhase::Build, msg.clone(), msg);
     }
-    let out = match plan::build_command(&drv_path, &root)
-        .run_async_with(lines)
-        .await
-    {
+    let build = plan::build_command(&drv_path, &root);
+    let out = match transient::run_retrying(&build, Backoff::STORE, lines).await {
         Ok(out) => out,
-        Err(e) => return cmd_failure(Phase::Build, &e),
+        Err(e) => return cmd_failure(BuildPhase::Build, &e),
     };
     let store_path = match plan::parse_build_json(&out.stdout_text()) {
         Ok(p) => p,
-        Err(msg) => return failed(Phase::Build, msg.clone(), msg),
+        Err(msg) => return failed(BuildPhase::Build, msg.clone(), msg),
     };
 
     let record = BuildRecord {
@@ -276,20 +284,13 @@ async fn run_phases(state: &StateDir, host: &Host, dry_run: bool, report: &Repor
         host: host.name.clone(),
         drv_path: drv_path.clone(),
         store_path: store_path.clone(),
-        built: unix_now(),
+        built: crate::clock::unix_now(),
     };
     if let Err(e) = record::write(state, &record) {
-        return failed(Phase::Record, e.to_string(), e.to_string());
+        return failed(BuildPhase::Record, e.to_string(), e.to_string());
     }
     Status::Built {
         drv_path,
         store_path,
     }
-}
-
-/// Seconds since the Unix epoch (0 if the clock is before it).
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::BuildError;
 use crate::config::StateDir;
-use crate::state;
+use crate::durable;
 
 /// The record format this code writes and reads.
 pub const RECORD_FORMAT: u32 = 1;
@@ -33,7 +33,7 @@ pub fn write(state_dir: &StateDir, record: &BuildRecord) -> Result<(), BuildErro
         problem: e.to_string(),
     })?;
     bytes.push(b'\n');
-    state::write_atomic(&path, &bytes, 0o644)?;
+    durable::write_atomic(&path, &bytes, 0o644)?;
     Ok(())
 }
 

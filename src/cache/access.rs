@@ -32,7 +32,7 @@ pub enum AccessError {
     Write {
         path: PathBuf,
         #[source]
-        source: crate::state::StateError,
+        source: crate::durable::WriteError,
     },
     #[error("cache token file {path} is empty")]
     Empty { path: PathBuf },
@@ -76,8 +76,15 @@ pub enum Caller {
     Unauthenticated,
 }
 
+/// The credentials of `Authorization: Basic`: the host name and its token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BasicAuth {
+    pub user: String,
+    pub password: String,
+}
+
 /// Parses `Authorization: Basic base64(user:password)`.
-pub fn parse_basic(header: &[u8]) -> Option<(String, String)> {
+pub fn parse_basic(header: &[u8]) -> Option<BasicAuth> {
     let text = std::str::from_utf8(header).ok()?.trim();
     let (scheme, value) = text.split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("basic") {
@@ -88,7 +95,10 @@ pub fn parse_basic(header: &[u8]) -> Option<(String, String)> {
         .ok()?;
     let decoded = String::from_utf8(decoded).ok()?;
     let (user, password) = decoded.split_once(':')?;
-    Some((user.to_owned(), password.to_owned()))
+    Some(BasicAuth {
+        user: user.to_owned(),
+        password: password.to_owned(),
+    })
 }
 
 /// Compares two tokens in time independent of where they first differ.
@@ -105,7 +115,7 @@ pub fn identify(tokens: Option<&HashMap<String, String>>, header: Option<&[u8]>)
     let Some(tokens) = tokens else {
         return Caller::Anyone;
     };
-    let Some((user, password)) = header.and_then(parse_basic) else {
+    let Some(BasicAuth { user, password }) = header.and_then(parse_basic) else {
         return Caller::Unauthenticated;
     };
     match tokens.get(&user) {
@@ -150,12 +160,11 @@ pub fn load_or_create(
                 })?;
                 let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
                 let token = generate_token();
-                crate::state::write_atomic(&path, format!("{token}\n").as_bytes(), 0o600).map_err(
-                    |source| AccessError::Write {
+                crate::durable::write_atomic(&path, format!("{token}\n").as_bytes(), 0o600)
+                    .map_err(|source| AccessError::Write {
                         path: path.clone(),
                         source,
-                    },
-                )?;
+                    })?;
                 tracing::info!(host = %host, path = %path.display(), "created cache token");
                 token
             }
@@ -205,11 +214,14 @@ mod tests {
 
     #[test]
     fn basic_auth_parsing() {
-        assert_eq!(
-            parse_basic(&basic("a:b:c")),
-            Some(("a".into(), "b:c".into()))
-        );
-        assert_eq!(parse_basic(b"basic YTpi"), Some(("a".into(), "b".into())));
+        let auth = |user: &str, password: &str| {
+            Some(BasicAuth {
+                user: user.into(),
+                password: password.into(),
+            })
+        };
+        assert_eq!(parse_basic(&basic("a:b:c")), auth("a", "b:c"));
+        assert_eq!(parse_basic(b"basic YTpi"), auth("a", "b"));
         assert_eq!(parse_basic(b"Basic"), None);
     }
 

@@ -15,11 +15,11 @@ use thiserror::Error;
 
 use super::access::{self};
 use super::compress::FileIdentity;
-use super::index::Lookup;
+use super::index::{Compressed, Lookup};
 use super::range::{self, RangeDecision};
+use super::refresh::Cache;
 use super::request::{self, Endpoint, Method, Request, RequestError};
-use super::state::CacheState;
-use super::stream::{self, Source, Spec};
+use super::stream::{self, NarSource, Spec};
 use crate::nix::store;
 
 const NARINFO_TYPE: HeaderValue = HeaderValue::from_static("text/x-nix-narinfo");
@@ -95,7 +95,7 @@ impl IntoResponse for ServeError {
 }
 
 /// Answers every request (installed as the router's fallback).
-pub async fn handle(State(state): State<Arc<CacheState>>, req: axum::extract::Request) -> Response {
+pub async fn handle(State(cache): State<Arc<Cache>>, req: axum::extract::Request) -> Response {
     let (parts, _) = req.into_parts();
     let path = parts.uri.path();
     let parsed = request::parse_method(parts.method.as_str())
@@ -103,7 +103,7 @@ pub async fn handle(State(state): State<Arc<CacheState>>, req: axum::extract::Re
     let (endpoint, result) = match parsed {
         Ok((method, r)) => (
             r.endpoint(),
-            answer(&state, method, r, &parts.headers).await,
+            answer(&cache, method, r, &parts.headers).await,
         ),
         Err(e) => (RequestError::endpoint_of(path), Err(ServeError::Request(e))),
     };
@@ -114,12 +114,12 @@ pub async fn handle(State(state): State<Arc<CacheState>>, req: axum::extract::Re
             e.into_response()
         }
     };
-    state.metrics.request(endpoint, response.status().as_u16());
+    cache.metrics.request(endpoint, response.status().as_u16());
     response
 }
 
 fn small(
-    state: &CacheState,
+    cache: &Cache,
     endpoint: Endpoint,
     method: Method,
     ty: HeaderValue,
@@ -128,7 +128,7 @@ fn small(
     let mut headers = HeaderMap::new();
     headers.insert(header::CONTENT_TYPE, ty);
     if method == Method::Get {
-        state.metrics.sent(endpoint, body.len() as u64);
+        cache.metrics.sent(endpoint, body.len() as u64);
         (headers, body).into_response()
     } else {
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
@@ -137,12 +137,12 @@ fn small(
 }
 
 async fn answer(
-    state: &Arc<CacheState>,
+    cache: &Arc<Cache>,
     method: Method,
     request: Request,
     headers: &HeaderMap,
 ) -> Result<Response, ServeError> {
-    let index = state.index();
+    let index = cache.index();
     let caller = || {
         access::identify(
             index.tokens(),
@@ -158,22 +158,22 @@ async fn answer(
     };
     match request {
         Request::CacheInfo => Ok(small(
-            state,
+            cache,
             Endpoint::CacheInfo,
             method,
             CACHE_INFO_TYPE,
-            state.cache_info.clone(),
+            cache.cache_info.clone(),
         )),
         Request::Metrics => {
-            let mut text = state.metrics.render(state.figures());
-            if let Some(extra) = state.config.extra_metrics.clone() {
+            let mut text = cache.metrics.render(cache.figures());
+            if let Some(extra) = cache.config.extra_metrics.clone() {
                 match tokio::task::spawn_blocking(move || (extra.0)()).await {
                     Ok(more) => text.push_str(&more),
                     Err(e) => tracing::warn!(error = %e, "extra metrics failed"),
                 }
             }
             Ok(small(
-                state,
+                cache,
                 Endpoint::Metrics,
                 method,
                 METRICS_TYPE,
@@ -183,7 +183,7 @@ async fn answer(
         Request::NarInfo { hash_part } => {
             let entry = found(index.narinfo(&hash_part, &caller()))?;
             Ok(small(
-                state,
+                cache,
                 Endpoint::NarInfo,
                 method,
                 NARINFO_TYPE,
@@ -195,14 +195,18 @@ async fn answer(
             drop(index);
             let len = entry.info.nar_size;
             let what = store::render(&entry.info.path);
-            let source = Source::Store(what.clone().into());
-            let spec = (source, entry.info.nar_hash, what);
-            send(state, method, headers, Endpoint::Nar, len, spec, None).await
+            let nar = Nar {
+                source: NarSource::Store(what.clone().into()),
+                hash: entry.info.nar_hash,
+                len,
+                what,
+            };
+            send(cache, method, headers, Endpoint::Nar, nar, None).await
         }
         Request::NarZst { file_hash } => {
             let entry = found(index.nar_zst(&file_hash, &caller()))?;
             drop(index);
-            let Some((zst, _)) = &entry.zst else {
+            let Some(Compressed { file: zst, .. }) = &entry.zst else {
                 return Err(ServeError::NotFound);
             };
             let (path, identity) = (zst.path.clone(), zst.identity);
@@ -216,21 +220,21 @@ async fn answer(
             .flatten();
             let Some(file) = opened else {
                 tracing::warn!(file = %zst.path.display(), "compressed NAR changed or vanished since it was verified");
-                state.suspect(file_hash);
+                cache.suspect(file_hash);
                 return Err(ServeError::FileChanged);
             };
-            let spec = (
-                Source::File(file),
-                zst.file_hash,
-                zst.path.display().to_string(),
-            );
+            let nar = Nar {
+                source: NarSource::File(file),
+                hash: zst.file_hash,
+                len: zst.size,
+                what: zst.path.display().to_string(),
+            };
             send(
-                state,
+                cache,
                 method,
                 headers,
                 Endpoint::NarZst,
-                zst.size,
-                spec,
+                nar,
                 Some(file_hash),
             )
             .await
@@ -238,15 +242,29 @@ async fn answer(
     }
 }
 
+/// A NAR or compressed NAR to answer with: where its bytes come from, the hash and length of
+/// the whole of it, and what the log calls it.
+struct Nar {
+    source: NarSource,
+    hash: crate::nix::hash::Sha256Hash,
+    len: u64,
+    what: String,
+}
+
 async fn send(
-    state: &Arc<CacheState>,
+    cache: &Arc<Cache>,
     method: Method,
     headers: &HeaderMap,
     endpoint: Endpoint,
-    len: u64,
-    (source, hash, what): (Source, crate::nix::hash::Sha256Hash, String),
+    nar: Nar,
     suspect: Option<[u8; 32]>,
 ) -> Result<Response, ServeError> {
+    let Nar {
+        source,
+        hash,
+        len,
+        what,
+    } = nar;
     let decision = range::decide(headers.get(header::RANGE).map(HeaderValue::as_bytes), len);
     if decision == RangeDecision::Unsatisfiable {
         return Err(ServeError::RangeNotSatisfiable { len });
@@ -264,7 +282,7 @@ async fn send(
     let body = if method == Method::Head || count == 0 {
         Body::empty()
     } else {
-        let permit = state
+        let permit = cache
             .nar_streams
             .clone()
             .acquire_owned()
@@ -274,10 +292,10 @@ async fn send(
             source,
             start,
             len: count,
-            expect: (decision == RangeDecision::Full && state.config.verify_sends).then_some(hash),
+            expect: (decision == RangeDecision::Full && cache.config.verify_sends).then_some(hash),
             what,
         };
-        stream::body(spec, permit, state.clone(), endpoint, suspect)
+        stream::body(spec, permit, cache.clone(), endpoint, suspect)
     };
     builder.body(body).map_err(|e| {
         tracing::error!(error = %e, "cannot build NAR response");

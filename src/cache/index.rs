@@ -20,21 +20,30 @@ use crate::nix::store::StorePath;
 
 /// One servable store path.
 #[derive(Debug)]
-pub struct Entry {
+pub struct ServablePath {
     pub info: PathInfo,
     pub hash_part: [u8; 20],
     /// The narinfo pointing at the plain NAR (`Compression: none`), always servable.
     pub narinfo_plain: Bytes,
     /// The verified zstd file and the narinfo pointing at it, when there is one.
-    pub zst: Option<(ZstFile, Bytes)>,
+    pub zst: Option<Compressed>,
     /// Ids of the hosts whose closure holds this path, sorted (empty with open access).
     pub hosts: Box<[u32]>,
 }
 
-impl Entry {
+/// A path's NAR in a verified zstd file, and the signed narinfo that advertises it.
+#[derive(Debug, Clone)]
+pub struct Compressed {
+    pub file: ZstFile,
+    pub narinfo: Bytes,
+}
+
+impl ServablePath {
     /// The narinfo to answer with: the zstd one if its file is verified, else the plain one.
     pub fn narinfo(&self) -> &Bytes {
-        self.zst.as_ref().map_or(&self.narinfo_plain, |(_, b)| b)
+        self.zst
+            .as_ref()
+            .map_or(&self.narinfo_plain, |c| &c.narinfo)
     }
 
     fn visible_to(&self, caller: &Caller, host_ids: &HashMap<String, u32>) -> bool {
@@ -106,9 +115,9 @@ pub fn membership(infos: &[PathInfo], tops: &[(u32, StorePath)]) -> HashMap<Stor
 /// An immutable snapshot of everything servable.
 #[derive(Debug, Default)]
 pub struct Index {
-    by_hash: HashMap<[u8; 20], Arc<Entry>>,
-    by_nar_hash: HashMap<[u8; 32], Vec<Arc<Entry>>>,
-    by_file_hash: HashMap<[u8; 32], Vec<Arc<Entry>>>,
+    by_hash: HashMap<[u8; 20], Arc<ServablePath>>,
+    by_nar_hash: HashMap<[u8; 32], Vec<Arc<ServablePath>>>,
+    by_file_hash: HashMap<[u8; 32], Vec<Arc<ServablePath>>>,
     host_ids: HashMap<String, u32>,
     /// Host name → token when access control is on.
     tokens: Option<HashMap<String, String>>,
@@ -117,7 +126,7 @@ pub struct Index {
 /// What a lookup found, for the caller asking.
 #[derive(Debug)]
 pub enum Lookup {
-    Found(Arc<Entry>),
+    Found(Arc<ServablePath>),
     /// Unknown, or another host's: the two are answered the same way.
     NotFound,
     /// Access control is on and the caller did not authenticate.
@@ -126,7 +135,7 @@ pub enum Lookup {
 
 impl Index {
     pub fn new(
-        entries: Vec<Arc<Entry>>,
+        entries: Vec<Arc<ServablePath>>,
         host_ids: HashMap<String, u32>,
         tokens: Option<HashMap<String, String>>,
     ) -> Self {
@@ -143,10 +152,10 @@ impl Index {
                 .entry(e.info.nar_hash.0)
                 .or_default()
                 .push(e.clone());
-            if let Some((zst, _)) = &e.zst {
+            if let Some(zst) = &e.zst {
                 index
                     .by_file_hash
-                    .entry(zst.file_hash.0)
+                    .entry(zst.file.file_hash.0)
                     .or_default()
                     .push(e.clone());
             }
@@ -159,11 +168,11 @@ impl Index {
         self.tokens.as_ref()
     }
 
-    pub fn entries(&self) -> impl Iterator<Item = &Arc<Entry>> {
+    pub fn entries(&self) -> impl Iterator<Item = &Arc<ServablePath>> {
         self.by_hash.values()
     }
 
-    pub fn get(&self, hash_part: &[u8; 20]) -> Option<&Arc<Entry>> {
+    pub fn get(&self, hash_part: &[u8; 20]) -> Option<&Arc<ServablePath>> {
         self.by_hash.get(hash_part)
     }
 
@@ -185,7 +194,7 @@ impl Index {
 
     fn pick<'a>(
         &self,
-        candidates: impl IntoIterator<Item = &'a Arc<Entry>>,
+        candidates: impl IntoIterator<Item = &'a Arc<ServablePath>>,
         caller: &Caller,
     ) -> Lookup {
         if *caller == Caller::Unauthenticated {
@@ -221,7 +230,7 @@ pub fn build_entries(
     members: &HashMap<StorePath, Box<[u32]>>,
     key: &SecretKey,
     keep_zst: impl Fn(&ZstFile) -> bool + Sync,
-) -> Vec<Result<Arc<Entry>, NarInfoError>> {
+) -> Vec<Result<Arc<ServablePath>, NarInfoError>> {
     infos
         .into_par_iter()
         .map(|info| {
@@ -231,11 +240,11 @@ pub fn build_entries(
             let (narinfo_plain, zst) = match old {
                 Some(e) => (
                     e.narinfo_plain.clone(),
-                    e.zst.clone().filter(|(z, _)| keep_zst(z)),
+                    e.zst.clone().filter(|c| keep_zst(&c.file)),
                 ),
                 None => (render_plain(&info, key)?, None),
             };
-            Ok(Arc::new(Entry {
+            Ok(Arc::new(ServablePath {
                 info,
                 hash_part,
                 narinfo_plain,

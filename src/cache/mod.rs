@@ -7,10 +7,10 @@
 //! it is advertised. See `docs/cache.md` for the design and its failure modes.
 //!
 //! Files: `request` and `range` (pure parsing), `access` (tokens), `index` (what is
-//! servable), `scan` (the publish tree), `compress` (zstd files), `state` (refresh),
+//! servable), `scan` (the publish tree), `compress` (zstd files), `refresh` (the running cache: its index kept in step with the publish tree),
 //! `stream` (NAR bodies), `handler` (HTTP), `metrics`.
 //!
-//! May import: `nix`, `release`, `state` (atomic writes). Never `build` or `deploy`.
+//! May import: `nix`, `release`, `durable` (atomic writes). Never `build` or `deploy`.
 
 use std::sync::Arc;
 
@@ -24,14 +24,14 @@ mod handler;
 pub mod index;
 pub mod metrics;
 pub mod range;
+mod refresh;
 pub mod request;
 pub mod scan;
-mod state;
 mod stream;
 
 pub use access::Access;
 pub use handler::ServeError;
-pub use state::{CacheConfig, CacheState, ExtraMetrics, RefreshReport};
+pub use refresh::{Cache, CacheConfig, ExtraMetrics, RefreshReport};
 
 #[derive(Debug, Error)]
 pub enum CacheError {
@@ -50,26 +50,26 @@ pub enum CacheError {
 }
 
 /// The cache's routes: one handler that parses every request itself (see `request.rs`).
-pub fn router(state: Arc<CacheState>) -> axum::Router {
+pub fn router(cache: Arc<Cache>) -> axum::Router {
     axum::Router::new()
         .fallback(handler::handle)
-        .with_state(state)
+        .with_state(cache)
 }
 
 /// Serves the cache on `listener` and keeps it in step with the publish tree (loaded at
 /// start, then polled), until `shutdown` is cancelled.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    state: Arc<CacheState>,
+    cache: Arc<Cache>,
     shutdown: CancellationToken,
 ) -> Result<(), CacheError> {
-    let watcher = tokio::spawn(state.clone().watch(shutdown.clone()));
+    let watcher = tokio::spawn(cache.clone().watch(shutdown.clone()));
     let listener = listener.tap_io(|tcp| {
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
     });
-    let result = axum::serve(listener, router(state))
+    let result = axum::serve(listener, router(cache))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .await
         .map_err(CacheError::Serve);

@@ -22,8 +22,8 @@ use sha2::Digest as _;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
 use super::metrics::Metrics;
+use super::refresh::Cache;
 use super::request::Endpoint;
-use super::state::CacheState;
 use crate::nix::hash::Sha256Hash;
 use crate::nix::nar;
 
@@ -34,7 +34,7 @@ pub const CHANNEL_DEPTH: usize = 4;
 
 /// Where the bytes come from.
 #[derive(Debug)]
-pub enum Source {
+pub enum NarSource {
     /// Encode the NAR of this store path.
     Store(PathBuf),
     /// Read this (already opened and identity-checked) compressed file.
@@ -44,7 +44,7 @@ pub enum Source {
 /// One body to send: bytes `start..start+len` of the resource.
 #[derive(Debug)]
 pub struct Spec {
-    pub source: Source,
+    pub source: NarSource,
     pub start: u64,
     pub len: u64,
     /// Set when the whole resource is sent: the hash it must have.
@@ -71,14 +71,14 @@ enum Stop {
 pub fn body(
     spec: Spec,
     permit: OwnedSemaphorePermit,
-    state: Arc<CacheState>,
+    cache: Arc<Cache>,
     endpoint: Endpoint,
     suspect: Option<[u8; 32]>,
 ) -> Body {
     let (tx, mut rx) = mpsc::channel::<Chunk>(CHANNEL_DEPTH);
     tokio::task::spawn_blocking(move || {
         let _permit = permit;
-        let m = &state.metrics;
+        let m = &cache.metrics;
         m.stream_started();
         let mut out = Out {
             tx: &tx,
@@ -86,8 +86,8 @@ pub fn body(
             endpoint,
         };
         let result = match spec.source {
-            Source::Store(ref path) => produce_nar(path, &spec, &mut out),
-            Source::File(ref file) => produce_file(file, &spec, &mut out),
+            NarSource::Store(ref path) => produce_nar(path, &spec, &mut out),
+            NarSource::File(ref file) => produce_file(file, &spec, &mut out),
         };
         let ok = match result {
             Ok(()) => true,
@@ -103,7 +103,7 @@ pub fn body(
             Err(Stop::Mismatch(reason)) => {
                 tracing::error!(what = %spec.what, reason = %reason, "NAR body cut short: it does not match its narinfo");
                 if let Some(hash) = suspect {
-                    state.suspect(hash);
+                    cache.suspect(hash);
                 }
                 let _ = tx.blocking_send(Err(std::io::Error::other(reason)));
                 false
@@ -285,7 +285,7 @@ mod tests {
     #[tokio::test]
     async fn a_file_that_does_not_hash_right_is_cut_before_its_last_chunk() {
         let dir = tempfile::tempdir().unwrap();
-        let state = CacheState::new(CacheConfig::new(
+        let cache = Cache::new(CacheConfig::new(
             dir.path(),
             SecretKey::generate("k").unwrap(),
         ))
@@ -297,16 +297,16 @@ mod tests {
             (Sha256Hash::of(&content), true),
             (Sha256Hash::of(b"x"), false),
         ] {
-            let permit = state.nar_streams.clone().acquire_owned().await.unwrap();
+            let permit = cache.nar_streams.clone().acquire_owned().await.unwrap();
             let spec = Spec {
-                source: Source::File(std::fs::File::open(&path).unwrap()),
+                source: NarSource::File(std::fs::File::open(&path).unwrap()),
                 start: 0,
                 len: content.len() as u64,
                 expect: Some(expect),
                 what: "test".into(),
             };
             let (got, ok) =
-                collect(body(spec, permit, state.clone(), Endpoint::NarZst, None)).await;
+                collect(body(spec, permit, cache.clone(), Endpoint::NarZst, None)).await;
             assert_eq!(ok, whole);
             if whole {
                 assert_eq!(got, content);
@@ -319,7 +319,7 @@ mod tests {
     #[tokio::test]
     async fn nar_ranges_skip_and_stop() {
         let dir = tempfile::tempdir().unwrap();
-        let state = CacheState::new(CacheConfig::new(
+        let cache = Cache::new(CacheConfig::new(
             dir.path(),
             SecretKey::generate("k").unwrap(),
         ))
@@ -334,15 +334,15 @@ mod tests {
             (CHUNK + 3, CHUNK),
             (whole.len() - 1, 1),
         ] {
-            let permit = state.nar_streams.clone().acquire_owned().await.unwrap();
+            let permit = cache.nar_streams.clone().acquire_owned().await.unwrap();
             let spec = Spec {
-                source: Source::Store(file.clone()),
+                source: NarSource::Store(file.clone()),
                 start: start as u64,
                 len: len as u64,
                 expect: (len == whole.len()).then(|| Sha256Hash::of(&whole)),
                 what: "test".into(),
             };
-            let (got, ok) = collect(body(spec, permit, state.clone(), Endpoint::Nar, None)).await;
+            let (got, ok) = collect(body(spec, permit, cache.clone(), Endpoint::Nar, None)).await;
             assert!(ok, "{start}+{len}");
             assert!(got == whole[start..start + len], "{start}+{len}");
         }

@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::config::AgentConfig;
+use crate::agent::config::Agent;
 use crate::agent::sftp_link::SftpLink;
 use crate::agent::{cycle, exit, http_trigger, run, system, trigger};
 
@@ -63,27 +63,27 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 fn check_config(file: &std::path::Path) -> anyhow::Result<ExitCode> {
-    let a = AgentConfig::load(file)?;
+    let a = Agent::load(file)?;
     println!("{}: ok", file.display());
-    println!("  host            {}", a.raw.host);
-    println!("  server          {} (host key pinned)", a.raw.server);
-    println!("  cache           {}", a.raw.cache_url);
+    println!("  host            {}", a.host);
+    println!("  server          {} (host key pinned)", a.server);
+    println!("  cache           {}", a.cache_url);
     println!("  fleet key       {}", a.fleet_key);
-    println!("  action          {}", a.raw.action.as_str());
+    println!("  action          {}", a.action.as_str());
     println!(
         "  poll            every {}s ±{:.0}%{}",
-        a.raw.poll_interval_secs,
-        a.raw.poll_jitter * 100.0,
-        if a.raw.instant_updates {
+        a.poll_interval.as_secs(),
+        a.poll_jitter * 100.0,
+        if a.instant_updates {
             ", instant updates on"
         } else {
             ""
         }
     );
-    println!("  confirm within  {}s", a.raw.confirm_timeout_secs);
-    println!("  health checks   {}", a.raw.health_checks.len());
-    println!("  state           {}", a.raw.state_dir.display());
-    println!("  files           {}", a.raw.files_dir.display());
+    println!("  confirm within  {}s", a.confirm_timeout.as_secs());
+    println!("  health checks   {}", a.health_checks.len());
+    println!("  state           {}", a.state_dir.display());
+    println!("  files           {}", a.files_dir.display());
     Ok(ExitCode::SUCCESS)
 }
 
@@ -100,8 +100,8 @@ async fn trigger_now(socket: &std::path::Path) -> anyhow::Result<ExitCode> {
 }
 
 async fn agent(config: &std::path::Path, once: bool) -> anyhow::Result<ExitCode> {
-    let agent = AgentConfig::load(config)?;
-    let _lock = match system::lock(&agent.raw.state_dir) {
+    let agent = Agent::load(config)?;
+    let _lock = match system::lock(&agent.state_dir) {
         Ok(l) => l,
         Err(e @ system::SystemError::Busy { .. }) => {
             eprintln!("{e}");
@@ -125,11 +125,8 @@ async fn agent(config: &std::path::Path, once: bool) -> anyhow::Result<ExitCode>
         });
     }
     let (req_tx, req_rx) = mpsc::channel(4);
-    let listener = trigger::bind(
-        &agent.raw.trigger_socket,
-        agent.raw.trigger_group.as_deref(),
-    )?;
-    if let Some(addr) = agent.raw.http_trigger {
+    let listener = trigger::bind(&agent.trigger_socket, agent.trigger_group.as_deref())?;
+    if let Some(addr) = agent.http_trigger {
         let page = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr} for the http_trigger page"))?;
@@ -153,7 +150,7 @@ async fn agent(config: &std::path::Path, once: bool) -> anyhow::Result<ExitCode>
         }
         stop.cancel();
     });
-    tracing::info!(host = %agent.raw.host, server = %agent.raw.server, "agent started");
+    tracing::info!(host = %agent.host, server = %agent.server, "agent started");
     run::run_loop(&agent, &link, progress, req_rx, shutdown).await;
     Ok(ExitCode::SUCCESS)
 }

@@ -1,11 +1,11 @@
 //! `bento build`: evaluate and build the selected hosts in parallel, show progress, print a
 //! summary, and exit non-zero naming every host that failed.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 
+use super::args::HostsToBuild;
 use super::{progress, table};
 use crate::build::{self, HostResult, Options, Status};
 use crate::config::{self, Fleet, Host};
@@ -18,35 +18,31 @@ use crate::config::{self, Fleet, Host};
 /// (what `bento deploy --no-build` publishes). Exits non-zero when any host failed.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Hosts to build: host names and @tags. None means every host.
-    #[arg(value_name = "HOST|@TAG")]
-    hosts: Vec<String>,
-    /// The fleet file.
-    #[arg(short, long, default_value = "bento.toml")]
-    config: PathBuf,
+    #[command(flatten)]
+    pub(super) selection: HostsToBuild,
     /// Evaluate only: print each host's derivation, build nothing.
     #[arg(long)]
     dry_run: bool,
-    /// Hosts evaluated and built at once [default: [fleet] jobs, else from cores and memory].
-    #[arg(short, long, value_parser = clap::value_parser!(u16).range(1..))]
-    jobs: Option<u16>,
-    /// Print the results as JSON on stdout (progress still goes to stderr).
-    #[arg(long)]
-    json: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let fleet = Fleet::load(&args.config)?;
-    let hosts: Vec<Host> = config::select(&fleet, &args.hosts)?
+    let HostsToBuild {
+        hosts,
+        fleet,
+        jobs: jobs_arg,
+        json,
+    } = args.selection;
+    let fleet = fleet.load()?;
+    let hosts: Vec<Host> = config::select(&fleet, &hosts)?
         .into_iter()
         .cloned()
         .collect();
     let options = Options {
-        jobs: jobs(&fleet, args.jobs),
+        jobs: jobs(&fleet, jobs_arg),
         dry_run: args.dry_run,
     };
     let results = build_with_progress(&fleet, &hosts, options)?;
-    if args.json {
+    if json {
         println!("{}", serde_json::to_string_pretty(&results)?);
     } else {
         print!("{}", summary(&results));

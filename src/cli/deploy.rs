@@ -2,16 +2,16 @@
 //! signed release, with the next generation, for every host whose system changed; or
 //! `--rollback HOST`. One deploy at a time (a lock in the state directory).
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use serde::Serialize;
 
+use super::args::HostsToBuild;
 use super::{build as build_cli, table};
-use crate::build::{self, Options, Phase, Status};
+use crate::build::{self, BuildPhase, Options, Status};
 use crate::config::{self, Fleet, Host};
-use crate::deploy::{DeployLock, FileToDeliver, Outcome, Publisher, Reason};
+use crate::deploy::{DeployLock, DeployOutcome, FileToDeliver, Publisher, Reason};
 
 /// Build hosts and publish a new signed release for each host whose system changed.
 ///
@@ -30,12 +30,8 @@ use crate::deploy::{DeployLock, FileToDeliver, Outcome, Publisher, Reason};
 /// keep theirs, so `nix-collect-garbage` on the server frees older ones.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Hosts to deploy: host names and @tags. None means every host.
-    #[arg(value_name = "HOST|@TAG")]
-    hosts: Vec<String>,
-    /// The fleet file.
-    #[arg(short, long, default_value = "bento.toml")]
-    config: PathBuf,
+    #[command(flatten)]
+    pub(super) selection: HostsToBuild,
     /// Publish each host's last build (from `bento build`) instead of building now.
     #[arg(long)]
     no_build: bool,
@@ -45,12 +41,6 @@ pub struct Args {
     /// Republish HOST's previous system as a new generation, instead of deploying.
     #[arg(long, value_name = "HOST", conflicts_with_all = ["hosts", "no_build", "force"])]
     rollback: Option<String>,
-    /// Hosts evaluated and built at once [default: [fleet] jobs, else from cores and memory].
-    #[arg(short, long, value_parser = clap::value_parser!(u16).range(1..))]
-    jobs: Option<u16>,
-    /// Print the results as JSON on stdout.
-    #[arg(long)]
-    json: bool,
     /// Before publishing, show per host what changes (packages added, removed, version
     /// changes) between the system it reports running and the one to be published.
     #[arg(long)]
@@ -64,17 +54,23 @@ struct HostReport {
     /// `built`, `reused` (--no-build) or `failed`.
     build: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    build_phase: Option<Phase>,
+    build_phase: Option<BuildPhase>,
     #[serde(skip_serializing_if = "Option::is_none")]
     store_path: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    release: Option<Outcome>,
+    release: Option<DeployOutcome>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let fleet = Fleet::load(&args.config)?;
+    let HostsToBuild {
+        hosts,
+        fleet,
+        jobs,
+        json,
+    } = args.selection;
+    let fleet = fleet.load()?;
     let key = fleet.load_signing_key()?;
     if let Some(host) = &args.rollback {
         let selected = config::select(&fleet, std::slice::from_ref(host))?;
@@ -85,14 +81,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let publisher = Publisher {
             state: &fleet.state,
             key: &key,
-            now: build::unix_now(),
+            now: crate::clock::unix_now(),
             keep_systems: fleet.keep_systems,
         };
         let files = files_of(&fleet, host)?;
         let outcome = publisher.rollback(host, &files)?;
-        if args.json {
+        if json {
             println!("{}", serde_json::to_string_pretty(&outcome)?);
-        } else if let Outcome::Published {
+        } else if let DeployOutcome::Published {
             generation,
             store_path,
             previous,
@@ -107,7 +103,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
 
-    let hosts: Vec<Host> = config::select(&fleet, &args.hosts)?
+    let hosts: Vec<Host> = config::select(&fleet, &hosts)?
         .into_iter()
         .cloned()
         .collect();
@@ -116,7 +112,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         reuse_builds(&fleet, &hosts)
     } else {
         let options = Options {
-            jobs: build_cli::jobs(&fleet, args.jobs),
+            jobs: build_cli::jobs(&fleet, jobs),
             dry_run: false,
         };
         build_cli::build_with_progress(&fleet, &hosts, options)?
@@ -141,7 +137,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 Status::Evaluated { .. } => HostReport {
                     host: r.host,
                     build: "failed",
-                    build_phase: Some(Phase::Build),
+                    build_phase: Some(BuildPhase::Build),
                     store_path: None,
                     release: None,
                     error: Some("evaluated but not built".into()),
@@ -151,12 +147,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
 
     if args.diff {
-        show_diffs(&fleet, &reports, args.json);
+        show_diffs(&fleet, &reports, json);
     }
     let publisher = Publisher {
         state: &fleet.state,
         key: &key,
-        now: build::unix_now(),
+        now: crate::clock::unix_now(),
         keep_systems: fleet.keep_systems,
     };
     for report in &mut reports {
@@ -168,11 +164,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         });
         match published {
             Ok(outcome) => report.release = Some(outcome),
-            Err(e) => report.error = Some(format!("{e:#}")),
+            Err(e) => report.error = Some(super::describe_error(&e)),
         }
     }
 
-    if args.json {
+    if json {
         println!("{}", serde_json::to_string_pretty(&reports)?);
     } else {
         print!("{}", summary(&reports));
@@ -208,7 +204,7 @@ fn show_diffs(fleet: &Fleet, reports: &[HostReport], json: bool) {
                 Err(e) => format!("cannot compare: {e}\n"),
             },
             Ok(None) => "has not reported a running system yet: everything is new\n".into(),
-            Err(e) => format!("cannot read its reports: {e:#}\n"),
+            Err(e) => format!("cannot read its reports: {}\n", super::describe_error(&e)),
         };
         let text = format!("== {} ==\n{text}", r.host);
         if json {
@@ -237,7 +233,7 @@ fn reuse_builds(fleet: &Fleet, hosts: &[Host]) -> Vec<HostReport> {
             HostReport {
                 host: h.name.clone(),
                 build: if store_path.is_some() { "reused" } else { "failed" },
-                build_phase: store_path.is_none().then_some(Phase::Build),
+                build_phase: store_path.is_none().then_some(BuildPhase::Build),
                 store_path,
                 release: None,
                 error,
@@ -246,9 +242,9 @@ fn reuse_builds(fleet: &Fleet, hosts: &[Host]) -> Vec<HostReport> {
         .collect()
 }
 
-fn release_text(outcome: &Outcome) -> String {
+fn release_text(outcome: &DeployOutcome) -> String {
     match outcome {
-        Outcome::Published {
+        DeployOutcome::Published {
             generation,
             reason,
             previous,
@@ -265,7 +261,7 @@ fn release_text(outcome: &Outcome) -> String {
             let was = previous.map(|p| format!(", was {p}")).unwrap_or_default();
             format!("generation {generation} ({why}{was})")
         }
-        Outcome::Unchanged { generation, .. } => format!("unchanged ({generation})"),
+        DeployOutcome::Unchanged { generation, .. } => format!("unchanged ({generation})"),
     }
 }
 

@@ -1,11 +1,11 @@
 //! `bento diff HOST`: what a deploy would change on a host, package by package (added,
 //! removed, version changes, sizes), between the system it runs and its newest build.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 
+use super::args::FleetFile;
 use crate::build;
 use crate::config::{self, Fleet};
 use crate::status::{self, diff::ClosureDiff, diff::PackageChange};
@@ -17,9 +17,8 @@ use crate::status::{self, diff::ClosureDiff, diff::PackageChange};
 pub struct Args {
     /// The host.
     host: String,
-    /// The fleet file.
-    #[arg(short, long, default_value = "bento.toml", env = "BENTO_CONFIG")]
-    config: PathBuf,
+    #[command(flatten)]
+    fleet: FleetFile,
     /// Compare from this system instead of the one the host reports running.
     #[arg(long, value_name = "PATH")]
     from: Option<String>,
@@ -32,7 +31,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let fleet = Fleet::load(&args.config)?;
+    let fleet = args.fleet.load()?;
     let selected = config::select(&fleet, std::slice::from_ref(&args.host))?;
     if args.host.starts_with('@') || selected.len() != 1 {
         anyhow::bail!("bento diff takes one host name, not a tag");

@@ -10,7 +10,7 @@ use std::time::Duration;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::table;
-use crate::build::{Event, HostResult, Phase, Reporter, Status};
+use crate::build::{BuildPhase, Event, HostResult, Reporter, Status};
 
 /// A reporter for `total` hosts, drawing on stderr.
 pub fn reporter(total: usize) -> Reporter {
@@ -21,11 +21,11 @@ pub fn reporter(total: usize) -> Reporter {
     }
 }
 
-fn phase_word(phase: Phase) -> &'static str {
+fn phase_word(phase: BuildPhase) -> &'static str {
     match phase {
-        Phase::Evaluate => "evaluating",
-        Phase::Build => "building",
-        Phase::Record => "recording",
+        BuildPhase::Evaluate => "evaluating",
+        BuildPhase::Build => "building",
+        BuildPhase::Record => "recording",
     }
 }
 

@@ -2,12 +2,12 @@
 //! when it was last heard from, and its last error. `--json` prints the schema documented in
 //! `docs/status.md`; `--watch` redraws whenever something changes.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use super::args::FleetFile;
 use super::table;
-use crate::config::{self, Fleet};
+use crate::config;
 use crate::status::{self, FleetStatus, HostStatus, view::ago};
 
 /// Show where each host stands: its release (desired generation and system), the system it
@@ -26,9 +26,8 @@ pub struct Args {
     /// Hosts to show: host names and @tags. None means every host.
     #[arg(value_name = "HOST|@TAG")]
     hosts: Vec<String>,
-    /// The fleet file.
-    #[arg(short, long, default_value = "bento.toml", env = "BENTO_CONFIG")]
-    config: PathBuf,
+    #[command(flatten)]
+    fleet: FleetFile,
     /// Print JSON (schema 1, see docs/status.md) instead of a table.
     #[arg(long)]
     json: bool,
@@ -41,7 +40,7 @@ pub struct Args {
 const NOT_ALL_UP_TO_DATE: u8 = 3;
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let fleet = Fleet::load(&args.config)?;
+    let fleet = args.fleet.load()?;
     let hosts: Vec<String> = config::select(&fleet, &args.hosts)?
         .into_iter()
         .map(|h| h.name.clone())
@@ -50,7 +49,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         status::collect(
             &fleet.state,
             hosts.iter().map(String::as_str),
-            status::unix_now(),
+            crate::clock::unix_now(),
             fleet.stale_after_secs,
         )
     };

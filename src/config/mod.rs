@@ -70,7 +70,11 @@ pub mod defaults {
 }
 
 #[derive(Debug, Error)]
-pub enum ConfigError {
+pub enum FleetFileError {
+    #[error(
+        "no fleet file at {path}: run `bento init` in your configuration repository to create one, or name yours with --config FILE (or BENTO_CONFIG=FILE)"
+    )]
+    Missing { path: PathBuf },
     #[error("cannot read fleet file {path}: {source}")]
     Read {
         path: PathBuf,
@@ -229,21 +233,24 @@ enum RawDeliveredFile {
 
 impl Fleet {
     /// Reads and validates a fleet file. Relative paths in it are relative to its directory.
-    pub fn load(path: &Path) -> Result<Fleet, ConfigError> {
+    pub fn load(path: &Path) -> Result<Fleet, FleetFileError> {
         let file = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
-        let text = std::fs::read_to_string(&file).map_err(|source| ConfigError::Read {
-            path: file.clone(),
-            source,
+        let text = std::fs::read_to_string(&file).map_err(|source| match source.kind() {
+            std::io::ErrorKind::NotFound => FleetFileError::Missing { path: file.clone() },
+            _ => FleetFileError::Read {
+                path: file.clone(),
+                source,
+            },
         })?;
         Fleet::parse(&text, &file)
     }
 
     /// Validates the text of a fleet file that lives at `file` (used to resolve relative
     /// paths and in messages).
-    pub fn parse(text: &str, file: &Path) -> Result<Fleet, ConfigError> {
+    pub fn parse(text: &str, file: &Path) -> Result<Fleet, FleetFileError> {
         let raw: RawFile = toml::from_str(text).map_err(|e| {
             let at = toml_error::locate(text, e.span().map(|s| s.start), e.message());
-            ConfigError::Syntax {
+            FleetFileError::Syntax {
                 path: file.to_owned(),
                 line: at.line,
                 subject: at.subject,
@@ -252,7 +259,7 @@ impl Fleet {
         })?;
         let dir = file.parent().unwrap_or(Path::new("/"));
         let resolve = |p: &Path| normalize(&dir.join(p));
-        let fleet_err = |field, problem: String| ConfigError::Fleet {
+        let fleet_err = |field, problem: String| FleetFileError::Fleet {
             path: file.to_owned(),
             field,
             problem,
@@ -305,7 +312,7 @@ impl Fleet {
         let mut keys: BTreeMap<Vec<u8>, String> = BTreeMap::new();
         for (name, raw_host) in raw.hosts {
             let host = validate_host(file, &flake, &resolve, name, raw_host)?;
-            let host_err = |problem: String, field| ConfigError::Host {
+            let host_err = |problem: String, field| FleetFileError::Host {
                 path: file.to_owned(),
                 host: host.name.clone(),
                 field,
@@ -336,7 +343,7 @@ impl Fleet {
         if uses_flake && flake_is_path {
             let flake_nix = Path::new(&flake).join("flake.nix");
             if !flake_nix.is_file() {
-                return Err(ConfigError::MissingFile {
+                return Err(FleetFileError::MissingFile {
                     path: file.to_owned(),
                     subject: "[fleet] field flake".into(),
                     file: flake_nix,
@@ -357,8 +364,8 @@ impl Fleet {
     }
 
     /// Loads the fleet signing key, with a message naming where it was expected.
-    pub fn load_signing_key(&self) -> Result<SecretKey, ConfigError> {
-        SecretKey::load(&self.signing_key).map_err(|source| ConfigError::SigningKey {
+    pub fn load_signing_key(&self) -> Result<SecretKey, FleetFileError> {
+        SecretKey::load(&self.signing_key).map_err(|source| FleetFileError::SigningKey {
             path: self.signing_key.clone(),
             source,
         })
@@ -380,8 +387,8 @@ fn validate_host(
     resolve: &dyn Fn(&Path) -> PathBuf,
     name: String,
     raw: RawHost,
-) -> Result<Host, ConfigError> {
-    let host_err = |field, problem: String| ConfigError::Host {
+) -> Result<Host, FleetFileError> {
+    let host_err = |field, problem: String| FleetFileError::Host {
         path: file.to_owned(),
         host: name.clone(),
         field,
@@ -411,7 +418,7 @@ fn validate_host(
         (None, Some(conf)) => {
             let path = resolve(&conf);
             if !path.is_file() {
-                return Err(ConfigError::MissingFile {
+                return Err(FleetFileError::MissingFile {
                     path: file.to_owned(),
                     subject: format!("host {name}, field configuration"),
                     file: path,
@@ -449,7 +456,7 @@ fn validate_host(
             .map_err(|e| host_err("files", e.to_string()))?;
         let source = resolve(&source);
         if !source.is_file() {
-            return Err(ConfigError::MissingFile {
+            return Err(FleetFileError::MissingFile {
                 path: file.to_owned(),
                 subject: format!("host {name}, field files.{file_name}"),
                 file: source,

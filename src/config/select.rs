@@ -1,13 +1,13 @@
 //! Host selection on the command line: `HOST` and `@TAG` arguments, none meaning every host.
 //! A pure function over the fleet; unknown names fail listing what exists.
 
-use super::{ConfigError, Fleet, Host};
+use super::{Fleet, FleetFileError, Host};
 
 /// The hosts named by `args` (host names and `@tag`s), in name order, each once.
 /// No arguments select every host.
-pub fn select<'a>(fleet: &'a Fleet, args: &[String]) -> Result<Vec<&'a Host>, ConfigError> {
+pub fn select<'a>(fleet: &'a Fleet, args: &[String]) -> Result<Vec<&'a Host>, FleetFileError> {
     if fleet.hosts.is_empty() {
-        return Err(ConfigError::NoHosts {
+        return Err(FleetFileError::NoHosts {
             path: fleet.file.clone(),
         });
     }
@@ -24,7 +24,7 @@ pub fn select<'a>(fleet: &'a Fleet, args: &[String]) -> Result<Vec<&'a Host>, Co
                 .map(|h| h.name.as_str())
                 .collect();
             if tagged.is_empty() {
-                return Err(ConfigError::UnknownTag {
+                return Err(FleetFileError::UnknownTag {
                     path: fleet.file.clone(),
                     tag: tag.to_owned(),
                     known: list(fleet.tags().iter().map(|t| format!("@{t}"))),
@@ -34,7 +34,7 @@ pub fn select<'a>(fleet: &'a Fleet, args: &[String]) -> Result<Vec<&'a Host>, Co
         } else if fleet.hosts.contains_key(arg) {
             chosen.insert(arg.as_str());
         } else {
-            return Err(ConfigError::UnknownHost {
+            return Err(FleetFileError::UnknownHost {
                 path: fleet.file.clone(),
                 name: arg.clone(),
                 known: list(fleet.hosts.keys().cloned()),

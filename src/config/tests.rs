@@ -17,7 +17,7 @@ pub(crate) fn ssh_key(byte: u8) -> String {
     )
 }
 
-fn parse(text: &str) -> Result<Fleet, ConfigError> {
+fn parse(text: &str) -> Result<Fleet, FleetFileError> {
     // The fleet file lives in a directory with a flake.nix, so flake hosts validate.
     let dir = std::env::temp_dir().join("bento-config-unit");
     std::fs::create_dir_all(&dir).unwrap();

@@ -6,9 +6,9 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use crate::config::StateDir;
-use crate::files::{self, Entry, Manifest};
+use crate::durable;
+use crate::files::{self, Manifest, ManifestEntry};
 use crate::nix::keys::SecretKey;
-use crate::state;
 
 use super::DeployError;
 
@@ -24,7 +24,7 @@ pub struct FileToDeliver {
 #[derive(Debug)]
 pub struct HostFiles {
     /// Manifest entries, sorted by name.
-    entries: Vec<Entry>,
+    entries: Vec<ManifestEntry>,
     /// Contents by SHA-256 (hex).
     contents: HashMap<String, Vec<u8>>,
     /// The manifest published now, if any.
@@ -41,11 +41,12 @@ impl HostFiles {
         let mut entries = Vec::with_capacity(files.len());
         let mut contents = HashMap::with_capacity(files.len());
         for f in files {
-            let entry =
-                Entry::of(&f.name, &f.content, f.mode).map_err(|source| DeployError::Files {
+            let entry = ManifestEntry::of(&f.name, &f.content, f.mode).map_err(|source| {
+                DeployError::Files {
                     host: host.to_owned(),
                     source,
-                })?;
+                }
+            })?;
             contents.insert(entry.sha256.clone(), f.content.clone());
             entries.push(entry);
         }
@@ -87,7 +88,7 @@ impl HostFiles {
         for (sha256, content) in &self.contents {
             let blob = blobs.join(sha256);
             if !blob.exists() {
-                state::write_atomic(&blob, content, 0o600)?;
+                durable::write_atomic(&blob, content, 0o600)?;
             }
         }
         let manifest =
@@ -97,7 +98,7 @@ impl HostFiles {
                     source,
                 }
             })?;
-        state::write_atomic(&dir.join(files::MANIFEST_PATH), &manifest.to_bytes(), 0o600)?;
+        durable::write_atomic(&dir.join(files::MANIFEST_PATH), &manifest.to_bytes(), 0o600)?;
         remove_unlisted_blobs(&blobs, &self.entries);
         Ok(())
     }
@@ -113,7 +114,7 @@ fn current(state: &StateDir, host: &str) -> Option<Manifest> {
 /// Removes blobs the current manifest does not name (never fatal: a blob left behind only
 /// takes space). An agent still reading the previous manifest fails that attempt and
 /// retries with the new one.
-fn remove_unlisted_blobs(blobs: &Path, entries: &[Entry]) {
+fn remove_unlisted_blobs(blobs: &Path, entries: &[ManifestEntry]) {
     let Ok(list) = std::fs::read_dir(blobs) else {
         return;
     };

@@ -51,9 +51,15 @@ fn parse_line(line: &[u8]) -> Result<HistoryEntry, String> {
     Ok(entry)
 }
 
-/// Parses a history file; `Err((line number, problem))` for a damaged line that is not the
-/// unterminated last one.
-pub fn parse(bytes: &[u8]) -> Result<History, (usize, String)> {
+/// A damaged line of a history file: its number (from 1) and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DamagedLine {
+    pub line: usize,
+    pub problem: String,
+}
+
+/// Parses a history file; a damaged line that is not the unterminated last one is an error.
+pub fn parse(bytes: &[u8]) -> Result<History, DamagedLine> {
     let mut history = History::default();
     let mut segments: Vec<&[u8]> = bytes.split(|b| *b == b'\n').collect();
     // After the last '\n' comes "" for a complete file, or an unterminated tail.
@@ -64,7 +70,10 @@ pub fn parse(bytes: &[u8]) -> Result<History, (usize, String)> {
         }
         history
             .entries
-            .push(parse_line(line).map_err(|p| (i + 1, p))?);
+            .push(parse_line(line).map_err(|problem| DamagedLine {
+                line: i + 1,
+                problem,
+            })?);
     }
     if !tail.iter().all(u8::is_ascii_whitespace) {
         match parse_line(tail) {
@@ -87,7 +96,7 @@ pub fn read(path: &Path) -> Result<History, DeployError> {
             });
         }
     };
-    let history = parse(&bytes).map_err(|(line, problem)| DeployError::History {
+    let history = parse(&bytes).map_err(|DamagedLine { line, problem }| DeployError::History {
         path: path.to_owned(),
         line,
         problem,
@@ -198,7 +207,7 @@ mod tests {
         for (name, text, want) in cases {
             let got = parse(text.as_bytes())
                 .map(|h| (gens(&h), h.torn_tail))
-                .map_err(|(l, _)| l);
+                .map_err(|d| d.line);
             assert_eq!(got, want, "{name}");
         }
     }

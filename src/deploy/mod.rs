@@ -4,14 +4,14 @@
 //!
 //! Order of effects for one release, chosen so that a crash at any instant is harmless:
 //! 1. GC root `gcroots/<host>/generation-<N>` (the system cannot be collected once offered);
-//! 2. the release, replaced atomically (`state::write_atomic`: temp, fsync, rename, fsync);
+//! 2. the release, replaced atomically (`durable::write_atomic`: temp, fsync, rename, fsync);
 //! 3. the history line, appended and fsynced.
 //!
 //! A crash between 2 and 3 loses a history line, never a generation: the next generation
 //! is one more than the largest of the current release and the history.
 //!
 //! Callers hold a [`DeployLock`] around all of it. May import: `nix`, `config`, `build`,
-//! `release`, `state`.
+//! `release`, `durable`.
 
 use std::path::{Path, PathBuf};
 
@@ -20,10 +20,10 @@ use thiserror::Error;
 
 use crate::build::gcroot;
 use crate::config::StateDir;
+use crate::durable::{self, WriteError};
 use crate::nix::cmd::CmdError;
 use crate::nix::keys::SecretKey;
 use crate::release::{Release, ReleaseError};
-use crate::state::{self, StateError};
 
 pub mod decide;
 pub mod files;
@@ -95,13 +95,13 @@ pub enum DeployError {
         source: crate::files::FilesError,
     },
     #[error(transparent)]
-    State(#[from] StateError),
+    Write(#[from] WriteError),
 }
 
 /// What publishing did for one host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "action", rename_all = "kebab-case")]
-pub enum Outcome {
+pub enum DeployOutcome {
     Published {
         generation: u64,
         store_path: String,
@@ -149,7 +149,7 @@ impl Publisher<'_> {
         store_path: &str,
         files: &[FileToDeliver],
         force: bool,
-    ) -> Result<Outcome, DeployError> {
+    ) -> Result<DeployOutcome, DeployError> {
         let state = self.state;
         remove_stale_temp_files(&state.publish_dir(host));
         let current = current_release(state, host)?;
@@ -167,7 +167,7 @@ impl Publisher<'_> {
                 host: host.to_owned(),
             })?;
         match decision {
-            Decision::Unchanged { generation } => Ok(Outcome::Unchanged {
+            Decision::Unchanged { generation } => Ok(DeployOutcome::Unchanged {
                 generation,
                 store_path: store_path.to_owned(),
             }),
@@ -177,7 +177,7 @@ impl Publisher<'_> {
                     state, self.key, host, generation, store_path, self.now, None,
                 )?;
                 prune_roots(state, host, store_path, self.keep_systems);
-                Ok(Outcome::Published {
+                Ok(DeployOutcome::Published {
                     generation,
                     store_path: store_path.to_owned(),
                     reason,
@@ -190,7 +190,11 @@ impl Publisher<'_> {
     /// Republishes the system before the current one as a new, higher generation, with
     /// today's `files` (files are never rolled back), then prunes GC roots as
     /// [`Publisher::publish`] does.
-    pub fn rollback(&self, host: &str, files: &[FileToDeliver]) -> Result<Outcome, DeployError> {
+    pub fn rollback(
+        &self,
+        host: &str,
+        files: &[FileToDeliver],
+    ) -> Result<DeployOutcome, DeployError> {
         let state = self.state;
         remove_stale_temp_files(&state.publish_dir(host));
         let current =
@@ -222,7 +226,7 @@ impl Publisher<'_> {
             Some(target.of_generation),
         )?;
         prune_roots(state, host, &target.store_path, self.keep_systems);
-        Ok(Outcome::Published {
+        Ok(DeployOutcome::Published {
             generation,
             store_path: target.store_path,
             reason: Reason::Rollback,
@@ -258,7 +262,7 @@ fn write_release(
         path: dir.clone(),
         source,
     })?;
-    state::write_atomic(&state.release(host), &release.to_bytes(), 0o644)?;
+    durable::write_atomic(&state.release(host), &release.to_bytes(), 0o644)?;
     history::append(
         &state.history(host),
         &HistoryEntry {
@@ -312,7 +316,7 @@ pub fn prune_roots(state: &StateDir, host: &str, current: &str, keep_systems: us
 }
 
 /// Removes temp files a killed deploy left beside a release (`.release.tmp-<pid>`, the
-/// names `state::write_atomic` uses), whether or not the host gets a new release now.
+/// names `durable::write_atomic` uses), whether or not the host gets a new release now.
 /// Safe because the caller holds the deploy lock.
 fn remove_stale_temp_files(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {

@@ -73,7 +73,7 @@ pub enum FilesError {
 /// One delivered file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Entry {
+pub struct ManifestEntry {
     pub name: String,
     /// Lowercase hex.
     pub sha256: String,
@@ -89,7 +89,7 @@ pub struct Manifest {
     pub host: String,
     pub generation: u64,
     /// Sorted by name.
-    pub files: Vec<Entry>,
+    pub files: Vec<ManifestEntry>,
     /// Nix-style `keyname:base64` ed25519 signature over [`Manifest::signed_bytes`].
     pub signature: String,
 }
@@ -121,9 +121,9 @@ pub fn check_mode(name: &str, mode: u32) -> Result<(), FilesError> {
     }
 }
 
-impl Entry {
+impl ManifestEntry {
     /// The entry of `content` delivered as `name` with `mode`.
-    pub fn of(name: &str, content: &[u8], mode: u32) -> Result<Entry, FilesError> {
+    pub fn of(name: &str, content: &[u8], mode: u32) -> Result<ManifestEntry, FilesError> {
         check_name(name)?;
         check_mode(name, mode)?;
         let size = content.len() as u64;
@@ -133,7 +133,7 @@ impl Entry {
                 size,
             });
         }
-        Ok(Entry {
+        Ok(ManifestEntry {
             name: name.to_owned(),
             sha256: hex::encode(Sha256Hash::of(content).0),
             size,
@@ -165,7 +165,7 @@ impl Entry {
     }
 }
 
-fn check_entries(files: &[Entry]) -> Result<(), FilesError> {
+fn check_entries(files: &[ManifestEntry]) -> Result<(), FilesError> {
     if files.len() > MAX_FILES {
         return Err(FilesError::TooMany { count: files.len() });
     }
@@ -213,7 +213,7 @@ impl Manifest {
     pub fn sign(
         host: &str,
         generation: u64,
-        mut files: Vec<Entry>,
+        mut files: Vec<ManifestEntry>,
         key: &SecretKey,
     ) -> Result<Manifest, FilesError> {
         check_host_name(host).map_err(|e| FilesError::Host(e.to_string()))?;
@@ -260,7 +260,7 @@ impl Manifest {
 
     /// Whether two manifests deliver the same files (names, contents, modes), whatever
     /// their generations.
-    pub fn same_files(&self, files: &[Entry]) -> bool {
+    pub fn same_files(&self, files: &[ManifestEntry]) -> bool {
         self.files == files
     }
 }
@@ -301,8 +301,8 @@ mod tests {
 
     fn sample(key: &SecretKey) -> Manifest {
         let files = vec![
-            Entry::of("tls.key", b"-----BEGIN KEY-----\n", 0o400).unwrap(),
-            Entry::of("db-password", b"hunter2\n", 0o440).unwrap(),
+            ManifestEntry::of("tls.key", b"-----BEGIN KEY-----\n", 0o400).unwrap(),
+            ManifestEntry::of("db-password", b"hunter2\n", 0o440).unwrap(),
         ];
         Manifest::sign("web1", 7, files, key).unwrap()
     }
@@ -406,7 +406,7 @@ mod tests {
 
     #[test]
     fn content_is_checked_against_its_entry() {
-        let e = Entry::of("db-password", b"hunter2\n", 0o400).unwrap();
+        let e = ManifestEntry::of("db-password", b"hunter2\n", 0o400).unwrap();
         assert!(e.check(b"hunter2\n").is_ok());
         let short = e.check(b"hunter").unwrap_err().to_string();
         assert!(short.contains("6 bytes arrived"), "{short}");
@@ -425,14 +425,14 @@ mod tests {
         assert!(check_mode("x", 0o640).is_ok());
         assert!(check_mode("x", 0o2755).is_err());
         let big = vec![0u8; MAX_FILE_BYTES as usize + 1];
-        assert!(Entry::of("big", &big, 0o400).is_err());
+        assert!(ManifestEntry::of("big", &big, 0o400).is_err());
         let dup = vec![
-            Entry::of("a", b"1", 0o400).unwrap(),
-            Entry::of("a", b"2", 0o400).unwrap(),
+            ManifestEntry::of("a", b"1", 0o400).unwrap(),
+            ManifestEntry::of("a", b"2", 0o400).unwrap(),
         ];
         assert!(Manifest::sign("web1", 1, dup, &key()).is_err());
-        let many: Vec<Entry> = (0..=MAX_FILES)
-            .map(|i| Entry::of(&format!("f{i}"), b"x", 0o400).unwrap())
+        let many: Vec<ManifestEntry> = (0..=MAX_FILES)
+            .map(|i| ManifestEntry::of(&format!("f{i}"), b"x", 0o400).unwrap())
             .collect();
         let err = Manifest::sign("web1", 1, many, &key())
             .unwrap_err()

@@ -3,7 +3,7 @@
 //!
 //! May import: std, the Nix format crates (`nix-derivation`, `nix-narinfo`, `nix-archive`),
 //! crypto and encoding crates. Never the network, never a layer above it (`config`, `build`,
-//! `release`, `cache`, `publish`, `agent`, `status`).
+//! `release`, `cache`, `sftp`, `agent`, `status`).
 
 pub mod cmd;
 pub mod hash;
@@ -12,6 +12,7 @@ pub mod nar;
 pub mod narinfo;
 pub mod pathinfo;
 pub mod store;
+pub mod transient;
 
 pub use cmd::{CmdError, Command, Output};
 pub use hash::{HashError, Sha256Hash};

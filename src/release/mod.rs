@@ -40,9 +40,7 @@ pub enum ReleaseError {
         "release is for host {got:?}, but this is {expected:?}; refusing another host's release"
     )]
     WrongHost { expected: String, got: String },
-    #[error(
-        "host name {0:?} is not valid: use 1 to 63 of A-Z a-z 0-9 . _ -, starting with a letter or a digit"
-    )]
+    #[error("host name {0:?} is not valid: {HOST_NAME_RULE}")]
     BadHost(String),
     #[error("release names {path:?}, which is not a store path: {reason}")]
     BadStorePath { path: String, reason: String },
@@ -78,8 +76,13 @@ pub struct Release {
     pub signature: String,
 }
 
-/// Checks a host name: it becomes a user name, a directory name and a line of the signed
-/// encoding, so it is kept to a safe alphabet.
+/// What [`check_host_name`] accepts, in the words error messages use.
+pub const HOST_NAME_RULE: &str =
+    "use 1 to 63 of A-Z a-z 0-9 . _ -, starting with a letter or a digit";
+
+/// The one host-name rule of Bento, for the fleet file, the agent's configuration, releases,
+/// reports, file manifests, SFTP users and cache tokens: a host name becomes a user name, a
+/// directory name and a line of the signed encoding, so it is kept to a safe alphabet.
 pub fn check_host_name(host: &str) -> Result<(), ReleaseError> {
     let ok = !host.is_empty()
         && host.len() <= 63

@@ -3,9 +3,11 @@
 //! A report names the generation it is about (a report counts for the generation it names,
 //! never by file timestamps), the store path wanted, the one running afterwards, the
 //! outcome with its reason, timings and the log of the attempt. File names sort by time:
-//! `<unix-millis>-g<generation>-<outcome>.json`.
+//! `<unix-millis>-g<generation>-<outcome>.json`; any name an agent uploads must pass
+//! [`check_report_name`].
 //!
-//! May import: `release` (host names). Shared by the agent and the server side.
+//! May import: `release` (host names), `durable` (the textfile). Shared by the agent and
+//! the server side.
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -33,6 +35,28 @@ pub enum ReportError {
     UnsupportedFormat { got: u32 },
     #[error("report names host {0:?}, which is not a valid host name")]
     BadHost(String),
+}
+
+/// Longest report name accepted.
+pub const MAX_REPORT_NAME: usize = 128;
+
+/// A report name: 1 to 128 of `A-Z a-z 0-9 . _ -`, not starting with a dot (names starting
+/// with a dot are the SFTP server's upload temporaries). The agent's client checks before
+/// uploading, the server again on every path.
+pub fn check_report_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() || name.len() > MAX_REPORT_NAME {
+        return Err("report names have 1 to 128 characters");
+    }
+    if name.starts_with('.') {
+        return Err("report names may not start with a dot");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    {
+        return Err("report names use only A-Z a-z 0-9 . _ -");
+    }
+    Ok(())
 }
 
 /// How an attempt ended.
@@ -198,6 +222,14 @@ mod tests {
                 ..Timings::default()
             },
             log: "line\n".into(),
+        }
+    }
+
+    #[test]
+    fn report_names_are_restricted() {
+        assert!(check_report_name("gen-12_2024.json").is_ok());
+        for bad in ["", ".upload-x", "a b", "a:b", "ä", &"x".repeat(129)] {
+            assert!(check_report_name(bad).is_err(), "{bad:?}");
         }
     }
 

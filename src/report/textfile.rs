@@ -61,8 +61,8 @@ pub fn render(r: &Report) -> String {
 }
 
 /// Writes the textfile atomically (the collector never reads half a file).
-pub fn write(path: &Path, r: &Report) -> Result<(), crate::state::StateError> {
-    crate::state::write_atomic(path, render(r).as_bytes(), 0o644)
+pub fn write(path: &Path, r: &Report) -> Result<(), crate::durable::WriteError> {
+    crate::durable::write_atomic(path, render(r).as_bytes(), 0o644)
 }
 
 #[cfg(test)]

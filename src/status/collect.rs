@@ -12,14 +12,6 @@ use crate::config::StateDir;
 use crate::release::Release;
 use crate::report::Report;
 
-/// Seconds since the Unix epoch.
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, StatusError> {
     match std::fs::read(path) {
         Ok(b) => Ok(Some(b)),
@@ -52,14 +44,23 @@ pub fn release(state: &StateDir, host: &str) -> Result<Option<Release>, StatusEr
 /// in practice, without reading up to `max_reports` (200) bodies per host and poll.
 pub const RECENT_REPORTS: usize = 16;
 
-/// `(finished millis, generation)` from a report file name
-/// (`<unix-millis>-g<generation>-<outcome>.json`). Used only to choose which files to read:
-/// what counts is the content.
-pub fn parse_report_name(name: &str) -> Option<(u64, u64)> {
+/// What a report file name (`<unix-millis>-g<generation>-<outcome>.json`) says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReportName {
+    pub finished_ms: u64,
+    pub generation: u64,
+}
+
+/// Reads a report file name. Used only to choose which files to read: what counts is the
+/// content.
+pub fn parse_report_name(name: &str) -> Option<ReportName> {
     let stem = name.strip_suffix(".json")?;
     let (millis, rest) = stem.split_once("-g")?;
     let (generation, _outcome) = rest.split_once('-')?;
-    Some((millis.parse().ok()?, generation.parse().ok()?))
+    Some(ReportName {
+        finished_ms: millis.parse().ok()?,
+        generation: generation.parse().ok()?,
+    })
 }
 
 /// Which of `names` (sorted oldest first) to read: the newest `recent`, and the newest one
@@ -67,7 +68,7 @@ pub fn parse_report_name(name: &str) -> Option<(u64, u64)> {
 pub fn choose_reports(names: &[String], generation: Option<u64>, recent: usize) -> Vec<&str> {
     let start = names.len().saturating_sub(recent);
     let mut chosen: Vec<&str> = Vec::new();
-    let names_gen = |n: &&String, g: u64| parse_report_name(n).is_some_and(|(_, ng)| ng == g);
+    let names_gen = |n: &&String, g: u64| parse_report_name(n).is_some_and(|r| r.generation == g);
     if let Some(g) = generation.filter(|g| !names[start..].iter().any(|n| names_gen(&n, *g))) {
         if let Some(n) = names[..start].iter().rev().find(|n| names_gen(n, g)) {
             chosen.push(n);
@@ -196,7 +197,8 @@ mod tests {
             ("notes.json", None),
         ];
         for (name, want) in cases {
-            assert_eq!(parse_report_name(name), want, "{name}");
+            let got = parse_report_name(name).map(|r| (r.finished_ms, r.generation));
+            assert_eq!(got, want, "{name}");
         }
     }
 

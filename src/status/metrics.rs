@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::derive::HostState;
-use super::source::Source;
+use super::source::StatusSource;
 use super::view::FleetStatus;
 
 /// Every state, in the order `bento_hosts` lists them (all present, zeros included).
@@ -79,13 +79,13 @@ pub fn render(fleet: &FleetStatus) -> String {
 /// The rendered fleet gauges, recomputed at most every two seconds.
 #[derive(Debug)]
 pub struct Cached {
-    source: Arc<Source>,
+    source: Arc<StatusSource>,
     ttl: Duration,
     last: Mutex<Option<(Instant, String)>>,
 }
 
 impl Cached {
-    pub fn new(source: Arc<Source>) -> Self {
+    pub fn new(source: Arc<StatusSource>) -> Self {
         Cached {
             source,
             ttl: Duration::from_secs(2),

@@ -5,7 +5,7 @@
 //! Prometheus; `diff` compares two system closures package by package.
 //!
 //! May import: `config` (the state directory layout), `deploy` (release history, read
-//! only), `release`, `report`, `nix`. Never builds or publishes.
+//! only), `release`, `report`, `nix`, `clock`. Never builds or publishes.
 
 use std::path::PathBuf;
 
@@ -19,9 +19,9 @@ pub mod source;
 pub mod view;
 pub mod web;
 
-pub use collect::{collect, collect_host, unix_now};
+pub use collect::{collect, collect_host};
 pub use derive::HostState;
-pub use source::Source;
+pub use source::StatusSource;
 pub use view::{FleetStatus, HostStatus, SCHEMA};
 
 #[derive(Debug, Error)]

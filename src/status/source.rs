@@ -6,11 +6,12 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use super::view::{FleetStatus, HostStatus};
-use super::{StatusError, collect, collect_host, unix_now};
+use super::{StatusError, collect, collect_host};
+use crate::clock::unix_now;
 use crate::config::StateDir;
 
 #[derive(Debug)]
-pub struct Source {
+pub struct StatusSource {
     pub state: StateDir,
     hosts: RwLock<Arc<Vec<String>>>,
     pub stale_after: u64,
@@ -22,9 +23,9 @@ pub struct Source {
 /// How long a computed fleet status is served again.
 pub const FRESH_FOR: Duration = Duration::from_secs(1);
 
-impl Source {
+impl StatusSource {
     pub fn new(state: StateDir, hosts: Vec<String>, stale_after: u64) -> Arc<Self> {
-        Arc::new(Source {
+        Arc::new(StatusSource {
             state,
             hosts: RwLock::new(Arc::new(hosts)),
             stale_after,

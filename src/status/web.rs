@@ -15,7 +15,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use serde::Serialize;
 
-use super::source::Source;
+use super::source::StatusSource;
 use super::view::{HostStatus, ago};
 use super::{StatusError, collect};
 use crate::deploy::HistoryEntry;
@@ -27,7 +27,7 @@ const REPORTS_SHOWN: usize = 50;
 /// Serves the dashboard on `listener` until `shutdown` is cancelled.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    source: Arc<Source>,
+    source: Arc<StatusSource>,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> std::io::Result<()> {
     let app = router(source).fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") });
@@ -37,7 +37,7 @@ pub async fn serve(
 }
 
 /// The dashboard's routes.
-pub fn router(source: Arc<Source>) -> axum::Router {
+pub fn router(source: Arc<StatusSource>) -> axum::Router {
     axum::Router::new()
         .route("/", get(index))
         .route("/api/status", get(api_status))
@@ -91,7 +91,7 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| WebError::Task(e.to_string()))?
 }
 
-fn detail(source: &Source, host: &str) -> Result<HostDetail, WebError> {
+fn detail(source: &StatusSource, host: &str) -> Result<HostDetail, WebError> {
     if !source.knows(host) {
         return Err(WebError::UnknownHost);
     }
@@ -116,20 +116,20 @@ fn detail(source: &Source, host: &str) -> Result<HostDetail, WebError> {
     })
 }
 
-async fn api_status(State(source): State<Arc<Source>>) -> Result<Response, WebError> {
+async fn api_status(State(source): State<Arc<StatusSource>>) -> Result<Response, WebError> {
     let fleet = blocking(move || source.fleet().map_err(WebError::Status)).await?;
     Ok(([(header::CACHE_CONTROL, "no-store")], Json(&*fleet)).into_response())
 }
 
 async fn api_host(
-    State(source): State<Arc<Source>>,
+    State(source): State<Arc<StatusSource>>,
     Path(name): Path<String>,
 ) -> Result<Response, WebError> {
     let d = blocking(move || detail(&source, &name)).await?;
     Ok(([(header::CACHE_CONTROL, "no-store")], Json(d)).into_response())
 }
 
-async fn index(State(source): State<Arc<Source>>) -> Result<Html<String>, WebError> {
+async fn index(State(source): State<Arc<StatusSource>>) -> Result<Html<String>, WebError> {
     let fleet = blocking(move || source.fleet().map_err(WebError::Status)).await?;
     let rows: String = fleet.hosts.iter().map(row_html).collect();
     Ok(Html(
@@ -138,7 +138,7 @@ async fn index(State(source): State<Arc<Source>>) -> Result<Html<String>, WebErr
 }
 
 async fn host_page(
-    State(source): State<Arc<Source>>,
+    State(source): State<Arc<StatusSource>>,
     Path(name): Path<String>,
 ) -> Result<Html<String>, WebError> {
     let d = blocking(move || detail(&source, &name)).await?;

@@ -259,7 +259,7 @@ impl Repo {
             }
         }
         // Written whole and renamed, as an editor saves: `bento serve` never reads half.
-        bento::state::write_atomic(&self.fleet_file(), text.as_bytes(), 0o644).unwrap();
+        bento::durable::write_atomic(&self.fleet_file(), text.as_bytes(), 0o644).unwrap();
     }
 
     /// `bento ARGS -c bento.toml` (the subcommand first), from the repository, not started.

@@ -10,14 +10,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bento::cache::{self, CacheConfig, CacheState};
+use bento::cache::{self, Cache, CacheConfig};
 use bento::nix::cmd::{CmdError, Command, Output};
 use bento::nix::keys::SecretKey;
-use bento::publish::{
-    ClientError, HostKeys, PublishConfig, PublishState, Session, load_or_create_host_key,
-};
 use bento::release::Release;
 use bento::report::Report;
+use bento::sftp::client::{ClientError, Session};
+use bento::sftp::server::{HostKeys, Sessions, SftpConfig, load_or_create_host_key};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -93,7 +92,7 @@ impl ServerDir {
     pub fn write_release(&self, host: &str, bytes: &[u8]) {
         let dir = self.host_dir(host);
         std::fs::create_dir_all(&dir).unwrap();
-        bento::state::write_atomic(&dir.join("release"), bytes, 0o644).unwrap();
+        bento::durable::write_atomic(&dir.join("release"), bytes, 0o644).unwrap();
     }
 
     /// Writes `publish/<host>/files/<rel>`.
@@ -171,7 +170,7 @@ pub fn final_only(reports: Vec<Report>) -> Vec<Report> {
 /// The binary cache, served in-process until dropped.
 pub struct CacheServer {
     pub addr: SocketAddr,
-    pub state: Arc<CacheState>,
+    pub state: Arc<Cache>,
     shutdown: CancellationToken,
 }
 
@@ -183,7 +182,7 @@ impl CacheServer {
 
     /// [`CacheServer::start`] on address `ip`, a fresh port.
     pub async fn start_on(ip: &str, config: CacheConfig) -> Self {
-        let state = CacheState::new(config).unwrap();
+        let state = Cache::new(config).unwrap();
         state.refresh().await.unwrap();
         let listener = TcpListener::bind((ip, 0)).await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -235,11 +234,11 @@ impl Drop for CacheServer {
 }
 
 /// SFTP server limits for tests: fast rejections and release polls.
-pub fn sftp_config() -> PublishConfig {
-    PublishConfig {
+pub fn sftp_config() -> SftpConfig {
+    SftpConfig {
         auth_rejection_time: Duration::from_millis(10),
         release_poll_interval: Duration::from_millis(200),
-        ..PublishConfig::default()
+        ..SftpConfig::default()
     }
 }
 
@@ -247,7 +246,7 @@ pub fn sftp_config() -> PublishConfig {
 /// key made by `ssh-keygen` under `<scratch>/keys/`) until stopped or dropped.
 pub struct SftpServer {
     pub dir: Arc<ServerDir>,
-    pub state: Arc<PublishState>,
+    pub state: Arc<Sessions>,
     pub addr: SocketAddr,
     /// A known_hosts file holding the server's key for its address.
     pub known_hosts: PathBuf,
@@ -265,7 +264,7 @@ impl SftpServer {
     }
 
     /// [`SftpServer::start`] with other limits.
-    pub async fn start_with(hosts: &[&str], config: PublishConfig) -> SftpServer {
+    pub async fn start_with(hosts: &[&str], config: SftpConfig) -> SftpServer {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
@@ -280,7 +279,7 @@ impl SftpServer {
         dir: Arc<ServerDir>,
         addr: &str,
         hosts: &[&str],
-        config: PublishConfig,
+        config: SftpConfig,
     ) -> SftpServer {
         let key_dir = dir.scratch().join("keys");
         let keys: BTreeMap<String, PathBuf> = hosts
@@ -299,7 +298,7 @@ impl SftpServer {
         )
         .unwrap();
         let host_key = load_or_create_host_key(&dir.state.join("ssh/host_ed25519_key")).unwrap();
-        let state = PublishState::new(&dir.state, host_key, access, config).unwrap();
+        let state = Sessions::new(&dir.state, host_key, access, config).unwrap();
         let listener = retry(&format!("cannot bind {addr}"), || TcpListener::bind(addr)).await;
         let addr = listener.local_addr().unwrap();
         let line = state
@@ -309,7 +308,7 @@ impl SftpServer {
         std::fs::write(&known_hosts, format!("{line}\n")).unwrap();
         let pinned = state.host_key().public_openssh();
         let shutdown = CancellationToken::new();
-        let server = tokio::spawn(bento::publish::serve(
+        let server = tokio::spawn(bento::sftp::server::serve(
             listener,
             state.clone(),
             shutdown.clone(),
@@ -352,7 +351,7 @@ impl SftpServer {
     }
 
     pub async fn client_with(&self, host: &str, key: &Path) -> Result<Session, ClientError> {
-        bento::publish::connect(self.addr, host, key, &self.pinned).await
+        bento::sftp::client::connect(self.addr, host, key, &self.pinned).await
     }
 
     /// The options of [`openssh_options`] for this server.

@@ -1,0 +1,318 @@
+//! `bento serve` as one function: [`run`] takes the listeners the caller bound, the loaded
+//! [`ServerConfig`] and a shutdown token, and runs what hosts and operators talk to until
+//! the token is cancelled or a part fails:
+//!
+//! - the binary cache (`cache::serve`), its `/metrics` carrying the fleet gauges too;
+//! - the SFTP server (`sftp::server::serve`);
+//! - the dashboard (`status::web::serve`), when it has a listener;
+//! - the fleet file followed (`reload`): on SIGHUP or when it changes, hosts are added and
+//!   removed without dropping the others' sessions;
+//! - agents waiting for a release are told once the cache serves its closure, not before.
+//!
+//! The CLI binds the listeners (so tests can bind `127.0.0.1:0` and call the same function),
+//! prints the addresses and keys, and turns signals into the shutdown token.
+//!
+//! May import: `nix` (keys), `config`, `cache`, `sftp::server`, `status`. It only wires them:
+//! each part knows nothing of the others.
+
+use std::error::Error as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::cache::{self, Access, Cache, CacheConfig, CacheError, ExtraMetrics};
+use crate::config::{Fleet, FleetFileError};
+use crate::nix::keys::SecretKey;
+use crate::sftp::server::{
+    self as sftp, HostKey, HostKeyError, HostKeysError, Sessions, SessionsError, SftpConfig,
+};
+use crate::status::{self, StatusSource};
+
+mod reload;
+
+#[derive(Debug, Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    FleetFile(#[from] FleetFileError),
+    #[error(transparent)]
+    HostKey(#[from] HostKeyError),
+    #[error(transparent)]
+    HostKeys(#[from] HostKeysError),
+    #[error("cannot start the binary cache")]
+    CacheStart(#[source] CacheError),
+    #[error("cannot start the SFTP server")]
+    SftpStart(#[source] SessionsError),
+    #[error("the binary cache stopped")]
+    CacheStopped(#[source] CacheError),
+    #[error("the dashboard stopped")]
+    DashboardStopped(#[source] std::io::Error),
+    #[error("a server task panicked; see the log above")]
+    TaskPanicked,
+}
+
+/// The sockets the server answers on, bound by the caller.
+#[derive(Debug)]
+pub struct Listeners {
+    /// The binary cache (HTTP), reached by hosts.
+    pub cache: TcpListener,
+    /// The SFTP server (SSH), reached by hosts' agents.
+    pub sftp: TcpListener,
+    /// The dashboard (HTTP), best kept on loopback; `None` serves no dashboard.
+    pub dashboard: Option<TcpListener>,
+}
+
+/// What the server needs, loaded and checked before anything listens.
+#[derive(Debug)]
+pub struct ServerConfig {
+    /// The fleet, as loaded from its file (`fleet.file` is followed for changes).
+    pub fleet: Fleet,
+    /// The fleet key: signs narinfos; its public half verifies releases.
+    pub signing_key: SecretKey,
+    /// The SFTP server's SSH host key, which agents pin.
+    pub host_key: HostKey,
+    /// Each host gets a token and may fetch only its own closure.
+    pub host_tokens: bool,
+    /// NAR bodies sent at once.
+    pub max_nar_streams: usize,
+    /// Hash every whole NAR while sending it.
+    pub verify_sends: bool,
+}
+
+impl ServerConfig {
+    /// Loads the fleet file, the fleet key and the SFTP host key (made on first start, in
+    /// the state directory); the other options get the cache's defaults.
+    pub fn load(fleet_file: &std::path::Path) -> Result<ServerConfig, ServerError> {
+        let fleet = Fleet::load(fleet_file)?;
+        let signing_key = fleet.load_signing_key()?;
+        let host_key = sftp::load_or_create_host_key(&fleet.state.ssh_host_key())?;
+        let defaults = CacheConfig::new(fleet.state.root(), signing_key.clone());
+        Ok(ServerConfig {
+            fleet,
+            signing_key,
+            host_key,
+            host_tokens: false,
+            max_nar_streams: defaults.max_nar_streams,
+            verify_sends: defaults.verify_sends,
+        })
+    }
+}
+
+/// Runs the cache, the SFTP server and the dashboard on `listeners` until `shutdown` is
+/// cancelled or one of them ends; then stops them all and returns the first failure.
+pub async fn run(
+    listeners: Listeners,
+    config: ServerConfig,
+    shutdown: CancellationToken,
+) -> Result<(), ServerError> {
+    let ServerConfig {
+        fleet,
+        signing_key,
+        host_key,
+        host_tokens,
+        max_nar_streams,
+        verify_sends,
+    } = config;
+    let state_dir = fleet.state.root().to_owned();
+
+    let status = StatusSource::new(
+        fleet.state.clone(),
+        fleet.hosts.keys().cloned().collect(),
+        fleet.stale_after_secs,
+    );
+    let gauges = Arc::new(status::metrics::Cached::new(status.clone()));
+    let mut cache_config = CacheConfig::new(&state_dir, signing_key);
+    cache_config.max_nar_streams = max_nar_streams;
+    cache_config.verify_sends = verify_sends;
+    if host_tokens {
+        cache_config.access = Access::TokenDir;
+    }
+    cache_config.extra_metrics = Some(ExtraMetrics(Arc::new(move || gauges.render())));
+    let cache = Cache::new(cache_config).map_err(ServerError::CacheStart)?;
+    cache.serve_only(fleet.hosts.keys().cloned().collect());
+
+    // Agents waiting for a release are told once the cache serves its closure (see
+    // `announce_after_refresh`), not when the SFTP side's own poll sees the file: its poll
+    // is only a fallback here.
+    let sftp_config = SftpConfig {
+        release_poll_interval: Duration::from_secs(60),
+        ..SftpConfig::default()
+    };
+    let sessions = Sessions::new(
+        &state_dir,
+        host_key,
+        reload::host_keys(&fleet)?,
+        sftp_config,
+    )
+    .map_err(ServerError::SftpStart)?;
+
+    tracing::info!(
+        cache = %addr(&listeners.cache),
+        sftp = %addr(&listeners.sftp),
+        dashboard = %listeners.dashboard.as_ref().map_or("off".to_owned(), addr),
+        state_dir = %state_dir.display(),
+        "serving"
+    );
+
+    let mut parts: JoinSet<Result<(), ServerError>> = JoinSet::new();
+    let (stop, part) = (shutdown.clone(), cache.clone());
+    parts.spawn(async move {
+        let served = cache::serve(listeners.cache, part, stop).await;
+        served.map_err(ServerError::CacheStopped)
+    });
+    let (stop, part) = (shutdown.clone(), sessions.clone());
+    parts.spawn(async move {
+        sftp::serve(listeners.sftp, part, stop).await;
+        Ok(())
+    });
+    if let Some(listener) = listeners.dashboard {
+        let (stop, part) = (shutdown.clone(), status.clone());
+        parts.spawn(async move {
+            let served = status::web::serve(listener, part, stop).await;
+            served.map_err(ServerError::DashboardStopped)
+        });
+    }
+
+    let mut followers = JoinSet::new();
+    followers.spawn(announce_after_refresh(
+        cache.refreshes(),
+        sessions.clone(),
+        shutdown.clone(),
+    ));
+    followers.spawn(reload::follow_fleet_file(
+        fleet.file.clone(),
+        sessions,
+        cache,
+        status,
+        shutdown.clone(),
+    ));
+
+    let mut first_failure = None;
+    while let Some(joined) = parts.join_next().await {
+        let failure = match joined {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e),
+            Err(e) => {
+                tracing::error!(error = %e, "server task panicked");
+                Some(ServerError::TaskPanicked)
+            }
+        };
+        // The first failure is the caller's to report; later ones (usually consequences)
+        // go to the log.
+        match failure {
+            Some(e) if first_failure.is_some() => {
+                tracing::error!(error = %chain(&e), "server stopped");
+            }
+            Some(e) => first_failure = Some(e),
+            None => {}
+        }
+        // One part ending ends them all.
+        shutdown.cancel();
+    }
+    followers.shutdown().await;
+    first_failure.map_or(Ok(()), Err)
+}
+
+/// After every cache refresh, lets the SFTP side re-read the releases agents wait on: a host
+/// is woken only when the closure of its new release can be copied.
+async fn announce_after_refresh(
+    mut refreshes: tokio::sync::watch::Receiver<u64>,
+    sessions: Arc<Sessions>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            changed = refreshes.changed() => if changed.is_err() { return },
+        }
+        sessions.poll_releases();
+    }
+}
+
+fn addr(listener: &TcpListener) -> String {
+    listener
+        .local_addr()
+        .map_or_else(|e| format!("unknown ({e})"), |a| a.to_string())
+}
+
+/// An error and its causes, on one line, for the log.
+fn chain(e: &ServerError) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::SocketAddr;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::TcpStream;
+
+    async fn get(addr: SocketAddr, path: &str) -> String {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        s.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).await.unwrap();
+        answer
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn serves_on_the_listeners_given_until_shutdown() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("flake.nix"), "{}").unwrap();
+        let text = format!(
+            "[fleet]\nstate_dir = \"state\"\n\n[hosts.web1]\nssh_key = \"{}\"\n",
+            crate::config::tests_support_ssh_key(1)
+        );
+        let fleet = Fleet::parse(&text, &dir.path().join("bento.toml")).unwrap();
+        let config = ServerConfig {
+            fleet,
+            signing_key: SecretKey::generate("server-test").unwrap(),
+            host_key: HostKey::generate(),
+            host_tokens: false,
+            max_nar_streams: 4,
+            verify_sends: false,
+        };
+        let bind = || TcpListener::bind("127.0.0.1:0");
+        let listeners = Listeners {
+            cache: bind().await.unwrap(),
+            sftp: bind().await.unwrap(),
+            dashboard: Some(bind().await.unwrap()),
+        };
+        let local = |l: &TcpListener| l.local_addr().unwrap();
+        let (cache, sftp, dashboard) = (
+            local(&listeners.cache),
+            local(&listeners.sftp),
+            local(listeners.dashboard.as_ref().unwrap()),
+        );
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(run(listeners, config, shutdown.clone()));
+
+        let info = get(cache, "/nix-cache-info").await;
+        assert!(info.starts_with("HTTP/1.1 200") && info.contains("StoreDir: /nix/store"));
+        let status = get(dashboard, "/api/status").await;
+        assert!(status.starts_with("HTTP/1.1 200") && status.contains("web1"));
+        let mut ssh = TcpStream::connect(sftp).await.unwrap();
+        let mut banner = [0u8; 8];
+        ssh.read_exact(&mut banner).await.unwrap();
+        assert_eq!(&banner, b"SSH-2.0-");
+        drop(ssh);
+
+        assert!(!server.is_finished(), "the server ended before shutdown");
+        shutdown.cancel();
+        let ended = tokio::time::timeout(Duration::from_secs(20), server).await;
+        assert!(matches!(ended, Ok(Ok(Ok(())))), "{ended:?}");
+        // Stopped means stopped: the cache no longer answers.
+        assert!(TcpStream::connect(cache).await.is_err());
+    }
+}

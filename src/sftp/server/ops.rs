@@ -1,0 +1,521 @@
+//! The SFTP operations of one session over the host's virtual tree (see `vfs`): what each
+//! request may do to which node, the session's open handles, and watch reads.
+//!
+//! | request                  | allowed on                                       |
+//! |--------------------------|--------------------------------------------------|
+//! | open for reading, read   | `/release`, `/files/...` (regular files), `/watch/<gen>` |
+//! | open for writing, write  | `/reports/<new name>` (create-new only), capped  |
+//! | stat, lstat, fstat       | everything but `/reports/<name>` (write-only)    |
+//! | opendir, readdir         | `/`, `/files/...`; `/reports` and `/watch` list empty |
+//! | realpath                 | any path that does not climb above `/`           |
+//! | setstat, fsetstat, remove, rename, mkdir, rmdir, symlink, readlink, extensions | nothing |
+//!
+//! Refusals answer `SSH_FX_PERMISSION_DENIED` with a message saying why; paths outside the
+//! tree answer "no such file". Disk access is synchronous: every call is a few syscalls on a
+//! local file system, cheaper than a hop to a blocking thread.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use russh_sftp::protocol::{
+    Attrs, Data, File, FileAttributes, Handle as HandlePacket, Name, OpenFlags, Packet, Status,
+    StatusCode, Version,
+};
+use rustix::fs::{FileType, Stat};
+use rustix::io::Errno;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use super::confine;
+use super::metrics::{self, GaugeGuard};
+use super::reply::send;
+use super::reports::{ReportError, Upload};
+use super::sessions::Sessions;
+use super::vfs::{self, Node, PathError};
+
+/// Directory entries one `readdir` answer carries.
+const READDIR_CHUNK: usize = 128;
+/// Most entries listed for one directory.
+const MAX_LISTED: usize = 10_000;
+
+const MODE_FILE_RO: u32 = 0o100_444;
+const MODE_FILE_WO: u32 = 0o100_200;
+const MODE_DIR_RO: u32 = 0o040_555;
+const MODE_DIR_WO: u32 = 0o040_300;
+
+/// An SFTP error answer.
+#[derive(Debug)]
+struct Fail {
+    code: StatusCode,
+    msg: String,
+}
+
+impl Fail {
+    fn new(code: StatusCode, msg: impl Into<String>) -> Self {
+        Fail {
+            code,
+            msg: msg.into(),
+        }
+    }
+    fn denied(msg: impl Into<String>) -> Self {
+        Fail::new(StatusCode::PermissionDenied, msg)
+    }
+    fn no_such(msg: impl Into<String>) -> Self {
+        Fail::new(StatusCode::NoSuchFile, msg)
+    }
+    fn failure(msg: impl Into<String>) -> Self {
+        Fail::new(StatusCode::Failure, msg)
+    }
+    fn eof() -> Self {
+        Fail::new(StatusCode::Eof, "end of file")
+    }
+    fn bad_handle() -> Self {
+        Fail::failure("invalid handle")
+    }
+    /// A disk error on `vpath`, said without revealing anything about the disk.
+    fn fs(errno: Errno, vpath: &str) -> Self {
+        match errno {
+            Errno::NOENT | Errno::NOTDIR => Fail::no_such(format!("{vpath}: no such file")),
+            Errno::XDEV | Errno::LOOP => {
+                Fail::denied(format!("{vpath}: leads outside this host's tree"))
+            }
+            Errno::ACCESS | Errno::PERM => Fail::denied(format!("{vpath}: permission denied")),
+            Errno::ISDIR => Fail::failure(format!("{vpath} is a directory")),
+            other => {
+                tracing::warn!(path = vpath, error = %other, "file system error");
+                Fail::failure(format!("{vpath}: server-side error"))
+            }
+        }
+    }
+    fn path(e: PathError) -> Self {
+        match e {
+            PathError::Escapes(p) => Fail::denied(format!("{p}: outside this host's tree")),
+            PathError::NotFound(p) => Fail::no_such(format!("{p}: no such file")),
+            e @ PathError::BadName { .. } => Fail::denied(e.to_string()),
+        }
+    }
+    fn into_packet(self, id: u32) -> Packet {
+        Packet::Status(Status {
+            id,
+            status_code: self.code,
+            error_message: self.msg,
+            language_tag: "en-US".to_owned(),
+        })
+    }
+}
+
+fn ok(id: u32) -> Packet {
+    Packet::Status(Status {
+        id,
+        status_code: StatusCode::Ok,
+        error_message: "Ok".to_owned(),
+        language_tag: "en-US".to_owned(),
+    })
+}
+
+enum OpenHandle {
+    File { fd: OwnedFd, stat: Stat },
+    Upload(Upload),
+    Watch { known: u64, wait: Duration },
+    Dir { entries: Vec<File>, pos: usize },
+}
+
+/// The open handles and the operations of one SFTP session of one host.
+pub(crate) struct Ops {
+    sessions: Arc<Sessions>,
+    host: String,
+    out: mpsc::Sender<Bytes>,
+    handles: HashMap<String, OpenHandle>,
+    next_handle: u64,
+    waits: Arc<Semaphore>,
+    cancel: CancellationToken,
+}
+
+impl Ops {
+    pub(crate) fn new(sessions: Arc<Sessions>, host: String, out: mpsc::Sender<Bytes>) -> Self {
+        let waits = Arc::new(Semaphore::new(sessions.config().max_watches_per_session));
+        Ops {
+            sessions,
+            host,
+            out,
+            handles: HashMap::new(),
+            next_handle: 0,
+            waits,
+            cancel: CancellationToken::new(),
+        }
+    }
+
+    /// Ends waiting reads and drops every handle (removing unfinished uploads).
+    pub(crate) fn shutdown(&mut self) {
+        self.cancel.cancel();
+        self.handles.clear();
+    }
+
+    /// Answers one request; `None` when the answer will be sent later (watch reads).
+    pub(crate) fn handle(&mut self, request: Packet) -> Option<Packet> {
+        let id = request.get_request_id();
+        let result = match request {
+            Packet::Init(_) => Ok(Packet::Version(Version::new())),
+            Packet::Open(p) => self.open(id, &p.filename, p.pflags),
+            Packet::Close(p) => self.close(id, &p.handle),
+            Packet::Read(p) => return self.read(id, &p.handle, p.offset, p.len),
+            Packet::Write(p) => self.write(id, &p.handle, p.offset, &p.data),
+            Packet::Stat(p) => self.stat(id, &p.path),
+            Packet::Lstat(p) => self.stat(id, &p.path),
+            Packet::Fstat(p) => self.fstat(id, &p.handle),
+            Packet::OpenDir(p) => self.opendir(id, &p.path),
+            Packet::ReadDir(p) => self.readdir(id, &p.handle),
+            Packet::RealPath(p) => realpath(id, &p.path),
+            Packet::SetStat(_) | Packet::FSetStat(_) => {
+                Err(Fail::denied("attributes cannot be changed"))
+            }
+            Packet::Remove(_) => Err(Fail::denied(
+                "files cannot be removed; old reports are rotated by the server",
+            )),
+            Packet::Rename(_) => Err(Fail::denied("files cannot be renamed")),
+            Packet::MkDir(_) | Packet::RmDir(_) => {
+                Err(Fail::denied("directories cannot be created or removed"))
+            }
+            Packet::Symlink(_) => Err(Fail::denied("links cannot be created")),
+            Packet::ReadLink(_) => Err(Fail::denied("links cannot be read")),
+            Packet::Extended(p) => Err(Fail::new(
+                StatusCode::OpUnsupported,
+                format!("extension {} is not supported", p.request),
+            )),
+            _ => Err(Fail::new(StatusCode::BadMessage, "not a request")),
+        };
+        Some(result.unwrap_or_else(|fail| {
+            if fail.code == StatusCode::PermissionDenied {
+                metrics::inc(&self.sessions.metrics().requests_refused);
+                tracing::info!(host = %self.host, why = %fail.msg, "SFTP request refused");
+            }
+            fail.into_packet(id)
+        }))
+    }
+
+    fn add_handle(&mut self, id: u32, handle: OpenHandle) -> Result<Packet, Fail> {
+        self.next_handle += 1;
+        let name = self.next_handle.to_string();
+        self.handles.insert(name.clone(), handle);
+        Ok(Packet::Handle(HandlePacket { id, handle: name }))
+    }
+
+    /// The host's directory; `vpath` names what was asked for in errors.
+    fn root(&self, create: bool, vpath: &str) -> Result<OwnedFd, Fail> {
+        self.sessions
+            .open_host_root(&self.host, create)
+            .map_err(|e| Fail::fs(e, vpath))
+    }
+
+    fn open(&mut self, id: u32, path: &str, flags: OpenFlags) -> Result<Packet, Fail> {
+        let node = vfs::resolve(path).map_err(Fail::path)?;
+        let vpath = node.virtual_path();
+        if self.handles.len() >= self.sessions.config().max_open_handles {
+            return Err(Fail::failure("too many open handles"));
+        }
+        let writes = flags.intersects(
+            OpenFlags::WRITE | OpenFlags::APPEND | OpenFlags::CREATE | OpenFlags::TRUNCATE,
+        );
+        match node {
+            Node::Release | Node::Files(_) => {
+                if writes {
+                    return Err(Fail::denied(format!("{vpath} is read-only")));
+                }
+                let disk = node.disk_path().unwrap_or_default();
+                let root = self.root(false, &vpath)?;
+                let (fd, stat) =
+                    confine::open_file(root.as_fd(), &disk).map_err(|e| Fail::fs(e, &vpath))?;
+                self.add_handle(id, OpenHandle::File { fd, stat })
+            }
+            Node::Report(name) => {
+                if flags.contains(OpenFlags::READ) || !flags.contains(OpenFlags::WRITE) {
+                    return Err(Fail::denied("reports are write-only"));
+                }
+                if !flags.contains(OpenFlags::CREATE) || flags.contains(OpenFlags::APPEND) {
+                    return Err(Fail::denied(
+                        "reports can only be created, never appended to",
+                    ));
+                }
+                let root = self.root(true, &vpath)?;
+                let upload =
+                    Upload::begin(root.as_fd(), &name, self.sessions.config().max_report_bytes)
+                        .map_err(report_fail)?;
+                self.add_handle(id, OpenHandle::Upload(upload))
+            }
+            Node::Watch { known, wait_secs } => {
+                if writes {
+                    return Err(Fail::denied(format!("{vpath} is read-only")));
+                }
+                let max = self.sessions.config().watch_max_wait;
+                let wait = wait_secs.map_or(max, |s| Duration::from_secs(s).min(max));
+                self.add_handle(id, OpenHandle::Watch { known, wait })
+            }
+            Node::Root | Node::ReportsDir | Node::WatchDir => {
+                Err(Fail::failure(format!("{vpath} is a directory")))
+            }
+        }
+    }
+
+    fn close(&mut self, id: u32, handle: &str) -> Result<Packet, Fail> {
+        match self.handles.remove(handle) {
+            Some(OpenHandle::Upload(upload)) => {
+                let (name, bytes) = (upload.name().to_owned(), upload.len());
+                let config = self.sessions.config();
+                let rotated = upload
+                    .finish(config.max_reports, config.max_reports_total_bytes)
+                    .map_err(report_fail)?;
+                let m = self.sessions.metrics();
+                metrics::inc(&m.reports_received);
+                metrics::add(&m.reports_rotated, rotated as u64);
+                tracing::info!(host = %self.host, report = %name, bytes, rotated, "report received");
+                Ok(ok(id))
+            }
+            Some(_) => Ok(ok(id)),
+            None => Err(Fail::bad_handle()),
+        }
+    }
+
+    fn read(&mut self, id: u32, handle: &str, offset: u64, len: u32) -> Option<Packet> {
+        let result = match self.handles.get(handle) {
+            None => Err(Fail::bad_handle()),
+            Some(OpenHandle::File { fd, .. }) => {
+                let len = len.min(self.sessions.config().max_read_len) as usize;
+                let mut buf = vec![0u8; len];
+                match rustix::io::pread(fd, &mut buf, offset) {
+                    Ok(0) => Err(Fail::eof()),
+                    Ok(n) => {
+                        buf.truncate(n);
+                        metrics::add(&self.sessions.metrics().bytes_sent, n as u64);
+                        Ok(Packet::Data(Data { id, data: buf }))
+                    }
+                    Err(e) => Err(Fail::fs(e, "file")),
+                }
+            }
+            Some(OpenHandle::Upload(_)) => Err(Fail::denied("reports are write-only")),
+            Some(OpenHandle::Dir { .. }) => Err(Fail::failure("a directory cannot be read")),
+            Some(OpenHandle::Watch { known, wait }) if offset == 0 => {
+                let (known, wait) = (*known, *wait);
+                return self.start_wait(id, known, wait);
+            }
+            Some(OpenHandle::Watch { .. }) => Err(Fail::eof()),
+        };
+        Some(result.unwrap_or_else(|f| f.into_packet(id)))
+    }
+
+    /// Answers a watch read from a task once the generation differs from `known` or `wait`
+    /// has passed; the answer is the current generation in decimal and a newline.
+    fn start_wait(&mut self, id: u32, known: u64, wait: Duration) -> Option<Packet> {
+        let Ok(permit) = self.waits.clone().try_acquire_owned() else {
+            return Some(Fail::failure("too many waiting reads in this session").into_packet(id));
+        };
+        let mut rx = self.sessions.subscribe_release(&self.host);
+        let (sessions, out, cancel) =
+            (self.sessions.clone(), self.out.clone(), self.cancel.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let _waiting = GaugeGuard::new(&sessions.metrics().watches_waiting);
+            let changed = tokio::select! {
+                r = rx.wait_for(|g| *g != known) => r.ok().map(|g| *g),
+                () = tokio::time::sleep(wait) => None,
+                () = cancel.cancelled() => return,
+            };
+            if changed.is_some() {
+                metrics::inc(&sessions.metrics().watch_wakeups);
+            }
+            let generation = changed.unwrap_or_else(|| *rx.borrow());
+            let data = format!("{generation}\n").into_bytes();
+            metrics::add(&sessions.metrics().bytes_sent, data.len() as u64);
+            send(&out, Packet::Data(Data { id, data })).await;
+        });
+        None
+    }
+
+    fn write(&mut self, id: u32, handle: &str, offset: u64, data: &[u8]) -> Result<Packet, Fail> {
+        let result = match self.handles.get_mut(handle) {
+            None => return Err(Fail::bad_handle()),
+            Some(OpenHandle::Upload(upload)) => upload.write(offset, data),
+            Some(_) => return Err(Fail::denied("this file is read-only")),
+        };
+        match result {
+            Ok(()) => {
+                metrics::add(&self.sessions.metrics().bytes_received, data.len() as u64);
+                Ok(ok(id))
+            }
+            Err(e) => {
+                // The upload is over: dropping it removes the partial file.
+                self.handles.remove(handle);
+                if matches!(e, ReportError::TooLarge { .. }) {
+                    metrics::inc(&self.sessions.metrics().reports_too_large);
+                }
+                tracing::info!(host = %self.host, error = %e, "report upload refused");
+                Err(report_fail(e))
+            }
+        }
+    }
+
+    fn stat(&mut self, id: u32, path: &str) -> Result<Packet, Fail> {
+        let node = vfs::resolve(path).map_err(Fail::path)?;
+        let attrs = match &node {
+            Node::Root | Node::WatchDir => attrs(MODE_DIR_RO, None, None),
+            Node::ReportsDir => attrs(MODE_DIR_WO, None, None),
+            Node::Report(_) => {
+                return Err(Fail::no_such(
+                    "reports are write-only and cannot be looked up",
+                ));
+            }
+            Node::Watch { .. } => attrs(MODE_FILE_RO, None, None),
+            Node::Release | Node::Files(_) => {
+                let vpath = node.virtual_path();
+                let disk = node.disk_path().unwrap_or_default();
+                let root = self.root(false, &vpath);
+                match root
+                    .and_then(|r| confine::stat(r.as_fd(), &disk).map_err(|e| Fail::fs(e, &vpath)))
+                {
+                    Ok(st) => stat_attrs(&st).ok_or_else(|| Fail::no_such(vpath))?,
+                    // `/files` exists, empty, even when the host has no files.
+                    Err(f)
+                        if node == Node::Files(String::new())
+                            && f.code == StatusCode::NoSuchFile =>
+                    {
+                        attrs(MODE_DIR_RO, None, None)
+                    }
+                    Err(f) => return Err(f),
+                }
+            }
+        };
+        Ok(Packet::Attrs(Attrs { id, attrs }))
+    }
+
+    fn fstat(&mut self, id: u32, handle: &str) -> Result<Packet, Fail> {
+        let attrs = match self.handles.get(handle) {
+            None => return Err(Fail::bad_handle()),
+            Some(OpenHandle::File { stat, .. }) => {
+                stat_attrs(stat).ok_or_else(|| Fail::failure("not a file"))?
+            }
+            Some(OpenHandle::Upload(u)) => attrs(MODE_FILE_WO, Some(u.len()), None),
+            Some(OpenHandle::Watch { .. }) => attrs(MODE_FILE_RO, None, None),
+            Some(OpenHandle::Dir { .. }) => attrs(MODE_DIR_RO, None, None),
+        };
+        Ok(Packet::Attrs(Attrs { id, attrs }))
+    }
+
+    fn opendir(&mut self, id: u32, path: &str) -> Result<Packet, Fail> {
+        let node = vfs::resolve(path).map_err(Fail::path)?;
+        if self.handles.len() >= self.sessions.config().max_open_handles {
+            return Err(Fail::failure("too many open handles"));
+        }
+        let entries = match &node {
+            Node::Root => self.root_entries(),
+            Node::ReportsDir | Node::WatchDir => Vec::new(),
+            Node::Files(_) => self.files_entries(&node)?,
+            Node::Release | Node::Report(_) | Node::Watch { .. } => {
+                return Err(Fail::failure(format!(
+                    "{} is not a directory",
+                    node.virtual_path()
+                )));
+            }
+        };
+        self.add_handle(id, OpenHandle::Dir { entries, pos: 0 })
+    }
+
+    fn root_entries(&self) -> Vec<File> {
+        let mut entries = Vec::new();
+        if let Ok(root) = self.sessions.open_host_root(&self.host, false)
+            && let Ok(st) = confine::stat(root.as_fd(), "release")
+            && let Some(a) = stat_attrs(&st)
+        {
+            entries.push(File::new("release", a));
+        }
+        entries.push(File::new("files", attrs(MODE_DIR_RO, None, None)));
+        entries.push(File::new("reports", attrs(MODE_DIR_WO, None, None)));
+        entries.push(File::new("watch", attrs(MODE_DIR_RO, None, None)));
+        entries
+    }
+
+    fn files_entries(&self, node: &Node) -> Result<Vec<File>, Fail> {
+        let vpath = node.virtual_path();
+        let disk = node.disk_path().unwrap_or_default();
+        let root = self.root(false, &vpath)?;
+        let dir = match confine::open_dir(root.as_fd(), &disk) {
+            Ok(d) => d,
+            Err(Errno::NOENT) if *node == Node::Files(String::new()) => return Ok(Vec::new()),
+            Err(e) => return Err(Fail::fs(e, &vpath)),
+        };
+        let names = confine::list(&dir, MAX_LISTED).map_err(|e| Fail::fs(e, &vpath))?;
+        Ok(names
+            .into_iter()
+            .filter_map(|name| {
+                let st = confine::lstat_entry(dir.as_fd(), &name).ok()?;
+                let a = match FileType::from_raw_mode(st.st_mode) {
+                    FileType::Symlink => attrs(0o120_777, None, Some(&st)),
+                    _ => stat_attrs(&st)?,
+                };
+                Some(File::new(name, a))
+            })
+            .collect())
+    }
+
+    fn readdir(&mut self, id: u32, handle: &str) -> Result<Packet, Fail> {
+        match self.handles.get_mut(handle) {
+            Some(OpenHandle::Dir { entries, pos }) => {
+                if *pos >= entries.len() {
+                    return Err(Fail::eof());
+                }
+                let end = (*pos + READDIR_CHUNK).min(entries.len());
+                let files = entries[*pos..end].to_vec();
+                *pos = end;
+                Ok(Packet::Name(Name { id, files }))
+            }
+            Some(_) => Err(Fail::failure("not a directory handle")),
+            None => Err(Fail::bad_handle()),
+        }
+    }
+}
+
+fn realpath(id: u32, path: &str) -> Result<Packet, Fail> {
+    let parts = vfs::normalize(path).map_err(Fail::path)?;
+    let full = format!("/{}", parts.join("/"));
+    Ok(Packet::Name(Name {
+        id,
+        files: vec![File::dummy(full)],
+    }))
+}
+
+fn report_fail(e: ReportError) -> Fail {
+    match e {
+        ReportError::Exists { .. } | ReportError::TooLarge { .. } => Fail::denied(e.to_string()),
+        ReportError::Io { .. } => {
+            tracing::warn!(error = %e, "report storage failed");
+            Fail::failure(e.to_string())
+        }
+    }
+}
+
+/// Attributes shown to clients: the mode Bento grants (not the one on disk), size and times;
+/// owners are not shown.
+fn attrs(mode: u32, size: Option<u64>, st: Option<&Stat>) -> FileAttributes {
+    let time = |t: i64| u32::try_from(t).ok();
+    FileAttributes {
+        size,
+        permissions: Some(mode),
+        atime: st.and_then(|s| time(s.st_atime)),
+        mtime: st.and_then(|s| time(s.st_mtime)),
+        ..FileAttributes::empty()
+    }
+}
+
+/// Attributes of a regular file or directory of the read-only tree; `None` for anything else.
+fn stat_attrs(st: &Stat) -> Option<FileAttributes> {
+    match FileType::from_raw_mode(st.st_mode) {
+        FileType::RegularFile => Some(attrs(
+            MODE_FILE_RO,
+            Some(u64::try_from(st.st_size).unwrap_or(0)),
+            Some(st),
+        )),
+        FileType::Directory => Some(attrs(MODE_DIR_RO, None, Some(st))),
+        _ => None,
+    }
+}
