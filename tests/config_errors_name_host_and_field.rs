@@ -171,7 +171,7 @@ fn missing_fleet_file() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
-        stderr.contains("cannot read fleet file /nonexistent/bento.toml"),
+        stderr.contains("no fleet file at /nonexistent/bento.toml"),
         "{stderr}"
     );
 }

@@ -17,6 +17,8 @@
 //!   in-process on a listener the test binds; [`http`] is a raw HTTP/1.1 client for them.
 //! - [`scene`]: one or more simulated hosts with both servers on their bridge, and the real
 //!   `bento agent` run inside a host.
+//! - [`systemd`]: a Debian container booted with systemd as PID 1 (the systemd host in a
+//!   box), for what the agent does with systemd.
 //! - [`repo`]: a configuration repository (a flake of fake hosts, `bento.toml`, the fleet
 //!   key) and the real `bento` binary run against it; [`serve`] runs `bento serve` as a
 //!   process; [`fleet`]: a whole fleet run by the real binaries.
@@ -34,6 +36,7 @@ pub mod root;
 pub mod scene;
 pub mod serve;
 pub mod servers;
+pub mod systemd;
 
 #[allow(unused_imports)] // each test binary uses some of them
 pub use root::needs_root;

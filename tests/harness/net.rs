@@ -28,17 +28,11 @@ impl Net {
         let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let pid = std::process::id() % 10000;
         let id = format!("b{pid}n{n}");
-        // Start from this process's own spot, then skip subnets some interface already uses
-        // (another test process, a demo). One bridge at a time in this process, so that two
-        // tests never both find the same subnet free.
+        // One bridge at a time in this process, so that two tests never both find the same
+        // subnet free.
         static CHOOSING: std::sync::Mutex<()> = std::sync::Mutex::new(());
         let _choosing = CHOOSING.lock().unwrap_or_else(|e| e.into_inner());
-        let used = run(Command::new("ip").args(["-o", "-4", "addr", "show"]));
-        let start = (pid * 7 + n) % 200;
-        let subnet = (0..200)
-            .map(|i| ((start + i) % 200 + 20) as u8)
-            .find(|s| !used.contains(&format!(" 10.77.{s}.")))
-            .expect("a free 10.77.X.0/24 subnet");
+        let subnet = free_subnet("10.77", 20..220);
         let bridge = format!("br{id}");
         run(Command::new("ip").args(["link", "add", &bridge, "type", "bridge"]));
         let net = Net { id, subnet, bridge };
@@ -190,11 +184,34 @@ impl Drop for Host {
     fn drop(&mut self) {
         // Whatever still runs inside (an agent, an activation script) goes with the host;
         // otherwise the namespace and its veth pair outlive the test.
-        if let Ok(out) = Command::new("ip").args(["netns", "pids", &self.ns]).run() {
-            for pid in out.stdout_text().split_whitespace() {
-                let _ = Command::new("kill").args(["-KILL", pid]).run();
-            }
-        }
-        let _ = Command::new("ip").args(["netns", "del", &self.ns]).run();
+        remove_namespace(&self.ns);
     }
+}
+
+/// Kills what still runs in network namespace `name`, then deletes it (and with it its end
+/// of any veth pair).
+pub fn remove_namespace(name: &str) {
+    if let Ok(out) = Command::new("ip").args(["netns", "pids", name]).run() {
+        for pid in out.stdout_text().split_whitespace() {
+            let _ = Command::new("kill").args(["-KILL", pid]).run();
+        }
+    }
+    let _ = Command::new("ip").args(["netns", "del", name]).run();
+}
+
+/// A `<prefix>.X.0/24`, X in `range`, that no address or route of the root namespace uses
+/// (another test process, a demo), looked for from a spot of this process's own so that
+/// parallel test processes rarely look at the same ones.
+pub fn free_subnet(prefix: &str, range: std::ops::Range<u32>) -> u8 {
+    let show = |args: &[&str]| run(Command::new("ip").args(args));
+    let used = show(&["-o", "-4", "addr", "show"]) + "\n" + &show(&["-4", "route", "show"]);
+    let width = range.end - range.start;
+    let start = std::process::id() % width;
+    (0..width)
+        .map(|i| ((start + i) % width + range.start) as u8)
+        .find(|s| {
+            let taken = format!("{prefix}.{s}.");
+            !used.split_whitespace().any(|word| word.starts_with(&taken))
+        })
+        .unwrap_or_else(|| panic!("a free {prefix}.X.0/24 subnet (all {width} in use?)"))
 }

@@ -109,6 +109,22 @@ pub async fn retry<T, E: std::fmt::Display, F: std::future::Future<Output = Resu
     }
 }
 
+/// Polls `probe` every 100 ms until it gives a value; panics naming `what` after
+/// `timeout`. Blocking, for tests without a runtime (see [`wait_for`]).
+pub fn poll<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Waits up to `secs` for `cond`, checking every 50 ms; false if it never held.
 pub async fn wait_for(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);

@@ -1,7 +1,8 @@
 //! The rule for tests that need root (the machine's Nix store, network and mount
-//! namespaces): run as anyone else, such a test fails and says why, so that a run without
-//! root can never pass by skipping. `BENTO_ALLOW_SKIP=1` turns the failure into a loud
-//! skip, for a developer who knows what is left out. `make test` and CI run as root.
+//! namespaces) or a tool the machine lacks: run as anyone else, or without the tool, such
+//! a test fails and says why, so that a run can never pass by skipping. `BENTO_ALLOW_SKIP=1`
+//! turns the failure into a loud skip, for a developer who knows what is left out.
+//! `make test` and CI run as root with every tool installed (scripts/setup.sh).
 
 use std::io::Write as _;
 
@@ -19,9 +20,17 @@ pub const ALLOW_SKIP: &str = "BENTO_ALLOW_SKIP";
 /// }
 /// ```
 pub fn needs_root(needs: &str) -> bool {
-    if rustix::process::getuid().is_root() {
-        return true;
-    }
+    let uid = rustix::process::getuid();
+    uid.is_root()
+        || cannot_run(&format!(
+            "it needs root ({needs}) and runs as uid {}; run the tests as root (`make test`)",
+            uid.as_raw()
+        ))
+}
+
+/// The calling test cannot run here, for `reason`: fails it, or with `BENTO_ALLOW_SKIP=1`
+/// prints `SKIPPED` and returns false (the test then returns at once).
+pub fn cannot_run(reason: &str) -> bool {
     let test = std::thread::current()
         .name()
         .unwrap_or("this test")
@@ -30,14 +39,10 @@ pub fn needs_root(needs: &str) -> bool {
         // Straight to the stderr handle: libtest captures `eprintln!`, not this.
         let _ = writeln!(
             std::io::stderr(),
-            "\n!!!!!!!! SKIPPED {test}: it needs root ({needs}), and {ALLOW_SKIP}=1 allows \
-             skipping; CI runs it as root !!!!!!!!\n"
+            "\n!!!!!!!! SKIPPED {test}: {reason}; {ALLOW_SKIP}=1 allows skipping, CI runs it \
+             !!!!!!!!\n"
         );
         return false;
     }
-    panic!(
-        "{test} needs root ({needs}) and runs as uid {}: run the tests as root (`make test`), \
-         or set {ALLOW_SKIP}=1 to skip such tests on purpose",
-        rustix::process::getuid().as_raw()
-    );
+    panic!("{test} cannot run: {reason}; or set {ALLOW_SKIP}=1 to skip such tests on purpose");
 }
