@@ -6,20 +6,9 @@
 //! only and only as newer than the generation before it.
 #![no_main]
 
-use std::sync::OnceLock;
-
-use bento::nix::{PublicKey, SecretKey};
 use bento::release::{self, Expectation, Release, ReleaseError};
+use bento_fuzz::key;
 use libfuzzer_sys::fuzz_target;
-
-fn key() -> &'static (SecretKey, PublicKey) {
-    static KEY: OnceLock<(SecretKey, PublicKey)> = OnceLock::new();
-    KEY.get_or_init(|| {
-        let sk = SecretKey::generate("bento-fleet-1").expect("valid name");
-        let pk = sk.public();
-        (sk, pk)
-    })
-}
 
 fuzz_target!(|data: &[u8]| {
     let (sk, pk) = key();

@@ -43,7 +43,8 @@ fuzz_target!(|data: &[u8]| {
             "{path:?} reaches {disk:?}"
         );
         assert!(
-            disk.split('/').all(|c| !c.is_empty() && c != "." && c != ".."),
+            disk.split('/')
+                .all(|c| !c.is_empty() && c != "." && c != ".."),
             "{path:?} reaches {disk:?}"
         );
     }
