@@ -33,15 +33,8 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-say() { printf '\n\033[1m== %s\033[0m\n' "$*" >&2; }
+source scripts/lib/bench.sh
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
-free_port() { # a loopback port nobody answers on
-  local p
-  while :; do
-    p=$((20000 + RANDOM % 20000))
-    (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
-  done
-}
 
 # ---------------------------------------------------------------- closures
 say "building closures: 200 small paths, and ${BIG_MB} MB in 5 paths (half random, half text)"

@@ -101,18 +101,24 @@ fleet_bridge() {
   ip link set "$FLEET_BRIDGE" up
 }
 
+# fleet_netns NS VETH ADDR: a network namespace whose eth0 (ADDR/24) is the peer of VETH
+# in the root namespace; both ends and the namespace's loopback up.
+fleet_netns() {
+  ip netns add "$1"
+  ip link add "$2" type veth peer name eth0 netns "$1"
+  ip link set "$2" up
+  ip netns exec "$1" ip addr add "$3/24" dev eth0
+  ip netns exec "$1" ip link set eth0 up
+  ip netns exec "$1" ip link set lo up
+}
+
 # fleet_host HOST INDEX INITIAL_PATH: a namespace, a store, the initial system installed.
 fleet_host() {
   local host=$1 index=$2 initial=$3 root=$FLEET_DIR/hosts/$1 ns=bento-$$-$2
   mkdir -p "$root/run" "$root/nix" "$root/cache"
-  ip netns add "$ns"
-  echo "$ns" > "$root/netns" # at once, so that cleanup finds it even if a later step fails
-  ip link add "vb$$h$index" type veth peer name eth0 netns "$ns"
+  echo "$ns" > "$root/netns" # first, so that cleanup finds it even if a later step fails
+  fleet_netns "$ns" "vb$$h$index" "$FLEET_SUBNET.$((10 + index))"
   ip link set "vb$$h$index" master "$FLEET_BRIDGE"
-  ip link set "vb$$h$index" up
-  ip netns exec "$ns" ip addr add "$FLEET_SUBNET.$((10 + index))/24" dev eth0
-  ip netns exec "$ns" ip link set eth0 up
-  ip netns exec "$ns" ip link set lo up
   nix copy --no-check-sigs --to "local?root=$root" "$initial" 2>"$root/install.log" \
     || { echo "cannot install $initial on $host:" >&2; cat "$root/install.log" >&2; return 1; }
   ln -sfn "$initial" "$root/run/current-system"
