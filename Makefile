@@ -27,7 +27,8 @@ demo: setup
 	cargo build --release
 	$(NIX_SETTINGS) && scripts/demo.sh
 
-## Fuzz the parsers (narinfo, keys) for FUZZ_SECONDS each (default 60).
+## Fuzz every parser of untrusted input (fuzz/Cargo.toml lists them) for FUZZ_SECONDS each
+## (default 60).
 fuzz:
 	scripts/fuzz.sh
 

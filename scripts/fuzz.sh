@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Fuzzes the parsers of untrusted input (the crate in fuzz/): each target runs for
-# FUZZ_SECONDS (default 60). FUZZ_TARGETS picks targets (default: all of them).
+# FUZZ_SECONDS (default 60). FUZZ_TARGETS picks targets (default: every target of
+# fuzz/Cargo.toml). A target uses the dictionary fuzz/<target>.dict, or the one its entry in
+# DICTS names, when there is one.
 # Installs cargo-fuzz when missing; uses the nightly toolchain if there is one, else
 # RUSTC_BOOTSTRAP=1 on the stable one. Exits non-zero if any target found a crash, and
 # says where the crashing input is.
@@ -8,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 seconds=${FUZZ_SECONDS:-60}
-read -r -a targets <<<"${FUZZ_TARGETS:-narinfo_parse key_parse}"
+declare -A DICTS=([release_parse]=json_records [report_parse]=json_records [files_manifest]=json_records)
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
   echo "fuzz: installing cargo-fuzz" >&2
@@ -21,6 +23,7 @@ else
   export RUSTC_BOOTSTRAP=1
   fuzz=(cargo fuzz)
 fi
+read -r -a targets <<<"${FUZZ_TARGETS:-$(sed -n 's/^name = "\(.*\)"$/\1/p' fuzz/Cargo.toml | grep -v '^bento-fuzz$' | tr '\n' ' ')}"
 
 logs=$(mktemp -d)
 trap 'rm -rf "$logs"' EXIT
@@ -30,10 +33,12 @@ for t in "${targets[@]}"; do
   corpus=fuzz/corpus/$t
   mkdir -p "$corpus"
   extra=()
-  if [ "$t" = narinfo_parse ]; then extra+=(-dict=fuzz/narinfo.dict); fi
+  dict=fuzz/${DICTS[$t]:-$t}.dict
+  if [ -f "$dict" ]; then extra+=(-dict="$dict"); fi
   echo "==> fuzzing $t for ${seconds}s" >&2
   # The first corpus directory collects new inputs; fuzz/seeds/<target> are the committed
-  # seeds (real Nix output).
+  # seeds (real Nix and Bento output).
+  mkdir -p "fuzz/seeds/$t"
   if "${fuzz[@]}" run "$t" "$corpus" "fuzz/seeds/$t" -- \
       -max_total_time="$seconds" -print_final_stats=1 "${extra[@]}" \
       2>&1 | tee "$logs/$t.log" | grep -E '^(#[0-9]+ +(INITED|DONE)|Done|SUMMARY|==[0-9]+==|thread)' >&2 \

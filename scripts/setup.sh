@@ -17,7 +17,7 @@ have cc || need+=(gcc)
 have curl || need+=(curl)
 [ -x /usr/bin/time ] || need+=(time)
 have chromium || need+=(chromium)  # the dashboard test (headless)
-# The systemd host in a box (tests/systemd_box): a Debian root booted by systemd-nspawn.
+# The systemd host in a box (tests/harness/systemd): a Debian root booted by systemd-nspawn.
 { have debootstrap || [ -x /usr/sbin/debootstrap ]; } || need+=(debootstrap)
 have systemd-nspawn || need+=(systemd-container)
 { have nsenter && have flock; } || need+=(util-linux)

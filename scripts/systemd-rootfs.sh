@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Makes, once, the Debian 12 root filesystem that the "systemd host in a box" tests boot
-# with systemd as PID 1 (tests/systemd_box), and prints its path on stdout.
+# with systemd as PID 1 (tests/harness/systemd), and prints its path on stdout.
 #
 # The tree is cached under $BENTO_TEST_CACHE (default /var/cache/bento-tests) and never
 # written to by a test (each test boots an overlay of it). Two marker files say how far a

@@ -13,7 +13,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use harness::fake::Behaviour;
-use harness::server::{OneHost, agent_once, wait_for};
+use harness::ran::wait_for;
+use harness::scene::{OneHost, agent_command, agent_once};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_whose_configuration_changes_exits_once_to_be_restarted() {
@@ -26,16 +27,12 @@ async fn an_agent_whose_configuration_changes_exits_once_to_be_restarted() {
     };
     let (host, server, config) = (&t.host, &t.server, &t.config);
     let new = &t.systems[1];
-    let bento = Path::new(env!("CARGO_BIN_EXE_bento"));
     let run_agent = || {
-        let mut c = tokio::process::Command::from(
-            host.command(bento, &["agent", "--config", &config.to_string_lossy()]),
-        );
-        c.env("RUST_LOG", "info")
-            .kill_on_drop(true)
+        agent_command(host, &["agent", "--config", &config.to_string_lossy()])
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        c.spawn().unwrap()
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
     };
 
     // The agent runs as a service would (its loop), and a release brings a new agent.
@@ -101,7 +98,7 @@ async fn an_attempt_cut_short_before_its_report_gives_its_code_to_the_next_run()
     assert_eq!(state["last_applied"], 2);
     state["untold"] = serde_json::json!([2, "applied"]);
     std::fs::write(&journal, serde_json::to_vec(&state).unwrap()).unwrap();
-    let reports = server.state_dir.join("publish/web1/reports");
+    let reports = server.dir.host_dir("web1").join("reports");
     let name = std::fs::read_dir(&reports)
         .unwrap()
         .filter_map(Result::ok)

@@ -6,18 +6,17 @@
 mod harness;
 
 use harness::fake::{self, Behaviour};
-use harness::server::{OneHost, agent_once};
+use harness::scene::OneHost;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_release_is_applied_confirmed_and_reported() {
     let Some(t) = OneHost::start("apply", &[Behaviour::Good, Behaviour::Good], "").await else {
         return;
     };
-    let (host, server, config) = (&t.host, &t.server, &t.config);
-    let new = t.systems[1].clone();
-    server.publish_release("web1", 2, &new).await;
+    let (host, server) = (&t.host, &t.server);
+    let new = t.publish(2).await;
 
-    let (code, log) = agent_once(host, config).await;
+    let (code, log) = t.agent_once().await;
     assert_eq!(code, 0, "agent log:\n{log}");
     assert_eq!(host.running().as_deref(), Some(new.as_str()));
     assert_eq!(host.activations(), fake::switched(&[&new]));
@@ -37,7 +36,7 @@ async fn a_new_release_is_applied_confirmed_and_reported() {
     assert_eq!(all, vec!["deploying", "unconfirmed", "applied"]);
 
     // Nothing to do the second time: no activation, no report, exit 3.
-    let (code, log) = agent_once(host, config).await;
+    let (code, log) = t.agent_once().await;
     assert_eq!(code, 3, "{log}");
     assert_eq!(host.activations().len(), 1);
     assert_eq!(server.reports("web1").len(), 3);

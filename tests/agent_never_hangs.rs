@@ -9,8 +9,8 @@ mod harness;
 use std::time::{Duration, Instant};
 
 use harness::fake::{self, Behaviour};
-use harness::processes_with;
-use harness::server::{OneHost, agent_once, spawn_agent_once, wait_for};
+use harness::ran::{processes_with, wait_for};
+use harness::scene::{OneHost, agent_once, spawn_agent_once};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_switch_that_hangs_is_killed_at_its_deadline_and_rolled_back() {

@@ -11,7 +11,7 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 
 use harness::fake::Behaviour;
-use harness::server::{OneHost, agent_once};
+use harness::scene::{OneHost, agent_once};
 
 fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
@@ -40,7 +40,7 @@ async fn files_removed_by_a_reboot_are_put_back_without_activation() {
     };
     let (host, server, config) = (&t.host, &t.server, &t.config);
     // A release of the system the host runs, with files: delivered without activation.
-    server.publish_files("web1", 2, &FILES);
+    server.dir.publish_files("web1", 2, &FILES);
     server.publish_release("web1", 2, &t.systems[0]).await;
     let (code, log) = agent_once(host, config).await;
     assert_eq!(code, 0, "{log}");

@@ -8,7 +8,8 @@ mod harness;
 use std::time::Duration;
 
 use harness::fake::{self, Behaviour};
-use harness::server::{OneHost, agent_once, spawn_agent_once, wait_for};
+use harness::ran::wait_for;
+use harness::scene::{OneHost, agent_once, spawn_agent_once, wait_running};
 
 /// SIGKILL to the agent and everything it started, as systemd stopping the unit would.
 fn kill(child: &tokio::process::Child) {
@@ -38,6 +39,18 @@ fn children(parent: u32) -> Vec<u32> {
             (ppid == parent).then(|| e.file_name().to_string_lossy().parse().ok())?
         })
         .collect()
+}
+
+/// The `deadline` (Unix seconds) anywhere in the agent's persisted state.
+fn deadline_in(v: &serde_json::Value) -> Option<u64> {
+    match v {
+        serde_json::Value::Object(m) => m
+            .get("deadline")
+            .and_then(serde_json::Value::as_u64)
+            .or_else(|| m.values().find_map(deadline_in)),
+        serde_json::Value::Array(a) => a.iter().find_map(deadline_in),
+        _ => None,
+    }
 }
 
 /// Whether a `nix copy` of `host`'s new system runs (any namespace: the store path name
@@ -81,9 +94,9 @@ async fn killed_during_the_copy_it_copies_again_and_activates_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_after_the_switch_it_confirms_without_activating_again() {
-    // The new system's script points /run/current-system at itself, then takes 20 s to
-    // finish.
-    let systems = [Behaviour::Good, Behaviour::Sleep(20)];
+    // The new system's script points /run/current-system at itself, then holds: the agent
+    // is killed in the middle of the activation.
+    let systems = [Behaviour::Good, Behaviour::Hold];
     let extra = "confirm_timeout_secs = 60";
     let Some(t) = OneHost::start("killswitch", &systems, extra).await else {
         return;
@@ -92,12 +105,7 @@ async fn killed_after_the_switch_it_confirms_without_activating_again() {
     let new = &t.systems[1];
     server.publish_release("web1", 2, new).await;
 
-    let agent = spawn_agent_once(host, config);
-    if !wait_for(30, || host.running().as_deref() == Some(new.as_str())).await {
-        kill(&agent);
-        let out = agent.wait_with_output().await.unwrap();
-        panic!("never switched: {}", String::from_utf8_lossy(&out.stderr));
-    }
+    let agent = wait_running(host, new, spawn_agent_once(host, config)).await;
     kill(&agent);
     let _ = agent.wait_with_output().await;
     let state = std::fs::read_to_string(host.root.join("agent-state/state.json")).unwrap();
@@ -138,8 +146,20 @@ async fn killed_while_confirming_past_its_deadline_it_rolls_back() {
     kill(&agent);
     let _ = agent.wait_with_output().await;
     assert_eq!(host.running().as_deref(), Some(bad.as_str()));
-    // The host stays broken while no agent runs; wait past the deadline.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // The host stays broken while no agent runs; wait until the deadline the agent
+    // persisted has passed.
+    let state = std::fs::read_to_string(&state_file).unwrap();
+    let deadline = deadline_in(&serde_json::from_str(&state).unwrap())
+        .unwrap_or_else(|| panic!("no confirmation deadline in {state}"));
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    while now() <= deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     let started = std::time::Instant::now();
     let (code, log) = agent_once(host, config).await;

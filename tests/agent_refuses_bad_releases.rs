@@ -1,6 +1,7 @@
 //! Refusals on the host: a replayed older release, another host's release, a release signed
-//! by another key, and a closure whose NAR was tampered with. Each is refused with exit 4,
-//! nothing is activated, and the report says why.
+//! by another key, and a closure whose NAR was tampered with (also one that Nix does not
+//! call a refusal: the agent checks the NAR itself). Each is refused with exit 4, nothing
+//! is activated, and the report says why.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod harness;
@@ -8,7 +9,7 @@ mod harness;
 use bento::nix::keys::SecretKey;
 use bento::release::Release;
 use harness::fake::Behaviour;
-use harness::server::{OneHost, agent_once};
+use harness::scene::{OneHost, agent_once};
 
 async fn setup(salt: &str) -> Option<OneHost> {
     OneHost::start(salt, &[Behaviour::Good, Behaviour::Good], "").await
@@ -52,7 +53,8 @@ async fn another_hosts_release_is_refused() {
     let Some(c) = setup("otherhost").await else {
         return;
     };
-    let foreign = Release::sign("web2", 5, &c.systems[1], 1_790_000_000, &c.server.key).unwrap();
+    let foreign =
+        Release::sign("web2", 5, &c.systems[1], 1_790_000_000, &c.server.dir.key).unwrap();
     c.server.write_release("web1", &foreign.to_bytes()).await;
     assert_refused(&c, "release is for host \"web2\"", 0).await;
     assert_eq!(c.host.running().as_deref(), Some(c.systems[0].as_str()));
@@ -64,7 +66,7 @@ async fn a_release_signed_by_another_key_is_refused() {
         return;
     };
     // Same key name as the fleet's, other bytes: the signature does not verify.
-    let impostor = SecretKey::generate(c.server.key.name()).unwrap();
+    let impostor = SecretKey::generate(c.server.dir.key.name()).unwrap();
     let forged = Release::sign("web1", 2, &c.systems[1], 1_790_000_000, &impostor).unwrap();
     c.server.write_release("web1", &forged.to_bytes()).await;
     assert_refused(&c, "signature does not verify", 0).await;
@@ -76,13 +78,14 @@ async fn a_release_signed_by_another_key_is_refused() {
     assert_eq!(c.host.running().as_deref(), Some(c.systems[0].as_str()));
 }
 
-/// Puts the new system in a cache carried to the host by other means (`file://`), signed
-/// by the fleet key, lets `alter` change the bytes of its NAR, and points the agent at it.
+/// Puts the new system in a cache carried to the host by other means (`file://`, its own
+/// directory `name`), signed by the fleet key, lets `alter` change the bytes of its NAR, and
+/// points the agent at it.
 fn file_cache_with_altered_nar(c: &OneHost, name: &str, alter: impl FnOnce(&mut Vec<u8>)) {
-    let dir = c.server.dir.join(name);
-    let secret = c.server.dir.join("fleet.secret");
-    std::fs::write(&secret, c.server.key.to_secret_string()).unwrap();
-    harness::run(harness::cmd("nix").args([
+    let dir = c.server.dir.scratch().join(name);
+    let secret = c.server.dir.scratch().join("fleet.secret");
+    std::fs::write(&secret, c.server.dir.key.to_secret_string()).unwrap();
+    harness::ran::run(harness::nix::nix().args([
         "copy",
         "--to",
         &format!(

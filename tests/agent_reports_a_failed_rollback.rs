@@ -9,10 +9,10 @@ mod harness;
 use bento::config::StateDir;
 use bento::status::{self, HostState};
 use harness::fake::{self, Behaviour};
-use harness::server::{OneHost, agent_once};
+use harness::scene::{OneHost, agent_once};
 
 fn state_of(t: &OneHost) -> HostState {
-    let state = StateDir::new(&t.server.state_dir);
+    let state = StateDir::new(&t.server.dir.state);
     status::collect_host(&state, "web1", bento::clock::unix_now(), 300)
         .unwrap()
         .state
@@ -44,7 +44,7 @@ async fn a_previous_system_that_fails_to_activate_is_rollback_failed() {
     let (code, _) = agent_once(host, config).await;
     assert_eq!(code, 3);
     assert_eq!(host.activations().len(), 2);
-    let fixed = fake::build(t.tmp.path(), "web1", 3, &Behaviour::Good, "rbfail");
+    let fixed = fake::build("web1", 3, &Behaviour::Good, "rbfail");
     server.publish_release("web1", 3, &fixed).await;
     let (code, log) = agent_once(host, config).await;
     assert_eq!(code, 0, "{log}");

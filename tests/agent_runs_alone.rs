@@ -1,15 +1,17 @@
-//! Two agents started at once on one host: one holds the lock and applies, the other exits
-//! at once with code 7; the system is activated exactly once.
+//! A second agent started while the first is in the middle of an activation exits at once
+//! with code 7 and touches nothing; the first finishes, and the system is activated exactly
+//! once. The first agent's activation is held until the second has exited, so the second
+//! always meets the lock (no race on who starts first).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod harness;
 
-use harness::fake::Behaviour;
-use harness::server::{OneHost, spawn_agent_once};
+use harness::fake::{self, Behaviour};
+use harness::scene::{OneHost, agent_once, spawn_agent_once, wait_running};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_agent_never_activates_alongside_the_first() {
-    let systems = [Behaviour::Good, Behaviour::Sleep(3)];
+    let systems = [Behaviour::Good, Behaviour::Hold];
     let Some(t) = OneHost::start("lock", &systems, "").await else {
         return;
     };
@@ -17,23 +19,21 @@ async fn a_second_agent_never_activates_alongside_the_first() {
     let new = t.systems[1].clone();
     server.publish_release("web1", 2, &new).await;
 
-    let first = spawn_agent_once(host, config);
-    let second = spawn_agent_once(host, config);
-    let (a, b) = (
-        first.wait_with_output().await.unwrap(),
-        second.wait_with_output().await.unwrap(),
-    );
-    let mut codes = vec![a.status.code(), b.status.code()];
-    codes.sort();
+    let first = wait_running(host, &new, spawn_agent_once(host, config)).await;
+    // The first agent is inside the activation, holding the lock.
+    let (code, log) = agent_once(host, config).await;
+    assert_eq!(code, 7, "{log}");
+    assert!(log.contains("another bento agent is running"), "{log}");
+    assert_eq!(host.activations(), fake::switched(&[&new]));
+
+    host.release_hold();
+    let out = first.wait_with_output().await.unwrap();
     assert_eq!(
-        codes,
-        vec![Some(0), Some(7)],
-        "{}\n---\n{}",
-        String::from_utf8_lossy(&a.stderr),
-        String::from_utf8_lossy(&b.stderr)
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
-    let busy = if a.status.code() == Some(7) { &a } else { &b };
-    let text = String::from_utf8_lossy(&busy.stderr);
-    assert!(text.contains("another bento agent is running"), "{text}");
-    assert_eq!(host.activations().len(), 1);
+    assert_eq!(host.activations(), fake::switched(&[&new]));
+    assert_eq!(host.running().as_deref(), Some(new.as_str()));
 }

@@ -1,4 +1,4 @@
-//! The agent as a real systemd unit, in the systemd host in a box (tests/systemd_box): a
+//! The agent as a real systemd unit, in the systemd host in a box (tests/harness/systemd): a
 //! Debian 12 container with systemd as PID 1, Nix and the host-built `bento`, against the
 //! real servers running in this test on the host side of the box's veth.
 //!
@@ -14,14 +14,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod harness;
-mod systemd_box;
 
 use std::time::{Duration, Instant};
 
 use harness::fake::{self, Behaviour};
-use harness::processes_with;
-use harness::server::Server;
-use systemd_box::SystemdBox;
+use harness::ran::processes_with;
+use harness::scene::Server;
+use harness::systemd::SystemdBox;
 
 const UNIT: &str = "bento-agent.service";
 
@@ -36,7 +35,6 @@ struct Scene {
     server: Server,
     systems: Vec<String>,
     b: SystemdBox,
-    _tmp: tempfile::TempDir,
 }
 
 impl Scene {
@@ -44,16 +42,15 @@ impl Scene {
         let b = tokio::task::spawn_blocking(SystemdBox::boot)
             .await
             .unwrap()?;
-        let tmp = tempfile::tempdir().unwrap();
         let salt = format!("{salt}-{}", b.name());
         let systems: Vec<String> = systems
             .iter()
             .enumerate()
-            .map(|(i, s)| fake::build(tmp.path(), "web1", i as u64 + 1, s, &salt))
+            .map(|(i, s)| fake::build("web1", i as u64 + 1, s, &salt))
             .collect();
-        let server = Server::start_on(tmp.path(), &b.host_ip().to_string(), &["web1"]).await;
+        let server = Server::start_on(&b.host_ip().to_string(), &["web1"]).await;
         // The box was installed with the first system.
-        harness::run(harness::cmd("nix").args([
+        harness::ran::run(harness::nix::nix().args([
             "copy",
             "--no-check-sigs",
             "--to",
@@ -63,27 +60,23 @@ impl Scene {
         b.ok("mkdir", &["-p", "/nix/var/nix/profiles", "/etc/bento"]);
         b.ok("ln", &["-sfn", &systems[0], "/nix/var/nix/profiles/system"]);
         b.ok("ln", &["-sfn", &systems[0], "/run/current-system"]);
-        let key = std::fs::read_to_string(tmp.path().join("web1.ssh")).unwrap();
+        let key = std::fs::read_to_string(server.sftp().key("web1")).unwrap();
         b.write_file("/etc/bento/id_ed25519", &key, 0o600);
+        let to = server.endpoints();
         let config = format!(
             "host = \"web1\"\nserver = \"{sftp}\"\nserver_host_key = \"{pinned}\"\n\
-             ssh_key = \"/etc/bento/id_ed25519\"\ncache_url = \"http://{cache}\"\n\
+             ssh_key = \"/etc/bento/id_ed25519\"\ncache_url = \"{cache}\"\n\
              fleet_public_key = \"{fleet}\"\nstate_dir = \"/var/lib/bento-agent\"\n\
              poll_interval_secs = 1\npoll_jitter = 0.0\nconfirm_timeout_secs = 30\n\
              confirm_retry_secs = 1\nretry_base_secs = 2\n{extra}\n",
-            sftp = server.sftp_addr,
-            pinned = server.pinned,
-            cache = server.cache_addr,
-            fleet = server.key.public(),
+            sftp = to.sftp,
+            pinned = to.pinned,
+            cache = to.cache_url,
+            fleet = to.fleet_key,
         );
         b.write_file("/etc/bento/agent.toml", &config, 0o644);
         b.install_unit(UNIT, UNIT_FILE);
-        Some(Scene {
-            server,
-            systems,
-            b,
-            _tmp: tmp,
-        })
+        Some(Scene { server, systems, b })
     }
 
     /// Publishes `system` as generation 2 and starts the agent's unit; returns when, and

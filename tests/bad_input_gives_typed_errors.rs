@@ -3,7 +3,7 @@
 //! and never the secret half of a key.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+mod harness;
 
 use base64::Engine as _;
 use bento::nix::keys::KeyError;
@@ -11,7 +11,7 @@ use bento::nix::narinfo::{self, NarInfoError};
 use bento::nix::pathinfo::PathInfoError;
 use bento::nix::store::{self, StoreError};
 use bento::nix::{HashError, PublicKey, SecretKey, Sha256Hash};
-use common::Nix;
+use harness::nix::Nix;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
@@ -254,14 +254,11 @@ fn paths_outside_the_store_are_typed_errors_that_name_the_path() {
 
 #[test]
 fn a_store_path_that_does_not_exist_is_not_valid_and_named() {
-    if !common::root_or_skip("a_store_path_that_does_not_exist_is_not_valid_and_named") {
-        return;
-    }
-    let nix = Nix::new();
+    let nix = Nix::chroot();
     let missing = format!("/nix/store/{}-bento-missing", "0".repeat(32));
     let path = store::parse(&missing).unwrap();
     let err = nix
-        .store(None)
+        .pathinfo()
         .query(std::slice::from_ref(&path))
         .unwrap_err();
     match &err {
@@ -281,8 +278,8 @@ fn a_store_path_that_does_not_exist_is_not_valid_and_named() {
         .stdout_text();
     let valid = store::parse(&valid).unwrap();
     for result in [
-        nix.store(None).query(&[valid.clone(), path.clone()]),
-        nix.store(None).closure(&[path.clone(), valid.clone()]),
+        nix.pathinfo().query(&[valid.clone(), path.clone()]),
+        nix.pathinfo().closure(&[path.clone(), valid.clone()]),
     ] {
         assert!(
             matches!(&result, Err(PathInfoError::NotValid(p)) if p == &missing),
@@ -293,11 +290,8 @@ fn a_store_path_that_does_not_exist_is_not_valid_and_named() {
 
 #[test]
 fn a_store_nix_cannot_open_is_a_typed_error_with_nix_own_words() {
-    if !common::root_or_skip("a_store_nix_cannot_open_is_a_typed_error_with_nix_own_words") {
-        return;
-    }
-    let nix = Nix::new();
-    let store = nix.store(Some("bogus-scheme://nowhere"));
+    let nix = Nix::chroot();
+    let store = nix.pathinfo_at("bogus-scheme://nowhere");
     let path = store::parse("/nix/store/62zx2hw8gp9dzf022s6cibdx2pl0v9dx-dep").unwrap();
     let err = store.query(&[path]).unwrap_err();
     let msg = err.to_string();

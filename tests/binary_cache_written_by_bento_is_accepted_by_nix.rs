@@ -5,31 +5,32 @@
 //! reference under the old signature, an altered signature, a signature by another key of
 //! the same name, no signature.
 //!
-//! The judge is Nix itself: `nix copy --from file://CACHE --to local?root=DEST` and
-//! `nix store verify`.
+//! The judge is Nix itself: the agent's own `nix copy --from file://CACHE` command (its
+//! trust options are what is tested) into a store of its own, and `nix store verify`.
+//! Source and destination stores are `local?root=` stores of the test: no root needed.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+mod harness;
 
 use std::path::Path;
 
 use base64::Engine as _;
+use bento::agent::config::Agent;
 use bento::nix::narinfo::{self, Compression, FileInfo};
 use bento::nix::pathinfo::PathInfoError;
 use bento::nix::store::{self, StorePath};
 use bento::nix::{PathInfo, SecretKey, nar};
-use common::{Built, Drv, Nix};
+use harness::nix::{Built, Drv, Nix, nonce};
 
 const MARKER: &str = "bento-marker-0123456789";
 
-fn closure(nix: &Nix, nonce: &str) -> Built {
-    nix.build(
-        &[
-            Drv::new("dep", "echo hello > $out"),
-            Drv::new("dep2", "mkdir $out; echo $dep > $out/d").dep("dep"),
-            Drv::new(
-                "odd",
-                r#"set -e
+fn closure(nix: &Nix) -> Built {
+    nix.build(&[
+        Drv::new("dep", "echo hello > $out"),
+        Drv::new("dep2", "mkdir $out; echo $dep > $out/d").dep("dep"),
+        Drv::new(
+            "odd",
+            r#"set -e
 mkdir $out; cd $out
 printf 'x' > "$(printf '\377\376')"
 ln -s "$(head -c 3000 /dev/zero | tr '\0' x | sed 's/xxxx/abc\//g')" long-link
@@ -37,17 +38,15 @@ mkdir empty-dir; : > empty
 printf '#!/bin/sh\n' > exe; chmod +x exe
 echo $out > self
 "#,
-            ),
-            Drv::new(
-                "top",
-                &format!("mkdir $out; echo $dep $dep2 $odd > $out/refs; echo {MARKER} > $out/m"),
-            )
-            .dep("dep")
-            .dep("dep2")
-            .dep("odd"),
-        ],
-        Some(nonce),
-    )
+        ),
+        Drv::new(
+            "top",
+            &format!("mkdir $out; echo $dep $dep2 $odd > $out/refs; echo {MARKER} > $out/m"),
+        )
+        .dep("dep")
+        .dep("dep2")
+        .dep("odd"),
+    ])
 }
 
 /// One path as our cache serves it; tests tamper with these before they are written.
@@ -57,13 +56,13 @@ struct Entry {
     narinfo: String,
 }
 
-/// Builds the cache entries of `closure` with our code, signed by `key`.
-fn entries(closure: &[PathInfo], key: &SecretKey) -> Vec<Entry> {
+/// Builds the cache entries of `closure` (in `nix`'s store) with our code, signed by `key`.
+fn entries(nix: &Nix, closure: &[PathInfo], key: &SecretKey) -> Vec<Entry> {
     closure
         .iter()
         .map(|info| {
             let path = store::render(&info.path);
-            let (hash, size, nar) = nar::dump_hashed(Path::new(&path), Vec::new()).unwrap();
+            let (hash, size, nar) = nar::dump_hashed(&nix.real(&path), Vec::new()).unwrap();
             assert_eq!((hash, size), (info.nar_hash, info.nar_size), "{path}");
             let url = format!("nar/{}.nar", hash.nix32_digest());
             let ni = narinfo::build(
@@ -101,7 +100,7 @@ fn write_cache(dir: &Path, entries: &[Entry]) {
     }
 }
 
-/// Everything one attempt needs: the paths, our key, and Nix's settings for the copy.
+/// Everything one attempt needs: the paths in a store of their own, and our key.
 struct Fixture {
     nix: Nix,
     built: Built,
@@ -110,17 +109,22 @@ struct Fixture {
     top: String,
 }
 
+/// One copy: the cache it reads, and the store it copies into.
+struct Copy {
+    _cache: tempfile::TempDir,
+    dest: Nix,
+}
+
 impl Fixture {
     fn new() -> Self {
-        let nix = Nix::new();
-        let nonce = common::nonce();
-        let built = closure(&nix, &nonce);
+        let nix = Nix::chroot();
+        let built = closure(&nix);
         let closure = nix
-            .store(None)
+            .pathinfo()
             .closure(&[built.path("top").clone()])
             .unwrap();
         assert_eq!(closure.len(), 4);
-        let key = SecretKey::generate(&format!("bento-fleet-{nonce}")).unwrap();
+        let key = SecretKey::generate(&format!("bento-fleet-{}", nonce())).unwrap();
         let top = built.abs("top");
         Fixture {
             nix,
@@ -132,7 +136,7 @@ impl Fixture {
     }
 
     fn entries(&self) -> Vec<Entry> {
-        entries(&self.closure, &self.key)
+        entries(&self.nix, &self.closure, &self.key)
     }
 
     fn entry<'a>(&self, entries: &'a mut [Entry], name: &str) -> &'a mut Entry {
@@ -140,78 +144,74 @@ impl Fixture {
         entries.iter_mut().find(|e| &e.info.path == path).unwrap()
     }
 
-    /// `nix copy` from a cache of `entries` into a new chroot store, on a fresh narinfo
-    /// disk cache. Returns the command, the destination store URL and the temp dir that
-    /// holds both.
-    fn copy(&self, entries: &[Entry]) -> (bento::nix::Command, String, tempfile::TempDir) {
-        let tmp = tempfile::tempdir().unwrap();
-        let cache = tmp.path().join("cache");
-        write_cache(&cache, entries);
-        let dest = format!("local?root={}", tmp.path().join("dest").display());
-        let c = self
-            .nix
-            .nix()
-            .args(["copy", "--from"])
-            .arg(format!("file://{}", cache.display()))
-            .args(["--to", &dest, &self.top])
-            .args(self.trust_only_our_key());
-        (c, dest, tmp)
+    /// The agent of a host that trusts our key, reading the cache at `cache_url`.
+    fn agent(&self, cache_url: &str) -> Agent {
+        let text = format!(
+            "host = \"web1\"\nserver = \"127.0.0.1:1\"\nserver_host_key = \"{}\"\n\
+             ssh_key = \"/nonexistent\"\ncache_url = \"{cache_url}\"\n\
+             fleet_public_key = \"{}\"\n",
+            harness::keys::made_up_public_key(1),
+            self.key.public()
+        );
+        Agent::parse(Path::new("agent.toml"), &text).unwrap()
     }
 
-    fn trust_only_our_key(&self) -> Vec<String> {
-        [
-            "--option",
-            "require-sigs",
-            "true",
-            "--option",
-            "trusted-public-keys",
-            &self.key.public().to_string(),
-            "--option",
-            "narinfo-cache-negative-ttl",
-            "0",
-            "--option",
-            "narinfo-cache-positive-ttl",
-            "0",
-        ]
-        .map(str::to_owned)
-        .to_vec()
+    /// The agent's own copy command (`copy_command`: signatures required, only the fleet
+    /// key trusted) from a cache of `entries` into a new store, on a fresh narinfo disk
+    /// cache.
+    fn copy(&self, entries: &[Entry]) -> (bento::nix::Command, Copy) {
+        let cache = tempfile::tempdir().unwrap();
+        write_cache(cache.path(), entries);
+        let dest = Nix::chroot();
+        let agent = self.agent(&format!("file://{}", cache.path().display()));
+        let c = dest.prepare(
+            bento::agent::system::copy_command(&agent, &self.top).args(["--to", &dest.store_url()]),
+        );
+        (
+            c,
+            Copy {
+                _cache: cache,
+                dest,
+            },
+        )
     }
 
     /// Runs a copy that Nix must refuse with `needle`, then checks that the top path did
     /// not become valid in the destination.
     fn refused(&self, entries: &[Entry], needle: &str) {
-        let (c, dest, _tmp) = self.copy(entries);
+        let (c, copy) = self.copy(entries);
         let stderr = self.nix.refuses(c, needle);
         assert!(stderr.contains(&format!("'{}'", self.top)), "{stderr}");
         eprintln!("Nix refused, as it must:\n{stderr}");
-        match self
-            .nix
-            .store(Some(&dest))
+        match copy
+            .dest
+            .pathinfo()
             .query(&[self.built.path("top").clone()])
         {
             Err(PathInfoError::NotValid(p)) => assert_eq!(p, self.top),
-            other => panic!("top must not be valid in {dest}: {other:?}"),
+            other => panic!(
+                "top must not be valid in {}: {other:?}",
+                copy.dest.store_url()
+            ),
         }
     }
 }
 
 #[test]
 fn nix_copies_and_verifies_a_cache_written_by_bento() {
-    if !common::root_or_skip("nix_copies_and_verifies_a_cache_written_by_bento") {
-        return;
-    }
     let f = Fixture::new();
-    let (c, dest, tmp) = f.copy(&f.entries());
+    let (c, copy) = f.copy(&f.entries());
     f.nix.run(c);
+    let trusted = f.key.public().to_string();
     f.nix.run(
-        f.nix
+        copy.dest
             .nix()
-            .args(["store", "verify", "--store", &dest, "-r", &f.top])
-            .args(f.trust_only_our_key()),
+            .args(["store", "verify", "-r", &f.top])
+            .args(["--option", "trusted-public-keys", &trusted]),
     );
     // The destination holds the whole closure with our signature and Nix's own NarHash.
     let paths: Vec<StorePath> = f.closure.iter().map(|i| i.path.clone()).collect();
-    let mut copied = f.nix.store(Some(&dest)).query(&paths).unwrap();
+    let mut copied = copy.dest.pathinfo().query(&paths).unwrap();
     copied.sort_by(|a, b| a.path.cmp(&b.path));
     assert_eq!(copied.len(), f.closure.len());
     for (theirs, ours) in copied.iter().zip(&f.closure) {
@@ -222,10 +222,7 @@ fn nix_copies_and_verifies_a_cache_written_by_bento() {
         assert!(theirs.signatures.contains(&sig), "{:?}", theirs.signatures);
     }
     // The odd shapes arrived intact.
-    let odd = tmp
-        .path()
-        .join("dest")
-        .join(f.built.abs("odd").trim_start_matches('/'));
+    let odd = copy.dest.real(&f.built.abs("odd"));
     assert_eq!(
         std::fs::read_link(odd.join("long-link"))
             .unwrap()
@@ -237,9 +234,6 @@ fn nix_copies_and_verifies_a_cache_written_by_bento() {
 
 #[test]
 fn nix_refuses_a_nar_with_one_byte_flipped() {
-    if !common::root_or_skip("nix_refuses_a_nar_with_one_byte_flipped") {
-        return;
-    }
     let f = Fixture::new();
     let mut entries = f.entries();
     let top = f.entry(&mut entries, "top");
@@ -254,9 +248,6 @@ fn nix_refuses_a_nar_with_one_byte_flipped() {
 
 #[test]
 fn nix_refuses_a_narinfo_with_a_reference_dropped_under_the_old_signature() {
-    if !common::root_or_skip("nix_refuses_a_narinfo_with_a_reference_dropped") {
-        return;
-    }
     let f = Fixture::new();
     let mut entries = f.entries();
     let dropped = store::render(f.built.path("dep2"));
@@ -301,9 +292,6 @@ fn replace_sig(entry: &mut Entry, sig: &str) {
 
 #[test]
 fn nix_refuses_a_signature_with_one_byte_altered() {
-    if !common::root_or_skip("nix_refuses_a_signature_with_one_byte_altered") {
-        return;
-    }
     let f = Fixture::new();
     let mut entries = f.entries();
     let b64 = base64::engine::general_purpose::STANDARD;
@@ -319,9 +307,6 @@ fn nix_refuses_a_signature_with_one_byte_altered() {
 
 #[test]
 fn nix_refuses_a_signature_by_another_key_of_the_same_name() {
-    if !common::root_or_skip("nix_refuses_a_signature_by_another_key_of_the_same_name") {
-        return;
-    }
     let f = Fixture::new();
     let mut entries = f.entries();
     let impostor = SecretKey::generate(f.key.name()).unwrap();
@@ -337,9 +322,6 @@ fn nix_refuses_a_signature_by_another_key_of_the_same_name() {
 
 #[test]
 fn nix_refuses_an_unsigned_narinfo() {
-    if !common::root_or_skip("nix_refuses_an_unsigned_narinfo") {
-        return;
-    }
     let f = Fixture::new();
     let mut entries = f.entries();
     let top = f.entry(&mut entries, "top");

@@ -3,21 +3,29 @@
 //! exactly the two that failed, each with its phase and Nix's own error text.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod fleet_support;
+mod harness;
 
-use fleet_support::{Kind, TestFleet, row};
+use harness::repo::{Builds, Repo, Spec, row};
 
 const OK: [&str; 6] = ["db1", "db2", "web1", "web2", "web3", "web4"];
 
-fn eight_hosts() -> TestFleet {
-    let mut hosts: Vec<(&str, Kind)> = OK.iter().map(|h| (*h, Kind::Ok)).collect();
-    hosts.push(("broken-eval", Kind::EvalFails));
-    hosts.push(("broken-build", Kind::BuildFails));
-    TestFleet::new(&hosts)
+/// Why these tests need root.
+const NEEDS: &str = "the machine's Nix store, which `bento build` builds into";
+
+fn eight_hosts() -> Repo {
+    let mut hosts: Vec<&str> = OK.to_vec();
+    hosts.extend(["broken-eval", "broken-build"]);
+    let mut fleet = Repo::new("build", &hosts);
+    fleet.configure("broken-eval", Spec::good(1).building(Builds::EvalFails));
+    fleet.configure("broken-build", Spec::good(1).building(Builds::BuildFails));
+    fleet
 }
 
 #[test]
 fn six_hosts_build_and_the_two_failures_are_named_with_their_reason() {
+    if !harness::needs_root(NEEDS) {
+        return;
+    }
     let fleet = eight_hosts();
     let run = fleet.bento(&["build", "--jobs", "4"]);
     assert!(!run.success(), "{}", run.both());
@@ -78,12 +86,11 @@ fn six_hosts_build_and_the_two_failures_are_named_with_their_reason() {
                 .exists()
         );
         // Nix itself counts that link as a root: garbage collection keeps the system.
-        let roots = std::process::Command::new("nix-store")
-            .args(["--query", "--roots", &record.store_path])
-            .env("NIX_CONFIG", fleet_support::NIX_CONFIG)
-            .output()
-            .unwrap();
-        let roots = String::from_utf8_lossy(&roots.stdout);
+        let roots = harness::ran::run(harness::nix::command("nix-store").args([
+            "--query",
+            "--roots",
+            &record.store_path,
+        ]));
         let link = state.build_root(host).display().to_string();
         assert!(roots.contains(&link), "{host}: {roots}");
     }
@@ -103,6 +110,9 @@ fn six_hosts_build_and_the_two_failures_are_named_with_their_reason() {
 
 #[test]
 fn json_output_has_one_entry_per_host() {
+    if !harness::needs_root(NEEDS) {
+        return;
+    }
     let fleet = eight_hosts();
     let run = fleet.bento(&["build", "--json", "--jobs", "3"]);
     assert_eq!(run.code, 1, "{}", run.both());
@@ -151,6 +161,9 @@ fn json_output_has_one_entry_per_host() {
 
 #[test]
 fn dry_run_evaluates_only() {
+    if !harness::needs_root(NEEDS) {
+        return;
+    }
     let fleet = eight_hosts();
     let run = fleet.bento(&["build", "--dry-run", "web1", "broken-build", "broken-eval"]);
     assert_eq!(run.code, 1, "{}", run.both());
@@ -173,20 +186,12 @@ fn dry_run_evaluates_only() {
 
 #[test]
 fn selection_by_tag_builds_only_those_hosts() {
-    let mut specs = Vec::new();
-    for (name, tags) in [
-        ("web1", vec!["web"]),
-        ("web2", vec!["web"]),
-        ("db1", vec!["db"]),
-    ] {
-        specs.push(fleet_support::HostSpec {
-            name: name.into(),
-            kind: Kind::Ok,
-            version: "1".into(),
-            tags: tags.into_iter().map(String::from).collect(),
-        });
+    if !harness::needs_root(NEEDS) {
+        return;
     }
-    let fleet = TestFleet::with_specs(specs);
+    let specs = [("web1", "web"), ("web2", "web"), ("db1", "db")]
+        .map(|(name, tag)| (name.to_owned(), Spec::good(1).tagged(&[tag])));
+    let fleet = Repo::with_specs("build", specs.to_vec());
     let run = fleet.bento(&["build", "@web"]);
     assert!(run.success(), "{}", run.both());
     assert!(fleet.state_dir().build_record("web1").exists());

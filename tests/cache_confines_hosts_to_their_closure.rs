@@ -3,13 +3,15 @@
 //! a path that does not exist; no or wrong credentials answer 401.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod cache_harness;
+mod harness;
 
 use std::os::unix::fs::PermissionsExt as _;
 
 use base64::Engine as _;
 use bento::cache::Access;
-use cache_harness::*;
+use harness::http::http;
+use harness::nix::{Nix, build, closure, hash_part, nonce};
+use harness::servers::{CacheServer, ServerDir};
 
 fn basic(user: &str, token: &str) -> String {
     format!(
@@ -20,31 +22,31 @@ fn basic(user: &str, token: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hosts_see_only_their_own_closure() {
+    if !harness::needs_root("the machine's Nix store, which the cache serves") {
+        return;
+    }
     let salt = nonce();
     // The tops differ in content: two paths with byte-identical NARs share one NAR URL,
     // and a host may fetch a NAR its own closure holds, whoever else holds it too.
     let shared = format!(r#"mk "bento-shared-{salt}" "echo shared > $out""#);
     let top1 = build(&format!(
         r#"let s = {shared}; in mk "bento-web1-{salt}" "echo web1 ${{s}} > $out""#
-    ))
-    .await;
+    ));
     let top2 = build(&format!(
         r#"let s = {shared}; in mk "bento-web2-{salt}" "echo web2 ${{s}} > $out""#
-    ))
-    .await;
+    ));
     let shared_path = closure(&top1)
-        .await
         .into_iter()
         .find(|p| p.contains("bento-shared-"))
         .unwrap();
-    let fleet = Fleet::new();
-    fleet.publish("web1", 1, &top1);
-    fleet.publish("web2", 1, &top2);
-    let mut config = fleet.config();
+    let dir = ServerDir::new();
+    dir.publish("web1", 1, &top1);
+    dir.publish("web2", 1, &top2);
+    let mut config = dir.cache_config();
     config.access = Access::TokenDir;
-    let server = Server::start(config).await;
+    let server = CacheServer::start(config).await;
 
-    let token_file = |h: &str| fleet.state_dir().join("cache-tokens").join(h);
+    let token_file = |h: &str| dir.state.join("cache-tokens").join(h);
     let mode = std::fs::metadata(token_file("web1"))
         .unwrap()
         .permissions()
@@ -137,9 +139,9 @@ async fn hosts_see_only_their_own_closure() {
     assert_eq!(get("/nix-cache-info".into(), None).await.status, 200);
 
     // Nix itself, with the token in a netrc file.
-    let pubkey = fleet.key.public().to_string();
-    let client = Client::new();
-    let netrc = client.dir.path().join("netrc");
+    let pubkey = dir.key.public().to_string();
+    let client = Nix::chroot();
+    let netrc = dir.scratch().join("netrc");
     std::fs::write(
         &netrc,
         format!("machine 127.0.0.1 login web1 password {t1}\n"),
@@ -149,10 +151,14 @@ async fn hosts_see_only_their_own_closure() {
     client
         .copy_and_verify(&server.url(), &pubkey, &top1, &netrc_opt)
         .await;
-    let refused = client.copy(&server.url(), &pubkey, &top2, &netrc_opt).await;
+    let refused = client
+        .copy_from(&server.url(), &pubkey, &top2, &netrc_opt)
+        .await;
     assert!(refused.is_err(), "web1 must not copy web2's closure");
     assert!(!client.has(&top2));
     // Without the netrc file, nothing.
-    let anon = Client::new().copy(&server.url(), &pubkey, &top1, &[]).await;
+    let anon = Nix::chroot()
+        .copy_from(&server.url(), &pubkey, &top1, &[])
+        .await;
     assert!(anon.is_err());
 }

@@ -9,39 +9,39 @@
 //! impossible, the plain NAR stays advertised and Nix copies that instead.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod cache_harness;
+mod harness;
 
 use std::io::{Seek as _, SeekFrom, Write as _};
 use std::time::Duration;
 
 use bento::cache::request::Endpoint;
 use bento::nix::hash::Sha256Hash;
-use cache_harness::*;
+use harness::nix::{Nix, build, hash_part, nonce};
+use harness::servers::{CacheServer, ServerDir};
 
 /// A path of this test's own, published for web1 and served.
-async fn one_path_served() -> (String, Fleet, Server) {
+async fn one_path_served() -> (String, ServerDir, CacheServer) {
     let salt = nonce();
     let path = build(&format!(
         r#"mk "bento-corrupt-{salt}" "seq 1 200000 > $out""#
-    ))
-    .await;
-    let fleet = Fleet::new();
-    fleet.publish("web1", 1, &path);
-    let server = Server::start(fleet.config()).await;
-    (path, fleet, server)
+    ));
+    let dir = ServerDir::new();
+    dir.publish("web1", 1, &path);
+    let server = CacheServer::start(dir.cache_config()).await;
+    (path, dir, server)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupted_zstd_file_is_refused_then_repaired_and_nix_succeeds() {
-    let (path, fleet, server) = one_path_served().await;
+    if !harness::needs_root("the machine's Nix store, which the cache serves") {
+        return;
+    }
+    let (path, dir, server) = one_path_served().await;
     let narinfo_url = format!("/{}.narinfo", hash_part(&path));
     let before = server.get(&narinfo_url).await;
     let zst_url = format!("/{}", before.field("URL").unwrap());
     let file_hash = before.field("FileHash").unwrap();
-    let file = fleet
-        .state_dir()
-        .join("cache")
-        .join(before.field("URL").unwrap());
+    let file = dir.state.join("cache").join(before.field("URL").unwrap());
     assert!(file.exists(), "{}", file.display());
 
     // Flip bytes in the middle of the file, in place (same inode, same size).
@@ -66,22 +66,25 @@ async fn a_corrupted_zstd_file_is_refused_then_repaired_and_nix_succeeds() {
     let ni = server.get(&narinfo_url).await;
     assert_eq!(ni.field("FileHash"), Some(file_hash));
 
-    let pubkey = fleet.key.public().to_string();
-    Client::new()
+    let pubkey = dir.key.public().to_string();
+    Nix::chroot()
         .copy_and_verify(&server.url(), &pubkey, &path, &[])
         .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_file_that_cannot_be_remade_falls_back_to_the_plain_nar() {
-    let (path, fleet, server) = one_path_served().await;
+    if !harness::needs_root("the machine's Nix store, which the cache serves") {
+        return;
+    }
+    let (path, dir, server) = one_path_served().await;
     let narinfo_url = format!("/{}.narinfo", hash_part(&path));
     let before = server.get(&narinfo_url).await;
     assert_eq!(before.field("Compression").as_deref(), Some("zstd"));
     let zst_url = format!("/{}", before.field("URL").unwrap());
 
     // The compressed files are lost and the directory cannot be recreated.
-    let nar_dir = fleet.state_dir().join("cache/nar");
+    let nar_dir = dir.state.join("cache/nar");
     std::fs::remove_dir_all(&nar_dir).unwrap();
     std::fs::write(&nar_dir, b"not a directory").unwrap();
     assert_eq!(server.get(&zst_url).await.status, 503);
@@ -106,8 +109,8 @@ async fn a_lost_file_that_cannot_be_remade_falls_back_to_the_plain_nar() {
         "same fingerprint, same signature"
     );
 
-    let pubkey = fleet.key.public().to_string();
-    Client::new()
+    let pubkey = dir.key.public().to_string();
+    Nix::chroot()
         .copy_and_verify(&server.url(), &pubkey, &path, &[])
         .await;
     assert!(server.state.metrics().requests_total(Endpoint::Nar, 200) >= 1);
@@ -123,20 +126,20 @@ async fn a_lost_file_that_cannot_be_remade_falls_back_to_the_plain_nar() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_corrupted_while_the_server_was_down_is_caught_at_load() {
-    let (path, fleet, first) = one_path_served().await;
+    if !harness::needs_root("the machine's Nix store, which the cache serves") {
+        return;
+    }
+    let (path, dir, first) = one_path_served().await;
     let ni = first.get(&format!("/{}.narinfo", hash_part(&path))).await;
     drop(first);
-    let file = fleet
-        .state_dir()
-        .join("cache")
-        .join(ni.field("URL").unwrap());
+    let file = dir.state.join("cache").join(ni.field("URL").unwrap());
     let mut bytes = std::fs::read(&file).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0xff;
     std::fs::write(&file, &bytes).unwrap();
 
     // A new server does not trust the file it finds: it hashes it, and remakes it.
-    let state = bento::cache::Cache::new(fleet.config()).unwrap();
+    let state = bento::cache::Cache::new(dir.cache_config()).unwrap();
     let report = state.refresh().await.unwrap();
     assert_eq!((report.reused_files, report.compressed), (0, 1));
     let good = std::fs::read(&file).unwrap();
@@ -145,7 +148,7 @@ async fn a_file_corrupted_while_the_server_was_down_is_caught_at_load() {
         ni.field("FileHash").unwrap()
     );
     // And an intact file is reused, not recompressed.
-    let again = bento::cache::Cache::new(fleet.config()).unwrap();
+    let again = bento::cache::Cache::new(dir.cache_config()).unwrap();
     let report = again.refresh().await.unwrap();
     assert_eq!((report.reused_files, report.compressed), (1, 0));
 }

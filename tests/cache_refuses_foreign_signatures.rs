@@ -3,33 +3,36 @@
 //! (positive control), so the refusal is the signature's doing.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod cache_harness;
+mod harness;
 
 use bento::nix::keys::SecretKey;
-use cache_harness::*;
+use harness::nix::{Nix, build, hash_part, nonce};
+use harness::servers::{CacheServer, ServerDir};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nix_refuses_narinfos_signed_by_another_key() {
+    if !harness::needs_root("the machine's Nix store, which the cache serves") {
+        return;
+    }
     let salt = nonce();
     let top = build(&format!(
         r#"mk "bento-foreign-{salt}" "echo foreign > $out""#
-    ))
-    .await;
+    ));
     // The hosts trust the fleet key; this server signs with another key (of the same
     // name, so only the signature bytes differ).
-    let fleet = Fleet::new();
-    let impostor = SecretKey::generate(fleet.key.name()).unwrap();
-    let mut config = fleet.config();
+    let dir = ServerDir::new();
+    let impostor = SecretKey::generate(dir.key.name()).unwrap();
+    let mut config = dir.cache_config();
     config.signing_key = impostor.clone();
-    fleet.publish_signed("web1", 1, &top, &impostor);
-    let server = Server::start(config).await;
+    dir.publish_signed("web1", 1, &top, &impostor);
+    let server = CacheServer::start(config).await;
     let ni = server.get(&format!("/{}.narinfo", hash_part(&top))).await;
     assert_eq!(ni.status, 200, "the impostor cache serves the path");
 
-    let trusted = fleet.key.public().to_string();
-    let client = Client::new();
+    let trusted = dir.key.public().to_string();
+    let client = Nix::chroot();
     let err = client
-        .copy(&server.url(), &trusted, &top, &[])
+        .copy_from(&server.url(), &trusted, &top, &[])
         .await
         .expect_err("Nix must refuse a narinfo signed by an untrusted key");
     let msg = err.to_string();
@@ -40,26 +43,29 @@ async fn nix_refuses_narinfos_signed_by_another_key() {
     assert!(!client.has(&top));
 
     // Positive control: trusting the key that actually signed, the same copy works.
-    let ok = Client::new()
-        .copy(&server.url(), &impostor.public().to_string(), &top, &[])
+    let ok = Nix::chroot()
+        .copy_from(&server.url(), &impostor.public().to_string(), &top, &[])
         .await;
     assert!(ok.is_ok(), "{}", ok.err().unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn releases_not_signed_by_the_fleet_key_are_not_served() {
+    if !harness::needs_root("the machine's Nix store, which the cache serves") {
+        return;
+    }
     let salt = nonce();
-    let good = build(&format!(r#"mk "bento-good-{salt}" "echo good > $out""#)).await;
-    let forged = build(&format!(r#"mk "bento-forged-{salt}" "echo forged > $out""#)).await;
-    let fleet = Fleet::new();
-    fleet.publish("web1", 1, &good);
-    fleet.publish_signed(
+    let good = build(&format!(r#"mk "bento-good-{salt}" "echo good > $out""#));
+    let forged = build(&format!(r#"mk "bento-forged-{salt}" "echo forged > $out""#));
+    let dir = ServerDir::new();
+    dir.publish("web1", 1, &good);
+    dir.publish_signed(
         "web2",
         1,
         &forged,
         &SecretKey::generate("bento-test-fleet-1").unwrap(),
     );
-    let server = Server::start(fleet.config()).await;
+    let server = CacheServer::start(dir.cache_config()).await;
     assert_eq!(
         server
             .get(&format!("/{}.narinfo", hash_part(&good)))

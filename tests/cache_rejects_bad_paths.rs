@@ -3,18 +3,23 @@
 //! server's store but in no published closure is 404 like an unknown one.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod cache_harness;
+mod harness;
 
-use cache_harness::*;
+use harness::http::http;
+use harness::nix::{self, build, hash_part, nonce};
+use harness::servers::{CacheServer, ServerDir};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_requests_are_4xx_and_unpublished_paths_404() {
+    if !harness::needs_root("the machine's Nix store, which the cache serves") {
+        return;
+    }
     let salt = nonce();
-    let published = build(&format!(r#"mk "bento-pub-{salt}" "echo pub > $out""#)).await;
-    let secret = build(&format!(r#"mk "bento-secret-{salt}" "echo secret > $out""#)).await;
-    let fleet = Fleet::new();
-    fleet.publish("web1", 1, &published);
-    let server = Server::start(fleet.config()).await;
+    let published = build(&format!(r#"mk "bento-pub-{salt}" "echo pub > $out""#));
+    let secret = build(&format!(r#"mk "bento-secret-{salt}" "echo secret > $out""#));
+    let dir = ServerDir::new();
+    dir.publish("web1", 1, &published);
+    let server = CacheServer::start(dir.cache_config()).await;
 
     // Positive control: the published path is served.
     let ok = server
@@ -23,7 +28,7 @@ async fn malformed_requests_are_4xx_and_unpublished_paths_404() {
     assert_eq!(ok.status, 200);
 
     // In the server's store (a valid path), but in no published closure.
-    let info = nix_command("nix-store")
+    let info = nix::command("nix-store")
         .args(["-q", "--hash", &secret])
         .run_async()
         .await;
@@ -36,7 +41,7 @@ async fn malformed_requests_are_4xx_and_unpublished_paths_404() {
         .await;
     assert_eq!(outside.status, 404, "{}", outside.text());
     assert!(!outside.text().contains("secret"));
-    let dump = nix_command("nix-hash")
+    let dump = nix::command("nix-hash")
         .args(["--type", "sha256", "--base32", &secret])
         .run_async()
         .await
@@ -104,14 +109,16 @@ async fn malformed_requests_are_4xx_and_unpublished_paths_404() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cache_info_head_and_ranges() {
+    if !harness::needs_root("the machine's Nix store, which the cache serves") {
+        return;
+    }
     let salt = nonce();
     let path = build(&format!(
         r#"mk "bento-range-{salt}" "head -c 3000000 /dev/urandom > $out""#
-    ))
-    .await;
-    let fleet = Fleet::new();
-    fleet.publish("web1", 1, &path);
-    let server = Server::start(fleet.config()).await;
+    ));
+    let dir = ServerDir::new();
+    dir.publish("web1", 1, &path);
+    let server = CacheServer::start(dir.cache_config()).await;
 
     let info = server.get("/nix-cache-info").await;
     assert_eq!(info.status, 200);

@@ -4,19 +4,31 @@
 //! a 3000-byte symlink target, 10,001 directory entries), and `nix store verify` passes.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod cache_harness;
+mod harness;
 
 use bento::cache::request::Endpoint;
-use cache_harness::*;
+use harness::nix::{self, Nix, build_tricky, closure, hash_part, nonce};
+use harness::servers::{CacheServer, ServerDir};
+
+/// The tricky closure, published for web1 and served; `None` when this test may not run
+/// (see `harness::root`).
+async fn tricky_served() -> Option<(String, ServerDir, CacheServer)> {
+    if !harness::needs_root("the machine's Nix store, which the cache serves") {
+        return None;
+    }
+    let top = build_tricky(&nonce());
+    let dir = ServerDir::new();
+    dir.publish("web1", 1, &top);
+    let server = CacheServer::start(dir.cache_config()).await;
+    Some((top, dir, server))
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nix_copies_a_tricky_closure_over_zstd_and_verifies_it() {
-    let salt = nonce();
-    let top = build_tricky(&salt).await;
-    let fleet = Fleet::new();
-    fleet.publish("web1", 1, &top);
-    let server = Server::start(fleet.config()).await;
-    let pubkey = fleet.key.public().to_string();
+    let Some((top, dir, server)) = tricky_served().await else {
+        return;
+    };
+    let pubkey = dir.key.public().to_string();
 
     // The narinfo advertises the zstd file, signed by the fleet key.
     let ni = server.get(&format!("/{}.narinfo", hash_part(&top))).await;
@@ -27,10 +39,10 @@ async fn nix_copies_a_tricky_closure_over_zstd_and_verifies_it() {
     assert!(ni.field("FileHash").is_some() && ni.field("FileSize").is_some());
     assert!(ni.field("Sig").unwrap().starts_with("bento-test-fleet-1:"));
 
-    let client = Client::new();
-    let copied = client.copy(&server.url(), &pubkey, &top, &[]).await;
+    let client = Nix::chroot();
+    let copied = client.copy_from(&server.url(), &pubkey, &top, &[]).await;
     assert!(copied.is_ok(), "nix copy failed: {}", copied.err().unwrap());
-    for path in closure(&top).await {
+    for path in closure(&top) {
         assert!(client.has(&path), "{path} was not copied");
     }
     let verified = client.verify(&pubkey, &top).await;
@@ -60,7 +72,9 @@ async fn nix_copies_a_tricky_closure_over_zstd_and_verifies_it() {
         .unwrap()
         .public()
         .to_string();
-    let refused = Client::new().copy(&server.url(), &other, &top, &[]).await;
+    let refused = Nix::chroot()
+        .copy_from(&server.url(), &other, &top, &[])
+        .await;
     assert!(
         refused.is_err(),
         "copy must fail when the fleet key is not trusted"
@@ -69,17 +83,15 @@ async fn nix_copies_a_tricky_closure_over_zstd_and_verifies_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_plain_nar_served_on_the_fly_is_byte_identical_to_nix_store_dump() {
-    let salt = nonce();
-    let top = build_tricky(&salt).await;
-    let fleet = Fleet::new();
-    fleet.publish("web1", 1, &top);
-    let server = Server::start(fleet.config()).await;
+    let Some((top, _dir, server)) = tricky_served().await else {
+        return;
+    };
     let ni = server.get(&format!("/{}.narinfo", hash_part(&top))).await;
     let nar_hash = ni.field("NarHash").unwrap();
     let digest = nar_hash.strip_prefix("sha256:").unwrap();
     let nar = server.get(&format!("/nar/{digest}.nar")).await;
     assert_eq!(nar.status, 200);
-    let dump = nix_command("nix-store")
+    let dump = nix::command("nix-store")
         .args(["--dump", &top])
         .run_async()
         .await

@@ -4,36 +4,50 @@
 //! through small channels and limited by a semaphore, never buffered whole).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod cache_harness;
+mod harness;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use cache_harness::*;
+use harness::http::Conn;
+use harness::nix::{build, build_fan, closure, hash_part, nonce};
+use harness::servers::{CacheServer, ServerDir};
 
 const CLIENTS: usize = 64;
 const DURATION: Duration = Duration::from_secs(10);
 const RSS_GROWTH_LIMIT_KIB: u64 = 256 * 1024;
 
+/// Resident memory of this process, in KiB.
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixty_four_clients_for_ten_seconds() {
+    if !harness::needs_root("the machine's Nix store, which the cache serves") {
+        return;
+    }
     let salt = nonce();
-    let top = build_fan(&salt, 40, 64 * 1024).await;
+    let top = build_fan(&salt, 40, 64 * 1024);
     let big = build(&format!(
         r#"mk "bento-big-{salt}" "head -c 4000000 /dev/urandom > $out""#
-    ))
-    .await;
-    let fleet = Fleet::new();
-    fleet.publish("web1", 1, &top);
-    fleet.publish("web2", 1, &big);
-    let mut config = fleet.config();
+    ));
+    let dir = ServerDir::new();
+    dir.publish("web1", 1, &top);
+    dir.publish("web2", 1, &big);
+    let mut config = dir.cache_config();
     config.max_nar_streams = 16;
-    let server = Server::start(config).await;
+    let server = CacheServer::start(config).await;
 
     // What each kind of request must answer: (target, status, body length).
     let mut targets: Vec<(String, u16, usize, Option<&str>)> = Vec::new();
-    let mut paths = closure(&top).await;
+    let mut paths = closure(&top);
     paths.push(big.clone());
     for p in &paths {
         let ni = server.get(&format!("/{}.narinfo", hash_part(p))).await;

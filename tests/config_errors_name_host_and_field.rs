@@ -2,9 +2,10 @@
 //! that names the file, the host and the field at fault: one test per kind of mistake.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod fleet_support;
+mod harness;
 
-use fleet_support::ssh_key;
+use harness::keys::made_up_public_key as ssh_key;
+use harness::ran::bento;
 
 /// Writes `text` as bento.toml (with a flake.nix beside it) and runs `bento build` on it.
 fn build_with(text: &str) -> (bool, String) {
@@ -12,7 +13,7 @@ fn build_with(text: &str) -> (bool, String) {
     std::fs::write(dir.path().join("flake.nix"), "{ outputs = _: { }; }").unwrap();
     let config = dir.path().join("bento.toml");
     std::fs::write(&config, text).unwrap();
-    let out = fleet_support::bento()
+    let out = bento()
         .args(["build", "--dry-run", "-c"])
         .arg(&config)
         .output()
@@ -163,14 +164,14 @@ fn wrong_value_type() {
 
 #[test]
 fn missing_fleet_file() {
-    let out = fleet_support::bento()
+    let out = bento()
         .args(["build", "-c", "/nonexistent/bento.toml"])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
-        stderr.contains("cannot read fleet file /nonexistent/bento.toml"),
+        stderr.contains("no fleet file at /nonexistent/bento.toml"),
         "{stderr}"
     );
 }
@@ -189,7 +190,7 @@ fn unknown_host_on_the_command_line() {
         ),
     )
     .unwrap();
-    let out = fleet_support::bento()
+    let out = bento()
         .args(["build", "web3", "-c"])
         .arg(&config)
         .output()

@@ -7,15 +7,16 @@
 //! Screenshots are saved under `target/`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod fleet_support;
+mod harness;
 
-use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use bento::release::Release;
 use bento::report::{Outcome, Report};
-use fleet_support::{Kind, TestFleet};
+use harness::ran::KillOnDrop;
+use harness::repo::Repo;
+use harness::serve::Serve;
 
 /// The newest report of a host: outcome, generation, seconds ago.
 type Newest = Option<(Outcome, u64, u64)>;
@@ -58,14 +59,6 @@ const CASES: [(&str, Newest, &str); 12] = [
 
 const POISON: &str = "<img src=x id=poison-from-agent>";
 
-struct Killed(std::process::Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn now() -> u64 {
     bento::clock::unix_now()
 }
@@ -83,27 +76,23 @@ fn path_of(host: &str, generation: u64) -> String {
 
 /// A fleet of the [`CASES`] hosts, with releases, histories and reports on disk that give
 /// each its state.
-fn fleet_of_every_state() -> TestFleet {
-    let fleet = TestFleet::new(
-        &CASES
-            .iter()
-            .map(|(h, _, _)| (*h, Kind::Ok))
-            .collect::<Vec<_>>(),
-    );
+fn fleet_of_every_state() -> Repo {
+    let hosts: Vec<&str> = CASES.iter().map(|(h, _, _)| *h).collect();
+    let fleet = Repo::new("dashboard", &hosts);
     write_fleet(&fleet);
     fleet
 }
 
-fn write_fleet(fleet: &TestFleet) {
+fn write_fleet(fleet: &Repo) {
     let state = fleet.state_dir();
-    let key = fleet.secret_key();
+    let key = &fleet.fleet_key;
     let t = now();
     for (host, report, _) in CASES {
         if host == "h-undeployed" {
             continue;
         }
         std::fs::create_dir_all(state.publish_dir(host)).unwrap();
-        let release = Release::sign(host, 2, &path_of(host, 2), t - 100, &key).unwrap();
+        let release = Release::sign(host, 2, &path_of(host, 2), t - 100, key).unwrap();
         std::fs::write(state.release(host), release.to_bytes()).unwrap();
         std::fs::create_dir_all(state.history(host).parent().unwrap()).unwrap();
         let history: String = (1..=2)
@@ -205,36 +194,20 @@ fn dashboard_shows_every_state_in_a_real_browser() {
     }
     let fleet = fleet_of_every_state();
 
-    let mut child = fleet.command(&[
-        "serve",
-        "--cache-listen",
-        "127.0.0.1:0",
-        "--sftp-listen",
-        "127.0.0.1:0",
-        "--dashboard-listen",
-        "127.0.0.1:0",
-    ]);
-    let mut child = child
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let _server = Killed(child);
-    let (mut base, mut cache) = (String::new(), String::new());
-    let mut lines = BufReader::new(stdout).lines();
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        if let Some(url) = line.trim().strip_prefix("cache") {
-            cache = url.trim().to_owned();
-        }
-        if let Some(url) = line.trim().strip_prefix("dashboard") {
-            base = url.trim().trim_end_matches('/').to_owned();
-            break;
-        }
-    }
-    // Keep reading what the server prints, so that it never writes to a closed pipe.
-    std::thread::spawn(move || lines.for_each(drop));
+    let server = Serve::start(
+        &fleet.fleet_file(),
+        &[
+            "--cache-listen",
+            "127.0.0.1:0",
+            "--sftp-listen",
+            "127.0.0.1:0",
+            "--dashboard-listen",
+            "127.0.0.1:0",
+        ],
+        &fleet.dir().join("serve.log"),
+    );
+    let base = server.dashboard.clone().expect("a dashboard URL");
+    let cache = server.cache.clone();
     assert!(base.starts_with("http://127.0.0.1:"), "{base}");
     // The dashboard is not on the port the hosts reach.
     assert_ne!(base, cache);
@@ -381,7 +354,7 @@ fn status_watch_redraws_when_a_report_arrives() {
     let mut child = fleet.command(&["status", "--watch", "h-pending"]);
     let mut child = child.stdout(Stdio::piped()).spawn().unwrap();
     let mut stdout = child.stdout.take().unwrap();
-    let _watch = Killed(child);
+    let _watch = KillOnDrop(child);
     let (tx, rx) = std::sync::mpsc::channel::<String>();
     std::thread::spawn(move || {
         use std::io::Read as _;

@@ -4,23 +4,26 @@
 //! fleet key as an agent checks it, and is refused for another host.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod fleet_support;
+mod harness;
 
 use bento::release::ReleaseError;
-use fleet_support::{Kind, TestFleet, row};
+use harness::repo::{Repo, row};
 
-fn three_hosts() -> TestFleet {
-    TestFleet::new(&[("a", Kind::Ok), ("b", Kind::Ok), ("c", Kind::Ok)])
+/// Why these tests need root.
+const NEEDS: &str = "the machine's Nix store, which `bento deploy` builds into";
+
+fn three_hosts() -> Repo {
+    Repo::new("deploy", &["a", "b", "c"])
 }
 
-fn generations(fleet: &TestFleet) -> Vec<u64> {
+fn generations(fleet: &Repo) -> Vec<u64> {
     ["a", "b", "c"]
         .iter()
         .map(|h| fleet.release(h).map_or(0, |r| r.generation))
         .collect()
 }
 
-fn deploy(fleet: &TestFleet, args: &[&str]) -> String {
+fn deploy(fleet: &Repo, args: &[&str]) -> String {
     let mut all = vec!["deploy"];
     all.extend_from_slice(args);
     let run = fleet.bento(&all);
@@ -30,6 +33,9 @@ fn deploy(fleet: &TestFleet, args: &[&str]) -> String {
 
 #[test]
 fn unchanged_hosts_get_nothing_and_a_change_bumps_only_its_host() {
+    if !harness::needs_root(NEEDS) {
+        return;
+    }
     let mut fleet = three_hosts();
     let out = deploy(&fleet, &[]);
     assert!(row(&out, "a").contains("generation 1 (first)"), "{out}");
@@ -50,7 +56,7 @@ fn unchanged_hosts_get_nothing_and_a_change_bumps_only_its_host() {
         .collect();
     assert_eq!(before, after, "an unchanged deploy rewrote a release");
 
-    fleet.set_version("b", "2");
+    fleet.set_version("b", 2);
     let out = deploy(&fleet, &[]);
     assert!(
         row(&out, "b").contains("generation 2 (changed, was 1)"),
@@ -72,14 +78,11 @@ fn unchanged_hosts_get_nothing_and_a_change_bumps_only_its_host() {
     for generation in [1, 2] {
         let root = fleet.state_dir().release_root("b", generation);
         let target = std::fs::read_link(&root).unwrap();
-        let roots = std::process::Command::new("nix-store")
-            .arg("--query")
-            .arg("--roots")
-            .arg(&target)
-            .env("NIX_CONFIG", fleet_support::NIX_CONFIG)
-            .output()
-            .unwrap();
-        let roots = String::from_utf8_lossy(&roots.stdout);
+        let roots = harness::ran::run(
+            harness::nix::command("nix-store")
+                .args(["--query", "--roots"])
+                .arg(&target),
+        );
         assert!(roots.contains(&root.display().to_string()), "{roots}");
     }
 
@@ -94,10 +97,13 @@ fn unchanged_hosts_get_nothing_and_a_change_bumps_only_its_host() {
 
 #[test]
 fn rollback_republishes_the_previous_system_as_a_newer_generation() {
+    if !harness::needs_root(NEEDS) {
+        return;
+    }
     let mut fleet = three_hosts();
     deploy(&fleet, &[]);
     let v1 = fleet.release("b").unwrap().store_path;
-    fleet.set_version("b", "2");
+    fleet.set_version("b", 2);
     deploy(&fleet, &["b"]);
     let v2 = fleet.release("b").unwrap().store_path;
     assert_ne!(v1, v2);
@@ -151,6 +157,9 @@ fn rollback_republishes_the_previous_system_as_a_newer_generation() {
 
 #[test]
 fn generations_never_go_backwards_when_history_or_release_is_lost() {
+    if !harness::needs_root(NEEDS) {
+        return;
+    }
     let fleet = three_hosts();
     deploy(&fleet, &[]);
     deploy(&fleet, &["--force"]);
@@ -186,6 +195,9 @@ fn generations_never_go_backwards_when_history_or_release_is_lost() {
 
 #[test]
 fn published_releases_verify_with_the_fleet_key_and_refuse_another_host() {
+    if !harness::needs_root(NEEDS) {
+        return;
+    }
     let fleet = three_hosts();
     deploy(&fleet, &[]);
     let key = fleet.public_key();
@@ -219,7 +231,7 @@ fn published_releases_verify_with_the_fleet_key_and_refuse_another_host() {
             "{replay:?}"
         );
         // Another fleet's key with the same name is refused.
-        let impostor = bento::nix::keys::SecretKey::generate(fleet_support::KEY_NAME)
+        let impostor = bento::nix::keys::SecretKey::generate(fleet.fleet_key.name())
             .unwrap()
             .public();
         let wrong = bento::release::verify(
@@ -239,6 +251,9 @@ fn published_releases_verify_with_the_fleet_key_and_refuse_another_host() {
 
 #[test]
 fn no_build_publishes_the_recorded_build_and_lists_json() {
+    if !harness::needs_root(NEEDS) {
+        return;
+    }
     let mut fleet = three_hosts();
     let run = fleet.bento(&["deploy", "--no-build", "a"]);
     assert!(!run.success());
@@ -258,7 +273,7 @@ fn no_build_publishes_the_recorded_build_and_lists_json() {
         .unwrap()
         .store_path;
     // The configuration changes after the build: --no-build still publishes the build.
-    fleet.set_version("a", "2");
+    fleet.set_version("a", 2);
     let run = fleet.bento(&["deploy", "--no-build", "--json"]);
     assert!(run.success(), "{}", run.both());
     let reports: Vec<serde_json::Value> = serde_json::from_str(&run.stdout).unwrap();
@@ -273,6 +288,9 @@ fn no_build_publishes_the_recorded_build_and_lists_json() {
 
 #[test]
 fn a_second_deploy_is_refused_while_one_holds_the_lock() {
+    if !harness::needs_root(NEEDS) {
+        return;
+    }
     let fleet = three_hosts();
     let _held = bento::deploy::DeployLock::acquire(&fleet.state_dir()).unwrap();
     let run = fleet.bento(&["deploy"]);

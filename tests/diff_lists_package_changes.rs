@@ -4,13 +4,17 @@
 //! `/bin/sh` derivations with known names.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod fleet_support;
+mod harness;
 
 use bento::report::{Outcome, Report};
-use fleet_support::{Kind, NIX_CONFIG, TestFleet, nix_system};
+use harness::nix::nix_system;
+use harness::repo::Repo;
+
+/// Why these tests need root.
+const NEEDS: &str = "the machine's Nix store, which `bento diff` reads";
 
 /// Writes web1's report that it applied and runs `path` at `generation`, as its agent would.
-fn report_running(fleet: &TestFleet, generation: u64, path: &str) {
+fn report_running(fleet: &Repo, generation: u64, path: &str) {
     let reports = fleet.state_dir().reports_dir("web1");
     std::fs::create_dir_all(&reports).unwrap();
     let report = Report {
@@ -30,7 +34,7 @@ fn report_running(fleet: &TestFleet, generation: u64, path: &str) {
 }
 
 /// Builds a fake system named `system-<tag>` depending on packages `deps` (name, content).
-fn build_system(dir: &std::path::Path, tag: &str, deps: &[(&str, &str)]) -> String {
+fn build_system(tag: &str, deps: &[(&str, &str)]) -> String {
     let system = nix_system();
     let mut lets = String::new();
     let mut refs = String::new();
@@ -40,37 +44,23 @@ fn build_system(dir: &std::path::Path, tag: &str, deps: &[(&str, &str)]) -> Stri
         ));
         refs.push_str(&format!(" ${{p{i}}}"));
     }
-    let expr = format!(
+    harness::nix::build(&format!(
         "let\n{lets}in derivation {{ name = \"nixos-system-web1-{tag}\"; system = \"{system}\"; builder = \"/bin/sh\"; args = [ \"-c\" \"echo{refs} > $out\" ]; }}\n"
-    );
-    let file = dir.join(format!("{tag}.nix"));
-    std::fs::write(&file, expr).unwrap();
-    let out = std::process::Command::new("nix-build")
-        .env("NIX_CONFIG", NIX_CONFIG)
-        .arg(&file)
-        .arg("--no-out-link")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    ))
 }
 
 #[test]
 fn diff_between_running_system_and_newest_build() {
-    let fleet = TestFleet::new(&[("web1", Kind::Ok)]);
-    let tmp = tempfile::tempdir().unwrap();
+    if !harness::needs_root(NEEDS) {
+        return;
+    }
+    let fleet = Repo::new("diff", &["web1"]);
     let salt = format!("{:?}", std::time::SystemTime::now());
     let old = build_system(
-        tmp.path(),
         "1.0",
         &[("foo-1.0", &salt), ("bar-2", &salt), ("qux-3", &salt)],
     );
     let new = build_system(
-        tmp.path(),
         "1.1",
         &[
             ("foo-1.1", &format!("{salt} and more bytes")),
@@ -135,13 +125,16 @@ fn diff_between_running_system_and_newest_build() {
 
 #[test]
 fn deploy_diff_shows_what_changes_before_publishing() {
-    let mut fleet = TestFleet::new(&[("web1", Kind::Ok)]);
+    if !harness::needs_root(NEEDS) {
+        return;
+    }
+    let mut fleet = Repo::new("diff", &["web1"]);
     let run = fleet.bento(&["deploy"]);
     assert!(run.success(), "{}", run.both());
     let first = fleet.release("web1").unwrap();
     // The agent reports running generation 1.
     report_running(&fleet, first.generation, &first.store_path);
-    fleet.set_version("web1", "2");
+    fleet.set_version("web1", 2);
     let run = fleet.bento(&["deploy", "--diff"]);
     assert!(run.success(), "{}", run.both());
     let out = &run.stdout;

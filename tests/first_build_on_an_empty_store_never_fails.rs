@@ -6,11 +6,12 @@
 //! `/nix` (a mount namespace with a fresh directory on `/nix`) succeed ten times in a row.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod fleet_support;
+mod harness;
 
 use std::process::Command;
 
-use fleet_support::{Kind, Ran, TestFleet};
+use harness::ran::Ran;
+use harness::repo::{Repo, row};
 
 const HOSTS: [&str; 8] = ["a1", "a2", "a3", "a4", "b1", "b2", "b3", "b4"];
 
@@ -34,12 +35,10 @@ fn on_empty_nix(command: &Command, nix: &std::path::Path) -> Ran {
 
 #[test]
 fn eight_hosts_build_on_a_fresh_store_ten_times_in_a_row() {
-    if !rustix::process::getuid().is_root() {
-        eprintln!("SKIPPED: needs root (mount namespaces)");
+    if !harness::needs_root("mount namespaces") {
         return;
     }
-    let hosts: Vec<(&str, Kind)> = HOSTS.iter().map(|h| (*h, Kind::Ok)).collect();
-    let fleet = TestFleet::new(&hosts);
+    let fleet = Repo::new("firstbuild", &HOSTS);
     let scratch = tempfile::tempdir().unwrap();
     for round in 1..=10 {
         let nix = scratch.path().join(format!("nix-{round}"));
@@ -48,7 +47,7 @@ fn eight_hosts_build_on_a_fresh_store_ten_times_in_a_row() {
         assert!(run.success(), "round {round}: {}", run.both());
         // Every host was built into that fresh store, not found in the machine's own.
         for host in HOSTS {
-            let line = fleet_support::row(&run.stdout, host);
+            let line = row(&run.stdout, host);
             assert!(
                 line.contains(" built "),
                 "round {round}, {host}: {}",

@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use bento::report::Outcome;
 use harness::fake::{self, Behaviour};
-use harness::fleet::{Fleet, Spec};
-use harness::server::wait_for;
+use harness::fleet::Fleet;
+use harness::ran::wait_for;
+use harness::repo::Spec;
 
 /// Generous: a loaded CI machine builds, copies and confirms much slower than a quiet one.
 const CONVERGE_SECS: u64 = 120;
@@ -29,6 +30,24 @@ fn activations_of(fleet: &Fleet, host: &str, path: &str) -> Vec<String> {
         .into_iter()
         .filter(|l| l.starts_with(path))
         .collect()
+}
+
+/// Waits until the agent loop of each of `hosts` has finished `more` attempts beyond those
+/// it had finished when called: they had every chance to act.
+async fn wait_for_attempts(fleet: &Fleet, hosts: &[&str], more: usize) {
+    let start: Vec<usize> = hosts.iter().map(|h| fleet.attempts(h)).collect();
+    let made = wait_for(60, || {
+        hosts
+            .iter()
+            .zip(&start)
+            .all(|(h, n)| fleet.attempts(h) >= n + more)
+    })
+    .await;
+    assert!(
+        made,
+        "the agents of {hosts:?} made no {more} more attempts in 60 s\n{}",
+        fleet.diagnostics()
+    );
 }
 
 /// A fleet already converged on its first deployment.
@@ -117,8 +136,9 @@ async fn a_change_to_one_host_updates_only_that_host() {
     assert_eq!(fleet.host("web2").running().as_deref(), Some(path.as_str()));
     assert_eq!(activations_of(&fleet, "web2", &path).len(), 1);
 
-    // Give the other agents several polls in which they could (wrongly) act.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Give the other agents two more attempts each in which they could (wrongly) act; that
+    // they made them is the positive control of the checks below.
+    wait_for_attempts(&fleet, &["web1", "web3"], 2).await;
     for h in ["web1", "web3"] {
         let (release, activations, reports) = &before[h];
         assert_eq!(
@@ -149,14 +169,7 @@ async fn a_configuration_that_cuts_the_network_is_rolled_back_and_status_says_so
     let (_, good) = fleet.released("web2").unwrap();
     let web1_before = fleet.host("web1").activations();
 
-    fleet.configure(
-        "web2",
-        Spec {
-            version: 2,
-            behaviour: Behaviour::BreakNetwork,
-            blob_mib: 0,
-        },
-    );
+    fleet.configure("web2", Spec::good(2).behaving(Behaviour::BreakNetwork));
     fleet.deploy(&[]);
     let (_, bad) = fleet.released("web2").unwrap();
     fleet
@@ -209,9 +222,10 @@ async fn a_configuration_that_cuts_the_network_is_rolled_back_and_status_says_so
         report.log
     );
 
-    // The bad generation is not tried again, and web1 never noticed.
+    // The bad generation is not tried again, and web1 never noticed: both agents make two
+    // more attempts (the positive control), and activate nothing.
     let count = activations.len();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    wait_for_attempts(&fleet, &["web1", "web2"], 2).await;
     assert_eq!(fleet.host("web2").activations().len(), count);
     assert_eq!(fleet.host("web1").activations(), web1_before);
 }
@@ -236,14 +250,7 @@ async fn every_agent_completes_after_serve_is_restarted_during_downloads() {
         return;
     };
     for h in hosts {
-        fleet.configure(
-            h,
-            Spec {
-                version: 2,
-                behaviour: Behaviour::Good,
-                blob_mib: 24,
-            },
-        );
+        fleet.configure(h, Spec::good(2).with_blob(24));
         // 24 MiB at 40 Mbit/s: about 5 s per download.
         fleet.host(h).throttle("40mbit");
     }
@@ -508,22 +515,8 @@ async fn reports_and_logs_arrive_intact_and_status_shows_each_state() {
         return;
     };
     const LINES: u32 = 3000;
-    fleet.configure(
-        "chatty",
-        Spec {
-            version: 1,
-            behaviour: Behaviour::Chatty(LINES),
-            blob_mib: 0,
-        },
-    );
-    fleet.configure(
-        "failing",
-        Spec {
-            version: 1,
-            behaviour: Behaviour::FailActivation,
-            blob_mib: 0,
-        },
-    );
+    fleet.configure("chatty", Spec::good(1).behaving(Behaviour::Chatty(LINES)));
+    fleet.configure("failing", Spec::good(1).behaving(Behaviour::FailActivation));
     fleet.start_serve(&[]).await;
     fleet.deploy(&["chatty", "failing", "silent", "distrustful", "cacheless"]);
     fleet.start_agent("chatty", "");

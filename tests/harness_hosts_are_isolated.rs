@@ -11,12 +11,12 @@ use harness::net::Net;
 
 #[test]
 fn a_simulated_host_has_its_own_store_current_system_and_network() {
-    if !harness::can_use_namespaces() {
+    if !harness::needs_root("network and mount namespaces, the machine's Nix store") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let sys = fake::build(tmp.path(), "h1", 1, &Behaviour::Good, "iso");
-    let other = fake::build(tmp.path(), "h1", 2, &Behaviour::Good, "iso");
+    let sys = fake::build("h1", 1, &Behaviour::Good, "iso");
+    let other = fake::build("h1", 2, &Behaviour::Good, "iso");
     let net = Net::new();
     let host = net.host("h1", 1, &tmp.path().join("h1"));
     host.install(&sys);

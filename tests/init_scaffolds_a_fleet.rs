@@ -2,19 +2,22 @@
 //! half git ignores, prints the next steps, and never overwrites anything.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod fleet_support;
+mod harness;
 
 use std::os::unix::fs::PermissionsExt as _;
 
 use bento::config::Fleet;
+use bento::nix::cmd::Command;
 use bento::nix::keys::{PublicKey, SecretKey};
+use harness::keys::made_up_public_key;
+use harness::ran::{bento, run};
 
 #[test]
 fn scaffold_loads_and_keeps_the_secret_out_of_git() {
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("fleet");
-    let key = fleet_support::ssh_key(7);
-    let out = fleet_support::bento()
+    let key = made_up_public_key(7);
+    let out = bento()
         .args(["init", "--host", "web1", "--ssh-key", &key])
         .arg(&repo)
         .output()
@@ -62,14 +65,10 @@ fn scaffold_loads_and_keeps_the_secret_out_of_git() {
     assert!(conf.contains("networking.hostName = \"web1\""), "{conf}");
 
     // Git ignores the secret key and nothing else of the scaffold.
-    fleet_support::git(&repo, &["init", "-q"]);
-    fleet_support::git(&repo, &["add", "-A"]);
-    let tracked = std::process::Command::new("git")
-        .args(["ls-files"])
-        .current_dir(&repo)
-        .output()
-        .unwrap();
-    let tracked = String::from_utf8_lossy(&tracked.stdout);
+    let git = |args: &[&str]| run(Command::new("git").args(args).current_dir(&repo));
+    git(&["init", "-q"]);
+    git(&["add", "-A"]);
+    let tracked = git(&["ls-files"]);
     assert!(
         tracked.contains("keys/bento-fleet-1.public") && tracked.contains("bento.toml"),
         "{tracked}"
@@ -84,11 +83,7 @@ fn scaffold_loads_and_keeps_the_secret_out_of_git() {
 fn refuses_to_overwrite_anything() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("flake.nix"), "my own flake").unwrap();
-    let out = fleet_support::bento()
-        .arg("init")
-        .arg(dir.path())
-        .output()
-        .unwrap();
+    let out = bento().arg("init").arg(dir.path()).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
@@ -108,7 +103,7 @@ fn refuses_to_overwrite_anything() {
     // A second init over a complete scaffold is refused too, and the key survives.
     let fresh = tempfile::tempdir().unwrap();
     assert!(
-        fleet_support::bento()
+        bento()
             .arg("init")
             .arg(fresh.path())
             .output()
@@ -118,11 +113,7 @@ fn refuses_to_overwrite_anything() {
     );
     let secret = fresh.path().join("keys/bento-fleet-1.secret");
     let before = SecretKey::load(&secret).unwrap().to_secret_string();
-    let again = fleet_support::bento()
-        .arg("init")
-        .arg(fresh.path())
-        .output()
-        .unwrap();
+    let again = bento().arg("init").arg(fresh.path()).output().unwrap();
     assert!(!again.status.success());
     assert_eq!(SecretKey::load(&secret).unwrap().to_secret_string(), before);
 }
@@ -130,11 +121,7 @@ fn refuses_to_overwrite_anything() {
 #[test]
 fn without_an_ssh_key_the_first_step_says_where_to_find_it() {
     let dir = tempfile::tempdir().unwrap();
-    let out = fleet_support::bento()
-        .arg("init")
-        .arg(dir.path())
-        .output()
-        .unwrap();
+    let out = bento().arg("init").arg(dir.path()).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
     assert!(

@@ -2,20 +2,18 @@
 //! shape a store path can take, and its hash and size must be the NarHash and NarSize that
 //! Nix records: otherwise hosts refuse the NARs Bento serves (hash mismatch).
 //!
-//! The paths are built once per run of this file (one `nix-build`); they do not depend on
-//! the run, so a second run finds them already built.
+//! Each test builds its path in a Nix store of its own (`local?root=`), so no root is
+//! needed.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+mod harness;
 
 use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::fs::PermissionsExt as _;
-use std::path::Path;
-use std::sync::OnceLock;
 
 use bento::nix::store;
 use bento::nix::{Sha256Hash, nar};
-use common::{Built, Drv, Nix};
+use harness::nix::{Drv, Nix};
 
 /// Entries in the big directory; more than 10,000.
 const MANY: usize = 10_050;
@@ -63,40 +61,35 @@ mkdir 5000-dir
 echo x > 5000-dir/file
 "#;
 
-fn built() -> &'static Built {
-    static BUILT: OnceLock<Built> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let nix = Nix::new();
-        nix.build(
-            &[
-                Drv::new("nar-shapes", SHAPES),
-                Drv::new("nar-many", MANY_SCRIPT),
-                Drv::new("nar-root-file", "printf 'a single file' > $out"),
-                Drv::new(
-                    "nar-root-exe",
-                    "printf '#!/bin/sh\\nexit 0\\n' > $out; chmod +x $out",
-                ),
-                Drv::new("nar-root-empty", ": > $out"),
-                Drv::new("nar-root-symlink", "ln -s /etc/hostname $out"),
-            ],
-            None,
-        )
-    })
+/// The derivation of each path this file checks, by name.
+fn drv(name: &str) -> Drv {
+    match name {
+        "nar-shapes" => Drv::new(name, SHAPES),
+        "nar-many" => Drv::new(name, MANY_SCRIPT),
+        "nar-root-file" => Drv::new(name, "printf 'a single file' > $out"),
+        "nar-root-exe" => Drv::new(name, "printf '#!/bin/sh\\nexit 0\\n' > $out; chmod +x $out"),
+        "nar-root-empty" => Drv::new(name, ": > $out"),
+        "nar-root-symlink" => Drv::new(name, "ln -s /etc/hostname $out"),
+        other => panic!("no derivation {other}"),
+    }
+}
+
+/// A store of its own holding the path `name`, and the path.
+fn built(name: &str) -> (Nix, String) {
+    let nix = Nix::chroot();
+    let path = nix.build(&[drv(name)]).abs(name);
+    (nix, path)
 }
 
 /// Asserts that our NAR of `name` is `nix-store --dump`'s, byte for byte, and that our
 /// hash and size are Nix's NarHash and NarSize.
-fn assert_matches_nix(name: &str) {
-    if !common::root_or_skip(name) {
-        return;
-    }
-    let built = built();
-    let path = built.abs(name);
-    let nix = Nix::new();
-
-    let theirs = nix.run(nix.cmd("nix-store").args(["--dump", &path])).stdout;
+fn assert_matches_nix(nix: &Nix, path: &str) {
+    let real = nix.real(path);
+    let theirs = nix
+        .run(nix.cmd("nix-store").arg("--dump").arg(&real))
+        .stdout;
     let mut ours = Vec::new();
-    nar::dump(Path::new(&path), &mut ours).unwrap();
+    nar::dump(&real, &mut ours).unwrap();
 
     assert_eq!(
         (Sha256Hash::of(&ours), ours.len()),
@@ -109,14 +102,17 @@ fn assert_matches_nix(name: &str) {
     assert_eq!(ours, theirs);
 
     // Streaming hash and one-pass dump agree with the bytes.
-    let (hash, size) = nar::hash(Path::new(&path)).unwrap();
+    let (hash, size) = nar::hash(&real).unwrap();
     assert_eq!((hash, size), (Sha256Hash::of(&theirs), theirs.len() as u64));
-    let (hash2, size2, copy) = nar::dump_hashed(Path::new(&path), Vec::new()).unwrap();
+    let (hash2, size2, copy) = nar::dump_hashed(&real, Vec::new()).unwrap();
     assert_eq!((hash2, size2), (hash, size));
     assert_eq!(copy, theirs);
 
     // And they are what Nix recorded when it registered the path.
-    let infos = nix.store(None).query(&[built.path(name).clone()]).unwrap();
+    let infos = nix
+        .pathinfo()
+        .query(&[store::parse(path).unwrap()])
+        .unwrap();
     assert_eq!(infos.len(), 1);
     assert_eq!(store::render(&infos[0].path), path);
     assert_eq!(infos[0].nar_hash, hash, "NarHash of {path}");
@@ -125,11 +121,9 @@ fn assert_matches_nix(name: &str) {
 
 #[test]
 fn every_file_shape_dumps_like_nix_store_dump() {
-    if !common::root_or_skip("every_file_shape_dumps_like_nix_store_dump") {
-        return;
-    }
+    let (nix, path) = built("nar-shapes");
     // Positive control: the shapes this test is about really are in the path.
-    let root = std::path::PathBuf::from(built().abs("nar-shapes"));
+    let root = nix.real(&path);
     let names: Vec<Vec<u8>> = std::fs::read_dir(&root)
         .unwrap()
         .map(|e| e.unwrap().file_name().as_bytes().to_vec())
@@ -159,45 +153,43 @@ fn every_file_shape_dumps_like_nix_store_dump() {
     assert_eq!(mode("plain") & 0o111, 0);
     assert!(std::fs::metadata(root.join("big")).unwrap().len() > 1 << 20);
 
-    assert_matches_nix("nar-shapes");
+    assert_matches_nix(&nix, &path);
 }
 
 #[test]
 fn a_directory_with_more_than_10000_entries_dumps_like_nix_store_dump() {
-    if !common::root_or_skip("a_directory_with_more_than_10000_entries_dumps_like_nix") {
-        return;
-    }
-    let many = Path::new(&built().abs("nar-many")).join("many");
+    let (nix, path) = built("nar-many");
+    let many = nix.real(&path).join("many");
     assert_eq!(std::fs::read_dir(many).unwrap().count(), MANY + 1);
-    assert_matches_nix("nar-many");
+    assert_matches_nix(&nix, &path);
 }
 
 #[test]
 fn a_store_path_that_is_a_single_file_dumps_like_nix_store_dump() {
-    assert_matches_nix("nar-root-file");
+    let (nix, path) = built("nar-root-file");
+    assert_matches_nix(&nix, &path);
 }
 
 #[test]
 fn a_store_path_that_is_an_executable_file_dumps_like_nix_store_dump() {
-    assert_matches_nix("nar-root-exe");
+    let (nix, path) = built("nar-root-exe");
+    assert_matches_nix(&nix, &path);
 }
 
 #[test]
 fn a_store_path_that_is_an_empty_file_dumps_like_nix_store_dump() {
-    assert_matches_nix("nar-root-empty");
+    let (nix, path) = built("nar-root-empty");
+    assert_matches_nix(&nix, &path);
 }
 
 #[test]
 fn a_store_path_that_is_a_symlink_dumps_like_nix_store_dump() {
-    if !common::root_or_skip("a_store_path_that_is_a_symlink_dumps_like_nix_store_dump") {
-        return;
-    }
-    let path = built().abs("nar-root-symlink");
+    let (nix, path) = built("nar-root-symlink");
     assert!(
-        std::fs::symlink_metadata(&path)
+        std::fs::symlink_metadata(nix.real(&path))
             .unwrap()
             .file_type()
             .is_symlink()
     );
-    assert_matches_nix("nar-root-symlink");
+    assert_matches_nix(&nix, &path);
 }

@@ -6,9 +6,11 @@
 //! - given a path that is not valid, `nix path-info` asks every configured substituter
 //!   over the network: a query must not (an offline host would stall; a server would leak
 //!   what it looks up).
+//!
+//! Every test works in a Nix store of its own (`local?root=`): no root needed.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+mod harness;
 
 use std::io::{Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
@@ -17,22 +19,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bento::nix::pathinfo::PathInfoError;
 use bento::nix::store::{self, StorePath};
-use common::{Drv, Nix};
+use harness::nix::{Drv, Nix, nonce};
 
 #[test]
 fn a_derivation_is_answered_for_itself_and_an_output_for_itself() {
-    if !common::root_or_skip("a_derivation_is_answered_for_itself") {
-        return;
-    }
-    let nix = Nix::new();
-    let nonce = common::nonce();
-    let built = nix.build(
-        &[
-            Drv::new("dep", "echo dep > $out"),
-            Drv::new("top", "echo $dep > $out").dep("dep"),
-        ],
-        Some(&nonce),
-    );
+    let nix = Nix::chroot();
+    let built = nix.build(&[
+        Drv::new("dep", "echo dep > $out"),
+        Drv::new("top", "echo $dep > $out").dep("dep"),
+    ]);
     let top_drv = nix
         .run(
             nix.cmd("nix-store")
@@ -44,7 +39,7 @@ fn a_derivation_is_answered_for_itself_and_an_output_for_itself() {
 
     // Asked about both at once, the answer is about both, each for itself.
     let mut infos = nix
-        .store(None)
+        .pathinfo()
         .query(&[top_drv.clone(), top.clone()])
         .unwrap();
     infos.sort_by(|a, b| a.path.cmp(&b.path));
@@ -63,7 +58,7 @@ fn a_derivation_is_answered_for_itself_and_an_output_for_itself() {
     // The closure of a derivation is its build closure (derivations and sources), not
     // the closure of its outputs.
     let closure = nix
-        .store(None)
+        .pathinfo()
         .closure(std::slice::from_ref(&top_drv))
         .unwrap();
     let names: Vec<&str> = closure.iter().map(|i| i.path.name()).collect();
@@ -74,10 +69,7 @@ fn a_derivation_is_answered_for_itself_and_an_output_for_itself() {
 
 #[test]
 fn a_derivation_whose_outputs_were_never_built_is_still_valid() {
-    if !common::root_or_skip("a_derivation_whose_outputs_were_never_built_is_still_valid") {
-        return;
-    }
-    let nix = Nix::new();
+    let nix = Nix::chroot();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("unbuilt.nix");
     std::fs::write(
@@ -85,14 +77,13 @@ fn a_derivation_whose_outputs_were_never_built_is_still_valid() {
         format!(
             "derivation {{ name = \"unbuilt\"; system = builtins.currentSystem; \
              builder = \"/bin/sh\"; args = [ \"-c\" \"exit 1\" ]; n = \"{}\"; }}",
-            common::nonce()
+            nonce()
         ),
     )
     .unwrap();
     let drv = nix.run(nix.cmd("nix-instantiate").arg(&file)).stdout_text();
-    let _cleanup = common::DeleteOnDrop(vec![drv.clone()]);
     let drv = store::parse(&drv).unwrap();
-    let infos = nix.store(None).query(std::slice::from_ref(&drv)).unwrap();
+    let infos = nix.pathinfo().query(std::slice::from_ref(&drv)).unwrap();
     assert_eq!(infos.len(), 1);
     assert_eq!(infos[0].path, drv);
 }
@@ -131,10 +122,11 @@ impl CountingSubstituter {
         }
     }
 
-    fn nix_config(&self) -> String {
+    /// `nix`'s settings with this substituter added.
+    fn nix_config(&self, nix: &Nix) -> String {
         format!(
             "{}\nsubstituters = http://127.0.0.1:{}\nconnect-timeout = 5",
-            common::NIX_CONFIG,
+            nix.config(),
             self.port
         )
     }
@@ -157,17 +149,16 @@ impl Drop for CountingSubstituter {
 
 #[test]
 fn a_missing_path_is_not_valid_and_no_substituter_is_asked() {
-    if !common::root_or_skip("a_missing_path_is_not_valid_and_no_substituter_is_asked") {
-        return;
-    }
-    let nix = Nix::new();
+    let nix = Nix::chroot();
     let substituter = CountingSubstituter::start();
     let missing: StorePath =
         store::parse(&format!("/nix/store/{}-missing", "0".repeat(32))).unwrap();
     let missing_drv: StorePath =
         store::parse(&format!("/nix/store/{}-missing.drv", "1".repeat(32))).unwrap();
 
-    let queries = nix.store(None).env("NIX_CONFIG", substituter.nix_config());
+    let queries = nix
+        .pathinfo()
+        .env("NIX_CONFIG", substituter.nix_config(&nix));
     for path in [&missing, &missing_drv] {
         match queries.query(std::slice::from_ref(path)) {
             Err(PathInfoError::NotValid(p)) => assert_eq!(p, store::render(path)),
@@ -185,7 +176,7 @@ fn a_missing_path_is_not_valid_and_no_substituter_is_asked() {
     let out = nix.run(
         nix.nix()
             .args(["path-info", "--json", &store::render(&missing)])
-            .env("NIX_CONFIG", substituter.nix_config()),
+            .env("NIX_CONFIG", substituter.nix_config(&nix)),
     );
     assert!(out.stdout_text().contains("\"valid\":false"));
     assert!(substituter.requests() > 0, "the control did not reach it");

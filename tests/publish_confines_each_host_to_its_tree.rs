@@ -5,12 +5,13 @@
 //! only: no overwrite, delete, rename, mkdir, chmod or link, and no upload past the cap.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod publish_harness;
+mod harness;
 
 use std::os::unix::fs::symlink;
 
 use bento::sftp::server::SftpConfig;
-use publish_harness::{Fleet, failure_text, publish_config, status_of};
+use harness::ran::failure_text;
+use harness::servers::{SftpServer, sftp_config, status_of};
 use russh_sftp::protocol::{FileAttributes, OpenFlags, StatusCode};
 
 const CAP: u64 = 64 * 1024;
@@ -18,42 +19,46 @@ const CAP: u64 = 64 * 1024;
 /// What no download may ever contain.
 const POISON: [&str; 2] = ["root:x:0:0", "POISON-WEB2"];
 
-async fn fleet() -> Fleet {
-    let fleet = Fleet::start_with(
+async fn server() -> SftpServer {
+    let server = SftpServer::start_with(
         &["web1", "web2", "web3", "web4"],
         SftpConfig {
             max_report_bytes: CAP,
-            ..publish_config()
+            ..sftp_config()
         },
     )
     .await;
-    fleet.write_release("web1", 1);
-    std::fs::create_dir_all(fleet.host_dir("web2")).unwrap();
-    std::fs::write(fleet.host_dir("web2").join("release"), "POISON-WEB2\n").unwrap();
-    fleet.write_file("web1", "own.txt", b"web1 file\n");
-    let files = fleet.host_dir("web1").join("files");
+    server.dir.publish_made_up("web1", 1);
+    std::fs::create_dir_all(server.dir.host_dir("web2")).unwrap();
+    std::fs::write(server.dir.host_dir("web2").join("release"), "POISON-WEB2\n").unwrap();
+    server.dir.write_file("web1", "own.txt", b"web1 file\n");
+    let files = server.dir.host_dir("web1").join("files");
     symlink("/etc/passwd", files.join("passwd")).unwrap();
     symlink("../../web2/release", files.join("web2-release")).unwrap();
     symlink("../../web2", files.join("web2-dir")).unwrap();
     symlink("/proc/self/root/etc/passwd", files.join("proc")).unwrap();
     symlink("../release", files.join("own-link")).unwrap();
     // web3's release is a symlink to web2's; web4's whole directory is one.
-    std::fs::create_dir_all(fleet.host_dir("web3")).unwrap();
-    symlink("../web2/release", fleet.host_dir("web3").join("release")).unwrap();
-    symlink("web2", fleet.host_dir("web4")).unwrap();
-    fleet
+    std::fs::create_dir_all(server.dir.host_dir("web3")).unwrap();
+    symlink(
+        "../web2/release",
+        server.dir.host_dir("web3").join("release"),
+    )
+    .unwrap();
+    symlink("web2", server.dir.host_dir("web4")).unwrap();
+    server
 }
 
 #[tokio::test]
 async fn stock_sftp_cannot_leave_or_alter_the_tree() {
-    let fleet = fleet().await;
-    let key = fleet.key("web1");
-    let local = fleet.tmp.path().join("local.txt");
+    let server = server().await;
+    let key = server.key("web1");
+    let local = server.dir.scratch().join("local.txt");
     std::fs::write(&local, b"upload\n").unwrap();
-    let big = fleet.tmp.path().join("big.bin");
+    let big = server.dir.scratch().join("big.bin");
     std::fs::write(&big, vec![7u8; 4 * CAP as usize]).unwrap();
     // A report to attack.
-    fleet
+    server
         .sftp_batch(
             "web1",
             key,
@@ -62,7 +67,7 @@ async fn stock_sftp_cannot_leave_or_alter_the_tree() {
         .await
         .expect("first upload of r1");
 
-    let out = |n: usize| fleet.tmp.path().join(format!("got-{n}"));
+    let out = |n: usize| server.dir.scratch().join(format!("got-{n}"));
     // (command, what it tries, what the stock client must say)
     let attempts: Vec<(String, &str, &str)> = vec![
         (
@@ -168,7 +173,9 @@ async fn stock_sftp_cannot_leave_or_alter_the_tree() {
     ];
     for (command, what, says) in &attempts {
         let err = failure_text(
-            fleet.sftp_batch("web1", key, &format!("{command}\n")).await,
+            server
+                .sftp_batch("web1", key, &format!("{command}\n"))
+                .await,
             what,
         );
         assert!(err.contains(says), "{what}: expected {says:?} in {err}");
@@ -182,20 +189,20 @@ async fn stock_sftp_cannot_leave_or_alter_the_tree() {
         }
     }
     assert_eq!(
-        std::fs::read(fleet.host_dir("web1").join("reports/r1")).unwrap(),
+        std::fs::read(server.dir.host_dir("web1").join("reports/r1")).unwrap(),
         b"upload\n",
         "r1 untouched"
     );
     assert_eq!(
-        fleet.reports_on_disk("web1"),
+        server.dir.reports_on_disk("web1"),
         vec!["r1"],
         "no partial upload left"
     );
-    assert!(fleet.host_dir("web1").join("release").is_file());
+    assert!(server.dir.host_dir("web1").join("release").is_file());
 
     // Positive controls: a symlink inside the tree is followed, listing works.
-    let own = fleet.tmp.path().join("own");
-    let listing = fleet
+    let own = server.dir.scratch().join("own");
+    let listing = server
         .sftp_batch(
             "web1",
             key,
@@ -203,23 +210,25 @@ async fn stock_sftp_cannot_leave_or_alter_the_tree() {
         )
         .await
         .unwrap();
-    assert!(
-        std::fs::read_to_string(&own)
+    let own_release = std::fs::read(&own).unwrap();
+    assert_eq!(
+        bento::release::Release::parse_untrusted(&own_release)
             .unwrap()
-            .contains("\"host\":\"web1\"")
+            .host,
+        "web1"
     );
     let listing = String::from_utf8_lossy(&listing.stdout);
     assert!(
         listing.contains("own.txt") && listing.contains("passwd"),
         "{listing}"
     );
-    fleet.stop().await;
+    server.stop().await;
 }
 
 #[tokio::test]
 async fn rust_client_gets_the_same_refusals() {
-    let fleet = fleet().await;
-    let s = fleet.client("web1").await.unwrap();
+    let server = server().await;
+    let s = server.client("web1").await.unwrap();
     s.upload_report("r1", b"first").await.unwrap();
 
     let open_read = |path: &'static str| {
@@ -301,12 +310,12 @@ async fn rust_client_gets_the_same_refusals() {
         .unwrap_err();
     assert!(err.to_string().contains("limit"), "{err}");
     assert_eq!(
-        fleet.reports_on_disk("web1"),
+        server.dir.reports_on_disk("web1"),
         vec!["r1"],
         "partial upload removed"
     );
     assert_eq!(
-        std::fs::read(fleet.host_dir("web1").join("reports/r1")).unwrap(),
+        std::fs::read(server.dir.host_dir("web1").join("reports/r1")).unwrap(),
         b"first"
     );
     // Exactly at the cap is fine.
@@ -317,13 +326,13 @@ async fn rust_client_gets_the_same_refusals() {
 
     // web3's release is a symlink to web2's, web4's directory is a link to web2's: refused.
     for host in ["web3", "web4"] {
-        let s = fleet.client(host).await.unwrap();
+        let s = server.client(host).await.unwrap();
         let err = s.read_release().await.unwrap_err();
         assert_eq!(status_of(&err), Some(PermissionDenied), "{host}: {err}");
         s.close().await;
     }
-    assert!(fleet.state.metrics().snapshot().requests_refused >= 15);
-    fleet.stop().await;
+    assert!(server.state.metrics().snapshot().requests_refused >= 15);
+    server.stop().await;
 }
 
 /// The status a raw request got (`Ok` when it succeeded).

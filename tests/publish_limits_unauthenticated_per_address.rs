@@ -3,13 +3,14 @@
 //! affected, and a connection that logs in gives its slot back.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod publish_harness;
+mod harness;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use bento::sftp::server::SftpConfig;
-use publish_harness::{Fleet, publish_config};
+use harness::ran::retry;
+use harness::servers::{SftpServer, sftp_config};
 use tokio::io::AsyncReadExt as _;
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -30,34 +31,34 @@ async fn silent_connection(source: [u8; 4], server: SocketAddr) -> (TcpStream, V
 
 #[tokio::test]
 async fn one_address_cannot_hold_every_slot_before_logging_in() {
-    let fleet = Fleet::start_with(
+    let server = SftpServer::start_with(
         &["web1"],
         SftpConfig {
             max_unauthenticated_per_ip: 3,
-            ..publish_config()
+            ..sftp_config()
         },
     )
     .await;
-    fleet.write_release("web1", 1);
+    server.dir.publish_made_up("web1", 1);
     let mut held = Vec::new();
     for _ in 0..3 {
-        let (stream, greeting) = silent_connection([127, 0, 0, 1], fleet.addr).await;
+        let (stream, greeting) = silent_connection([127, 0, 0, 1], server.addr).await;
         assert!(greeting.starts_with(b"SSH-2.0-bento"), "{greeting:?}");
         held.push(stream);
     }
-    let (_, greeting) = silent_connection([127, 0, 0, 1], fleet.addr).await;
+    let (_, greeting) = silent_connection([127, 0, 0, 1], server.addr).await;
     assert!(
         greeting.is_empty(),
         "a fourth silent connection from one address is closed at once: {greeting:?}"
     );
-    assert!(fleet.state.metrics().snapshot().connections_refused >= 1);
+    assert!(server.state.metrics().snapshot().connections_refused >= 1);
     assert!(
-        fleet.client("web1").await.is_err(),
+        server.client("web1").await.is_err(),
         "even a real host behind that address waits for a free slot"
     );
 
     // Another address has its own allowance.
-    let (other, greeting) = silent_connection([127, 0, 0, 2], fleet.addr).await;
+    let (other, greeting) = silent_connection([127, 0, 0, 2], server.addr).await;
     assert!(greeting.starts_with(b"SSH-2.0-bento"), "{greeting:?}");
 
     // A freed slot lets a host in, and its login gives the slot back: logins beyond the
@@ -65,22 +66,11 @@ async fn one_address_cannot_hold_every_slot_before_logging_in() {
     drop(held.pop());
     let mut logged_in = Vec::new();
     for _ in 0..3 {
-        let mut tries = 0;
-        let session = loop {
-            match fleet.client("web1").await {
-                Ok(s) => break s,
-                // The dropped connection's slot comes back when the server notices the close.
-                Err(e) if tries < 50 => {
-                    tries += 1;
-                    let _ = e;
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(e) => panic!("web1 cannot log in: {e}"),
-            }
-        };
+        // The dropped connection's slot comes back when the server notices the close.
+        let session = retry("web1 cannot log in", || server.client("web1")).await;
         assert!(session.read_release().await.unwrap().is_some());
         logged_in.push(session);
     }
     drop((held, other, logged_in));
-    fleet.stop().await;
+    server.stop().await;
 }

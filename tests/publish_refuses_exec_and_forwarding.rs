@@ -3,47 +3,48 @@
 //! session stays usable for SFTP afterwards.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod publish_harness;
+mod harness;
 
 use std::sync::Arc;
 
-use publish_harness::{Fleet, failure_text};
+use harness::ran::failure_text;
+use harness::servers::SftpServer;
 
 #[tokio::test]
 async fn stock_ssh_cannot_exec_or_forward() {
-    let fleet = Fleet::start(&["web1"]).await;
-    let key = fleet.key("web1");
-    let marker = fleet.tmp.path().join("exec-ran");
+    let server = SftpServer::start(&["web1"]).await;
+    let key = server.key("web1");
+    let marker = server.dir.scratch().join("exec-ran");
     let touch = format!("touch {}", marker.display());
 
-    let err = failure_text(fleet.ssh("web1", key, &[], &["true"]).await, "exec");
+    let err = failure_text(server.ssh("web1", key, &[], &["true"]).await, "exec");
     assert!(err.contains("exec request failed"), "{err}");
-    let err = failure_text(fleet.ssh("web1", key, &[], &[&touch]).await, "exec touch");
+    let err = failure_text(server.ssh("web1", key, &[], &[&touch]).await, "exec touch");
     assert!(err.contains("exec request failed"), "{err}");
     assert!(!marker.exists(), "the command must not have run");
 
-    let err = failure_text(fleet.ssh("web1", key, &["-tt"], &[]).await, "a pty");
+    let err = failure_text(server.ssh("web1", key, &["-tt"], &[]).await, "a pty");
     assert!(err.contains("PTY allocation request failed"), "{err}");
-    let err = failure_text(fleet.ssh("web1", key, &["-T"], &[]).await, "a shell");
+    let err = failure_text(server.ssh("web1", key, &["-T"], &[]).await, "a shell");
     assert!(err.contains("shell request failed"), "{err}");
 
     let err = failure_text(
-        fleet.ssh("web1", key, &["-s"], &["netconf"]).await,
+        server.ssh("web1", key, &["-s"], &["netconf"]).await,
         "another subsystem",
     );
     assert!(err.contains("subsystem request failed"), "{err}");
 
     // Stdio forwarding (-W) opens a direct-tcpip channel right away.
-    let target = format!("127.0.0.1:{}", fleet.addr.port());
+    let target = format!("127.0.0.1:{}", server.addr.port());
     let err = failure_text(
-        fleet.ssh("web1", key, &["-W", &target], &[]).await,
+        server.ssh("web1", key, &["-W", &target], &[]).await,
         "stdio forwarding",
     );
     assert!(err.contains("administratively prohibited"), "{err}");
 
     // Remote forwarding is refused when requested.
     let err = failure_text(
-        fleet
+        server
             .ssh(
                 "web1",
                 key,
@@ -60,19 +61,19 @@ async fn stock_ssh_cannot_exec_or_forward() {
         "remote forwarding",
     );
     assert!(err.contains("remote port forwarding failed"), "{err}");
-    assert!(fleet.state.metrics().snapshot().requests_refused >= 6);
-    fleet.stop().await;
+    assert!(server.state.metrics().snapshot().requests_refused >= 6);
+    server.stop().await;
 }
 
 #[tokio::test]
 async fn forwarding_channels_are_refused_and_sftp_still_works() {
-    let fleet = Fleet::start(&["web1"]).await;
-    fleet.write_release("web1", 4);
-    let key = russh::keys::load_secret_key(fleet.key("web1"), None).unwrap();
-    let pinned = bento::sftp::client::parse_pinned_key(&fleet.pinned).unwrap();
+    let server = SftpServer::start(&["web1"]).await;
+    server.dir.publish_made_up("web1", 4);
+    let key = russh::keys::load_secret_key(server.key("web1"), None).unwrap();
+    let pinned = bento::sftp::client::parse_pinned_key(&server.pinned).unwrap();
     let mut ssh = russh::client::connect(
         Arc::new(russh::client::Config::default()),
-        fleet.addr,
+        server.addr,
         Pin(pinned),
     )
     .await
@@ -130,8 +131,13 @@ async fn forwarding_channels_are_refused_and_sftp_still_works() {
         .await
         .unwrap();
     let release = sftp.read("/release").await.unwrap();
-    assert!(String::from_utf8_lossy(&release).contains("\"generation\":4"));
-    fleet.stop().await;
+    assert_eq!(
+        bento::release::Release::parse_untrusted(&release)
+            .unwrap()
+            .generation,
+        4
+    );
+    server.stop().await;
 }
 
 struct Pin(russh::keys::PublicKey);

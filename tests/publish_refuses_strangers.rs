@@ -3,72 +3,79 @@
 //! whose host key is not the pinned one.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod publish_harness;
+mod harness;
 
 use std::sync::Arc;
 
 use bento::sftp::client::ClientError;
-use publish_harness::{AcceptAny, Fleet, failure_text};
+use harness::ran::failure_text;
+use harness::servers::{AcceptAny, SftpServer};
 
 #[tokio::test]
 async fn another_hosts_user_or_an_unknown_key_is_refused() {
-    let fleet = Fleet::start(&["web1", "web2"]).await;
-    fleet.write_release("web1", 1);
-    fleet.write_release("web2", 2);
-    let stranger = fleet.stranger_key("stranger");
-    let get = format!("get /release {}\n", fleet.tmp.path().join("x").display());
+    let server = SftpServer::start(&["web1", "web2"]).await;
+    server.dir.publish_made_up("web1", 1);
+    server.dir.publish_made_up("web2", 2);
+    let stranger = server.stranger_key("stranger");
+    let get = format!(
+        "get /release {}\n",
+        server.dir.scratch().join("x").display()
+    );
 
     // web1's key, user web2: stock client and ours.
     let err = failure_text(
-        fleet.sftp_batch("web2", fleet.key("web1"), &get).await,
+        server.sftp_batch("web2", server.key("web1"), &get).await,
         "web1's key as web2",
     );
     assert!(err.contains("Permission denied"), "{err}");
-    let err = fleet
-        .client_with("web2", fleet.key("web1"))
+    let err = server
+        .client_with("web2", server.key("web1"))
         .await
         .unwrap_err();
     assert!(matches!(err, ClientError::AuthRefused { .. }), "{err}");
 
     // An unknown key as web1.
     let err = failure_text(
-        fleet.sftp_batch("web1", &stranger, &get).await,
+        server.sftp_batch("web1", &stranger, &get).await,
         "unknown key",
     );
     assert!(err.contains("Permission denied"), "{err}");
-    let err = fleet.client_with("web1", &stranger).await.unwrap_err();
+    let err = server.client_with("web1", &stranger).await.unwrap_err();
     assert!(matches!(err, ClientError::AuthRefused { .. }), "{err}");
 
     // A user that is no host at all.
-    let err = fleet
-        .client_with("root", fleet.key("web1"))
+    let err = server
+        .client_with("root", server.key("web1"))
         .await
         .unwrap_err();
     assert!(matches!(err, ClientError::AuthRefused { .. }), "{err}");
 
     // Positive control: the right key as the right host works, with both clients.
-    fleet
-        .sftp_batch("web1", fleet.key("web1"), &get)
+    server
+        .sftp_batch("web1", server.key("web1"), &get)
         .await
         .expect("web1 with its own key");
-    assert!(fleet.client("web2").await.is_ok());
-    let got = std::fs::read_to_string(fleet.tmp.path().join("x")).unwrap();
-    assert!(got.contains("\"host\":\"web1\""), "{got}");
-    assert!(fleet.state.metrics().snapshot().auth_failures >= 4);
-    fleet.stop().await;
+    assert!(server.client("web2").await.is_ok());
+    let got = std::fs::read(server.dir.scratch().join("x")).unwrap();
+    assert_eq!(
+        bento::release::Release::parse_untrusted(&got).unwrap().host,
+        "web1"
+    );
+    assert!(server.state.metrics().snapshot().auth_failures >= 4);
+    server.stop().await;
 }
 
 #[tokio::test]
 async fn password_and_keyboard_interactive_are_refused() {
-    let fleet = Fleet::start(&["web1"]).await;
+    let server = SftpServer::start(&["web1"]).await;
 
     // OpenSSH sees only "publickey" offered and gives up on password/keyboard-interactive.
     for method in ["password", "keyboard-interactive"] {
         let err = failure_text(
-            fleet
+            server
                 .ssh(
                     "web1",
-                    fleet.key("web1"),
+                    server.key("web1"),
                     &[
                         "-o",
                         &format!("PreferredAuthentications={method}"),
@@ -89,8 +96,8 @@ async fn password_and_keyboard_interactive_are_refused() {
     }
 
     // Our side does not merely not advertise them: a client that sends them anyway is refused.
-    let failures_before = fleet.state.metrics().snapshot().auth_failures;
-    let mut ssh = raw_ssh(&fleet).await;
+    let failures_before = server.state.metrics().snapshot().auth_failures;
+    let mut ssh = raw_ssh(&server).await;
     let r = ssh.authenticate_password("web1", "hunter2").await.unwrap();
     assert!(!r.success(), "password accepted: {r:?}");
     let r = ssh
@@ -115,19 +122,19 @@ async fn password_and_keyboard_interactive_are_refused() {
         }
         other => panic!("empty password accepted: {other:?}"),
     }
-    assert!(fleet.state.metrics().snapshot().auth_failures >= failures_before + 3);
-    fleet.stop().await;
+    assert!(server.state.metrics().snapshot().auth_failures >= failures_before + 3);
+    server.stop().await;
 }
 
 #[tokio::test]
 async fn clients_refuse_a_server_with_another_host_key() {
-    let fleet = Fleet::start(&["web1"]).await;
+    let server = SftpServer::start(&["web1"]).await;
     let other = bento::sftp::server::HostKey::generate();
 
     let err = bento::sftp::client::connect(
-        fleet.addr,
+        server.addr,
         "web1",
-        fleet.key("web1"),
+        server.key("web1"),
         &other.public_openssh(),
     )
     .await
@@ -135,20 +142,20 @@ async fn clients_refuse_a_server_with_another_host_key() {
     assert!(matches!(err, ClientError::HostKeyMismatch { .. }), "{err}");
     assert!(
         err.to_string()
-            .contains(&fleet.state.host_key().fingerprint()),
+            .contains(&server.state.host_key().fingerprint()),
         "{err}"
     );
 
-    let wrong_known_hosts = fleet.tmp.path().join("wrong_known_hosts");
+    let wrong_known_hosts = server.dir.scratch().join("wrong_known_hosts");
     std::fs::write(
         &wrong_known_hosts,
         format!(
             "{}\n",
-            other.known_hosts_line("127.0.0.1", fleet.addr.port())
+            other.known_hosts_line("127.0.0.1", server.addr.port())
         ),
     )
     .unwrap();
-    let mut opts = fleet.ssh_options(fleet.key("web1"));
+    let mut opts = server.ssh_options(server.key("web1"));
     for o in opts.iter_mut() {
         if o.starts_with("UserKnownHostsFile=") {
             *o = format!("UserKnownHostsFile={}", wrong_known_hosts.display());
@@ -157,7 +164,7 @@ async fn clients_refuse_a_server_with_another_host_key() {
     let err = bento::nix::cmd::Command::new("sftp")
         .args(["-b", "/dev/null"])
         .args(opts)
-        .args(["-P", &fleet.addr.port().to_string(), "web1@127.0.0.1"])
+        .args(["-P", &server.addr.port().to_string(), "web1@127.0.0.1"])
         .run_async()
         .await
         .unwrap_err()
@@ -165,23 +172,23 @@ async fn clients_refuse_a_server_with_another_host_key() {
     assert!(err.contains("Host key verification failed"), "{err}");
 
     // Positive control: the printed key (also as a known_hosts line) is accepted.
-    let line = fleet
+    let line = server
         .state
         .host_key()
-        .known_hosts_line("127.0.0.1", fleet.addr.port());
+        .known_hosts_line("127.0.0.1", server.addr.port());
     assert!(
-        bento::sftp::client::connect(fleet.addr, "web1", fleet.key("web1"), &line)
+        bento::sftp::client::connect(server.addr, "web1", server.key("web1"), &line)
             .await
             .is_ok()
     );
-    fleet.stop().await;
+    server.stop().await;
 }
 
 /// A bare russh client connection, not yet authenticated.
-async fn raw_ssh(fleet: &Fleet) -> russh::client::Handle<AcceptAny> {
+async fn raw_ssh(server: &SftpServer) -> russh::client::Handle<AcceptAny> {
     russh::client::connect(
         Arc::new(russh::client::Config::default()),
-        fleet.addr,
+        server.addr,
         AcceptAny,
     )
     .await

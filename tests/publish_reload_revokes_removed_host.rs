@@ -4,23 +4,24 @@
 //! keeps working.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod publish_harness;
+mod harness;
 
 use std::time::Duration;
 
 use bento::sftp::client::ClientError;
-use publish_harness::{Fleet, public_key_line, ssh_keygen};
+use harness::keys::{public_key_line, ssh_keygen};
+use harness::servers::SftpServer;
 
 #[tokio::test]
 async fn removed_host_loses_access_others_keep_their_sessions() {
-    let fleet = Fleet::start(&["web1", "web2", "db1"]).await;
-    fleet.write_release("web1", 1);
-    fleet.write_release("web2", 1);
-    fleet.write_release("db1", 1);
+    let server = SftpServer::start(&["web1", "web2", "db1"]).await;
+    server.dir.publish_made_up("web1", 1);
+    server.dir.publish_made_up("web2", 1);
+    server.dir.publish_made_up("db1", 1);
 
-    let web1 = fleet.client("web1").await.unwrap();
-    let web2 = fleet.client("web2").await.unwrap();
-    let db1 = fleet.client("db1").await.unwrap();
+    let web1 = server.client("web1").await.unwrap();
+    let web2 = server.client("web2").await.unwrap();
+    let db1 = server.client("db1").await.unwrap();
     assert!(web2.read_release().await.unwrap().is_some());
     // web1 waits for a release across the reload.
     let waiting = tokio::spawn(async move {
@@ -30,23 +31,23 @@ async fn removed_host_loses_access_others_keep_their_sessions() {
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     // Remove web2; replace db1's key.
-    let new_db1_key = ssh_keygen(&fleet.tmp.path().join("keys"), "db1-new");
+    let new_db1_key = ssh_keygen(&server.dir.scratch().join("keys"), "db1-new");
     let hosts = bento::sftp::server::HostKeys::parse([
-        ("web1", vec![public_key_line(fleet.key("web1"))]),
+        ("web1", vec![public_key_line(server.key("web1"))]),
         ("db1", vec![public_key_line(&new_db1_key)]),
     ])
     .unwrap();
-    let summary = fleet.state.reload(hosts);
+    let summary = server.state.reload(hosts);
     assert_eq!(summary.removed, vec!["web2"]);
     assert_eq!(summary.changed, vec!["db1"]);
 
     // web2's and db1's open sessions are cut at once, without waiting for their next request.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while fleet.state.sessions_of("web2") + fleet.state.sessions_of("db1") > 0 {
+    while server.state.sessions_of("web2") + server.state.sessions_of("db1") > 0 {
         assert!(tokio::time::Instant::now() < deadline, "sessions not cut");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(fleet.state.sessions_of("web1"), 1);
+    assert_eq!(server.state.sessions_of("web1"), 1);
     for (name, s) in [("web2", &web2), ("db1", &db1)] {
         let r = tokio::time::timeout(Duration::from_secs(20), s.read_release()).await;
         assert!(
@@ -55,31 +56,36 @@ async fn removed_host_loses_access_others_keep_their_sessions() {
         );
     }
     // ...and they cannot log in again with the old keys.
-    let err = fleet.client("web2").await.unwrap_err();
+    let err = server.client("web2").await.unwrap_err();
     assert!(matches!(err, ClientError::AuthRefused { .. }), "{err}");
-    let err = fleet.client("db1").await.unwrap_err();
+    let err = server.client("db1").await.unwrap_err();
     assert!(matches!(err, ClientError::AuthRefused { .. }), "{err}");
     // db1's new key works.
-    let db1_new = fleet.client_with("db1", &new_db1_key).await.unwrap();
+    let db1_new = server.client_with("db1", &new_db1_key).await.unwrap();
     assert!(db1_new.read_release().await.unwrap().is_some());
 
     // web1's session, waiting all along, is told of its new release.
-    fleet.write_release("web1", 2);
-    fleet.state.notify_release_changed("web1");
+    server.dir.publish_made_up("web1", 2);
+    server.state.notify_release_changed("web1");
     let (told, web1) = tokio::time::timeout(Duration::from_secs(30), waiting)
         .await
         .expect("web1 told within 30 s")
         .unwrap();
     assert_eq!(told.unwrap(), Some(2));
     let release = web1.read_release().await.unwrap().unwrap();
-    assert!(String::from_utf8_lossy(&release).contains("\"generation\":2"));
-    assert!(fleet.state.metrics().snapshot().revoked_disconnects >= 2);
+    assert_eq!(
+        bento::release::Release::parse_untrusted(&release)
+            .unwrap()
+            .generation,
+        2
+    );
+    assert!(server.state.metrics().snapshot().revoked_disconnects >= 2);
 
     // Adding web2 back lets it in again.
-    fleet.state.reload(fleet.host_keys(&["web1", "web2"]));
-    let again = fleet.client("web2").await.unwrap();
+    server.state.reload(server.host_keys(&["web1", "web2"]));
+    let again = server.client("web2").await.unwrap();
     assert!(again.read_release().await.unwrap().is_some());
     // ...and web1's session survived that reload too.
     assert!(web1.read_release().await.unwrap().is_some());
-    fleet.stop().await;
+    server.stop().await;
 }

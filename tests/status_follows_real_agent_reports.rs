@@ -17,7 +17,8 @@ use bento::release::Release;
 use bento::status::{self, HostState};
 use harness::fake::{self, Behaviour};
 use harness::net::Net;
-use harness::server::{Server, agent_once, spawn_agent_once, wait_for};
+use harness::ran::wait_for;
+use harness::scene::{Server, agent_once, spawn_agent_once};
 
 const HOSTS: [&str; 9] = [
     "good",
@@ -39,27 +40,27 @@ fn state_of(state: &StateDir, host: &str) -> HostState {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn states_follow_what_real_agents_report() {
-    if !harness::can_use_namespaces() {
+    if !harness::needs_root("network and mount namespaces, the machine's Nix store") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
     let net = Net::new();
     let mut all = HOSTS.to_vec();
     all.push("unreleased");
-    let mut server = Server::start(tmp.path(), &net, &all).await;
-    let state = StateDir::new(&server.state_dir);
+    let mut server = Server::start(&net, &all).await;
+    let state = StateDir::new(&server.dir.state);
     let salt = "status";
     let mut hosts = Vec::new();
     for (i, name) in HOSTS.iter().enumerate() {
         let h = net.host(name, i as u8 + 1, &tmp.path().join(name));
-        let g1 = fake::build(tmp.path(), name, 1, &Behaviour::Good, salt);
+        let g1 = fake::build(name, 1, &Behaviour::Good, salt);
         h.install(&g1);
         hosts.push(h);
     }
     let host = |name: &str| hosts.iter().find(|h| h.name == name).unwrap();
 
     // Before anything: released hosts are never-seen; a host without release not-deployed.
-    let good_g2 = fake::build(tmp.path(), "good", 2, &Behaviour::Good, salt);
+    let good_g2 = fake::build("good", 2, &Behaviour::Good, salt);
     server.publish_release("good", 2, &good_g2).await;
     assert_eq!(state_of(&state, "good"), HostState::NeverSeen);
     assert_eq!(state_of(&state, "unreleased"), HostState::NotDeployed);
@@ -90,21 +91,22 @@ async fn states_follow_what_real_agents_report() {
 
     // later: applied g2, then g3 is published before the agent looks again → pending,
     // although its newest report (about g2) says "applied".
-    let later_g2 = fake::build(tmp.path(), "later", 2, &Behaviour::Good, salt);
+    let later_g2 = fake::build("later", 2, &Behaviour::Good, salt);
     server.publish_release("later", 2, &later_g2).await;
     let config = server.agent_config(host("later"), "");
     let (code, log) = agent_once(host("later"), &config).await;
     assert_eq!(code, 0, "{log}");
     assert_eq!(state_of(&state, "later"), HostState::UpToDate);
-    let later_g3 = fake::build(tmp.path(), "later", 3, &Behaviour::Good, salt);
+    let later_g3 = fake::build("later", 3, &Behaviour::Good, salt);
     server.publish_release("later", 3, &later_g3).await;
     let s = status::collect_host(&state, "later", bento::clock::unix_now(), 300).unwrap();
     assert_eq!(s.state, HostState::Pending, "{s:?}");
     assert_eq!(s.last_report.as_ref().unwrap().outcome, "applied");
     assert_eq!(s.desired.as_ref().unwrap().generation, 3);
 
-    // slow: activation takes a while → deploying meanwhile, then up-to-date.
-    let slow_g2 = fake::build(tmp.path(), "slow", 2, &Behaviour::Sleep(4), salt);
+    // slow: activation runs until the test lets it finish → deploying meanwhile, then
+    // up-to-date.
+    let slow_g2 = fake::build("slow", 2, &Behaviour::Hold, salt);
     server.publish_release("slow", 2, &slow_g2).await;
     let config = server.agent_config(host("slow"), "");
     let agent = spawn_agent_once(host("slow"), &config);
@@ -113,6 +115,7 @@ async fn states_follow_what_real_agents_report() {
         "never deploying: {:?}",
         state_of(&state, "slow")
     );
+    host("slow").release_hold();
     let out = agent.wait_with_output().await.unwrap();
     assert_eq!(
         out.status.code(),
@@ -123,7 +126,7 @@ async fn states_follow_what_real_agents_report() {
     assert_eq!(state_of(&state, "slow"), HostState::UpToDate);
 
     // unhealthy: health checks fail → unconfirmed while it retries, then rolled-back.
-    let unhealthy_g2 = fake::build(tmp.path(), "unhealthy", 2, &Behaviour::Good, salt);
+    let unhealthy_g2 = fake::build("unhealthy", 2, &Behaviour::Good, salt);
     server.publish_release("unhealthy", 2, &unhealthy_g2).await;
     let config = server.agent_config(
         host("unhealthy"),
@@ -145,7 +148,7 @@ async fn states_follow_what_real_agents_report() {
     assert_eq!(s.current_generation, None, "g2 never applied");
 
     // broken: switch-to-configuration fails → activation-failed, with its reason.
-    let broken_g2 = fake::build(tmp.path(), "broken", 2, &Behaviour::FailActivation, salt);
+    let broken_g2 = fake::build("broken", 2, &Behaviour::FailActivation, salt);
     server.publish_release("broken", 2, &broken_g2).await;
     let config = server.agent_config(host("broken"), "");
     let (code, log) = agent_once(host("broken"), &config).await;
@@ -155,7 +158,7 @@ async fn states_follow_what_real_agents_report() {
     assert!(s.last_error.is_some(), "{s:?}");
 
     // forged: a release signed by another key → refused.
-    let forged_g2 = fake::build(tmp.path(), "forged", 2, &Behaviour::Good, salt);
+    let forged_g2 = fake::build("forged", 2, &Behaviour::Good, salt);
     let stranger = SecretKey::generate("other-fleet").unwrap();
     let forged = Release::sign("forged", 2, &forged_g2, 1_790_000_000, &stranger).unwrap();
     server.write_release("forged", &forged.to_bytes()).await;
@@ -174,13 +177,14 @@ async fn states_follow_what_real_agents_report() {
     assert_eq!(s.state, HostState::CopyFailed, "{s:?}\n{log}");
 
     // silent: released, its agent never ran → never-seen.
-    let silent_g2 = fake::build(tmp.path(), "silent", 2, &Behaviour::Good, salt);
+    let silent_g2 = fake::build("silent", 2, &Behaviour::Good, salt);
     server.publish_release("silent", 2, &silent_g2).await;
     assert_eq!(state_of(&state, "silent"), HostState::NeverSeen);
 
-    // outage: the server goes away during activation, so the agent rolls back and still
-    // cannot reach it; once the server is back the queued report says retry-later.
-    let outage_g2 = fake::build(tmp.path(), "outage", 2, &Behaviour::Sleep(2), salt);
+    // outage: the server goes away during activation (held until then), so the agent rolls
+    // back and still cannot reach it; once the server is back the queued report says
+    // retry-later.
+    let outage_g2 = fake::build("outage", 2, &Behaviour::Hold, salt);
     server.publish_release("outage", 2, &outage_g2).await;
     let config = server.agent_config(
         host("outage"),
@@ -192,7 +196,8 @@ async fn states_follow_what_real_agents_report() {
             == Some(outage_g2.as_str()))
         .await
     );
-    server.stop_sftp();
+    server.stop_sftp().await;
+    host("outage").release_hold();
     let out = agent.wait_with_output().await.unwrap();
     assert_eq!(
         out.status.code(),

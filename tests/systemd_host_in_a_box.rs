@@ -1,5 +1,5 @@
 //! The systemd host in a box is a real systemd host: each test boots its own Debian 12
-//! container (tests/systemd_box) and checks one thing the agent's tests will rely on:
+//! container (tests/harness/systemd) and checks one thing the agent's tests will rely on:
 //! systemd is PID 1 and up, `systemd-run --wait --pipe` passes output and exit status
 //! through and ends when its unit is stopped from outside, `Restart=always` restarts,
 //! Nix and the host-built `bento` run inside, the box reaches a server on the host side of
@@ -9,7 +9,7 @@
 //! (scripts/setup.sh); the first test on a machine builds the cached root (minutes).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod systemd_box;
+mod harness;
 
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::net::TcpListener;
@@ -17,11 +17,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use systemd_box::{SystemdBox, wait_for};
-
-/// The settings of scripts/nix-env.sh for the host's Nix.
-const NIX_CONFIG: &str = "experimental-features = nix-command flakes\nsandbox = false\n\
-                          build-users-group =\nsubstituters =\nwarn-dirty = false";
+use harness::nix::NIX_CONFIG;
+use harness::ran::poll;
+use harness::systemd::SystemdBox;
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -68,7 +66,7 @@ fn systemd_run_wait_pipe_passes_output_and_exit_status_through() {
             "echo hi; cat /proc/self/cgroup; echo oops >&2; exit 3",
         ],
     );
-    assert_eq!(out.code, Some(3), "{}", out.both());
+    assert_eq!(out.code, 3, "{}", out.both());
     assert!(out.stdout.starts_with("hi\n"), "{}", out.both());
     // It ran as the transient unit, not as a child of systemd-run.
     assert!(
@@ -97,19 +95,19 @@ fn restart_always_starts_a_killed_service_again() {
          Restart=always\nRestartSec=1\n",
     );
     b.ok("systemctl", &["start", unit]);
-    let first = wait_for("the service's first main PID", WAIT, || {
+    let first = poll("the service's first main PID", WAIT, || {
         Some(b.unit_property(unit, "MainPID")).filter(|p| p != "0")
     });
     assert_eq!(b.unit_property(unit, "NRestarts"), "0");
     // The shell's `kill`: minbase has no procps.
     b.ok("sh", &["-c", "kill -KILL \"$1\"", "sh", &first]);
-    let second = wait_for("the service to be started again", WAIT, || {
+    let second = poll("the service to be started again", WAIT, || {
         let pid = b.unit_property(unit, "MainPID");
         let active = b.unit_property(unit, "ActiveState") == "active";
         (active && pid != "0" && pid != first).then_some(pid)
     });
     assert_eq!(b.unit_property(unit, "NRestarts"), "1");
-    let journal = wait_for("both starts in the journal", WAIT, || {
+    let journal = poll("both starts in the journal", WAIT, || {
         let j = b.journal(unit);
         j.contains(&format!("started {second}")).then_some(j)
     });
@@ -139,7 +137,7 @@ fn a_transient_unit_stopped_from_outside_ends_the_waiting_systemd_run() {
         .spawn()
         .expect("start systemd-run");
     // MainPID is set at the fork, before the exec: wait for the sleep itself.
-    let pid = wait_for("the transient unit's sleep to run", WAIT, || {
+    let pid = poll("the transient unit's sleep to run", WAIT, || {
         let pid = b.unit_property(unit, "MainPID");
         let cmdline = b.run("cat", &[&format!("/proc/{pid}/cmdline")]).stdout;
         (pid != "0" && cmdline.ends_with("sleep\u{0}600\u{0}")).then_some(pid)
@@ -150,7 +148,7 @@ fn a_transient_unit_stopped_from_outside_ends_the_waiting_systemd_run() {
     );
 
     b.ok("systemctl", &["stop", unit]);
-    let status = wait_for("systemd-run to return after the stop", WAIT, || {
+    let status = poll("systemd-run to return after the stop", WAIT, || {
         waiting.try_wait().unwrap()
     });
     let out = waiting.wait_with_output().unwrap();
@@ -365,7 +363,7 @@ impl Traces {
     }
 
     fn assert_all_gone(&self) {
-        wait_for("the box's traces to go", Duration::from_secs(10), || {
+        poll("the box's traces to go", Duration::from_secs(10), || {
             self.present().is_empty().then_some(())
         });
     }

@@ -4,21 +4,9 @@
 //! verifying or fingerprinting it must not panic either.
 #![no_main]
 
-use std::sync::OnceLock;
-
 use bento::nix::narinfo;
-use bento::nix::{PublicKey, SecretKey};
+use bento_fuzz::key;
 use libfuzzer_sys::fuzz_target;
-
-/// A key whose name is one fuzzed inputs are likely to use after a few mutations.
-fn key() -> &'static (SecretKey, PublicKey) {
-    static KEY: OnceLock<(SecretKey, PublicKey)> = OnceLock::new();
-    KEY.get_or_init(|| {
-        let sk = SecretKey::generate("k").expect("valid name");
-        let pk = sk.public();
-        (sk, pk)
-    })
-}
 
 fuzz_target!(|data: &[u8]| {
     let Ok(info) = narinfo::parse(data) else {

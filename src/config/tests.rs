@@ -17,10 +17,17 @@ pub(crate) fn ssh_key(byte: u8) -> String {
     )
 }
 
+/// A directory of this test process (any user may run the unit tests, in parallel).
+fn unit_dir() -> std::path::PathBuf {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| tempfile::tempdir().unwrap())
+        .path()
+        .to_owned()
+}
+
 fn parse(text: &str) -> Result<Fleet, FleetFileError> {
     // The fleet file lives in a directory with a flake.nix, so flake hosts validate.
-    let dir = std::env::temp_dir().join("bento-config-unit");
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = unit_dir();
     std::fs::write(dir.join("flake.nix"), "{ outputs = _: {}; }").unwrap();
     Fleet::parse(text, &dir.join("bento.toml"))
 }
@@ -28,7 +35,7 @@ fn parse(text: &str) -> Result<Fleet, FleetFileError> {
 #[test]
 fn defaults_fill_everything_not_written() {
     let fleet = parse(&format!("[hosts.web1]\nssh_key = \"{}\"\n", ssh_key(1))).unwrap();
-    let dir = std::env::temp_dir().join("bento-config-unit");
+    let dir = unit_dir();
     assert_eq!(fleet.flake, dir.to_string_lossy());
     assert_eq!(fleet.state.root(), Path::new("/var/lib/bento"));
     assert_eq!(
@@ -50,7 +57,7 @@ fn defaults_fill_everything_not_written() {
 
 #[test]
 fn relative_paths_resolve_against_the_fleet_file() {
-    let dir = std::env::temp_dir().join("bento-config-unit");
+    let dir = unit_dir();
     std::fs::create_dir_all(dir.join("hosts")).unwrap();
     std::fs::write(dir.join("hosts/router.nix"), "{ }").unwrap();
     let text = format!(
@@ -288,7 +295,7 @@ fn delivered_files_default_to_root_only() {
     ))
     .unwrap();
     let files = &fleet.hosts["web1"].files;
-    let dir = std::env::temp_dir().join("bento-config-unit");
+    let dir = unit_dir();
     assert_eq!(files["db"].mode, 0o400);
     assert_eq!(files["db"].source, dir.join("flake.nix"));
     assert_eq!(files["tls.key"].mode, 0o440);

@@ -1,12 +1,15 @@
-//! Fake NixOS system closures: a store path with `bin/switch-to-configuration`,
-//! `nixos-version` and a dependency, whose activation script the test controls.
+//! Fake NixOS systems: a store path named `nixos-system-<host>-<generation>` with
+//! `bin/switch-to-configuration`, `nixos-version` and a dependency, whose activation the
+//! test controls. Activation records itself in `/run/activations` and points
+//! `/run/current-system` at the system, as NixOS does.
 
-use std::path::Path;
+use super::nix::{self, nix_system};
 
-use super::nix_system;
+/// The file in a host's `/run` that lets a [`Behaviour::Hold`] activation finish
+/// (`net::Host::release_hold` writes it).
+pub const HOLD_FILE: &str = "bento-test-release-hold";
 
-/// How a fake system's `switch-to-configuration` behaves, besides recording itself in
-/// `/run/activations` and pointing `/run/current-system` at itself (as NixOS does).
+/// How a fake system's `switch-to-configuration` behaves, besides recording itself.
 #[derive(Debug, Clone)]
 pub enum Behaviour {
     /// Activates fine.
@@ -16,8 +19,10 @@ pub enum Behaviour {
     /// Activates, then takes the host's network down (`ip link set eth0 down`); every
     /// system's script brings it up first, so a rollback restores it.
     BreakNetwork,
-    /// Activates, then sleeps this many seconds (for killing the agent mid-activation).
-    Sleep(u32),
+    /// Activates (the host runs it), then does not finish until the test says so
+    /// (`Host::release_hold`), at most 10 minutes: the test decides what happens while an
+    /// activation runs, instead of racing a sleep.
+    Hold,
     /// Activates, printing this many numbered lines (`activation line N of M`) to stdout
     /// first: a long log whose every line can be checked where it arrives.
     Chatty(u32),
@@ -32,15 +37,10 @@ pub enum Behaviour {
     NamesAgent(String),
 }
 
-/// A Nix expression for a fake system of `host` at `generation`; `salt` makes otherwise
-/// identical systems distinct.
-pub fn expression(host: &str, generation: u64, behaviour: &Behaviour, salt: &str) -> String {
-    expression_sized(host, generation, behaviour, salt, 0)
-}
-
-/// [`expression`], with an incompressible `blob_mib` MiB file in the system's dependency
-/// (none for 0), so that copying it takes a moment.
-pub fn expression_sized(
+/// A Nix expression for a fake system of `host` at `generation`, with an incompressible
+/// `blob_mib` MiB file in its dependency (none for 0); `salt` makes otherwise identical
+/// systems distinct.
+pub fn expression(
     host: &str,
     generation: u64,
     behaviour: &Behaviour,
@@ -54,7 +54,13 @@ pub fn expression_sized(
             String::new(),
         ),
         Behaviour::BreakNetwork => (String::new(), "ip link set eth0 down".to_owned()),
-        Behaviour::Sleep(s) => (String::new(), format!("sleep {s}")),
+        Behaviour::Hold => (
+            String::new(),
+            format!(
+                "i=0; while [ ! -e /run/{HOLD_FILE} ] && [ $i -lt 6000 ]; do sleep 0.1; \
+                 i=$((i+1)); done; rm -f /run/{HOLD_FILE}"
+            ),
+        ),
         Behaviour::Chatty(n) => (
             format!("for i in $(seq 1 {n}); do echo \"activation line $i of {n}\"; done"),
             String::new(),
@@ -98,7 +104,7 @@ let
   }};
   dep = mk "{host}-etc-{generation}" "mkdir $out; {blob}echo 'host {host} generation {generation} {salt}' > $out/motd";
   script = builtins.toFile "switch-to-configuration" {script:?};
-in mk "nixos-system-{host}-g{generation}" ''
+in mk "nixos-system-{host}-{generation}" ''
   mkdir -p $out/bin
   echo ${{dep}} > $out/etc-ref
   echo "{generation}" > $out/nixos-version
@@ -111,25 +117,19 @@ in mk "nixos-system-{host}-g{generation}" ''
     )
 }
 
-/// Builds a fake system in the server's store and returns its store path.
-pub fn build(dir: &Path, host: &str, generation: u64, behaviour: &Behaviour, salt: &str) -> String {
-    build_sized(dir, host, generation, behaviour, salt, 0)
+/// Builds a fake system in the machine's store and returns its store path.
+pub fn build(host: &str, generation: u64, behaviour: &Behaviour, salt: &str) -> String {
+    build_expression(&expression(host, generation, behaviour, salt, 0))
 }
 
-/// [`build`], with an incompressible `blob_mib` MiB file in a dependency (none for 0), so
-/// that copying it takes a moment.
-pub fn build_sized(
-    dir: &Path,
-    host: &str,
-    generation: u64,
-    behaviour: &Behaviour,
-    salt: &str,
-    blob_mib: u32,
-) -> String {
-    let file = dir.join(format!("{host}-g{generation}-{salt}.nix"));
-    let expr = expression_sized(host, generation, behaviour, salt, blob_mib);
-    std::fs::write(&file, expr).unwrap();
-    super::nix_build(&file).pop().unwrap()
+/// Builds an [`expression`] in the machine's store and returns its store path.
+pub fn build_expression(expr: &str) -> String {
+    // `nix::build` prefixes its `mk`; this expression brings its own.
+    let out = nix::command("nix-build")
+        .args(["--no-out-link", "-E", expr])
+        .run()
+        .unwrap_or_else(|e| panic!("{e}"));
+    out.stdout_text().lines().last().unwrap().to_owned()
 }
 
 /// What `/run/activations` holds after `switch-to-configuration switch` of each of

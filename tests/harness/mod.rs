@@ -1,77 +1,42 @@
-//! The fleet-in-a-box harness: simulated hosts on one machine, each a network namespace
-//! (its own `eth0` on a bridge of the test's own) plus a mount namespace in which its own
-//! directory is bound on `/nix` and `/run`, so it has its own Nix store, profiles and
-//! `/run/current-system`, and runs the real `bento agent`.
+//! The one harness of Bento's integration tests. Each test file declares `mod harness;` and
+//! uses what it needs; what a test needs from outside (Nix, OpenSSH, namespaces, the real
+//! `bento` binary) is made here, once, and removed when its guard drops, also when a test
+//! panics.
 //!
-//! Everything made here is removed when the guards drop, also when a test panics.
+//! - [`root`]: the rule for tests that need root: fail, naming why, unless
+//!   `BENTO_ALLOW_SKIP=1` allows a loud skip.
+//! - [`nix`]: the Nix settings every child process gets, builds of `/bin/sh` derivations
+//!   (no nixpkgs), Nix-made signing keys, and Nix stores of a test's own (usable without
+//!   root) as golden-data makers and as the judges of what Bento serves.
+//! - [`keys`]: SSH keys made by `ssh-keygen`.
+//! - [`ran`]: running processes and reading how they went; waiting for a condition.
+//! - [`net`]: simulated hosts, each a network namespace on a bridge of the test's own plus
+//!   a mount namespace with its own `/nix` and `/run`.
+//! - [`fake`]: fake NixOS systems whose `switch-to-configuration` the test controls.
+//! - [`servers`]: the server's state directory, and the binary cache and SFTP server run
+//!   in-process on a listener the test binds; [`http`] is a raw HTTP/1.1 client for them.
+//! - [`scene`]: one or more simulated hosts with both servers on their bridge, and the real
+//!   `bento agent` run inside a host.
+//! - [`systemd`]: a Debian container booted with systemd as PID 1 (the systemd host in a
+//!   box), for what the agent does with systemd.
+//! - [`repo`]: a configuration repository (a flake of fake hosts, `bento.toml`, the fleet
+//!   key) and the real `bento` binary run against it; [`serve`] runs `bento serve` as a
+//!   process; [`fleet`]: a whole fleet run by the real binaries.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod fake;
 pub mod fleet;
+pub mod http;
+pub mod keys;
 pub mod net;
-pub mod server;
-
-use std::path::Path;
-use std::process::Command;
+pub mod nix;
+pub mod ran;
+pub mod repo;
+pub mod root;
+pub mod scene;
+pub mod serve;
+pub mod servers;
+pub mod systemd;
 
 #[allow(unused_imports)] // each test binary uses some of them
-pub use support::{NIX_CONFIG, Ran, nix_system, public_key_line, publish_config, ssh_keygen};
-
-#[path = "../support/mod.rs"]
-mod support;
-
-/// A `Command` with the test Nix settings.
-pub fn cmd(program: &str) -> Command {
-    let mut c = Command::new(program);
-    c.env("NIX_CONFIG", NIX_CONFIG);
-    c
-}
-
-/// Runs a command, panicking with its stderr when it fails; returns stdout.
-pub fn run(c: &mut Command) -> String {
-    let out = c
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {c:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{c:?} failed ({}):\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-/// Pids of the processes (of any namespace: hosts' and boxes' included) whose command line
-/// contains `needle`; zombies and this process left out.
-pub fn processes_with(needle: &str) -> Vec<u32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(Result::ok)
-        .filter_map(|e| {
-            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
-            // Zombies wait for their reaper; they run nothing.
-            if stat.rsplit_once(") ")?.1.starts_with('Z') {
-                return None;
-            }
-            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
-            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            (cmd.contains(needle) && pid != std::process::id()).then_some(pid)
-        })
-        .collect()
-}
-
-/// Whether this process may create namespaces; tests that need them say loudly why they
-/// skip when it may not (CI runs as root and must run them).
-pub fn can_use_namespaces() -> bool {
-    support::root_or_skip(&support::current_test(), "network and mount namespaces")
-}
-
-/// `nix-build` of an expression file; returns the output paths.
-pub fn nix_build(file: &Path) -> Vec<String> {
-    run(cmd("nix-build").arg(file).arg("--no-out-link"))
-        .lines()
-        .map(str::to_owned)
-        .collect()
-}
+pub use root::needs_root;

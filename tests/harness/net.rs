@@ -1,9 +1,16 @@
-//! Network and mount namespaces for simulated hosts, removed on drop (also on panic).
+//! Simulated hosts on one machine: each a network namespace (its own `eth0` on a bridge
+//! of the test's own) plus, for each command run inside, a mount namespace in which the
+//! host's directory is bound on `/nix` and `/run`, so it has its own Nix store, profiles
+//! and `/run/current-system`. Namespaces, veth pairs and bridges are removed on drop (also
+//! on panic), with anything still running inside.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Child;
 
-use super::{NIX_CONFIG, cmd, run};
+use bento::nix::cmd::Command;
+
+use super::nix::{self, NIX_CONFIG};
+use super::ran::run;
 
 static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
@@ -21,24 +28,11 @@ impl Net {
         let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let pid = std::process::id() % 10000;
         let id = format!("b{pid}n{n}");
-        // Start from this process's own spot, then skip subnets some interface already uses
-        // (another test process, a demo). One bridge at a time in this process, so that two
-        // tests never both find the same subnet free.
+        // One bridge at a time in this process, so that two tests never both find the same
+        // subnet free.
         static CHOOSING: std::sync::Mutex<()> = std::sync::Mutex::new(());
         let _choosing = CHOOSING.lock().unwrap_or_else(|e| e.into_inner());
-        let used = String::from_utf8_lossy(
-            &Command::new("ip")
-                .args(["-o", "-4", "addr", "show"])
-                .output()
-                .map(|o| o.stdout)
-                .unwrap_or_default(),
-        )
-        .into_owned();
-        let start = (pid * 7 + n) % 200;
-        let subnet = (0..200)
-            .map(|i| ((start + i) % 200 + 20) as u8)
-            .find(|s| !used.contains(&format!(" 10.77.{s}.")))
-            .expect("a free 10.77.X.0/24 subnet");
+        let subnet = free_subnet("10.77", 20..220);
         let bridge = format!("br{id}");
         run(Command::new("ip").args(["link", "add", &bridge, "type", "bridge"]));
         let net = Net { id, subnet, bridge };
@@ -77,16 +71,14 @@ impl Net {
         for d in ["run", "nix", "cache", "etc"] {
             std::fs::create_dir_all(root.join(d)).unwrap();
         }
-        run(cmd("nix").args(["store", "ping", "--store", &host.store_url()]));
+        run(nix::nix().args(["store", "ping", "--store", &host.store_url()]));
         host
     }
 }
 
 impl Drop for Net {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.bridge])
-            .output();
+        let _ = Command::new("ip").args(["link", "del", &self.bridge]).run();
     }
 }
 
@@ -127,15 +119,16 @@ impl Host {
 
     /// Lifts [`Host::throttle`].
     pub fn unthrottle(&self) {
+        // Already lifted is fine.
         let _ = Command::new("tc")
             .args(["qdisc", "del", "dev", &self.peer, "root"])
-            .output();
+            .run();
     }
 
     /// Copies `path`'s closure into the host's store (no signatures needed: this is the
     /// host's installation, not a deployment) and makes it the running system.
     pub fn install(&self, path: &str) {
-        run(cmd("nix").args(["copy", "--no-check-sigs", "--to", &self.store_url(), path]));
+        run(nix::nix().args(["copy", "--no-check-sigs", "--to", &self.store_url(), path]));
         let link = self.root.join("run/current-system");
         let _ = std::fs::remove_file(&link);
         std::os::unix::fs::symlink(path, &link).unwrap();
@@ -161,11 +154,16 @@ impl Host {
             .collect()
     }
 
+    /// Lets a system of [`super::fake::Behaviour::Hold`] finish its activation.
+    pub fn release_hold(&self) {
+        std::fs::write(self.root.join("run").join(super::fake::HOLD_FILE), "go\n").unwrap();
+    }
+
     /// A command run inside the host: its network namespace, with its own `/nix` and
     /// `/run` bound in a private mount namespace.
-    pub fn command(&self, program: &Path, args: &[&str]) -> Command {
+    pub fn command(&self, program: &Path, args: &[&str]) -> std::process::Command {
         let script = r#"mount --bind "$1" /nix && mount --bind "$2" /run && shift 2 && exec "$@""#;
-        let mut c = Command::new("ip");
+        let mut c = std::process::Command::new("ip");
         c.args([
             "netns",
             "exec",
@@ -194,14 +192,34 @@ impl Drop for Host {
     fn drop(&mut self) {
         // Whatever still runs inside (an agent, an activation script) goes with the host;
         // otherwise the namespace and its veth pair outlive the test.
-        if let Ok(out) = Command::new("ip")
-            .args(["netns", "pids", &self.ns])
-            .output()
-        {
-            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                let _ = Command::new("kill").args(["-KILL", pid]).output();
-            }
-        }
-        let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
+        remove_namespace(&self.ns);
     }
+}
+
+/// Kills what still runs in network namespace `name`, then deletes it (and with it its end
+/// of any veth pair).
+pub fn remove_namespace(name: &str) {
+    if let Ok(out) = Command::new("ip").args(["netns", "pids", name]).run() {
+        for pid in out.stdout_text().split_whitespace() {
+            let _ = Command::new("kill").args(["-KILL", pid]).run();
+        }
+    }
+    let _ = Command::new("ip").args(["netns", "del", name]).run();
+}
+
+/// A `<prefix>.X.0/24`, X in `range`, that no address or route of the root namespace uses
+/// (another test process, a demo), looked for from a spot of this process's own so that
+/// parallel test processes rarely look at the same ones.
+pub fn free_subnet(prefix: &str, range: std::ops::Range<u32>) -> u8 {
+    let show = |args: &[&str]| run(Command::new("ip").args(args));
+    let used = show(&["-o", "-4", "addr", "show"]) + "\n" + &show(&["-4", "route", "show"]);
+    let width = range.end - range.start;
+    let start = std::process::id() % width;
+    (0..width)
+        .map(|i| ((start + i) % width + range.start) as u8)
+        .find(|s| {
+            let taken = format!("{prefix}.{s}.");
+            !used.split_whitespace().any(|word| word.starts_with(&taken))
+        })
+        .unwrap_or_else(|| panic!("a free {prefix}.X.0/24 subnet (all {width} in use?)"))
 }

@@ -53,7 +53,7 @@ mod requests;
 pub mod seen;
 pub mod sessions;
 mod ssh;
-mod vfs;
+pub mod vfs;
 mod watch;
 
 pub use accept::serve;

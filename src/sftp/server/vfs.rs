@@ -6,6 +6,7 @@
 //! client's working directory is always `/`). What remains is classified into one of the few
 //! nodes that exist; everything else is "no such file". The disk side (`confine`) then opens
 //! the node with `openat2(RESOLVE_BENEATH)`, so a symlink cannot undo what this module decided.
+//! Public so that the fuzz target `sftp_path` reaches it.
 //!
 //! ```text
 //! /                     directory (virtual)
@@ -21,7 +22,7 @@ use crate::report::check_report_name;
 
 /// Why a path names nothing a client may reach.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
-pub(crate) enum PathError {
+pub enum PathError {
     #[error("path {0:?} climbs above the root")]
     Escapes(String),
     #[error("no such file: {0:?}")]
@@ -32,7 +33,7 @@ pub(crate) enum PathError {
 
 /// What a normalized path names.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Node {
+pub enum Node {
     Root,
     Release,
     /// `files/<rel>`; `rel` is empty for `/files` itself, else components joined by `/`.
@@ -49,7 +50,7 @@ pub(crate) enum Node {
 
 impl Node {
     /// The path of this node as a client sees it (absolute, normalized).
-    pub(crate) fn virtual_path(&self) -> String {
+    pub fn virtual_path(&self) -> String {
         match self {
             Node::Root => "/".to_owned(),
             Node::Release => "/release".to_owned(),
@@ -70,7 +71,7 @@ impl Node {
     }
 
     /// The path of this node relative to the host's directory on disk, when it has one.
-    pub(crate) fn disk_path(&self) -> Option<String> {
+    pub fn disk_path(&self) -> Option<String> {
         match self {
             Node::Release => Some("release".to_owned()),
             Node::Files(rel) if rel.is_empty() => Some("files".to_owned()),
@@ -81,7 +82,7 @@ impl Node {
 }
 
 /// Splits `path` into normalized components, refusing `..` above the root and NUL bytes.
-pub(crate) fn normalize(path: &str) -> Result<Vec<&str>, PathError> {
+pub fn normalize(path: &str) -> Result<Vec<&str>, PathError> {
     if path.contains('\0') {
         return Err(PathError::BadName {
             path: path.to_owned(),
@@ -104,7 +105,7 @@ pub(crate) fn normalize(path: &str) -> Result<Vec<&str>, PathError> {
 }
 
 /// Normalizes and classifies an SFTP path.
-pub(crate) fn resolve(path: &str) -> Result<Node, PathError> {
+pub fn resolve(path: &str) -> Result<Node, PathError> {
     let parts = normalize(path)?;
     let not_found = || PathError::NotFound(path.to_owned());
     match parts.as_slice() {

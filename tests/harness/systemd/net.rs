@@ -5,14 +5,17 @@
 //! Also removes the namespaces, veth pairs and processes of boxes whose test process died
 //! without running their `Drop` (SIGKILL, a timeout).
 //!
-//! Imports only std (and the parent module's helpers).
+//! Shares namespace removal and subnet choice with `harness::net`.
 
 use std::io::{BufRead as _, BufReader};
 use std::net::Ipv4Addr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 
-use super::must;
+use bento::nix::cmd::Command;
+
+use super::super::net::{free_subnet, remove_namespace};
+use super::super::ran::run as must;
 
 /// A box's network namespace and veth pair.
 pub struct BoxNet {
@@ -30,7 +33,7 @@ impl BoxNet {
     pub fn new(name: &str) -> BoxNet {
         let lock = MachineLock::take("/run/bento-tests/systemd-box-net.lock");
 
-        let subnet = free_subnet();
+        let subnet = free_subnet("10.78", 2..252);
         let net = BoxNet {
             name: name.to_owned(),
             veth: format!("v{name}"),
@@ -70,9 +73,7 @@ impl BoxNet {
 impl Drop for BoxNet {
     fn drop(&mut self) {
         remove_namespace(&self.name);
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.veth])
-            .output();
+        let _ = Command::new("ip").args(["link", "del", &self.veth]).run();
     }
 }
 
@@ -86,7 +87,7 @@ impl MachineLock {
         if let Some(dir) = Path::new(path).parent() {
             std::fs::create_dir_all(dir).expect("create the lock's directory");
         }
-        let mut child = Command::new("flock")
+        let mut child = std::process::Command::new("flock")
             .args([path, "sh", "-c", "echo locked && exec cat >/dev/null"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -109,49 +110,24 @@ impl Drop for MachineLock {
     }
 }
 
-/// A `10.78.X.0/24` that no address or route of the root namespace uses, starting from a
-/// spot of this process's own so that parallel test processes rarely look at the same ones.
-fn free_subnet() -> u8 {
-    let show = |args: &[&str]| {
-        let out = Command::new("ip").args(args).output().expect("run ip");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let used = show(&["-o", "-4", "addr", "show"]) + &show(&["-4", "route", "show"]);
-    let start = std::process::id() % 250;
-    (0..250)
-        .map(|i| ((start + i) % 250 + 2) as u8)
-        .find(|s| !used.contains(&format!("10.78.{s}.")))
-        .expect("a free 10.78.X.0/24 subnet (all 250 in use?)")
-}
-
-/// Kills what still runs in a namespace, then deletes it (and with it its end of the veth).
-fn remove_namespace(name: &str) {
-    if let Ok(out) = Command::new("ip").args(["netns", "pids", name]).output() {
-        for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-            let _ = Command::new("kill").args(["-KILL", pid]).output();
-        }
-    }
-    let _ = Command::new("ip").args(["netns", "del", name]).output();
-}
-
 /// Removes the namespaces (and what runs in them), veth pairs, nspawn leftovers and
 /// directories of the boxes `stale` names.
 pub fn reap_stale(stale: impl Fn(&str) -> bool) {
-    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).run() else {
         return;
     };
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
+    for line in out.stdout_text().lines() {
         let Some(name) = line.split_whitespace().next() else {
             continue;
         };
         if !stale(name) {
             continue;
         }
-        eprintln!("systemd_box: removing box {name}, left by a test process that died");
+        eprintln!("systemd box: removing box {name}, left by a test process that died");
         remove_namespace(name);
         let _ = Command::new("ip")
             .args(["link", "del", &format!("v{name}")])
-            .output();
+            .run();
         let _ = std::fs::remove_dir_all(format!("/run/systemd/nspawn/propagate/{name}"));
         // Its directory: the overlay was mounted only in the box's own mount namespace, so
         // here these are plain directories.

@@ -1,10 +1,11 @@
 //! Running things inside a box: commands through `nsenter` into its namespaces, files,
-//! units, their properties and their journal. Imports only std.
+//! units, their properties and their journal.
 
 use std::io::Write as _;
 use std::process::{Command, Stdio};
 
-use super::{BOX_PATH, Outcome, SystemdBox};
+use super::super::ran::Ran;
+use super::{BOX_PATH, SystemdBox};
 
 impl SystemdBox {
     /// `program args` inside the box, as root, in all its namespaces, with a clean
@@ -24,12 +25,8 @@ impl SystemdBox {
     }
 
     /// Runs `program args` inside the box to its end.
-    pub fn run(&self, program: &str, args: &[&str]) -> Outcome {
-        let mut c = self.command(program, args);
-        let out = c
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {c:?}: {e}"));
-        out.into()
+    pub fn run(&self, program: &str, args: &[&str]) -> Ran {
+        Ran::of(&mut self.command(program, args))
     }
 
     /// Runs `program args` inside the box; panics with its output unless it succeeds.
@@ -47,7 +44,7 @@ impl SystemdBox {
     }
 
     /// Runs a shell script inside the box (`sh -c SCRIPT`).
-    pub fn sh(&self, script: &str) -> Outcome {
+    pub fn sh(&self, script: &str) -> Ran {
         self.run("sh", &["-c", script])
     }
 
@@ -70,7 +67,7 @@ impl SystemdBox {
         let mut stdin = child.stdin.take().expect("stdin");
         stdin.write_all(contents.as_bytes()).expect("write file");
         drop(stdin);
-        let out = Outcome::from(child.wait_with_output().expect("wait nsenter"));
+        let out = Ran::from(child.wait_with_output().expect("wait nsenter"));
         assert!(
             out.success(),
             "cannot write {path} in box {}: {}",

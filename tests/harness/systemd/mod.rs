@@ -17,11 +17,9 @@
 //! Dropping the box powers it off (killing it if it does not stop) and removes its
 //! namespace, veth pair, nspawn lock and directories, also when the test panics.
 //!
-//! Self-contained: std and `tempfile` only, no other module of `tests/`.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! Uses the harness's root rule and process helpers; otherwise std and `tempfile`.
 
 mod cgroup;
-mod host;
 mod inside;
 pub mod net;
 
@@ -32,9 +30,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use cgroup::BoxCgroups;
-use host::must;
-pub use host::{Outcome, cached_rootfs, can_boot, wait_for};
 use net::BoxNet;
+
+use super::ran::poll;
 
 /// Start of every box's name (machine name, network namespace, `v<name>` veth).
 const NAME_PREFIX: &str = "bbx";
@@ -133,7 +131,7 @@ impl SystemdBox {
             dir,
             cgroups,
         };
-        b.leader = wait_for("the container's PID 1", BOOT_TIMEOUT, || {
+        b.leader = poll("the container's PID 1", BOOT_TIMEOUT, || {
             b.assert_nspawn_alive("starting");
             container_init(b.nspawn.id())
         });
@@ -141,7 +139,7 @@ impl SystemdBox {
         b.wait_until_up();
         b.boot_time = started.elapsed();
         eprintln!(
-            "systemd_box: {} booted in {} ms (rootfs {})",
+            "systemd box: {} booted in {} ms (rootfs {})",
             b.name,
             b.boot_time.as_millis(),
             rootfs.display()
@@ -264,7 +262,7 @@ impl SystemdBox {
             while Instant::now() < deadline {
                 if let Ok(Some(status)) = self.nspawn.try_wait() {
                     eprintln!(
-                        "systemd_box: {} powered off in {} ms",
+                        "systemd box: {} powered off in {} ms",
                         self.name,
                         started.elapsed().as_millis()
                     );
@@ -276,7 +274,7 @@ impl SystemdBox {
         }
         self.stopped = true;
         if ended.is_none() && matches!(self.nspawn.try_wait(), Ok(None)) {
-            eprintln!("systemd_box: {} did not power off; killing it", self.name);
+            eprintln!("systemd box: {} did not power off; killing it", self.name);
         }
         // Whatever still runs: the container (killing its PID 1 ends its whole PID
         // namespace, also when nspawn is already gone), then nspawn.
@@ -299,7 +297,7 @@ impl Drop for SystemdBox {
     fn drop(&mut self) {
         if std::thread::panicking() && !self.stopped {
             eprintln!(
-                "systemd_box: console of {} (last 30 lines):\n{}",
+                "systemd box: console of {} (last 30 lines):\n{}",
                 self.name,
                 tail(&self.console(), 30)
             );
@@ -307,6 +305,45 @@ impl Drop for SystemdBox {
         self.shut_down();
         // Then `net` and `dir` drop: the namespace, veth and directories go.
     }
+}
+
+/// Whether this test can boot a box. When it cannot (not root, a tool missing) the test
+/// fails with the reason, unless `BENTO_ALLOW_SKIP=1` (see `harness::root`).
+pub fn can_boot() -> bool {
+    if !super::needs_root("namespaces, mounts, systemd-nspawn") {
+        return false;
+    }
+    match ["systemd-nspawn", "nsenter", "unshare", "ip"]
+        .into_iter()
+        .find(|tool| !on_path(tool))
+    {
+        Some(tool) => {
+            super::root::cannot_run(&format!("`{tool}` is missing; run scripts/setup.sh"))
+        }
+        None => true,
+    }
+}
+
+fn on_path(tool: &str) -> bool {
+    let path = std::env::var("PATH").unwrap_or_default() + ":/usr/sbin:/sbin";
+    path.split(':').any(|d| Path::new(d).join(tool).is_file())
+}
+
+/// The cached root filesystem, made by `scripts/systemd-rootfs.sh` if needed (its progress
+/// goes to this process's stderr).
+pub fn cached_rootfs() -> PathBuf {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/systemd-rootfs.sh");
+    let out = Command::new(script)
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {script}: {e}"));
+    assert!(out.status.success(), "{script} failed ({})", out.status);
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(
+        Path::new(&path).join("usr/lib/systemd/systemd").exists(),
+        "{script} printed {path:?}, which holds no systemd"
+    );
+    PathBuf::from(path)
 }
 
 /// Removes what boxes of test processes that died without their `Drop` (SIGKILL, a

@@ -1,0 +1,94 @@
+//! `bento serve` as a child process, as an administrator runs it: started on a fleet file,
+//! its log (stderr, `RUST_LOG=info`) in a file, and the addresses and host key it prints
+//! read from its stdout. Killed when dropped.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use super::nix::NIX_CONFIG;
+
+pub struct Serve {
+    child: Child,
+    /// The cache's URL (`http://ip:port`).
+    pub cache: String,
+    /// The SFTP server's address (`ip:port`).
+    pub sftp: String,
+    /// The dashboard's URL without the trailing `/`, when it serves one.
+    pub dashboard: Option<String>,
+    /// The host key agents pin.
+    pub pinned: String,
+    pub log: PathBuf,
+}
+
+impl Serve {
+    /// Runs `bento serve --config FLEET_FILE ARGS`, logging to `log`, and waits (at most
+    /// 30 s, blocking) until it has said where it listens.
+    pub fn start(fleet_file: &Path, args: &[&str], log: &Path) -> Serve {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_bento"))
+            .args(["serve", "--config"])
+            .arg(fleet_file)
+            .args(args)
+            .env("NIX_CONFIG", NIX_CONFIG)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let mut said: Vec<(String, String)> = Vec::new();
+            for line in lines.by_ref() {
+                let Ok(line) = line else { break };
+                if let Some(p) = line.strip_prefix("Agents pin the host key: server_host_key = ") {
+                    said.push(("pinned".into(), p.trim_matches('"').to_owned()));
+                    let _ = tx.send(said.clone());
+                    break;
+                }
+                if let Some((what, value)) = line.trim().split_once(char::is_whitespace) {
+                    said.push((what.to_owned(), value.trim().to_owned()));
+                }
+            }
+            // Keep draining: a closed pipe would make the server's next print fail.
+            for _ in lines {}
+        });
+        let Ok(said) = rx.recv_timeout(Duration::from_secs(30)) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "bento serve did not start:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        };
+        let get = |what: &str| said.iter().find(|(w, _)| w == what).map(|(_, v)| v.clone());
+        Serve {
+            child,
+            cache: get("cache").expect("serve prints its cache URL"),
+            sftp: get("sftp").expect("serve prints its SFTP address"),
+            dashboard: get("dashboard").map(|d| d.trim_end_matches('/').to_owned()),
+            pinned: get("pinned").unwrap(),
+            log: log.to_owned(),
+        }
+    }
+
+    /// What the server logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Kills the server at once (SIGKILL: no graceful shutdown, sessions cut mid-transfer).
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
