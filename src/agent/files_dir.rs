@@ -57,17 +57,21 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FilesDirError + use<> {
 }
 
 /// Whether `dir` may serve as `files_dir` (for `check-config`): absent, empty, or marked.
+/// A directory this process may not list (`check-config` in a build, as a build user, on
+/// a host whose `files_dir` is 0751) passes: the agent, as root, checks again before it
+/// installs anything.
 pub fn check(dir: &Path) -> Result<(), FilesDirError> {
+    if dir.join(MARKER).is_file() {
+        return Ok(());
+    }
     match std::fs::read_dir(dir) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Ok(()),
         Err(e) => Err(io(dir)(e)),
-        Ok(mut entries) => {
-            if dir.join(MARKER).is_file() || entries.next().is_none() {
-                Ok(())
-            } else {
-                Err(FilesDirError::NotOurs(dir.to_owned()))
-            }
-        }
+        Ok(mut entries) => match entries.next() {
+            None => Ok(()),
+            Some(_) => Err(FilesDirError::NotOurs(dir.to_owned())),
+        },
     }
 }
 
