@@ -228,16 +228,8 @@ impl Agent {
         check_host_name(&raw.host).map_err(|e| field("host", e.to_string()))?;
         let fleet_key = PublicKey::parse(&raw.fleet_public_key)
             .map_err(|e| field("fleet_public_key", e.to_string()))?;
-        let mut parts = raw.server_host_key.split_whitespace();
-        let (kind, blob) = (parts.next(), parts.next());
-        if !matches!(kind, Some(k) if k.starts_with("ssh-") || k.starts_with("ecdsa-"))
-            || blob.is_none()
-        {
-            return Err(field(
-                "server_host_key",
-                "expected an OpenSSH public key such as `ssh-ed25519 AAAA...` (bento serve prints it)".into(),
-            ));
-        }
+        crate::sftp::client::parse_pinned_key(&raw.server_host_key)
+            .map_err(|e| field("server_host_key", e.to_string()))?;
         if !raw.server.contains(':') {
             return Err(field("server", "expected host:port".into()));
         }
@@ -316,7 +308,7 @@ mod tests {
             r#"
 host = "web1"
 server = "10.77.0.1:2222"
-server_host_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG5vdGFyZWFsa2V5Zm9ydGVzdGluZ29ubHkxMjM0"
+server_host_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOJO9ASb4F2D1xKP2Xmvh66LRWTxkAa/c3FHXOlUcY+n"
 ssh_key = "/etc/bento/id_ed25519"
 cache_url = "http://10.77.0.1:8080"
 fleet_public_key = "{KEY}"
