@@ -30,7 +30,7 @@ pub enum Request {
 }
 
 /// The endpoint a request is counted under in the metrics, parsed or not.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Endpoint {
     CacheInfo,
     NarInfo,

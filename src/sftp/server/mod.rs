@@ -60,5 +60,5 @@ pub use accept::serve;
 pub use access::{HostKeys, HostKeysError, ReloadSummary};
 pub use config::{SftpConfig, SftpConfigError};
 pub use hostkey::{HostKey, HostKeyError, load_or_create_host_key};
-pub use metrics::{Metrics, MetricsSnapshot};
+pub use metrics::{Limit, Metrics, MetricsSnapshot};
 pub use sessions::{Sessions, SessionsError};
