@@ -85,7 +85,7 @@ pub fn copy_command(agent: &Agent, path: &str) -> Command {
     let mut c = cmd::nix().args([
         "copy",
         "--from",
-        &agent.cache_url,
+        agent.cache_url.as_str(),
         "--option",
         "require-sigs",
         "true",
@@ -118,7 +118,7 @@ pub async fn copy_closure(agent: &Agent, path: &str, log: &mut String) -> Result
         })
         .await;
     result.map(|_| ()).map_err(|source| {
-        let (path, cache) = (path.to_owned(), agent.cache_url.clone());
+        let (path, cache) = (path.to_owned(), agent.cache_url.to_string());
         if is_refusal(source.stderr_tail()) {
             SystemError::CopyRefused {
                 path,
