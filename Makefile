@@ -2,18 +2,25 @@
 SHELL := /bin/bash
 NIX_SETTINGS = source scripts/nix-env.sh
 
-.PHONY: setup test check-nixos demo fuzz bench
+.PHONY: setup test deny check-nixos demo fuzz bench
 
 setup:
 	@scripts/setup.sh
 
-## Everything CI checks: formatting, lints, every test (unit, integration against real Nix),
-## and the NixOS side as far as this machine allows (see check-nixos).
+## Everything CI checks: formatting, lints, the dependency graph (cargo deny: licenses,
+## duplicates, sources, and advisories when the RustSec database can be fetched; it says
+## loudly when not), every test (unit, integration against real Nix), and the NixOS side as
+## far as this machine allows (see check-nixos).
 test: setup
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
+	scripts/deny.sh
 	$(NIX_SETTINGS) && cargo test --all-targets -- --test-threads=2
 	scripts/check-nixos.sh
+
+## The dependency graph alone (deny.toml).
+deny:
+	scripts/deny.sh
 
 ## The NixOS modules and the VM tests' nodes: every .nix file parses; with NIXPKGS_LIB set
 ## (a checkout of github:nix-community/nixpkgs.lib) the module evaluation table, the

@@ -38,3 +38,11 @@ if ! have cargo; then
   exit 1
 fi
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
+
+# cargo-deny checks licenses, advisories, duplicate versions and sources (scripts/deny.sh,
+# deny.toml). It builds from source (several minutes), so only when missing: the binary
+# stays in ~/.cargo/bin across runs.
+if ! cargo deny --version >/dev/null 2>&1; then
+  echo "setup: installing cargo-deny (cargo install --locked, a few minutes, once)" >&2
+  cargo install --locked cargo-deny
+fi

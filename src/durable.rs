@@ -1,6 +1,10 @@
 //! Durable files: atomic replacement (temp file in the same directory, fsync, rename, fsync
 //! the directory), so a crash at any instant leaves the old or the new content, never a
 //! torn one. Used for releases, history, agent state and anything else that must survive.
+//!
+//! Hand-written, not `tempfile::persist` or `atomicwrites`: the first fsyncs neither the file
+//! nor its directory, and the directory fsync after the rename (what makes the rename itself
+//! survive a power cut) is the whole point.
 
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;

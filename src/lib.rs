@@ -13,6 +13,7 @@ pub mod deploy;
 pub mod durable;
 pub mod files;
 pub mod nix;
+pub mod openssh;
 pub mod release;
 pub mod report;
 pub mod server;

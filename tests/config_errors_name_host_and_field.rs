@@ -97,12 +97,12 @@ fn invalid_ssh_key() {
 
 #[test]
 fn ssh_key_type_does_not_match_its_content() {
-    let rsa_label = ssh_key(1).replacen("ssh-ed25519", "ssh-rsa", 1);
+    let ecdsa_label = ssh_key(1).replacen("ssh-ed25519", "ecdsa-sha2-nistp256", 1);
     assert_refused(
-        &format!("[hosts.web1]\nssh_key = \"{rsa_label}\"\n"),
+        &format!("[hosts.web1]\nssh_key = \"{ecdsa_label}\"\n"),
         &[
             "host web1, field ssh_key",
-            "says \"ssh-rsa\" but the key inside is \"ssh-ed25519\"",
+            "says \"ecdsa-sha2-nistp256\" but the key inside is \"ssh-ed25519\"",
         ],
     );
 }

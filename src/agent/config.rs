@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use thiserror::Error;
+use url::Url;
 
 use crate::nix::keys::PublicKey;
 use crate::release::check_host_name;
@@ -186,8 +187,8 @@ pub struct Agent {
     pub server_host_key: String,
     /// This host's SSH private key, used to log in to the server.
     pub ssh_key: PathBuf,
-    /// The binary cache URL (`http://`, `https://` or `file://`).
-    pub cache_url: String,
+    /// The binary cache URL (`http://`, `https://` or `file://`), as Nix is given it.
+    pub cache_url: Url,
     /// A netrc file with this host's cache token, when the cache requires one.
     pub cache_netrc: Option<PathBuf>,
     /// The fleet's public key, the only signer of releases and narinfos.
@@ -247,29 +248,13 @@ impl Agent {
         check_host_name(&raw.host).map_err(|e| field("host", e.to_string()))?;
         let fleet_key = PublicKey::parse(&raw.fleet_public_key)
             .map_err(|e| field("fleet_public_key", e.to_string()))?;
-        let mut parts = raw.server_host_key.split_whitespace();
-        let (kind, blob) = (parts.next(), parts.next());
-        if !matches!(kind, Some(k) if k.starts_with("ssh-") || k.starts_with("ecdsa-"))
-            || blob.is_none()
-        {
-            return Err(field(
-                "server_host_key",
-                "expected an OpenSSH public key such as `ssh-ed25519 AAAA...` (bento serve prints it)".into(),
-            ));
-        }
+        crate::sftp::client::parse_pinned_key(&raw.server_host_key)
+            .map_err(|e| field("server_host_key", e.to_string()))?;
         if !raw.server.contains(':') {
             return Err(field("server", "expected host:port".into()));
         }
-        let cache_ok = ["http://", "https://", "file://"]
-            .iter()
-            .any(|p| raw.cache_url.starts_with(p));
-        if !cache_ok {
-            return Err(field(
-                "cache_url",
-                "expected http:// or https:// (the bento server) or file:// (a mounted cache)"
-                    .into(),
-            ));
-        }
+        let cache_url =
+            parse_cache_url(&raw.cache_url).map_err(|message| field("cache_url", message))?;
         if let Some(addr) = raw.http_trigger
             && !super::http_trigger::is_allowed(&addr)
         {
@@ -308,7 +293,7 @@ impl Agent {
             server: raw.server,
             server_host_key: raw.server_host_key,
             ssh_key: raw.ssh_key,
-            cache_url: raw.cache_url,
+            cache_url,
             cache_netrc: raw.cache_netrc,
             fleet_key,
             profile: raw.profile,
@@ -421,6 +406,37 @@ pub fn check_files_dir(files_dir: &Path, state_dir: &Path) -> Result<(), String>
     Ok(())
 }
 
+/// The cache URL, read by the `url` crate: `http(s)://` with a host, or `file://` with a
+/// path. Credentials belong in `cache_netrc`: a URL carrying them would be printed in logs.
+fn parse_cache_url(text: &str) -> Result<Url, String> {
+    let url = Url::parse(text).map_err(|e| format!("{text:?} is not a URL: {e}"))?;
+    let usable = match url.scheme() {
+        "http" | "https" => url.host().is_some(),
+        "file" => !url.path().is_empty() && url.path() != "/",
+        _ => false,
+    };
+    if !usable {
+        return Err(format!(
+            "{text:?}: expected http:// or https:// (the bento server) or file:// (a mounted cache)"
+        ));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(format!(
+            "{}: put the host's cache token in a netrc file (cache_netrc), not in the URL",
+            redacted(&url)
+        ));
+    }
+    Ok(url)
+}
+
+/// The URL without its credentials, for messages.
+fn redacted(url: &Url) -> Url {
+    let mut shown = url.clone();
+    let _ = shown.set_username("");
+    let _ = shown.set_password(None);
+    shown
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -432,7 +448,7 @@ mod tests {
             r#"
 host = "web1"
 server = "10.77.0.1:2222"
-server_host_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG5vdGFyZWFsa2V5Zm9ydGVzdGluZ29ubHkxMjM0"
+server_host_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOJO9ASb4F2D1xKP2Xmvh66LRWTxkAa/c3FHXOlUcY+n"
 ssh_key = "/etc/bento/id_ed25519"
 cache_url = "http://10.77.0.1:8080"
 fleet_public_key = "{KEY}"
@@ -448,6 +464,34 @@ fleet_public_key = "{KEY}"
         assert_eq!(a.poll_interval, Duration::from_secs(60));
         assert_eq!(a.fleet_key.to_string(), KEY);
         assert!(a.instant_updates);
+    }
+
+    #[test]
+    fn cache_urls_are_read_by_the_url_crate() {
+        let cases: [(&str, Result<&str, &str>); 8] = [
+            ("http://10.77.0.1:8080", Ok("http://10.77.0.1:8080/")),
+            (
+                "https://cache.example/bento/",
+                Ok("https://cache.example/bento/"),
+            ),
+            ("http://[fd00::1]:8080", Ok("http://[fd00::1]:8080/")),
+            ("file:///mnt/cache", Ok("file:///mnt/cache")),
+            ("ftp://x", Err("expected http://")),
+            ("file:///", Err("expected http://")),
+            ("10.77.0.1:8080", Err("is not a URL")),
+            ("http://web1:s3cret@cache:8080", Err("netrc")),
+        ];
+        for (text, want) in cases {
+            let got = parse_cache_url(text);
+            match (want, got) {
+                (Ok(w), Ok(u)) => assert_eq!(u.as_str(), w, "{text}"),
+                (Err(w), Err(e)) => {
+                    assert!(e.contains(w), "{text}: {e}");
+                    assert!(!e.contains("s3cret"), "{text}: the token is not shown: {e}");
+                }
+                (w, g) => panic!("{text}: wanted {w:?}, got {g:?}"),
+            }
+        }
     }
 
     #[test]

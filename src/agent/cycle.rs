@@ -539,10 +539,10 @@ impl<L: Link + Sync> Cycle<'_, L> {
     async fn finish(&mut self, report: Report) -> Result<Ended, CycleError> {
         let agent = self.agent;
         let outcome = report.outcome;
-        if let Some(path) = &agent.metrics_textfile {
-            if let Err(e) = report::textfile::write(path, &report) {
-                tracing::warn!(path = %path.display(), error = %e, "cannot write the metrics textfile");
-            }
+        if let Some(path) = &agent.metrics_textfile
+            && let Err(e) = report::textfile::write(path, &report)
+        {
+            tracing::warn!(path = %path.display(), error = %e, "cannot write the metrics textfile");
         }
         outbox::queue(&agent.state_dir, &report)?;
         outbox::flush(&agent.state_dir, self.link).await?;

@@ -82,7 +82,7 @@ pub async fn check(agent: &Agent, wanted: &str, nix_output: &str, log: &mut Stri
             "--json",
             "--recursive",
             "--store",
-            &agent.cache_url,
+            agent.cache_url.as_str(),
         ])
         .args(cache_options(agent))
         .arg(wanted)
@@ -143,7 +143,7 @@ pub async fn check(agent: &Agent, wanted: &str, nix_output: &str, log: &mut Stri
 async fn nar_matches(agent: &Agent, info: &PathInfo) -> Result<Option<String>, String> {
     let path = store::render(&info.path);
     let dump = cmd::nix()
-        .args(["store", "dump-path", "--store", &agent.cache_url])
+        .args(["store", "dump-path", "--store", agent.cache_url.as_str()])
         .args(cache_options(agent))
         .arg(&path)
         .timeout(agent.copy_timeout);

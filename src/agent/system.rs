@@ -124,7 +124,7 @@ pub fn cache_options(agent: &Agent) -> Vec<String> {
 /// trusted, no other substituter consulted, within `copy_timeout_secs`.
 pub fn copy_command(agent: &Agent, path: &str) -> Command {
     cmd::nix()
-        .args(["copy", "--from", &agent.cache_url])
+        .args(["copy", "--from", agent.cache_url.as_str()])
         .args(cache_options(agent))
         .arg(path)
         .timeout(agent.copy_timeout)
@@ -143,7 +143,7 @@ pub async fn copy_closure(agent: &Agent, path: &str, log: &mut String) -> Result
     let Err(source) = result else {
         return Ok(());
     };
-    let (path, cache) = (path.to_owned(), agent.cache_url.clone());
+    let (path, cache) = (path.to_owned(), agent.cache_url.to_string());
     // Everything Nix printed during this copy (the error's tail may have lost the start).
     let said = log[before..].to_owned();
     let meaning = if source.is_timeout() {

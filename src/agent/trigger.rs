@@ -21,8 +21,14 @@ pub enum TriggerError {
         #[source]
         source: std::io::Error,
     },
-    #[error("group {0:?} does not exist (see /etc/group)")]
+    #[error("group {0:?} does not exist (getent group {0} finds nothing)")]
     NoGroup(String),
+    #[error("cannot look up group {group:?}: {source}")]
+    GroupLookup {
+        group: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot reach the agent at {path}: {source}; is `bento agent` running?")]
     Connect {
         path: PathBuf,
@@ -40,13 +46,18 @@ pub enum TriggerError {
 /// A request from a trigger client: the loop runs an attempt and answers with its result.
 pub type Request = oneshot::Sender<String>;
 
-fn group_id(name: &str) -> Option<u32> {
-    let groups = std::fs::read_to_string("/etc/group").ok()?;
-    groups.lines().find_map(|l| {
-        let mut f = l.split(':');
-        (f.next()? == name).then_some(())?;
-        f.nth(1)?.parse().ok()
-    })
+/// The id of group `name`, through NSS (`getgrnam_r`), so that groups from LDAP, systemd's
+/// userdb or NixOS' declarative users are found like those of `/etc/group`. The `nix` crate
+/// (not our `crate::nix`) does the call.
+fn group_id(name: &str) -> Result<u32, TriggerError> {
+    match ::nix::unistd::Group::from_name(name) {
+        Ok(Some(group)) => Ok(group.gid.as_raw()),
+        Ok(None) => Err(TriggerError::NoGroup(name.to_owned())),
+        Err(errno) => Err(TriggerError::GroupLookup {
+            group: name.to_owned(),
+            source: errno.into(),
+        }),
+    }
 }
 
 /// Binds the socket (replacing a stale one), mode 0600, or 0660 owned by `group`.
@@ -63,7 +74,7 @@ pub fn bind(path: &Path, group: Option<&str>) -> Result<UnixListener, TriggerErr
     let mode = if group.is_some() { 0o660 } else { 0o600 };
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(err)?;
     if let Some(g) = group {
-        let gid = group_id(g).ok_or_else(|| TriggerError::NoGroup(g.to_owned()))?;
+        let gid = group_id(g)?;
         rustix::fs::chown(path, None, Some(rustix::fs::Gid::from_raw(gid)))
             .map_err(|e| err(e.into()))?;
     }
@@ -189,6 +200,20 @@ mod tests {
             .unwrap();
         assert_eq!(result, "applied");
         assert_eq!(seen, vec!["copying", "activating"]);
+    }
+
+    #[test]
+    fn groups_are_found_through_nss() {
+        // Every system has group 0; its name is read from NSS, then looked up by name.
+        let root = ::nix::unistd::Group::from_gid(::nix::unistd::Gid::from_raw(0))
+            .unwrap()
+            .unwrap();
+        assert_eq!(group_id(&root.name).unwrap(), 0);
+        let err = group_id("bento-no-such-group").unwrap_err();
+        assert!(
+            matches!(&err, TriggerError::NoGroup(g) if g == "bento-no-such-group"),
+            "{err}"
+        );
     }
 
     #[tokio::test]

@@ -25,7 +25,8 @@ use crate::nix::store;
 const NARINFO_TYPE: HeaderValue = HeaderValue::from_static("text/x-nix-narinfo");
 const CACHE_INFO_TYPE: HeaderValue = HeaderValue::from_static("text/x-nix-cache-info");
 const NAR_TYPE: HeaderValue = HeaderValue::from_static("application/x-nix-nar");
-const METRICS_TYPE: HeaderValue = HeaderValue::from_static("text/plain; version=0.0.4");
+const METRICS_TYPE: HeaderValue =
+    HeaderValue::from_static(prometheus_client::encoding::prometheus_text::CONTENT_TYPE);
 const BYTES: HeaderValue = HeaderValue::from_static("bytes");
 
 /// Why a request is not answered with what it asked for.
@@ -165,13 +166,14 @@ async fn answer(
             cache.cache_info.clone(),
         )),
         Request::Metrics => {
-            let mut text = cache.metrics.render(cache.figures());
-            if let Some(extra) = cache.config.extra_metrics.clone() {
-                match tokio::task::spawn_blocking(move || (extra.0)()).await {
-                    Ok(more) => text.push_str(&more),
-                    Err(e) => tracing::warn!(error = %e, "extra metrics failed"),
+            let me = cache.clone();
+            let text = match tokio::task::spawn_blocking(move || me.render_metrics()).await {
+                Ok(text) => text,
+                Err(e) => {
+                    tracing::warn!(error = %e, "rendering metrics failed");
+                    String::new()
                 }
-            }
+            };
             Ok(small(
                 cache,
                 Endpoint::Metrics,

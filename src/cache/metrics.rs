@@ -1,37 +1,97 @@
-//! Counters of the cache, rendered in the Prometheus text format at `/metrics`.
+//! The cache's metrics, as `prometheus-client` metrics: requests by endpoint and status,
+//! bytes sent by endpoint, NAR streams in flight and failed, refreshes, and the index's
+//! figures (set at each index swap). [`Metrics::register`] puts them in the process's one
+//! registry, which `/metrics` renders in the Prometheus text format; a cache given no
+//! registry ([`super::Cache::expose`]) renders one holding only these.
 //!
-//! Lock-free: one atomic per (endpoint, status) pair, bytes sent per endpoint, and a gauge
-//! of NAR streams in flight. Statuses outside the list the cache can answer are counted
-//! under `status="other"` (so a new status never goes uncounted).
+//! Statuses outside the list the cache can answer are counted under `status="other"` (so a
+//! new status never goes uncounted, and the label set stays bounded).
 
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 
 use super::request::Endpoint;
 
 /// Every status the cache answers with.
 const STATUSES: [u16; 10] = [200, 206, 304, 400, 401, 404, 405, 416, 500, 503];
-const ENDPOINTS: usize = Endpoint::ALL.len();
-const SLOTS: usize = STATUSES.len() + 1;
 
-#[derive(Debug, Default)]
+/// An HTTP status as a label: one of [`STATUSES`], or `other`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Status(Option<u16>);
+
+impl Status {
+    fn of(status: u16) -> Self {
+        Status(STATUSES.contains(&status).then_some(status))
+    }
+}
+
+impl EncodeLabelValue for Status {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write as _;
+        match self.0 {
+            Some(s) => write!(encoder, "{s}"),
+            None => encoder.write_str("other"),
+        }
+    }
+}
+
+impl EncodeLabelValue for Endpoint {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write as _;
+        encoder.write_str(self.name())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RequestLabels {
+    endpoint: Endpoint,
+    status: Status,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct EndpointLabels {
+    endpoint: Endpoint,
+}
+
+/// The cache's counters and gauges. Clones share their values.
+#[derive(Debug, Clone)]
 pub struct Metrics {
-    requests: [[AtomicU64; SLOTS]; ENDPOINTS],
-    bytes_sent: [AtomicU64; ENDPOINTS],
-    nar_streams: AtomicI64,
-    nar_streams_failed: AtomicU64,
-    refreshes: AtomicU64,
-    refresh_failures: AtomicU64,
+    requests: Family<RequestLabels, Counter>,
+    bytes_sent: Family<EndpointLabels, Counter>,
+    nar_streams: Gauge,
+    nar_streams_failed: Counter,
+    refreshes: Counter,
+    refresh_failures: Counter,
+    paths: Gauge,
+    paths_compressed: Gauge,
+    hosts: Gauge,
 }
 
-fn status_slot(status: u16) -> usize {
-    STATUSES
-        .iter()
-        .position(|s| *s == status)
-        .unwrap_or(STATUSES.len())
+impl Default for Metrics {
+    fn default() -> Self {
+        let m = Metrics {
+            requests: Family::default(),
+            bytes_sent: Family::default(),
+            nar_streams: Gauge::default(),
+            nar_streams_failed: Counter::default(),
+            refreshes: Counter::default(),
+            refresh_failures: Counter::default(),
+            paths: Gauge::default(),
+            paths_compressed: Gauge::default(),
+            hosts: Gauge::default(),
+        };
+        // Bytes sent are listed for every endpoint from the start, zeros included.
+        for endpoint in Endpoint::ALL {
+            let _ = m.bytes_sent.get_or_create(&EndpointLabels { endpoint });
+        }
+        m
+    }
 }
 
-/// Figures of the index, for the gauges rendered with the counters.
+/// Figures of the index, for the gauges.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct IndexFigures {
     pub paths: usize,
@@ -39,129 +99,112 @@ pub struct IndexFigures {
     pub compressed: usize,
 }
 
+fn gauge_value(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
 impl Metrics {
+    /// Puts every metric of the cache in `registry` (names as in `docs/cache.md`).
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "bento_cache_requests",
+            "HTTP requests answered, by endpoint and status",
+            self.requests.clone(),
+        );
+        registry.register(
+            "bento_cache_bytes_sent",
+            "Response body bytes sent, by endpoint",
+            self.bytes_sent.clone(),
+        );
+        registry.register(
+            "bento_cache_nar_streams_in_flight",
+            "NAR bodies being sent now",
+            self.nar_streams.clone(),
+        );
+        registry.register(
+            "bento_cache_nar_streams_failed",
+            "NAR bodies that ended early (client gone, read error, hash mismatch)",
+            self.nar_streams_failed.clone(),
+        );
+        registry.register(
+            "bento_cache_refreshes",
+            "Reloads of the publish tree",
+            self.refreshes.clone(),
+        );
+        registry.register(
+            "bento_cache_refresh_failures",
+            "Reloads of the publish tree that failed (the previous index stayed)",
+            self.refresh_failures.clone(),
+        );
+        registry.register(
+            "bento_cache_paths",
+            "Store paths served (the union of published closures)",
+            self.paths.clone(),
+        );
+        registry.register(
+            "bento_cache_paths_compressed",
+            "Store paths whose narinfo advertises a verified zstd file",
+            self.paths_compressed.clone(),
+        );
+        registry.register(
+            "bento_cache_hosts",
+            "Hosts with a valid published release",
+            self.hosts.clone(),
+        );
+    }
+
     pub fn request(&self, endpoint: Endpoint, status: u16) {
-        self.requests[endpoint.index()][status_slot(status)].fetch_add(1, Ordering::Relaxed);
+        self.requests
+            .get_or_create(&RequestLabels {
+                endpoint,
+                status: Status::of(status),
+            })
+            .inc();
     }
 
     pub fn sent(&self, endpoint: Endpoint, bytes: u64) {
-        self.bytes_sent[endpoint.index()].fetch_add(bytes, Ordering::Relaxed);
+        self.bytes_sent
+            .get_or_create(&EndpointLabels { endpoint })
+            .inc_by(bytes);
     }
 
     pub fn requests_total(&self, endpoint: Endpoint, status: u16) -> u64 {
-        self.requests[endpoint.index()][status_slot(status)].load(Ordering::Relaxed)
+        self.requests
+            .get_or_create(&RequestLabels {
+                endpoint,
+                status: Status::of(status),
+            })
+            .get()
     }
 
     pub fn stream_started(&self) {
-        self.nar_streams.fetch_add(1, Ordering::Relaxed);
+        self.nar_streams.inc();
     }
 
     pub fn stream_ended(&self, ok: bool) {
-        self.nar_streams.fetch_sub(1, Ordering::Relaxed);
+        self.nar_streams.dec();
         if !ok {
-            self.nar_streams_failed.fetch_add(1, Ordering::Relaxed);
+            self.nar_streams_failed.inc();
         }
     }
 
     pub fn streams_in_flight(&self) -> i64 {
-        self.nar_streams.load(Ordering::Relaxed)
+        self.nar_streams.get()
     }
 
     pub fn refreshed(&self, ok: bool) {
         if ok {
-            self.refreshes.fetch_add(1, Ordering::Relaxed);
+            self.refreshes.inc();
         } else {
-            self.refresh_failures.fetch_add(1, Ordering::Relaxed);
+            self.refresh_failures.inc();
         }
     }
 
-    /// The Prometheus text exposition of every counter.
-    pub fn render(&self, index: IndexFigures) -> String {
-        let mut out = String::with_capacity(4096);
-        let _ = writeln!(
-            out,
-            "# HELP bento_cache_requests_total HTTP requests answered, by endpoint and status."
-        );
-        let _ = writeln!(out, "# TYPE bento_cache_requests_total counter");
-        for endpoint in Endpoint::ALL {
-            for (slot, counter) in self.requests[endpoint.index()].iter().enumerate() {
-                let n = counter.load(Ordering::Relaxed);
-                if n == 0 {
-                    continue;
-                }
-                let status = STATUSES
-                    .get(slot)
-                    .map_or_else(|| "other".to_owned(), u16::to_string);
-                let _ = writeln!(
-                    out,
-                    "bento_cache_requests_total{{endpoint=\"{}\",status=\"{status}\"}} {n}",
-                    endpoint.name()
-                );
-            }
-        }
-        let _ = writeln!(
-            out,
-            "# HELP bento_cache_bytes_sent_total Response body bytes sent, by endpoint."
-        );
-        let _ = writeln!(out, "# TYPE bento_cache_bytes_sent_total counter");
-        for endpoint in Endpoint::ALL {
-            let _ = writeln!(
-                out,
-                "bento_cache_bytes_sent_total{{endpoint=\"{}\"}} {}",
-                endpoint.name(),
-                self.bytes_sent[endpoint.index()].load(Ordering::Relaxed)
-            );
-        }
-        let gauges: [(&str, &str, &str, String); 7] = [
-            (
-                "bento_cache_nar_streams_in_flight",
-                "gauge",
-                "NAR bodies being sent now.",
-                self.streams_in_flight().to_string(),
-            ),
-            (
-                "bento_cache_nar_streams_failed_total",
-                "counter",
-                "NAR bodies that ended early (client gone, read error, hash mismatch).",
-                self.nar_streams_failed.load(Ordering::Relaxed).to_string(),
-            ),
-            (
-                "bento_cache_refreshes_total",
-                "counter",
-                "Reloads of the publish tree.",
-                self.refreshes.load(Ordering::Relaxed).to_string(),
-            ),
-            (
-                "bento_cache_refresh_failures_total",
-                "counter",
-                "Reloads of the publish tree that failed (the previous index stayed).",
-                self.refresh_failures.load(Ordering::Relaxed).to_string(),
-            ),
-            (
-                "bento_cache_paths",
-                "gauge",
-                "Store paths served (the union of published closures).",
-                index.paths.to_string(),
-            ),
-            (
-                "bento_cache_paths_compressed",
-                "gauge",
-                "Store paths whose narinfo advertises a verified zstd file.",
-                index.compressed.to_string(),
-            ),
-            (
-                "bento_cache_hosts",
-                "gauge",
-                "Hosts with a valid published release.",
-                index.hosts.to_string(),
-            ),
-        ];
-        for (name, kind, help, value) in gauges {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} {kind}");
-            let _ = writeln!(out, "{name} {value}");
-        }
-        out
+    /// The index now served.
+    pub fn index(&self, figures: IndexFigures) {
+        self.paths.set(gauge_value(figures.paths));
+        self.paths_compressed.set(gauge_value(figures.compressed));
+        self.hosts.set(gauge_value(figures.hosts));
     }
 }
 
@@ -172,27 +215,37 @@ mod tests {
     #[test]
     fn counts_render_as_prometheus_text() {
         let m = Metrics::default();
+        let mut registry = Registry::default();
+        m.register(&mut registry);
         m.request(Endpoint::NarInfo, 200);
         m.request(Endpoint::NarInfo, 200);
         m.request(Endpoint::NarInfo, 404);
         m.request(Endpoint::Other, 418);
         m.sent(Endpoint::Nar, 1234);
         m.stream_started();
-        let text = m.render(IndexFigures {
+        m.index(IndexFigures {
             paths: 3,
             hosts: 1,
             compressed: 2,
         });
+        let mut text = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut text, &registry).unwrap();
         for line in [
+            "# TYPE bento_cache_requests_total counter",
             "bento_cache_requests_total{endpoint=\"narinfo\",status=\"200\"} 2",
             "bento_cache_requests_total{endpoint=\"narinfo\",status=\"404\"} 1",
             "bento_cache_requests_total{endpoint=\"other\",status=\"other\"} 1",
             "bento_cache_bytes_sent_total{endpoint=\"nar\"} 1234",
+            "bento_cache_bytes_sent_total{endpoint=\"nix-cache-info\"} 0",
             "bento_cache_nar_streams_in_flight 1",
             "bento_cache_paths 3",
+            "bento_cache_hosts 1",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
         }
         assert_eq!(m.requests_total(Endpoint::NarInfo, 200), 2);
+        // Clones share their values: what the registry holds is what the cache counts.
+        m.clone().request(Endpoint::NarInfo, 200);
+        assert_eq!(m.requests_total(Endpoint::NarInfo, 200), 3);
     }
 }

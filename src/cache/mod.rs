@@ -31,7 +31,8 @@ mod stream;
 
 pub use access::Access;
 pub use handler::ServeError;
-pub use refresh::{Cache, CacheConfig, ExtraMetrics, RefreshReport};
+pub use metrics::Metrics;
+pub use refresh::{Cache, CacheConfig, RefreshReport};
 
 #[derive(Debug, Error)]
 pub enum CacheError {

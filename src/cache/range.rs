@@ -4,6 +4,10 @@
 //! a header that is not a valid `bytes=` range, or asks for several ranges, is ignored and
 //! the whole resource is sent, as the RFC allows. A syntactically valid range that starts
 //! past the end is unsatisfiable (416).
+//!
+//! Hand-written, not `headers::Range`: serving one byte range of a known length is eighty
+//! lines of pure, table-tested parsing, and the typed header would add its crate family
+//! while leaving the 416-or-ignore decision to us anyway.
 
 /// What to send for a request with (or without) a `Range` header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,10 +9,12 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use prometheus_client::encoding::prometheus_text;
+use prometheus_client::registry::Registry;
 use rayon::prelude::*;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -32,17 +34,6 @@ use crate::nix::store::{self, StorePath};
 enum Found {
     Reused(ZstFile),
     Made(ZstFile),
-}
-
-/// Produces more Prometheus text for `/metrics` (the fleet's host states, from `status`),
-/// called on a blocking thread at scrape time. The cache knows nothing of what it says.
-#[derive(Clone)]
-pub struct ExtraMetrics(pub Arc<dyn Fn() -> String + Send + Sync>);
-
-impl std::fmt::Debug for ExtraMetrics {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ExtraMetrics")
-    }
 }
 
 /// How the cache runs. [`CacheConfig::new`] gives the defaults.
@@ -65,8 +56,6 @@ pub struct CacheConfig {
     /// NAR throughput). Off by default: files are hashed when loaded, their identity is
     /// checked on every request, and Nix checks NarHash itself.
     pub verify_sends: bool,
-    /// Appended to `/metrics` when set.
-    pub extra_metrics: Option<ExtraMetrics>,
 }
 
 impl CacheConfig {
@@ -79,7 +68,6 @@ impl CacheConfig {
             poll_interval: Duration::from_secs(1),
             priority: 30,
             verify_sends: false,
-            extra_metrics: None,
         }
     }
 }
@@ -103,6 +91,9 @@ pub struct Cache {
     fleet_key: PublicKey,
     index: RwLock<Arc<Index>>,
     pub(super) metrics: Metrics,
+    /// The registry `/metrics` renders: the process's, when [`Cache::expose`] was given
+    /// one; else, made at the first scrape, one holding the cache's own metrics.
+    exposition: OnceLock<Arc<Registry>>,
     pub(super) nar_streams: Arc<Semaphore>,
     refresh_lock: tokio::sync::Mutex<Fingerprint>,
     /// File hashes of zstd files the serving path found changed or corrupt.
@@ -144,6 +135,7 @@ impl Cache {
             fleet_key: config.signing_key.public(),
             index: RwLock::new(Arc::new(Index::default())),
             metrics: Metrics::default(),
+            exposition: OnceLock::new(),
             nar_streams: Arc::new(Semaphore::new(config.max_nar_streams)),
             refresh_lock: tokio::sync::Mutex::new(Fingerprint::default()),
             suspects: Mutex::new(HashSet::new()),
@@ -181,6 +173,28 @@ impl Cache {
         &self.metrics
     }
 
+    /// Makes `/metrics` render `registry`, the process's one registry, in which the caller
+    /// put the cache's metrics ([`Metrics::register`]) beside the other parts'. Call it
+    /// before serving; a registry given after the first scrape is refused (returned).
+    pub fn expose(&self, registry: Arc<Registry>) -> Result<(), Arc<Registry>> {
+        self.exposition.set(registry)
+    }
+
+    /// The Prometheus text of `/metrics`. Collectors may read files (the fleet gauges do):
+    /// call it on a blocking thread.
+    pub(super) fn render_metrics(&self) -> String {
+        let registry = self.exposition.get_or_init(|| {
+            let mut own = Registry::default();
+            self.metrics.register(&mut own);
+            Arc::new(own)
+        });
+        let mut text = String::with_capacity(8192);
+        if let Err(e) = prometheus_text::encode(&mut text, registry) {
+            tracing::warn!(error = %e, "cannot render metrics");
+        }
+        text
+    }
+
     pub(super) fn index(&self) -> Arc<Index> {
         match self.index.read() {
             Ok(g) => g.clone(),
@@ -189,6 +203,11 @@ impl Cache {
     }
 
     fn swap(&self, new: Index) {
+        self.metrics.index(IndexFigures {
+            paths: new.len(),
+            hosts: new.hosts(),
+            compressed: new.compressed(),
+        });
         let new = Arc::new(new);
         match self.index.write() {
             Ok(mut g) => *g = new,

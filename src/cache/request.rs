@@ -5,6 +5,7 @@
 //! (400): percent-encoding, `..`, empty segments, hashes of the wrong length or alphabet.
 //! Percent-encoding is refused rather than decoded, because no URL this cache hands out
 //! ever needs it, and a decoded `%2e%2e` is the classic way around a `..` check.
+//! Hand-written rather than with axum's `Path` extractors for that reason: they decode first.
 
 use thiserror::Error;
 
@@ -30,7 +31,7 @@ pub enum Request {
 }
 
 /// The endpoint a request is counted under in the metrics, parsed or not.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Endpoint {
     CacheInfo,
     NarInfo,

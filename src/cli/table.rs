@@ -1,5 +1,8 @@
 //! Plain-text tables for summaries: aligned columns; the last column may span several
 //! lines, continued under itself.
+//!
+//! Hand-written, not `comfy-table` or `tabled`: one layout in fifty lines, without the
+//! borders, styles and terminal-width probing those crates are made of.
 
 /// Renders `rows` under `headers`, columns separated by two spaces.
 pub fn render(headers: &[&str], rows: &[Vec<String>]) -> String {

@@ -25,7 +25,8 @@
 //! "tls.key" = { source = "secrets/web1/tls.key", mode = 0o440 }
 //! ```
 //!
-//! May import: `nix` (keys), `release` (host-name rules), `files` (file-name rules).
+//! May import: `nix` (keys), `release` (host-name rules), `files` (file-name rules), `openssh`
+//! (the hosts' SSH keys).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -38,12 +39,11 @@ use crate::release;
 
 mod layout;
 mod select;
-mod ssh;
 mod toml_error;
 
+pub use crate::openssh::{SshKeyError, SshPublicKey};
 pub use layout::StateDir;
 pub use select::select;
-pub use ssh::{SshKeyError, SshPublicKey};
 
 /// Defaults, all in one place.
 pub mod defaults {
@@ -309,7 +309,7 @@ impl Fleet {
 
         let mut hosts: BTreeMap<String, Host> = BTreeMap::new();
         let mut lowercase: BTreeMap<String, String> = BTreeMap::new();
-        let mut keys: BTreeMap<Vec<u8>, String> = BTreeMap::new();
+        let mut keys = BTreeMap::new();
         for (name, raw_host) in raw.hosts {
             let host = validate_host(file, &flake, &resolve, name, raw_host)?;
             let host_err = |problem: String, field| FleetFileError::Host {
@@ -326,7 +326,9 @@ impl Fleet {
                     "name",
                 ));
             }
-            if let Some(other) = keys.insert(host.ssh_key.blob().to_vec(), host.name.clone()) {
+            if let Some(other) =
+                keys.insert(host.ssh_key.key().key_data().clone(), host.name.clone())
+            {
                 return Err(host_err(
                     format!(
                         "is the same key as host {other}'s; each host needs its own key to log in as itself"

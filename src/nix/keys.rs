@@ -3,6 +3,9 @@
 //! signatures over narinfo fingerprints and releases, and writing a key pair to disk.
 //!
 //! The secret never appears in `Debug` output or error messages.
+//!
+//! Written on `ed25519-dalek`, not on a Nix crate: `nix-compat`, which has these formats, is
+//! only an empty placeholder on the crate registry, and the cachix crates do not sign.
 
 use std::fmt;
 use std::io::Write as _;

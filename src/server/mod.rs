@@ -2,7 +2,8 @@
 //! [`ServerConfig`] and a shutdown token, and runs what hosts and operators talk to until
 //! the token is cancelled or a part fails:
 //!
-//! - the binary cache (`cache::serve`), its `/metrics` carrying the fleet gauges too;
+//! - the binary cache (`cache::serve`), its `/metrics` rendering the process's one
+//!   metrics registry: the cache's metrics, the SFTP server's and the fleet gauges;
 //! - the SFTP server (`sftp::server::serve`);
 //! - the dashboard (`status::web::serve`), when it has a listener;
 //! - the fleet file followed (`reload`): on SIGHUP or when it changes, hosts are added and
@@ -24,7 +25,9 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::cache::{self, Access, Cache, CacheConfig, CacheError, ExtraMetrics};
+use prometheus_client::registry::Registry;
+
+use crate::cache::{self, Access, Cache, CacheConfig, CacheError};
 use crate::config::{Fleet, FleetFileError};
 use crate::nix::keys::SecretKey;
 use crate::sftp::server::{
@@ -123,14 +126,12 @@ pub async fn run(
         fleet.hosts.keys().cloned().collect(),
         fleet.stale_after_secs,
     );
-    let gauges = Arc::new(status::metrics::Cached::new(status.clone()));
     let mut cache_config = CacheConfig::new(&state_dir, signing_key);
     cache_config.max_nar_streams = max_nar_streams;
     cache_config.verify_sends = verify_sends;
     if host_tokens {
         cache_config.access = Access::TokenDir;
     }
-    cache_config.extra_metrics = Some(ExtraMetrics(Arc::new(move || gauges.render())));
     let cache = Cache::new(cache_config).map_err(ServerError::CacheStart)?;
     cache.serve_only(fleet.hosts.keys().cloned().collect());
 
@@ -148,6 +149,15 @@ pub async fn run(
         sftp_config,
     )
     .map_err(ServerError::SftpStart)?;
+
+    // One registry for the process, rendered on the cache's `/metrics`.
+    let mut registry = Registry::default();
+    cache.metrics().register(&mut registry);
+    sessions.metrics().register(&mut registry);
+    status::metrics::FleetGauges::register(&mut registry, status.clone());
+    if cache.expose(Arc::new(registry)).is_err() {
+        tracing::warn!("the cache's metrics were scraped before the registry was complete");
+    }
 
     tracing::info!(
         cache = %addr(&listeners.cache),

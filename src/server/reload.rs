@@ -20,11 +20,11 @@ const CHECK_EVERY: Duration = Duration::from_secs(2);
 
 /// The SFTP access map of a fleet: each host with its SSH key.
 pub(super) fn host_keys(fleet: &Fleet) -> Result<HostKeys, ServerError> {
-    Ok(HostKeys::parse(
+    Ok(HostKeys::new(
         fleet
             .hosts
             .values()
-            .map(|h| (h.name.clone(), vec![h.ssh_key.to_openssh()])),
+            .map(|h| (h.name.clone(), vec![h.ssh_key.clone()])),
     )?)
 }
 

@@ -2,7 +2,8 @@
 //! pinned (never trust on first use), read `/release` and `/files/...`, upload a report, and
 //! wait for the release to change (see the watch protocol in the module header of `sftp`).
 //!
-//! May import: `report` (report names). Never `sftp::server`: the agent links this alone.
+//! May import: `report` (report names), `openssh` (keys). Never `sftp::server`: the agent
+//! links this alone.
 //!
 //! Built on the russh client and russh-sftp's raw session, so that every request's outcome
 //! (including the close that puts a report in place) is seen and reported.
@@ -20,6 +21,8 @@ use russh_sftp::client::error::Error as SftpError;
 use russh_sftp::protocol::{FileAttributes, OpenFlags, StatusCode};
 use thiserror::Error;
 use tokio::net::ToSocketAddrs;
+
+use crate::openssh::{SshKeyError, SshPublicKey, parse_private_key};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -36,12 +39,24 @@ const CHUNK: u32 = 32 * 1024;
 
 #[derive(Debug, Error)]
 pub enum ClientError {
-    #[error("cannot load SSH key {path}: {reason}")]
-    Key { path: PathBuf, reason: String },
-    #[error(
-        "pinned server key {given:?} is not an OpenSSH public key or known_hosts line: {reason}"
-    )]
-    PinnedKey { given: String, reason: String },
+    #[error("cannot read SSH key {path}: {source}")]
+    KeyRead {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("SSH key {path} {source}")]
+    Key {
+        path: PathBuf,
+        #[source]
+        source: SshKeyError,
+    },
+    #[error("pinned server key {given:?}: {source}")]
+    PinnedKey {
+        given: String,
+        #[source]
+        source: SshKeyError,
+    },
     #[error("cannot connect to {addr}: {reason}")]
     Connect { addr: String, reason: String },
     #[error(
@@ -118,17 +133,14 @@ impl std::fmt::Debug for Session {
 
 /// Parses a pinned server key: `ssh-ed25519 AAAA... [comment]`, or a known_hosts line
 /// (`[host]:port ssh-ed25519 AAAA...`) as the server prints it.
-pub fn parse_pinned_key(text: &str) -> Result<PublicKey, ClientError> {
-    let err = |reason: &str| ClientError::PinnedKey {
-        given: text.to_owned(),
-        reason: reason.to_owned(),
-    };
+pub fn parse_pinned_key(text: &str) -> Result<PublicKey, SshKeyError> {
     let tokens: Vec<&str> = text.split_whitespace().collect();
+    // A known_hosts line starts with the host patterns; the key starts at its type.
     let start = tokens
         .iter()
-        .position(|t| t.starts_with("ssh-") || t.starts_with("ecdsa-"))
-        .ok_or_else(|| err("no key type (ssh-ed25519, ecdsa-...) found"))?;
-    PublicKey::from_openssh(&tokens[start..].join(" ")).map_err(|e| err(&e.to_string()))
+        .position(|t| t.starts_with("ssh-") || t.starts_with("ecdsa-") || t.starts_with("sk-"))
+        .unwrap_or(0);
+    SshPublicKey::parse(&tokens[start..].join(" ")).map(|k| k.key().clone())
 }
 
 /// Connects to `addr` as `host` with the private key at `key_path` (OpenSSH format, as
@@ -142,10 +154,17 @@ pub async fn connect<A>(
 where
     A: ToSocketAddrs + std::fmt::Display,
 {
-    let pinned = parse_pinned_key(pinned_host_key)?;
-    let key = russh::keys::load_secret_key(key_path, None).map_err(|e| ClientError::Key {
+    let pinned = parse_pinned_key(pinned_host_key).map_err(|source| ClientError::PinnedKey {
+        given: pinned_host_key.to_owned(),
+        source,
+    })?;
+    let text = std::fs::read(key_path).map_err(|source| ClientError::KeyRead {
         path: key_path.to_owned(),
-        reason: e.to_string(),
+        source,
+    })?;
+    let key = parse_private_key(&text).map_err(|source| ClientError::Key {
+        path: key_path.to_owned(),
+        source,
     })?;
     let addr_text = addr.to_string();
     let work = connect_inner(addr, &addr_text, host, key, pinned);

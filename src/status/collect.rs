@@ -69,10 +69,10 @@ pub fn choose_reports(names: &[String], generation: Option<u64>, recent: usize) 
     let start = names.len().saturating_sub(recent);
     let mut chosen: Vec<&str> = Vec::new();
     let names_gen = |n: &&String, g: u64| parse_report_name(n).is_some_and(|r| r.generation == g);
-    if let Some(g) = generation.filter(|g| !names[start..].iter().any(|n| names_gen(&n, *g))) {
-        if let Some(n) = names[..start].iter().rev().find(|n| names_gen(n, g)) {
-            chosen.push(n);
-        }
+    if let Some(g) = generation.filter(|g| !names[start..].iter().any(|n| names_gen(&n, *g)))
+        && let Some(n) = names[..start].iter().rev().find(|n| names_gen(n, g))
+    {
+        chosen.push(n);
     }
     chosen.extend(names[start..].iter().map(String::as_str));
     chosen

@@ -3,6 +3,9 @@
 //! (pname, version) as `builtins.parseDrvName` does: the version starts at the first `-`
 //! followed by a digit. The comparison is pure; [`closure_diff`] reads the two closures
 //! from the local store.
+//!
+//! Hand-written: `parseDrvName`'s rule is Nix's own, two lines of it, and the crates that
+//! read store paths (`nix-derivation`) stop at the name.
 
 use std::collections::BTreeMap;
 

@@ -1,12 +1,20 @@
-//! The fleet in the Prometheus text format, appended to the server's `/metrics`:
-//! `bento_hosts{state}`, and per host `bento_host_desired_generation`,
-//! `bento_host_current_generation` and `bento_host_seconds_since_report`. Rendering is
-//! pure; [`Cached`] recomputes from the state directory at most every two seconds.
+//! The fleet's gauges for the server's `/metrics`: `bento_hosts{state}`, and per host
+//! `bento_host_desired_generation`, `bento_host_current_generation` and
+//! `bento_host_seconds_since_report`. [`FleetGauges`] is a `prometheus-client` collector
+//! registered in the process's one registry: at each scrape it reads the fleet from the
+//! [`StatusSource`] (recomputed from the state directory at most every two seconds), so
+//! hosts removed from the fleet leave no stale series behind. Encoding is pure ([`encode`],
+//! [`render`]).
 
-use std::fmt::Write as _;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
+use super::HostStatus;
 use super::derive::HostState;
 use super::source::StatusSource;
 use super::view::FleetStatus;
@@ -28,90 +36,107 @@ pub const STATES: [HostState; 13] = [
     HostState::NotDeployed,
 ];
 
-/// Renders the fleet's gauges.
-pub fn render(fleet: &FleetStatus) -> String {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "# HELP bento_hosts Hosts by state, as bento status shows them."
-    );
-    let _ = writeln!(out, "# TYPE bento_hosts gauge");
-    for state in STATES {
-        let n = fleet.hosts.iter().filter(|h| h.state == state).count();
-        let _ = writeln!(out, "bento_hosts{{state=\"{}\"}} {n}", state.as_str());
-    }
-    let gauge = |out: &mut String,
-                 name: &str,
-                 help: &str,
-                 value: &dyn Fn(&super::HostStatus) -> Option<u64>| {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} gauge");
-        for h in &fleet.hosts {
-            if let Some(v) = value(h) {
-                let _ = writeln!(out, "{name}{{host=\"{}\"}} {v}", h.host);
-            }
-        }
-    };
-    gauge(
-        &mut out,
+/// A per-host gauge: its name, help, and its value for a host (none: the host is left out).
+type HostGauge = (
+    &'static str,
+    &'static str,
+    fn(&FleetStatus, &HostStatus) -> Option<u64>,
+);
+
+const HOST_GAUGES: [HostGauge; 3] = [
+    (
         "bento_host_desired_generation",
         "Generation of the host's current release.",
-        &|h| h.desired.as_ref().map(|d| d.generation),
-    );
-    gauge(
-        &mut out,
+        |_, h| h.desired.as_ref().map(|d| d.generation),
+    ),
+    (
         "bento_host_current_generation",
         "Generation of the host's newest applied (or up-to-date) report.",
-        &|h| h.current_generation,
-    );
-    gauge(
-        &mut out,
+        |_, h| h.current_generation,
+    ),
+    (
         "bento_host_seconds_since_report",
         "Seconds since the host's newest report.",
-        &|h| {
+        |fleet, h| {
             h.last_report
                 .as_ref()
                 .map(|r| fleet.now.saturating_sub(r.finished_ms / 1000))
         },
-    );
-    out
-}
+    ),
+];
 
-/// The rendered fleet gauges, recomputed at most every two seconds.
-#[derive(Debug)]
-pub struct Cached {
-    source: Arc<StatusSource>,
-    ttl: Duration,
-    last: Mutex<Option<(Instant, String)>>,
-}
-
-impl Cached {
-    pub fn new(source: Arc<StatusSource>) -> Self {
-        Cached {
-            source,
-            ttl: Duration::from_secs(2),
-            last: Mutex::new(None),
+/// Encodes the fleet's gauges.
+pub fn encode(fleet: &FleetStatus, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    let mut states = encoder.encode_descriptor(
+        "bento_hosts",
+        "Hosts by state, as bento status shows them.",
+        None,
+        MetricType::Gauge,
+    )?;
+    for state in STATES {
+        let n = fleet.hosts.iter().filter(|h| h.state == state).count();
+        let labels = [("state", state.as_str())];
+        ConstGauge::new(n).encode(states.encode_family(&labels)?)?;
+    }
+    for (name, help, value) in HOST_GAUGES {
+        let values: Vec<(&str, u64)> = fleet
+            .hosts
+            .iter()
+            .filter_map(|h| value(fleet, h).map(|v| (h.host.as_str(), v)))
+            .collect();
+        if values.is_empty() {
+            continue;
+        }
+        let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+        for (host, v) in values {
+            ConstGauge::new(v).encode(family.encode_family(&[("host", host)])?)?;
         }
     }
+    Ok(())
+}
 
-    /// The gauges, from the cache when fresh. A state directory that cannot be read gives
-    /// an empty text (and a warning): the cache's own metrics still answer.
-    pub fn render(&self) -> String {
-        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((at, text)) = last.as_ref() {
-            if at.elapsed() < self.ttl {
-                return text.clone();
-            }
+/// The fleet's gauges alone, as Prometheus text (what a scrape shows of them).
+pub fn render(fleet: &FleetStatus) -> String {
+    #[derive(Debug)]
+    struct Snapshot(FleetStatus);
+    impl Collector for Snapshot {
+        fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+            encode(&self.0, &mut encoder)
         }
-        let text = match self.source.fleet() {
-            Ok(fleet) => render(&fleet),
+    }
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Snapshot(fleet.clone())));
+    let mut text = String::new();
+    if let Err(e) = prometheus_client::encoding::prometheus_text::encode(&mut text, &registry) {
+        tracing::warn!(error = %e, "cannot render fleet metrics");
+    }
+    text
+}
+
+/// The fleet gauges, read at each scrape.
+#[derive(Debug)]
+pub struct FleetGauges {
+    source: Arc<StatusSource>,
+}
+
+impl FleetGauges {
+    /// Registers the fleet gauges of `source` in `registry`.
+    pub fn register(registry: &mut Registry, source: Arc<StatusSource>) {
+        registry.register_collector(Box::new(FleetGauges { source }));
+    }
+}
+
+impl Collector for FleetGauges {
+    /// A state directory that cannot be read gives no fleet gauges (and a warning): the
+    /// other metrics still answer.
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        match self.source.fleet() {
+            Ok(fleet) => encode(&fleet, &mut encoder),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot compute fleet metrics");
-                String::new()
+                Ok(())
             }
-        };
-        *last = Some((Instant::now(), text.clone()));
-        text
+        }
     }
 }
 
@@ -133,6 +158,7 @@ mod tests {
             ],
         };
         let text = render(&fleet);
+        assert!(text.contains("# TYPE bento_hosts gauge\n"), "{text}");
         assert!(
             text.contains("bento_hosts{state=\"not-deployed\"} 2\n"),
             "{text}"

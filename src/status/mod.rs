@@ -15,6 +15,7 @@ pub mod collect;
 pub mod derive;
 pub mod diff;
 pub mod metrics;
+mod pages;
 pub mod source;
 pub mod view;
 pub mod web;

@@ -50,10 +50,10 @@ impl StatusSource {
     /// Every host's status, at most [`FRESH_FOR`] old (blocking file reads).
     pub fn fleet(&self) -> Result<Arc<FleetStatus>, StatusError> {
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((at, fleet)) = last.as_ref() {
-            if at.elapsed() < FRESH_FOR {
-                return Ok(fleet.clone());
-            }
+        if let Some((at, fleet)) = last.as_ref()
+            && at.elapsed() < FRESH_FOR
+        {
+            return Ok(fleet.clone());
         }
         let hosts = self.hosts();
         let fleet = Arc::new(collect(

@@ -20,7 +20,7 @@ use tokio_util::task::TaskTracker;
 
 use super::control::{KillReason, SessionCtl};
 use super::killswitch::Killable;
-use super::metrics::{self, GaugeGuard};
+use super::metrics::{GaugeGuard, Limit};
 use super::per_ip::Slot;
 use super::sessions::Sessions;
 use super::ssh::SshHandler;
@@ -58,15 +58,17 @@ pub async fn serve(listener: TcpListener, sessions: Arc<Sessions>, shutdown: Can
                 continue;
             }
         };
-        metrics::inc(&sessions.metrics().connections_accepted);
+        sessions.metrics().connections_accepted.inc();
         let Ok(permit) = sessions.connections.clone().try_acquire_owned() else {
-            metrics::inc(&sessions.metrics().connections_refused);
+            sessions.metrics().connections_refused.inc();
+            sessions.metrics().limit_hit(Limit::MaxSessions);
             tracing::warn!(%peer, "too many connections; closing");
             drop(socket);
             continue;
         };
         let Some(slot) = sessions.unauthenticated.try_acquire(peer.ip()) else {
-            metrics::inc(&sessions.metrics().connections_refused);
+            sessions.metrics().connections_refused.inc();
+            sessions.metrics().limit_hit(Limit::MaxUnauthenticatedPerIp);
             tracing::warn!(%peer, "too many unauthenticated connections from this address; closing");
             drop(socket);
             continue;
@@ -146,7 +148,7 @@ async fn supervise(
             return;
         }
         Err(_) => {
-            metrics::inc(&sessions.metrics().auth_timeouts);
+            sessions.metrics().auth_timeouts.inc();
             tracing::info!("no SSH greeting within the authentication timeout");
             return;
         }
@@ -169,7 +171,7 @@ async fn supervise(
             () = ctl.killed() => {
                 let why = ctl.kill_reason().unwrap_or(KillReason::Revoked);
                 if why == KillReason::Revoked {
-                    metrics::inc(&sessions.metrics().revoked_disconnects);
+                    sessions.metrics().revoked_disconnects.inc();
                 }
                 break why.text();
             }
@@ -178,7 +180,7 @@ async fn supervise(
                     auth_pending = false;
                     continue;
                 }
-                metrics::inc(&sessions.metrics().auth_timeouts);
+                sessions.metrics().auth_timeouts.inc();
                 break "authentication timeout";
             }
             changed = access.changed() => {

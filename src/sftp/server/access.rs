@@ -1,15 +1,18 @@
 //! Who may log in: host name → the OpenSSH public keys authorized for it.
 //!
-//! The fleet file's parser (another module) hands plain `(host, ["ssh-ed25519 AAAA... c"])`
-//! pairs to [`HostKeys::parse`]; this module checks names and keys and answers "is this key
-//! one of this host's?". A host logs in with its name as SSH user name. Keys are compared by
-//! their key data; comments do not matter.
+//! The server hands the fleet file's keys to [`HostKeys::new`]; tests and tools hand plain
+//! `(host, ["ssh-ed25519 AAAA... c"])` pairs to [`HostKeys::parse`], which reads them with
+//! the fleet file's own parser (`openssh`), so both accept the same keys with the same words.
+//! This module checks names and answers "is this key one of this host's?". A host logs in
+//! with its name as SSH user name. Keys are compared by their key data; comments do not
+//! matter.
 
 use std::collections::BTreeMap;
 
-use russh::keys::ssh_key::{Algorithm, PublicKey};
+use russh::keys::ssh_key::PublicKey;
 use thiserror::Error;
 
+use crate::openssh::{SshKeyError, SshPublicKey};
 use crate::release::{HOST_NAME_RULE, check_host_name};
 
 #[derive(Debug, Error)]
@@ -18,20 +21,13 @@ pub enum HostKeysError {
     InvalidHostName { host: String },
     #[error("host {host} is listed twice")]
     DuplicateHost { host: String },
-    #[error("host {host}: SSH key {index} ({snippet}) is not a valid OpenSSH public key: {reason}")]
+    #[error("host {host}: SSH key {index} ({snippet}) {source}")]
     InvalidKey {
         host: String,
         index: usize,
         snippet: String,
-        reason: String,
-    },
-    #[error(
-        "host {host}: SSH key {index} has type {algorithm}, which Bento does not accept (use ssh-ed25519 or ecdsa-sha2-nistp256/384)"
-    )]
-    UnsupportedKeyType {
-        host: String,
-        index: usize,
-        algorithm: String,
+        #[source]
+        source: SshKeyError,
     },
 }
 
@@ -60,20 +56,34 @@ impl HostKeys {
         K: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
+        let mut parsed = Vec::new();
+        for (host, keys) in hosts {
+            let host = host.into();
+            let mut host_keys = Vec::new();
+            for (i, key) in keys.into_iter().enumerate() {
+                host_keys.push(parse_key(&host, i + 1, key.as_ref())?);
+            }
+            parsed.push((host, host_keys));
+        }
+        Self::new(parsed)
+    }
+
+    /// The map of `(host, keys)` pairs whose keys are already parsed (the fleet file's).
+    pub fn new<I, H>(hosts: I) -> Result<Self, HostKeysError>
+    where
+        I: IntoIterator<Item = (H, Vec<SshPublicKey>)>,
+        H: Into<String>,
+    {
         let mut map = BTreeMap::new();
         for (host, keys) in hosts {
             let host = host.into();
             if check_host_name(&host).is_err() {
                 return Err(HostKeysError::InvalidHostName { host });
             }
-            let mut parsed = Vec::new();
-            for (i, key) in keys.into_iter().enumerate() {
-                parsed.push(parse_key(&host, i + 1, key.as_ref())?);
-            }
             if map.contains_key(&host) {
                 return Err(HostKeysError::DuplicateHost { host });
             }
-            map.insert(host, parsed);
+            map.insert(host, keys.into_iter().map(|k| k.key().clone()).collect());
         }
         Ok(HostKeys { hosts: map })
     }
@@ -127,27 +137,18 @@ fn same_keys(a: &[PublicKey], b: &[PublicKey]) -> bool {
             .all(|k| b.iter().any(|o| o.key_data() == k.key_data()))
 }
 
-fn parse_key(host: &str, index: usize, text: &str) -> Result<PublicKey, HostKeysError> {
+fn parse_key(host: &str, index: usize, text: &str) -> Result<SshPublicKey, HostKeysError> {
     let text = text.trim();
-    let snippet: String = if text.chars().count() > 24 {
-        format!("{}...", text.chars().take(24).collect::<String>())
-    } else {
-        text.to_owned()
-    };
-    let key = PublicKey::from_openssh(text).map_err(|e| HostKeysError::InvalidKey {
+    SshPublicKey::parse(text).map_err(|source| HostKeysError::InvalidKey {
         host: host.to_owned(),
         index,
-        snippet,
-        reason: e.to_string(),
-    })?;
-    match key.algorithm() {
-        Algorithm::Ed25519 | Algorithm::Ecdsa { .. } => Ok(key),
-        other => Err(HostKeysError::UnsupportedKeyType {
-            host: host.to_owned(),
-            index,
-            algorithm: other.to_string(),
-        }),
-    }
+        snippet: if text.chars().count() > 24 {
+            format!("{}...", text.chars().take(24).collect::<String>())
+        } else {
+            text.to_owned()
+        },
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -188,7 +189,10 @@ mod tests {
 
         let rsa = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAAAgQC7 web1";
         let err = HostKeys::parse([("web1", vec![rsa])]).unwrap_err();
-        assert!(err.to_string().contains("web1"), "{err}");
+        assert!(
+            matches!(&err, HostKeysError::InvalidKey { host, source: SshKeyError::Rsa, .. } if host == "web1"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::time::Instant;
 use russh::keys::ssh_key::PublicKey;
 use tokio_util::sync::CancellationToken;
 
-use super::metrics::{self, Metrics};
+use super::metrics::{Limit, Metrics};
 use super::per_ip::Slot;
 use super::ratelimit::TokenBucket;
 
@@ -107,7 +107,8 @@ impl SessionCtl {
             .unwrap_or_else(|e| e.into_inner())
             .take(Instant::now());
         if !ok && !self.is_killed() {
-            metrics::inc(&metrics.flood_disconnects);
+            metrics.flood_disconnects.inc();
+            metrics.limit_hit(Limit::RequestRate);
             tracing::warn!(
                 peer = %self.peer,
                 host = self.identity().map_or("-", |i| i.host.as_str()),

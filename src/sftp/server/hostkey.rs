@@ -14,6 +14,8 @@ use russh::keys::ssh_key::private::Ed25519Keypair;
 use russh::keys::ssh_key::{HashAlg, LineEnding, PrivateKey};
 use thiserror::Error;
 
+use crate::openssh::{SshKeyError, parse_private_key};
+
 /// The comment written into generated keys.
 const KEY_COMMENT: &str = "bento-server";
 
@@ -31,10 +33,12 @@ pub enum HostKeyError {
         #[source]
         source: std::io::Error,
     },
-    #[error("SSH host key {path} is not an OpenSSH private key: {reason}")]
-    Parse { path: PathBuf, reason: String },
-    #[error("SSH host key {path} is encrypted; the server needs it without a passphrase")]
-    Encrypted { path: PathBuf },
+    #[error("SSH host key {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: SshKeyError,
+    },
     #[error(
         "SSH host key {path} is readable by group or others (mode {mode:04o}); run chmod 600 on it"
     )]
@@ -116,15 +120,10 @@ pub fn load_or_create_host_key(path: &Path) -> Result<HostKey, HostKeyError> {
                     mode: mode & 0o7777,
                 });
             }
-            let key = PrivateKey::from_openssh(&bytes).map_err(|e| HostKeyError::Parse {
+            let key = parse_private_key(&bytes).map_err(|source| HostKeyError::Parse {
                 path: path.to_owned(),
-                reason: e.to_string(),
+                source,
             })?;
-            if key.is_encrypted() {
-                return Err(HostKeyError::Encrypted {
-                    path: path.to_owned(),
-                });
-            }
             let key = HostKey { key };
             write_public_if_missing(path, &key)?;
             Ok(key)

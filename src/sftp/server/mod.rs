@@ -2,7 +2,7 @@
 //! own key, and sees only its own directory (the tree and the watch protocol are described in
 //! [`crate::sftp`]).
 //!
-//! May import: `nix`, `release`, `report` (report names), `durable`, `clock`; russh,
+//! May import: `nix`, `release`, `report` (report names), `durable`, `clock`, `openssh`; russh,
 //! russh-sftp, rustix, tokio. Never `build` or `deploy` (it reads what they wrote into the
 //! publish tree), never `sftp::client`.
 //!
@@ -10,7 +10,7 @@
 //!
 //! ```text
 //! let key      = load_or_create_host_key(&state_dir.join("ssh/host_ed25519_key"))?;
-//! let hosts    = HostKeys::parse(fleet.hosts.iter().map(|h| (h.name, vec![h.ssh_key])))?;
+//! let hosts    = HostKeys::new(fleet.hosts.values().map(|h| (h.name.clone(), vec![h.ssh_key.clone()])))?;
 //! let sessions = Sessions::new(&state_dir, key, hosts, SftpConfig::default())?;
 //! println!("{}", sessions.host_key().known_hosts_line("bento.example", port));
 //! tokio::spawn(serve(listener, sessions.clone(), shutdown.clone()));
@@ -60,5 +60,5 @@ pub use accept::serve;
 pub use access::{HostKeys, HostKeysError, ReloadSummary};
 pub use config::{SftpConfig, SftpConfigError};
 pub use hostkey::{HostKey, HostKeyError, load_or_create_host_key};
-pub use metrics::{Metrics, MetricsSnapshot};
+pub use metrics::{Limit, Metrics, MetricsSnapshot};
 pub use sessions::{Sessions, SessionsError};

@@ -30,7 +30,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::confine;
-use super::metrics::{self, GaugeGuard};
+use super::metrics::{GaugeGuard, Limit};
 use super::reply::send;
 use super::reports::{ReportError, Upload};
 use super::sessions::Sessions;
@@ -189,7 +189,7 @@ impl Ops {
         };
         Some(result.unwrap_or_else(|fail| {
             if fail.code == StatusCode::PermissionDenied {
-                metrics::inc(&self.sessions.metrics().requests_refused);
+                self.sessions.metrics().requests_refused.inc();
                 tracing::info!(host = %self.host, why = %fail.msg, "SFTP request refused");
             }
             fail.into_packet(id)
@@ -214,6 +214,7 @@ impl Ops {
         let node = vfs::resolve(path).map_err(Fail::path)?;
         let vpath = node.virtual_path();
         if self.handles.len() >= self.sessions.config().max_open_handles {
+            self.sessions.metrics().limit_hit(Limit::MaxOpenHandles);
             return Err(Fail::failure("too many open handles"));
         }
         let writes = flags.intersects(
@@ -268,8 +269,8 @@ impl Ops {
                     .finish(config.max_reports, config.max_reports_total_bytes)
                     .map_err(report_fail)?;
                 let m = self.sessions.metrics();
-                metrics::inc(&m.reports_received);
-                metrics::add(&m.reports_rotated, rotated as u64);
+                m.reports_received.inc();
+                m.reports_rotated.inc_by(rotated as u64);
                 tracing::info!(host = %self.host, report = %name, bytes, rotated, "report received");
                 Ok(ok(id))
             }
@@ -288,7 +289,7 @@ impl Ops {
                     Ok(0) => Err(Fail::eof()),
                     Ok(n) => {
                         buf.truncate(n);
-                        metrics::add(&self.sessions.metrics().bytes_sent, n as u64);
+                        self.sessions.metrics().bytes_sent.inc_by(n as u64);
                         Ok(Packet::Data(Data { id, data: buf }))
                     }
                     Err(e) => Err(Fail::fs(e, "file")),
@@ -309,6 +310,9 @@ impl Ops {
     /// has passed; the answer is the current generation in decimal and a newline.
     fn start_wait(&mut self, id: u32, known: u64, wait: Duration) -> Option<Packet> {
         let Ok(permit) = self.waits.clone().try_acquire_owned() else {
+            self.sessions
+                .metrics()
+                .limit_hit(Limit::MaxWatchesPerSession);
             return Some(Fail::failure("too many waiting reads in this session").into_packet(id));
         };
         let mut rx = self.sessions.subscribe_release(&self.host);
@@ -323,11 +327,11 @@ impl Ops {
                 () = cancel.cancelled() => return,
             };
             if changed.is_some() {
-                metrics::inc(&sessions.metrics().watch_wakeups);
+                sessions.metrics().watch_wakeups.inc();
             }
             let generation = changed.unwrap_or_else(|| *rx.borrow());
             let data = format!("{generation}\n").into_bytes();
-            metrics::add(&sessions.metrics().bytes_sent, data.len() as u64);
+            sessions.metrics().bytes_sent.inc_by(data.len() as u64);
             send(&out, Packet::Data(Data { id, data })).await;
         });
         None
@@ -341,14 +345,17 @@ impl Ops {
         };
         match result {
             Ok(()) => {
-                metrics::add(&self.sessions.metrics().bytes_received, data.len() as u64);
+                self.sessions
+                    .metrics()
+                    .bytes_received
+                    .inc_by(data.len() as u64);
                 Ok(ok(id))
             }
             Err(e) => {
                 // The upload is over: dropping it removes the partial file.
                 self.handles.remove(handle);
                 if matches!(e, ReportError::TooLarge { .. }) {
-                    metrics::inc(&self.sessions.metrics().reports_too_large);
+                    self.sessions.metrics().reports_too_large.inc();
                 }
                 tracing::info!(host = %self.host, error = %e, "report upload refused");
                 Err(report_fail(e))
@@ -405,6 +412,7 @@ impl Ops {
     fn opendir(&mut self, id: u32, path: &str) -> Result<Packet, Fail> {
         let node = vfs::resolve(path).map_err(Fail::path)?;
         if self.handles.len() >= self.sessions.config().max_open_handles {
+            self.sessions.metrics().limit_hit(Limit::MaxOpenHandles);
             return Err(Fail::failure("too many open handles"));
         }
         let entries = match &node {

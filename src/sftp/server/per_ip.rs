@@ -2,6 +2,9 @@
 //! hold every connection slot with half-open handshakes while real hosts wait. A slot is
 //! taken at accept and given back when the connection authenticates or ends, so many
 //! hosts behind one NAT address are limited only while they log in.
+//!
+//! Hand-written: a count per address under a mutex, with a guard that gives the slot back;
+//! connection-limit crates count connections, none counts "not logged in yet".
 
 use std::collections::HashMap;
 use std::net::IpAddr;

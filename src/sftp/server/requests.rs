@@ -18,7 +18,6 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::mpsc;
 
 use super::control::{Identity, KillReason, SessionCtl};
-use super::metrics;
 use super::ops::Ops;
 use super::reply::send;
 use super::sessions::Sessions;
@@ -72,7 +71,7 @@ async fn run(
                 break;
             }
         };
-        metrics::inc(&sessions.metrics().sftp_requests);
+        sessions.metrics().sftp_requests.inc();
         if !ctl.charge(sessions.metrics()) {
             break;
         }

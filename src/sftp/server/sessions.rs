@@ -22,7 +22,7 @@ use super::access::{HostKeys, ReloadSummary};
 use super::config::{SftpConfig, SftpConfigError};
 use super::confine;
 use super::hostkey::HostKey;
-use super::metrics::{self, Metrics};
+use super::metrics::Metrics;
 use super::per_ip::PerIp;
 use super::seen::LastSeen;
 use super::watch::{ReleaseWatch, release_generation};
@@ -219,7 +219,7 @@ impl Sessions {
             return None;
         }
         *n += 1;
-        metrics::inc(&self.metrics.sessions_open);
+        self.metrics.sessions_open.inc();
         Some(HostSlot {
             sessions: self.clone(),
             host: host.to_owned(),
@@ -256,6 +256,6 @@ impl Drop for HostSlot {
                 per_host.remove(&self.host);
             }
         }
-        metrics::dec(&self.sessions.metrics.sessions_open);
+        self.sessions.metrics.sessions_open.dec();
     }
 }

@@ -13,7 +13,7 @@ use russh::{Channel, ChannelId, ChannelOpenFailure, MethodKind, MethodSet, Pty, 
 use thiserror::Error;
 
 use super::control::{Identity, SessionCtl};
-use super::metrics::{self, Metrics};
+use super::metrics::{Limit, Metrics};
 use super::requests;
 use super::sessions::{HostSlot, Sessions};
 
@@ -53,7 +53,7 @@ impl SshHandler {
 
     /// Rejects an authentication request, advertising public-key authentication only.
     fn reject(&self, user: &str, method: &'static str, why: &'static str) -> Auth {
-        metrics::inc(&self.metrics().auth_failures);
+        self.metrics().auth_failures.inc();
         tracing::info!(peer = %self.ctl.peer, user, method, why, "authentication rejected");
         Auth::Reject {
             proceed_with_methods: Some(MethodSet::from(&[MethodKind::PublicKey][..])),
@@ -63,7 +63,7 @@ impl SshHandler {
 
     /// Counts and logs a refused request on a channel.
     fn refuse(&self, what: &'static str) {
-        metrics::inc(&self.metrics().requests_refused);
+        self.metrics().requests_refused.inc();
         tracing::info!(
             peer = %self.ctl.peer,
             host = self.ctl.identity().map_or("-", |i| i.host.as_str()),
@@ -148,11 +148,12 @@ impl russh::server::Handler for SshHandler {
             match self.sessions.claim_host_slot(user) {
                 Some(slot) => self.slot = Some(slot),
                 None => {
+                    self.metrics().limit_hit(Limit::MaxSessionsPerHost);
                     return Ok(self.reject(user, "publickey", "too many sessions of this host"));
                 }
             }
         }
-        metrics::inc(&self.metrics().auth_successes);
+        self.metrics().auth_successes.inc();
         self.sessions.saw(user);
         self.ctl.set_identity(Identity {
             host: user.to_owned(),

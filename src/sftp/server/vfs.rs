@@ -15,6 +15,9 @@
 //! /reports/             write-only dir   <host>/reports/ (create-new files only)
 //! /watch/<gen>[/<secs>] read blocks until the release generation differs from <gen>
 //! ```
+//!
+//! Hand-written: path crates normalize `..` (or clamp it at the root); this must refuse it,
+//! and classify what is left into the few nodes of the tree, which no crate knows.
 
 use thiserror::Error;
 

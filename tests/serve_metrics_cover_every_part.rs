@@ -1,0 +1,234 @@
+//! `bento serve`'s `/metrics`, scraped from the running server and parsed line by line as
+//! the Prometheus text format: every family that `docs/cache.md`, `docs/sftp.md` and
+//! `docs/status.md` list is there, each sample is typed, and the SFTP counters move when a
+//! host fails to log in (and, as the positive control, when one logs in).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod served_fleet;
+
+use std::collections::BTreeMap;
+
+use bento::release::Release;
+use bento::report::{Outcome, Report};
+use served_fleet::{Repo, Served, get, keygen, openssh_sftp, serve};
+
+/// One sample: its name, labels, value.
+#[derive(Debug, Clone, PartialEq)]
+struct Sample {
+    name: String,
+    labels: BTreeMap<String, String>,
+    value: f64,
+}
+
+/// A scrape: the declared type of each family and every sample.
+#[derive(Debug, Default)]
+struct Scrape {
+    types: BTreeMap<String, String>,
+    samples: Vec<Sample>,
+}
+
+impl Scrape {
+    /// Parses the Prometheus text format (0.0.4), refusing anything out of shape.
+    fn parse(text: &str) -> Scrape {
+        let mut scrape = Scrape::default();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').unwrap();
+                assert!(
+                    ["counter", "gauge"].contains(&kind),
+                    "unexpected type: {line}"
+                );
+                let before = scrape.types.insert(name.to_owned(), kind.to_owned());
+                assert!(before.is_none(), "{name} typed twice");
+                continue;
+            }
+            if line.starts_with("# HELP ") || line.is_empty() {
+                continue;
+            }
+            assert!(!line.starts_with('#'), "unexpected comment: {line}");
+            let (series, value) = line.rsplit_once(' ').unwrap();
+            let value: f64 = value.parse().unwrap_or_else(|_| panic!("value of {line}"));
+            let (name, labels) = match series.split_once('{') {
+                Some((name, rest)) => (name, parse_labels(rest.strip_suffix('}').unwrap())),
+                None => (series, BTreeMap::new()),
+            };
+            assert!(
+                name.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+                "name of {line}"
+            );
+            assert!(
+                scrape.types.contains_key(name),
+                "{name} has no TYPE line before its sample"
+            );
+            scrape.samples.push(Sample {
+                name: name.to_owned(),
+                labels,
+                value,
+            });
+        }
+        scrape
+    }
+
+    fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        self.samples
+            .iter()
+            .find(|s| {
+                s.name == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+            })
+            .map(|s| s.value)
+    }
+}
+
+/// `k="v",k2="v2"` with the format's escapes (`\\`, `\"`, `\n`).
+fn parse_labels(text: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut rest = text;
+    while !rest.is_empty() {
+        let (key, after) = rest.split_once("=\"").unwrap();
+        let mut value = String::new();
+        let mut chars = after.char_indices();
+        let end = loop {
+            let (i, c) = chars.next().expect("closing quote");
+            match c {
+                '\\' => match chars.next().unwrap().1 {
+                    'n' => value.push('\n'),
+                    other => value.push(other),
+                },
+                '"' => break i,
+                c => value.push(c),
+            }
+        };
+        out.insert(key.to_owned(), value);
+        rest = after[end + 1..].trim_start_matches(',');
+    }
+    out
+}
+
+/// The sample names a doc lists in the code block of its `## Metrics` section (the agent's
+/// textfile, which `docs/status.md` describes after it, is not on `/metrics`).
+fn documented(doc: &str) -> Vec<String> {
+    let text =
+        std::fs::read_to_string(format!("{}/docs/{doc}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    let section = text
+        .split("\n## Metrics\n")
+        .nth(1)
+        .expect("a Metrics section");
+    let section = section.split("\n## ").next().unwrap();
+    let names: Vec<String> = section
+        .lines()
+        .filter(|l| l.starts_with("    bento_"))
+        .map(|l| {
+            let first = l.split_whitespace().next().unwrap();
+            first.split('{').next().unwrap().to_owned()
+        })
+        .collect();
+    assert!(names.len() >= 4, "{doc} lists {names:?}");
+    names
+}
+
+/// A release of web1 (generation 3) and its agent's report that it applied it, so that the
+/// per-host fleet gauges have values.
+fn publish_and_report(repo: &Repo) {
+    let path = "/nix/store/00000000000000000000000000000000-nixos-system-web1";
+    let now = bento::clock::unix_now();
+    let publish = repo.state.join("publish/web1");
+    std::fs::create_dir_all(publish.join("reports")).unwrap();
+    let release = Release::sign("web1", 3, path, now - 60, &repo.fleet_secret_key()).unwrap();
+    std::fs::write(publish.join("release"), release.to_bytes()).unwrap();
+    let report = Report {
+        format: bento::report::FORMAT,
+        host: "web1".into(),
+        generation: 3,
+        wanted: Some(path.into()),
+        running: Some(path.into()),
+        outcome: Outcome::Applied,
+        reason: None,
+        started_ms: (now - 30) * 1000,
+        finished_ms: (now - 20) * 1000,
+        timings: Default::default(),
+        log: String::new(),
+    };
+    std::fs::write(
+        publish.join("reports").join(report.file_name()),
+        report.to_bytes(),
+    )
+    .unwrap();
+}
+
+#[test]
+fn metrics_list_every_documented_family_and_count_a_failed_login() {
+    let dir = tempfile::tempdir().unwrap();
+    let (web1_key, web1_public) = keygen(dir.path(), "web1", "ed25519", None);
+    let (stranger_key, _) = keygen(dir.path(), "stranger", "ed25519", None);
+    let repo = Repo::init(dir.path(), "web1", &web1_public);
+    publish_and_report(&repo);
+    let Served::Up(server) = serve(&repo.file, false) else {
+        panic!("serve did not start");
+    };
+    let metrics = format!("{}/metrics", server.cache);
+
+    // A first scrape, so that the requests family has a sample in the second.
+    get(&metrics);
+    let before = Scrape::parse(&get(&metrics));
+    let mut missing = Vec::new();
+    for doc in ["cache.md", "sftp.md", "status.md"] {
+        for name in documented(doc) {
+            if !before.samples.iter().any(|s| s.name == name) {
+                missing.push(format!("{name} ({doc})"));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "not on /metrics: {missing:?}");
+    assert_eq!(
+        before.value(
+            "bento_cache_requests_total",
+            &[("endpoint", "metrics"), ("status", "200")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        before.value("bento_hosts", &[("state", "up-to-date")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        before.value("bento_host_current_generation", &[("host", "web1")]),
+        Some(3.0)
+    );
+    assert_eq!(
+        before.value(
+            "bento_sftp_limits_hit_total",
+            &[("limit", "max_sessions_per_host")]
+        ),
+        Some(0.0)
+    );
+
+    // A stranger's key, offered as web1: refused, and counted.
+    let refused = openssh_sftp(dir.path(), &server, "web1", &stranger_key, "ls /\n");
+    assert!(!refused.status.success(), "a stranger logged in");
+    let after_failure = Scrape::parse(&get(&metrics));
+    let failures = |s: &Scrape| s.value("bento_sftp_auth_failures_total", &[]).unwrap();
+    let successes = |s: &Scrape| s.value("bento_sftp_auth_successes_total", &[]).unwrap();
+    let accepted = |s: &Scrape| {
+        s.value("bento_sftp_connections_accepted_total", &[])
+            .unwrap()
+    };
+    assert!(
+        failures(&after_failure) >= failures(&before) + 1.0,
+        "auth failures {} -> {}",
+        failures(&before),
+        failures(&after_failure)
+    );
+    assert_eq!(accepted(&after_failure), accepted(&before) + 1.0);
+    assert_eq!(successes(&after_failure), successes(&before));
+
+    // Positive control: web1's own key logs in, and that is counted as a success.
+    let login = openssh_sftp(dir.path(), &server, "web1", &web1_key, "ls /\n");
+    assert!(login.status.success(), "{}", served_fleet::text(&login));
+    let after_login = Scrape::parse(&get(&metrics));
+    assert_eq!(successes(&after_login), successes(&before) + 1.0);
+    assert!(after_login.value("bento_sftp_requests_total", &[]).unwrap() > 0.0);
+}
