@@ -104,7 +104,7 @@ fn check_config_refuses_a_files_dir_bento_does_not_own() {
     let dir = tempfile::tempdir().unwrap();
     let base = r#"host = "web1"
 server = "10.77.0.1:2222"
-server_host_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG5vdGFyZWFsa2V5Zm9ydGVzdGluZ29ubHkxMjM0"
+server_host_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOJO9ASb4F2D1xKP2Xmvh66LRWTxkAa/c3FHXOlUcY+n"
 ssh_key = "/etc/bento/id_ed25519"
 cache_url = "http://10.77.0.1:8080"
 fleet_public_key = "test1:cb1G7tENqlCU2ZJAj+1Tk7f3LzTABDCtJrspN2aDpzw="
