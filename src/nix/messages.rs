@@ -63,6 +63,10 @@ struct Rule {
     shape: Shape,
     /// Nix versions whose source prints it, and the file it comes from.
     origin: &'static str,
+    /// Another Nix process using the same local store at the same moment (a busy
+    /// database, a race to initialise a fresh store): any store call, not only a copy,
+    /// may fail so and succeed when run again.
+    contention: bool,
 }
 
 const fn rule(meaning: Meaning, shape: Shape, origin: &'static str) -> Rule {
@@ -70,6 +74,17 @@ const fn rule(meaning: Meaning, shape: Shape, origin: &'static str) -> Rule {
         meaning,
         shape,
         origin,
+        contention: false,
+    }
+}
+
+/// A transient rule that is store contention (see [`Rule::contention`]).
+const fn contention(shape: Shape, origin: &'static str) -> Rule {
+    Rule {
+        meaning: Transient,
+        shape,
+        origin,
+        contention: true,
     }
 }
 
@@ -206,8 +221,7 @@ const RULES: &[Rule] = &[
         Contains("; retrying in "),
         "2.8-2.34.0 `retrying in N ms`, 2.34.1-2.35 with `(attempt i/n)`, filetransfer.cc",
     ),
-    rule(
-        Transient,
+    contention(
         StartsContains("SQLite database '", "' is busy"),
         "2.8-2.35, sqlite.cc",
     ),
@@ -227,23 +241,19 @@ const RULES: &[Rule] = &[
         "2.8-2.33 `writing to file: `, 2.34-2.35 `write of N bytes: ` (strerror)",
     ),
     rule(Transient, Contains("Broken pipe"), "2.8-2.35 (strerror)"),
-    rule(
-        Transient,
+    contention(
         StartsContains("creating symlink ", "File exists"),
         "2.8.0-2.22 `from '%1%' to '%2%'`, 2.25.3-2.29 `'%1%' -> '%2%'`: fresh-store race",
     ),
-    rule(
-        Transient,
+    contention(
         Starts("filesystem error: cannot create symlink"),
         "2.23.0-2.25.2, libstdc++'s text from createSymlink: fresh-store race",
     ),
-    rule(
-        Transient,
+    contention(
         Contains("/db/schema' is corrupt"),
         "2.8.0-2.33, local-store.cc getSchema: fresh-store race",
     ),
-    rule(
-        Transient,
+    contention(
         Contains("/db/schema\" is corrupt"),
         "2.34.0-2.35, local-store.cc getSchema",
     ),
@@ -282,6 +292,23 @@ const RULES: &[Rule] = &[
 /// One line as the rules see it: colours and the `error: ` / `warning: ` prefix removed,
 /// surrounding blanks trimmed (2.8 indents continuation lines).
 fn normalise(line: &str) -> String {
+    let plain = strip_colours(line);
+    let mut rest = plain.trim();
+    // `warning: error: unable to download ...; retrying` carries both prefixes.
+    loop {
+        let stripped = rest
+            .strip_prefix("error: ")
+            .or_else(|| rest.strip_prefix("warning: "));
+        match stripped {
+            Some(s) => rest = s.trim_start(),
+            None => break,
+        }
+    }
+    rest.to_owned()
+}
+
+/// `line` without its ANSI colour sequences.
+fn strip_colours(line: &str) -> String {
     let mut plain = String::with_capacity(line.len());
     let mut chars = line.chars();
     while let Some(c) = chars.next() {
@@ -298,18 +325,7 @@ fn normalise(line: &str) -> String {
         }
         plain.push(c);
     }
-    let mut rest = plain.trim();
-    // `warning: error: unable to download ...; retrying` carries both prefixes.
-    loop {
-        let stripped = rest
-            .strip_prefix("error: ")
-            .or_else(|| rest.strip_prefix("warning: "));
-        match stripped {
-            Some(s) => rest = s.trim_start(),
-            None => break,
-        }
-    }
-    rest.to_owned()
+    plain
 }
 
 /// The first rule of the first class that some line of `stderr` matches.
@@ -326,6 +342,19 @@ fn first_match(stderr: &str) -> Option<&'static Rule> {
 /// What the messages of a failed copy mean; `None` when no rule knows them.
 pub fn classify(stderr: &str) -> Option<Meaning> {
     first_match(stderr).map(|r| r.meaning)
+}
+
+/// Whether a failed store call (any, not only a copy) failed because another Nix process
+/// held the same store: a busy database or a race to initialise a fresh `/nix`. Only
+/// `error:` lines count: Nix prints `warning: error: SQLite database ... is busy` while it
+/// waits and then goes on, so a later, real error is never taken for contention; and
+/// `error (ignored): ...` (the evaluation cache) is not a failure at all.
+pub fn store_contention(stderr: &str) -> bool {
+    stderr
+        .lines()
+        .filter(|l| strip_colours(l).trim_start().starts_with("error: "))
+        .map(normalise)
+        .any(|l| RULES.iter().any(|r| r.contention && r.shape.matches(&l)))
 }
 
 /// Where the rule that classified `stderr` comes from (for logs and tests).
