@@ -234,20 +234,26 @@ enum RawDeliveredFile {
 impl Fleet {
     /// Reads and validates a fleet file. Relative paths in it are relative to its directory.
     pub fn load(path: &Path) -> Result<Fleet, FleetFileError> {
-        let file = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
-        let text = std::fs::read_to_string(&file).map_err(|source| match source.kind() {
-            std::io::ErrorKind::NotFound => FleetFileError::Missing { path: file.clone() },
-            _ => FleetFileError::Read {
-                path: file.clone(),
-                source,
-            },
-        })?;
+        let (file, text) = read_fleet_file(path)?;
         Fleet::parse(&text, &file)
+    }
+
+    /// Reads and validates a fleet file like [`Fleet::load`], without requiring the files
+    /// it names (flake, configuration.nix, delivered files) to exist: for checks made where
+    /// only the fleet file is, such as a Nix build sandbox, and by `bento serve`, which
+    /// never reads them (deploy does).
+    pub fn load_text_only(path: &Path) -> Result<Fleet, FleetFileError> {
+        let (file, text) = read_fleet_file(path)?;
+        Fleet::parse_checking(&text, &file, Paths::Unchecked)
     }
 
     /// Validates the text of a fleet file that lives at `file` (used to resolve relative
     /// paths and in messages).
     pub fn parse(text: &str, file: &Path) -> Result<Fleet, FleetFileError> {
+        Fleet::parse_checking(text, file, Paths::MustExist)
+    }
+
+    fn parse_checking(text: &str, file: &Path, paths: Paths) -> Result<Fleet, FleetFileError> {
         let raw: RawFile = toml::from_str(text).map_err(|e| {
             let at = toml_error::locate(text, e.span().map(|s| s.start), e.message());
             FleetFileError::Syntax {
@@ -311,7 +317,7 @@ impl Fleet {
         let mut lowercase: BTreeMap<String, String> = BTreeMap::new();
         let mut keys = BTreeMap::new();
         for (name, raw_host) in raw.hosts {
-            let host = validate_host(file, &flake, &resolve, name, raw_host)?;
+            let host = validate_host(file, &flake, &resolve, name, raw_host, paths)?;
             let host_err = |problem: String, field| FleetFileError::Host {
                 path: file.to_owned(),
                 host: host.name.clone(),
@@ -342,7 +348,7 @@ impl Fleet {
         let uses_flake = hosts
             .values()
             .any(|h| matches!(h.system, System::Flake { .. }));
-        if uses_flake && flake_is_path {
+        if uses_flake && flake_is_path && paths == Paths::MustExist {
             let flake_nix = Path::new(&flake).join("flake.nix");
             if !flake_nix.is_file() {
                 return Err(FleetFileError::MissingFile {
@@ -382,6 +388,25 @@ impl Fleet {
     }
 }
 
+/// The absolute path of a fleet file and its text.
+fn read_fleet_file(path: &Path) -> Result<(PathBuf, String), FleetFileError> {
+    let file = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+    match std::fs::read_to_string(&file) {
+        Ok(text) => Ok((file, text)),
+        Err(source) if source.kind() == std::io::ErrorKind::NotFound => {
+            Err(FleetFileError::Missing { path: file })
+        }
+        Err(source) => Err(FleetFileError::Read { path: file, source }),
+    }
+}
+
+/// Whether the files a fleet file names must exist when it is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Paths {
+    MustExist,
+    Unchecked,
+}
+
 /// Checks one host on its own (checks across hosts are the caller's).
 fn validate_host(
     file: &Path,
@@ -389,6 +414,7 @@ fn validate_host(
     resolve: &dyn Fn(&Path) -> PathBuf,
     name: String,
     raw: RawHost,
+    paths: Paths,
 ) -> Result<Host, FleetFileError> {
     let host_err = |field, problem: String| FleetFileError::Host {
         path: file.to_owned(),
@@ -419,7 +445,7 @@ fn validate_host(
         }
         (None, Some(conf)) => {
             let path = resolve(&conf);
-            if !path.is_file() {
+            if paths == Paths::MustExist && !path.is_file() {
                 return Err(FleetFileError::MissingFile {
                     path: file.to_owned(),
                     subject: format!("host {name}, field configuration"),
@@ -457,7 +483,7 @@ fn validate_host(
             .and_then(|()| crate::files::check_mode(&file_name, mode))
             .map_err(|e| host_err("files", e.to_string()))?;
         let source = resolve(&source);
-        if !source.is_file() {
+        if paths == Paths::MustExist && !source.is_file() {
             return Err(FleetFileError::MissingFile {
                 path: file.to_owned(),
                 subject: format!("host {name}, field files.{file_name}"),
