@@ -85,10 +85,12 @@ impl HostFiles {
             path: blobs.clone(),
             source,
         })?;
+        // Group-readable: on a NixOS server the state directory belongs to group `bento`,
+        // whose members (operators) deploy and whose user serves; nobody else reads them.
         for (sha256, content) in &self.contents {
             let blob = blobs.join(sha256);
             if !blob.exists() {
-                durable::write_atomic(&blob, content, 0o600)?;
+                durable::write_atomic(&blob, content, 0o640)?;
             }
         }
         let manifest =
@@ -98,7 +100,7 @@ impl HostFiles {
                     source,
                 }
             })?;
-        durable::write_atomic(&dir.join(files::MANIFEST_PATH), &manifest.to_bytes(), 0o600)?;
+        durable::write_atomic(&dir.join(files::MANIFEST_PATH), &manifest.to_bytes(), 0o640)?;
         remove_unlisted_blobs(&blobs, &self.entries);
         Ok(())
     }
