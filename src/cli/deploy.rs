@@ -372,6 +372,28 @@ fn summary(reports: &[HostReport]) -> String {
     table::render(&["HOST", "BUILD", "RELEASE", "RESULT"], &rows)
 }
 
+/// An `.age` source must be an age file with a recipient for the host's SSH key: said
+/// here, before any agent refuses it.
+fn check_sealed_for(
+    content: &[u8],
+    host: &crate::config::Host,
+    name: &str,
+    source: &std::path::Path,
+) -> anyhow::Result<()> {
+    let for_host = crate::secret::is_encrypted_to(content, &host.ssh_key.to_openssh())
+        .with_context(|| format!("{} (host {}, files.{name})", source.display(), host.name))?;
+    if !for_host {
+        anyhow::bail!(
+            "{} (host {}, files.{name}) is not encrypted to {}'s ssh_key in bento.toml, so its agent could not read it: encrypt it again with `bento secret encrypt {} {name}`",
+            source.display(),
+            host.name,
+            host.name,
+            host.name
+        );
+    }
+    Ok(())
+}
+
 /// Reads the files `[hosts.<host>.files]` delivers, from their sources on this server.
 fn files_of(fleet: &Fleet, host: &str) -> anyhow::Result<Vec<FileToDeliver>> {
     let Some(h) = fleet.hosts.get(host) else {
@@ -386,10 +408,15 @@ fn files_of(fleet: &Fleet, host: &str) -> anyhow::Result<Vec<FileToDeliver>> {
                     file.source.display()
                 )
             })?;
+            let age = crate::secret::is_age_path(&file.source);
+            if age {
+                check_sealed_for(&content, h, name, &file.source)?;
+            }
             Ok(FileToDeliver {
                 name: name.clone(),
                 content,
                 mode: file.mode,
+                age,
             })
         })
         .collect()

@@ -10,6 +10,7 @@
 //! signing_key = "keys/fleet.secret" # default: <state_dir>/keys/fleet.secret
 //! jobs = 2                          # default: from cores and memory
 //! keep_systems = 5                  # default; GC roots kept per host (newest systems)
+//! secret_recipients = ["ssh-ed25519 AAAA... alice"]  # operators who may edit age secrets
 //!
 //! [hosts.web1]
 //! ssh_key = "ssh-ed25519 AAAA... root@web1"
@@ -23,6 +24,7 @@
 //! [hosts.web1.files]                # delivered outside the store, see `files`
 //! db-password = "secrets/web1/db-password"                      # mode 0400
 //! "tls.key" = { source = "secrets/web1/tls.key", mode = 0o440 }
+//! api-token = "secrets/web1/api-token.age"   # age, to web1's ssh_key: see `secret`
 //! ```
 //!
 //! May import: `nix` (keys), `release` (host-name rules), `files` (file-name rules), `openssh`
@@ -155,6 +157,9 @@ pub struct Fleet {
     pub stale_after_secs: u64,
     /// Per host, how many of the newest distinct published systems keep their GC roots.
     pub keep_systems: usize,
+    /// `[fleet] secret_recipients`: keys (OpenSSH public key lines or `age1…`) every age
+    /// secret is encrypted to besides its host's, so that these operators can edit it.
+    pub secret_recipients: Vec<String>,
     /// Hosts by name (sorted).
     pub hosts: BTreeMap<String, Host>,
 }
@@ -209,6 +214,8 @@ struct RawFleet {
     jobs: Option<usize>,
     stale_after_secs: Option<u64>,
     keep_systems: Option<usize>,
+    #[serde(default)]
+    secret_recipients: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -313,6 +320,18 @@ impl Fleet {
             ));
         }
 
+        for key in &raw.fleet.secret_recipients {
+            let key = key.trim();
+            if !key.starts_with("age1")
+                && let Err(e) = SshPublicKey::parse(key)
+            {
+                return Err(fleet_err(
+                    "secret_recipients",
+                    format!("{key:?} is neither an OpenSSH public key nor an age1… key: {e}"),
+                ));
+            }
+        }
+
         let mut hosts: BTreeMap<String, Host> = BTreeMap::new();
         let mut lowercase: BTreeMap<String, String> = BTreeMap::new();
         let mut keys = BTreeMap::new();
@@ -367,6 +386,7 @@ impl Fleet {
             jobs: raw.fleet.jobs,
             stale_after_secs,
             keep_systems,
+            secret_recipients: raw.fleet.secret_recipients,
             hosts,
         })
     }
