@@ -18,4 +18,5 @@ pub mod release;
 pub mod report;
 pub mod server;
 pub mod sftp;
+pub mod slots;
 pub mod status;

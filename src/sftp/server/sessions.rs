@@ -6,11 +6,11 @@
 //! is disconnected at once, and every SFTP request re-checks access as well, so nothing slips
 //! through between the swap and the disconnect.
 
-use std::collections::HashMap;
+use std::net::IpAddr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
 use russh::keys::ssh_key::PublicKey;
 use rustix::fs::{Mode, OFlags};
@@ -23,9 +23,9 @@ use super::config::{SftpConfig, SftpConfigError};
 use super::confine;
 use super::hostkey::HostKey;
 use super::metrics::Metrics;
-use super::per_ip::PerIp;
 use super::seen::LastSeen;
 use super::watch::{ReleaseWatch, release_generation};
+use crate::slots::{PerKey, Slot};
 
 /// The directory under the state directory that holds one directory per host.
 pub const PUBLISH_DIR: &str = "publish";
@@ -53,9 +53,9 @@ pub struct Sessions {
     hosts: RwLock<Arc<HostKeys>>,
     access_epoch: watch::Sender<u64>,
     releases: ReleaseWatch,
-    per_host: Mutex<HashMap<String, usize>>,
+    per_host: Arc<PerKey<String>>,
     pub(crate) connections: Arc<Semaphore>,
-    pub(crate) unauthenticated: Arc<PerIp>,
+    pub(crate) unauthenticated: Arc<PerKey<IpAddr>>,
     metrics: Metrics,
     seen: LastSeen,
 }
@@ -98,7 +98,8 @@ impl Sessions {
         let (access_epoch, _) = watch::channel(0);
         Ok(Arc::new(Sessions {
             connections: Arc::new(Semaphore::new(config.max_sessions)),
-            unauthenticated: PerIp::new(config.max_unauthenticated_per_ip),
+            unauthenticated: PerKey::new(config.max_unauthenticated_per_ip),
+            per_host: PerKey::new(config.max_sessions_per_host),
             config,
             publish_dir,
             publish_fd,
@@ -106,7 +107,6 @@ impl Sessions {
             hosts: RwLock::new(Arc::new(hosts)),
             access_epoch,
             releases: ReleaseWatch::default(),
-            per_host: Mutex::new(HashMap::new()),
             metrics: Metrics::default(),
             seen: LastSeen::new(state_dir),
         }))
@@ -213,49 +213,28 @@ impl Sessions {
 
     /// Counts one more session of `host`, unless it already has `max_sessions_per_host`.
     pub(crate) fn claim_host_slot(self: &Arc<Self>, host: &str) -> Option<HostSlot> {
-        let mut per_host = self.per_host.lock().unwrap_or_else(|e| e.into_inner());
-        let n = per_host.entry(host.to_owned()).or_insert(0);
-        if *n >= self.config.max_sessions_per_host {
-            return None;
-        }
-        *n += 1;
+        let slot = self.per_host.try_acquire(host.to_owned())?;
         self.metrics.sessions_open.inc();
         Some(HostSlot {
             sessions: self.clone(),
-            host: host.to_owned(),
+            _slot: slot,
         })
     }
 
     /// Authenticated sessions `host` holds now.
     pub fn sessions_of(&self, host: &str) -> usize {
-        self.per_host
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(host)
-            .copied()
-            .unwrap_or(0)
+        self.per_host.held(&host.to_owned())
     }
 }
 
 /// One authenticated session of a host; gives its place back when dropped.
 pub(crate) struct HostSlot {
     sessions: Arc<Sessions>,
-    host: String,
+    _slot: Slot<String>,
 }
 
 impl Drop for HostSlot {
     fn drop(&mut self) {
-        let mut per_host = self
-            .sessions
-            .per_host
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = per_host.get_mut(&self.host) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                per_host.remove(&self.host);
-            }
-        }
         self.sessions.metrics.sessions_open.dec();
     }
 }
