@@ -32,7 +32,7 @@ mod stream;
 pub use access::Access;
 pub use handler::ServeError;
 pub use metrics::Metrics;
-pub use refresh::{Cache, CacheConfig, RefreshReport};
+pub use refresh::{Cache, CacheConfig, RefreshReport, ShownReleases};
 
 #[derive(Debug, Error)]
 pub enum CacheError {

@@ -7,7 +7,7 @@
 //! index in; (2) find or make each missing zstd file (verified by hash before it is
 //! trusted), then swap in the index whose narinfos advertise them. Refreshes never overlap.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
@@ -72,6 +72,9 @@ impl CacheConfig {
     }
 }
 
+/// Release file contents by host, as one refresh read them.
+pub type ShownReleases = Arc<BTreeMap<String, Bytes>>;
+
 /// What a refresh did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RefreshReport {
@@ -102,6 +105,10 @@ pub struct Cache {
     /// Counts finished refreshes; whoever announces releases (the SFTP watch) waits for it
     /// so that no host is told of a release before its closure is servable.
     refreshed: tokio::sync::watch::Sender<u64>,
+    /// The release files of the hosts served, as read by the refresh whose index is in
+    /// place: what hosts may be shown, since the closures of those that verified are
+    /// servable now (see [`Cache::releases_shown`]).
+    shown: tokio::sync::watch::Sender<ShownReleases>,
     pub(super) cache_info: Bytes,
     /// The hosts whose releases are served (the fleet file's hosts); `None` serves every
     /// release in the publish tree. A host removed from the fleet loses its closure here
@@ -141,6 +148,7 @@ impl Cache {
             suspects: Mutex::new(HashSet::new()),
             wake: Notify::new(),
             refreshed: tokio::sync::watch::Sender::new(0),
+            shown: tokio::sync::watch::Sender::new(ShownReleases::default()),
             cache_info,
             served_hosts: Mutex::new(None),
             config,
@@ -259,6 +267,15 @@ impl Cache {
         self.refreshed.subscribe()
     }
 
+    /// The release files the index in place was made from, updated as soon as a refresh
+    /// has made the closures of the verified ones servable (before their zstd files are
+    /// made). Showing hosts these, rather than the publish tree as it is now, means no host
+    /// sees a release whose closure the cache does not serve yet. A release that did not
+    /// verify is in it too: its host should see it (and refuse it) as before.
+    pub fn releases_shown(&self) -> tokio::sync::watch::Receiver<ShownReleases> {
+        self.shown.subscribe()
+    }
+
     /// Polls the publish tree every `poll_interval` and refreshes when it changed or the
     /// serving path reported a bad file, until `shutdown`.
     pub async fn watch(self: Arc<Self>, shutdown: CancellationToken) {
@@ -305,11 +322,16 @@ impl Cache {
         let started = Instant::now();
         let state_dir = &self.config.state_dir;
         let fingerprint = scan::fingerprint(state_dir, self.token_dir().as_deref());
-        let (mut published, skipped) = scan::read_releases(state_dir, &self.fleet_key);
+        let scan::Releases {
+            ok: mut published,
+            skipped,
+            mut files,
+        } = scan::read_releases(state_dir, &self.fleet_key);
         for s in &skipped {
             tracing::warn!(host = %s.host, reason = %s.reason, "ignoring release");
         }
         if let Some(served) = self.served_hosts() {
+            files.retain(|host, _| served.contains(host));
             published.retain(|p| {
                 let keep = served.contains(&p.host);
                 if !keep {
@@ -404,6 +426,7 @@ impl Cache {
             tokens.clone(),
         ));
         drop(previous);
+        self.shown.send_replace(Arc::new(files));
 
         // Phase 2: one zstd file per distinct NAR hash that lacks a verified one.
         let mut todo: HashMap<Sha256Hash, &ServablePath> = HashMap::new();

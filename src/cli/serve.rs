@@ -20,7 +20,9 @@ use crate::server::{self, Listeners, ServerConfig};
 /// directory.
 ///
 /// Narinfos are signed with the fleet key; hosts trust its public half. Releases written by
-/// `bento deploy` are picked up within a second or two. The SSH host key is made on first
+/// `bento deploy` are picked up within a second or two, and a host sees its new release
+/// only once the cache serves its closure (`bento deploy` waits for that when it finds this
+/// server running on its state directory). The SSH host key is made on first
 /// start (STATE_DIR/ssh/host_ed25519_key) and printed: agents pin it. Edit bento.toml and
 /// send SIGHUP (or just save it) to add or remove hosts. Stops on Ctrl-C or SIGTERM.
 ///

@@ -95,8 +95,7 @@ pub fn summarize(
         !r.outcome.is_success() && !r.outcome.is_interim() && r.reason.is_some()
     })
     .and_then(|r| r.reason.as_deref())
-    .and_then(|reason| reason.lines().next())
-    .map(str::to_owned);
+    .map(super::sentence::one_sentence);
     HostStatus {
         host: host.to_owned(),
         state,

@@ -117,10 +117,21 @@ fn ok(id: u32) -> Packet {
 }
 
 enum OpenHandle {
-    File { fd: OwnedFd, stat: Stat },
+    File {
+        fd: OwnedFd,
+        stat: Stat,
+    },
+    /// A release shown from memory (`Sessions::show_releases`).
+    Shown(Bytes),
     Upload(Upload),
-    Watch { known: u64, wait: Duration },
-    Dir { entries: Vec<File>, pos: usize },
+    Watch {
+        known: u64,
+        wait: Duration,
+    },
+    Dir {
+        entries: Vec<File>,
+        pos: usize,
+    },
 }
 
 /// The open handles and the operations of one SFTP session of one host.
@@ -221,6 +232,12 @@ impl Ops {
             OpenFlags::WRITE | OpenFlags::APPEND | OpenFlags::CREATE | OpenFlags::TRUNCATE,
         );
         match node {
+            Node::Release
+                if !writes && let Some(shown) = self.sessions.shown_release(&self.host) =>
+            {
+                let data = shown.ok_or_else(|| Fail::no_such(format!("{vpath}: no such file")))?;
+                self.add_handle(id, OpenHandle::Shown(data))
+            }
             Node::Release | Node::Files(_) => {
                 if writes {
                     return Err(Fail::denied(format!("{vpath} is read-only")));
@@ -293,6 +310,25 @@ impl Ops {
                         Ok(Packet::Data(Data { id, data: buf }))
                     }
                     Err(e) => Err(Fail::fs(e, "file")),
+                }
+            }
+            Some(OpenHandle::Shown(data)) => {
+                let start = usize::try_from(offset)
+                    .unwrap_or(usize::MAX)
+                    .min(data.len());
+                let len = len.min(self.sessions.config().max_read_len) as usize;
+                let chunk = &data[start..(start + len).min(data.len())];
+                if chunk.is_empty() {
+                    Err(Fail::eof())
+                } else {
+                    self.sessions
+                        .metrics()
+                        .bytes_sent
+                        .inc_by(chunk.len() as u64);
+                    Ok(Packet::Data(Data {
+                        id,
+                        data: chunk.to_vec(),
+                    }))
                 }
             }
             Some(OpenHandle::Upload(_)) => Err(Fail::denied("reports are write-only")),
@@ -374,6 +410,10 @@ impl Ops {
                 ));
             }
             Node::Watch { .. } => attrs(MODE_FILE_RO, None, None),
+            Node::Release if let Some(shown) = self.sessions.shown_release(&self.host) => {
+                let data = shown.ok_or_else(|| Fail::no_such("/release: no such file"))?;
+                attrs(MODE_FILE_RO, Some(data.len() as u64), None)
+            }
             Node::Release | Node::Files(_) => {
                 let vpath = node.virtual_path();
                 let disk = node.disk_path().unwrap_or_default();
@@ -402,6 +442,7 @@ impl Ops {
             Some(OpenHandle::File { stat, .. }) => {
                 stat_attrs(stat).ok_or_else(|| Fail::failure("not a file"))?
             }
+            Some(OpenHandle::Shown(data)) => attrs(MODE_FILE_RO, Some(data.len() as u64), None),
             Some(OpenHandle::Upload(u)) => attrs(MODE_FILE_WO, Some(u.len()), None),
             Some(OpenHandle::Watch { .. }) => attrs(MODE_FILE_RO, None, None),
             Some(OpenHandle::Dir { .. }) => attrs(MODE_DIR_RO, None, None),
@@ -431,7 +472,12 @@ impl Ops {
 
     fn root_entries(&self) -> Vec<File> {
         let mut entries = Vec::new();
-        if let Ok(root) = self.sessions.open_host_root(&self.host, false)
+        if let Some(shown) = self.sessions.shown_release(&self.host) {
+            if let Some(data) = shown {
+                let a = attrs(MODE_FILE_RO, Some(data.len() as u64), None);
+                entries.push(File::new("release", a));
+            }
+        } else if let Ok(root) = self.sessions.open_host_root(&self.host, false)
             && let Ok(st) = confine::stat(root.as_fd(), "release")
             && let Some(a) = stat_attrs(&st)
         {

@@ -6,12 +6,14 @@
 //! is disconnected at once, and every SFTP request re-checks access as well, so nothing slips
 //! through between the swap and the disconnect.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
+use bytes::Bytes;
 use russh::keys::ssh_key::PublicKey;
 use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
@@ -26,6 +28,9 @@ use super::metrics::Metrics;
 use super::seen::LastSeen;
 use super::watch::{ReleaseWatch, release_generation};
 use crate::slots::{PerKey, Slot};
+
+/// Release file contents by host (see [`Sessions::show_releases`]).
+pub type ShownReleases = Arc<BTreeMap<String, Bytes>>;
 
 /// The directory under the state directory that holds one directory per host.
 pub const PUBLISH_DIR: &str = "publish";
@@ -53,6 +58,9 @@ pub struct Sessions {
     hosts: RwLock<Arc<HostKeys>>,
     access_epoch: watch::Sender<u64>,
     releases: ReleaseWatch,
+    /// Set by [`Sessions::show_releases`]: hosts see these release files instead of the
+    /// publish tree's.
+    shown: RwLock<Option<ShownReleases>>,
     per_host: Arc<PerKey<String>>,
     pub(crate) connections: Arc<Semaphore>,
     pub(crate) unauthenticated: Arc<PerKey<IpAddr>>,
@@ -107,6 +115,7 @@ impl Sessions {
             hosts: RwLock::new(Arc::new(hosts)),
             access_epoch,
             releases: ReleaseWatch::default(),
+            shown: RwLock::new(None),
             metrics: Metrics::default(),
             seen: LastSeen::new(state_dir),
         }))
@@ -138,15 +147,42 @@ impl Sessions {
     /// `publish/<host>/release` and wakes them if its generation differs. Cheap when nobody
     /// waits. The deploy path calls this after writing a release.
     pub fn notify_release_changed(&self, host: &str) {
-        self.releases
-            .refresh(self.publish_fd.as_fd(), host, release_generation, false);
+        match self.shown() {
+            Some(shown) => self.releases.set_each(|h| shown_generation(&shown, h)),
+            None => self
+                .releases
+                .refresh(self.publish_fd.as_fd(), host, release_generation, false),
+        }
+    }
+
+    /// From now on hosts see the release files in `releases` (by host; a host missing from
+    /// it has none), not the publish tree's; waiting agents are woken when their
+    /// generation changed. `bento serve` passes what the cache serves the closures of, so
+    /// that no host sees a release before it can copy its system.
+    pub fn show_releases(&self, releases: ShownReleases) {
+        *self.shown.write().unwrap_or_else(|e| e.into_inner()) = Some(releases.clone());
+        self.releases.set_each(|h| shown_generation(&releases, h));
+    }
+
+    fn shown(&self) -> Option<ShownReleases> {
+        self.shown.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// `host`'s release as set by [`Sessions::show_releases`]: `None` when the publish tree
+    /// is shown as it is, `Some(None)` when the host has no release to see.
+    pub(crate) fn shown_release(&self, host: &str) -> Option<Option<Bytes>> {
+        self.shown().map(|shown| shown.get(host).cloned())
     }
 
     /// Checks the release files of watched hosts for changes made behind our back (another
     /// process deploying). [`super::serve`] calls this every `release_poll_interval`.
     pub fn poll_releases(&self) {
-        self.releases
-            .poll(self.publish_fd.as_fd(), release_generation);
+        match self.shown() {
+            Some(shown) => self.releases.set_each(|h| shown_generation(&shown, h)),
+            None => self
+                .releases
+                .poll(self.publish_fd.as_fd(), release_generation),
+        }
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -189,8 +225,14 @@ impl Sessions {
     }
 
     pub(crate) fn subscribe_release(&self, host: &str) -> watch::Receiver<u64> {
-        self.releases
-            .subscribe(self.publish_fd.as_fd(), host, release_generation)
+        match self.shown() {
+            Some(shown) => self
+                .releases
+                .subscribe_at(host, shown_generation(&shown, host)),
+            None => self
+                .releases
+                .subscribe(self.publish_fd.as_fd(), host, release_generation),
+        }
     }
 
     pub(crate) fn publish_fd(&self) -> BorrowedFd<'_> {
@@ -225,6 +267,14 @@ impl Sessions {
     pub fn sessions_of(&self, host: &str) -> usize {
         self.per_host.held(&host.to_owned())
     }
+}
+
+/// The generation of `host`'s shown release (0 when it has none or it cannot be read).
+fn shown_generation(shown: &BTreeMap<String, Bytes>, host: &str) -> u64 {
+    shown
+        .get(host)
+        .and_then(|bytes| release_generation(bytes))
+        .unwrap_or(0)
 }
 
 /// One authenticated session of a host; gives its place back when dropped.
