@@ -4,6 +4,7 @@
 //! Every refusal is a [`ServeError`] variant mapped to its status explicitly; the body says
 //! what a client can act on, the details go to the log.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -13,9 +14,11 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use thiserror::Error;
 
-use super::access::{self};
+use super::access::{self, Caller};
 use super::compress::FileIdentity;
+use super::conn;
 use super::index::{Compressed, Lookup};
+use super::limits::Refusal;
 use super::range::{self, RangeDecision};
 use super::refresh::Cache;
 use super::request::{self, Endpoint, Method, Request, RequestError};
@@ -44,6 +47,8 @@ pub enum ServeError {
     FileChanged,
     #[error("the NAR cannot be read on the server")]
     Unreadable,
+    #[error("the server is sending as many NARs as it may ({}); retry shortly", .0.name())]
+    Busy(Refusal),
 }
 
 impl ServeError {
@@ -64,6 +69,7 @@ impl ServeError {
             // Nix retries 503 with backoff, by which time the file is re-checked.
             ServeError::FileChanged => StatusCode::SERVICE_UNAVAILABLE,
             ServeError::Unreadable => StatusCode::INTERNAL_SERVER_ERROR,
+            ServeError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }
@@ -86,6 +92,9 @@ impl IntoResponse for ServeError {
             ServeError::FileChanged => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
+            ServeError::Busy(_) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            }
             ServeError::Request(RequestError::Method(_)) => {
                 headers.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
             }
@@ -98,13 +107,14 @@ impl IntoResponse for ServeError {
 /// Answers every request (installed as the router's fallback).
 pub async fn handle(State(cache): State<Arc<Cache>>, req: axum::extract::Request) -> Response {
     let (parts, _) = req.into_parts();
+    let peer = conn::peer_of(&parts);
     let path = parts.uri.path();
     let parsed = request::parse_method(parts.method.as_str())
         .and_then(|m| request::parse(path).map(|r| (m, r)));
     let (endpoint, result) = match parsed {
         Ok((method, r)) => (
             r.endpoint(),
-            answer(&cache, method, r, &parts.headers).await,
+            answer(&cache, method, r, &parts.headers, peer).await,
         ),
         Err(e) => (RequestError::endpoint_of(path), Err(ServeError::Request(e))),
     };
@@ -142,6 +152,7 @@ async fn answer(
     method: Method,
     request: Request,
     headers: &HeaderMap,
+    peer: Option<IpAddr>,
 ) -> Result<Response, ServeError> {
     let index = cache.index();
     let caller = || {
@@ -151,6 +162,13 @@ async fn answer(
                 .get(header::AUTHORIZATION)
                 .map(HeaderValue::as_bytes),
         )
+    };
+    let client = |caller: &Caller| Client {
+        address: peer,
+        host: match caller {
+            Caller::Host(h) => Some(h.clone()),
+            Caller::Anyone | Caller::Unauthenticated => None,
+        },
     };
     let found = |lookup: Lookup| match lookup {
         Lookup::Found(e) => Ok(e),
@@ -193,7 +211,8 @@ async fn answer(
             ))
         }
         Request::Nar { nar_hash } => {
-            let entry = found(index.nar(&nar_hash, &caller()))?;
+            let who = caller();
+            let entry = found(index.nar(&nar_hash, &who))?;
             drop(index);
             let len = entry.info.nar_size;
             let what = store::render(&entry.info.path);
@@ -203,10 +222,20 @@ async fn answer(
                 len,
                 what,
             };
-            send(cache, method, headers, Endpoint::Nar, nar, None).await
+            send(
+                cache,
+                method,
+                headers,
+                Endpoint::Nar,
+                nar,
+                None,
+                client(&who),
+            )
+            .await
         }
         Request::NarZst { file_hash } => {
-            let entry = found(index.nar_zst(&file_hash, &caller()))?;
+            let who = caller();
+            let entry = found(index.nar_zst(&file_hash, &who))?;
             drop(index);
             let Some(Compressed { file: zst, .. }) = &entry.zst else {
                 return Err(ServeError::NotFound);
@@ -238,6 +267,7 @@ async fn answer(
                 Endpoint::NarZst,
                 nar,
                 Some(file_hash),
+                client(&who),
             )
             .await
         }
@@ -253,6 +283,12 @@ struct Nar {
     what: String,
 }
 
+/// Who a body goes to, for the NAR stream shares.
+struct Client {
+    address: Option<IpAddr>,
+    host: Option<String>,
+}
+
 async fn send(
     cache: &Arc<Cache>,
     method: Method,
@@ -260,6 +296,7 @@ async fn send(
     endpoint: Endpoint,
     nar: Nar,
     suspect: Option<[u8; 32]>,
+    client: Client,
 ) -> Result<Response, ServeError> {
     let Nar {
         source,
@@ -284,12 +321,14 @@ async fn send(
     let body = if method == Method::Head || count == 0 {
         Body::empty()
     } else {
-        let permit = cache
-            .nar_streams
-            .clone()
-            .acquire_owned()
+        let places = cache
+            .nar_places
+            .claim(client.address, client.host.as_deref())
             .await
-            .map_err(|_| ServeError::Unreadable)?;
+            .map_err(|limit| {
+                cache.metrics.refused(limit);
+                ServeError::Busy(limit)
+            })?;
         let spec = Spec {
             source,
             start,
@@ -297,7 +336,7 @@ async fn send(
             expect: (decision == RangeDecision::Full && cache.config.verify_sends).then_some(hash),
             what,
         };
-        stream::body(spec, permit, cache.clone(), endpoint, suspect)
+        stream::body(spec, places, cache.clone(), endpoint, suspect)
     };
     builder.body(body).map_err(|e| {
         tracing::error!(error = %e, "cannot build NAR response");

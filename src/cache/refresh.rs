@@ -16,13 +16,14 @@ use bytes::Bytes;
 use prometheus_client::encoding::prometheus_text;
 use prometheus_client::registry::Registry;
 use rayon::prelude::*;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::CacheError;
 use super::access::{self, Access, TOKENS_DIR};
 use super::compress::{self, FileIdentity, ZstFile};
 use super::index::{self, Compressed, Index, ServablePath};
+use super::limits::{Limits, StreamPlaces};
 use super::metrics::{IndexFigures, Metrics};
 use super::scan::{self, Fingerprint};
 use crate::nix::hash::Sha256Hash;
@@ -47,6 +48,8 @@ pub struct CacheConfig {
     pub access: Access,
     /// NAR bodies sent at once; more requests wait for a place.
     pub max_nar_streams: usize,
+    /// Shares of the NAR streams, connection caps and timeouts.
+    pub limits: Limits,
     /// How often the publish tree is checked for new or changed releases.
     pub poll_interval: Duration,
     /// `Priority` in `/nix-cache-info` (lower is preferred; cache.nixos.org has 40).
@@ -65,6 +68,7 @@ impl CacheConfig {
             signing_key,
             access: Access::Open,
             max_nar_streams: 64,
+            limits: Limits::default(),
             poll_interval: Duration::from_secs(1),
             priority: 30,
             verify_sends: false,
@@ -97,7 +101,7 @@ pub struct Cache {
     /// The registry `/metrics` renders: the process's, when [`Cache::expose`] was given
     /// one; else, made at the first scrape, one holding the cache's own metrics.
     exposition: OnceLock<Arc<Registry>>,
-    pub(super) nar_streams: Arc<Semaphore>,
+    pub(super) nar_places: StreamPlaces,
     refresh_lock: tokio::sync::Mutex<Fingerprint>,
     /// File hashes of zstd files the serving path found changed or corrupt.
     suspects: Mutex<HashSet<[u8; 32]>>,
@@ -133,6 +137,7 @@ impl Cache {
                 "max_nar_streams must be at least 1".into(),
             ));
         }
+        config.limits.check().map_err(CacheError::Config)?;
         let cache_info = Bytes::from(format!(
             "StoreDir: {}\nWantMassQuery: 1\nPriority: {}\n",
             store::STORE_DIR,
@@ -143,7 +148,7 @@ impl Cache {
             index: RwLock::new(Arc::new(Index::default())),
             metrics: Metrics::default(),
             exposition: OnceLock::new(),
-            nar_streams: Arc::new(Semaphore::new(config.max_nar_streams)),
+            nar_places: StreamPlaces::new(config.max_nar_streams, &config.limits),
             refresh_lock: tokio::sync::Mutex::new(Fingerprint::default()),
             suspects: Mutex::new(HashSet::new()),
             wake: Notify::new(),

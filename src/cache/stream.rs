@@ -3,8 +3,9 @@
 //! A blocking task (NAR encoder over the store path, or reads of the zstd file) fills
 //! chunks of [`CHUNK`] bytes into a channel of [`CHANNEL_DEPTH`] chunks that the response
 //! body drains; a slow client therefore holds at most a few chunks in memory, and a
-//! client that goes away stops the producer at its next chunk. The task owns a permit of
-//! the NAR stream semaphore until it ends.
+//! client that goes away stops the producer at its next chunk (a client that stops reading
+//! is cut by the connection's send deadline, see `conn`). The task holds the body's NAR
+//! stream places (`limits::StreamSlots`) until it ends.
 //!
 //! When the whole resource is sent, its hash is checked as it goes (NarHash for plain
 //! NARs, FileHash for zstd files) and the last chunk is held back until the check passes:
@@ -19,8 +20,9 @@ use std::sync::Arc;
 use axum::body::Body;
 use bytes::{Bytes, BytesMut};
 use sha2::Digest as _;
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::mpsc;
 
+use super::limits::StreamSlots;
 use super::metrics::Metrics;
 use super::refresh::Cache;
 use super::request::Endpoint;
@@ -70,14 +72,14 @@ enum Stop {
 /// right.
 pub fn body(
     spec: Spec,
-    permit: OwnedSemaphorePermit,
+    places: StreamSlots,
     cache: Arc<Cache>,
     endpoint: Endpoint,
     suspect: Option<[u8; 32]>,
 ) -> Body {
     let (tx, mut rx) = mpsc::channel::<Chunk>(CHANNEL_DEPTH);
     tokio::task::spawn_blocking(move || {
-        let _permit = permit;
+        let _places = places;
         let m = &cache.metrics;
         m.stream_started();
         let mut out = Out {
@@ -297,7 +299,7 @@ mod tests {
             (Sha256Hash::of(&content), true),
             (Sha256Hash::of(b"x"), false),
         ] {
-            let permit = cache.nar_streams.clone().acquire_owned().await.unwrap();
+            let permit = cache.nar_places.claim(None, None).await.unwrap();
             let spec = Spec {
                 source: NarSource::File(std::fs::File::open(&path).unwrap()),
                 start: 0,
@@ -334,7 +336,7 @@ mod tests {
             (CHUNK + 3, CHUNK),
             (whole.len() - 1, 1),
         ] {
-            let permit = cache.nar_streams.clone().acquire_owned().await.unwrap();
+            let permit = cache.nar_places.claim(None, None).await.unwrap();
             let spec = Spec {
                 source: NarSource::Store(file.clone()),
                 start: start as u64,

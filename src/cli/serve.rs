@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::args::FleetFile;
+use crate::cache::Limits;
 use crate::server::{self, Listeners, ServerConfig};
 
 /// Serve the fleet: the binary cache of published closures (HTTP) and each host's signed
@@ -43,9 +44,33 @@ pub struct Args {
     /// fetch only its own closure, with HTTP basic auth (user = host, password = token).
     #[arg(long)]
     host_tokens: bool,
-    /// NAR bodies sent at once; further requests wait their turn.
+    /// NAR bodies sent at once; further requests wait their turn (see --nar-wait).
     #[arg(long, default_value_t = 64)]
     max_nar_streams: usize,
+    /// NAR bodies one source address may be sent at once (hosts behind one NAT share it).
+    #[arg(long, default_value_t = Limits::default().max_nar_streams_per_address)]
+    max_nar_streams_per_address: usize,
+    /// NAR bodies one host may be sent at once, told by its token (with --host-tokens).
+    #[arg(long, default_value_t = Limits::default().max_nar_streams_per_host)]
+    max_nar_streams_per_host: usize,
+    /// Seconds a NAR request waits for its turn before it is answered 503 with
+    /// Retry-After (Nix retries it).
+    #[arg(long, value_name = "SECS", default_value_t = Limits::default().nar_wait.as_secs())]
+    nar_wait: u64,
+    /// Seconds a client may take nothing of a response before its connection is cut and
+    /// its NAR stream freed (a stalled or malicious reader holds nothing longer).
+    #[arg(long, value_name = "SECS", default_value_t = Limits::default().send_timeout.as_secs())]
+    send_timeout: u64,
+    /// Seconds a client has to send a whole request head; idle keep-alive connections are
+    /// closed after as long.
+    #[arg(long, value_name = "SECS", default_value_t = Limits::default().header_read_timeout.as_secs())]
+    header_read_timeout: u64,
+    /// Cache connections open at once; more are closed at accept.
+    #[arg(long, default_value_t = Limits::default().max_connections)]
+    max_connections: usize,
+    /// Cache connections one source address may hold at once.
+    #[arg(long, default_value_t = Limits::default().max_connections_per_address)]
+    max_connections_per_address: usize,
     /// Hash every whole NAR while sending it and cut the body if it does not match (costs
     /// about a third of NAR throughput; files are verified at load either way).
     #[arg(long)]
@@ -80,6 +105,9 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
     config.host_tokens = args.host_tokens;
     config.max_nar_streams = args.max_nar_streams;
     config.verify_sends = args.verify_sends;
+    config.limits = limits(&args);
+    config.limits.check().map_err(anyhow::Error::msg)?;
+    raise_open_files_limit(&config);
     let listeners = bind(&args).await?;
 
     let addr = |l: &TcpListener, default| l.local_addr().unwrap_or(default);
@@ -107,6 +135,49 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
     tokio::spawn(stop_on_signal(shutdown.clone()));
     server::run(listeners, config, shutdown).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+fn limits(args: &Args) -> Limits {
+    Limits {
+        max_nar_streams_per_address: args.max_nar_streams_per_address,
+        max_nar_streams_per_host: args.max_nar_streams_per_host,
+        nar_wait: Duration::from_secs(args.nar_wait),
+        send_timeout: Duration::from_secs(args.send_timeout),
+        header_read_timeout: Duration::from_secs(args.header_read_timeout),
+        max_connections: args.max_connections,
+        max_connections_per_address: args.max_connections_per_address,
+    }
+}
+
+/// Raises the soft limit on open files to the hard one (cache connections, SFTP sessions,
+/// NAR files and store files all count), and warns with the numbers when even that is
+/// below what the limits allow at once.
+fn raise_open_files_limit(config: &ServerConfig) {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        limit.current = limit.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            tracing::warn!(error = %e, "cannot raise the open files limit");
+        }
+        limit = getrlimit(Resource::Nofile);
+    }
+    let sftp = crate::sftp::server::SftpConfig::default();
+    // A connection is one file; a NAR body up to two more (the zstd file or a store file
+    // being encoded); an SFTP session its socket and a few handles; and a margin for the
+    // state directory, logs and the dashboard.
+    let needed = config.limits.max_connections as u64
+        + 2 * config.max_nar_streams as u64
+        + (sftp.max_sessions * 4) as u64
+        + 256;
+    match limit.current {
+        Some(have) if have < needed => tracing::warn!(
+            open_files_limit = have,
+            needed,
+            "the open files limit is below what --max-connections, --max-nar-streams and the SFTP sessions may use at once; raise it (LimitNOFILE= in the unit) or lower those"
+        ),
+        _ => tracing::debug!(open_files_limit = ?limit.current, needed, "open files limit"),
+    }
 }
 
 /// Binds the cache, SFTP and dashboard addresses, with a message naming the one that failed.

@@ -89,6 +89,8 @@ pub struct ServerConfig {
     pub max_nar_streams: usize,
     /// Hash every whole NAR while sending it.
     pub verify_sends: bool,
+    /// The cache port's connection caps, NAR stream shares and timeouts.
+    pub limits: cache::Limits,
 }
 
 impl ServerConfig {
@@ -106,6 +108,7 @@ impl ServerConfig {
             host_tokens: false,
             max_nar_streams: defaults.max_nar_streams,
             verify_sends: defaults.verify_sends,
+            limits: defaults.limits,
         })
     }
 }
@@ -124,6 +127,7 @@ pub async fn run(
         host_tokens,
         max_nar_streams,
         verify_sends,
+        limits,
     } = config;
     let state_dir = fleet.state.root().to_owned();
 
@@ -135,6 +139,7 @@ pub async fn run(
     let mut cache_config = CacheConfig::new(&state_dir, signing_key);
     cache_config.max_nar_streams = max_nar_streams;
     cache_config.verify_sends = verify_sends;
+    cache_config.limits = limits;
     if host_tokens {
         cache_config.access = Access::TokenDir;
     }
@@ -322,6 +327,7 @@ mod tests {
             host_tokens: false,
             max_nar_streams: 4,
             verify_sends: false,
+            limits: cache::Limits::default(),
         };
         let bind = || TcpListener::bind("127.0.0.1:0");
         let listeners = Listeners {
