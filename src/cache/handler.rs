@@ -22,7 +22,7 @@ use super::limits::Refusal;
 use super::range::{self, RangeDecision};
 use super::refresh::Cache;
 use super::request::{self, Endpoint, Method, Request, RequestError};
-use super::stream::{self, NarSource, Spec};
+use super::stream::{self, NarSource, OnMismatch, Spec};
 use crate::nix::store;
 
 const NARINFO_TYPE: HeaderValue = HeaderValue::from_static("text/x-nix-narinfo");
@@ -47,6 +47,10 @@ pub enum ServeError {
     FileChanged,
     #[error("the NAR cannot be read on the server")]
     Unreadable,
+    #[error(
+        "{0} was altered on the server after it was published and is not served; repair it there and deploy again"
+    )]
+    Broken(String),
     #[error("the server is sending as many NARs as it may ({}); retry shortly", .0.name())]
     Busy(Refusal),
 }
@@ -63,7 +67,8 @@ impl ServeError {
                 | RequestError::BadNarName(_) => StatusCode::BAD_REQUEST,
                 RequestError::Unknown => StatusCode::NOT_FOUND,
             },
-            ServeError::NotFound => StatusCode::NOT_FOUND,
+            // Nix then says the path is missing, naming it, rather than "bad archive".
+            ServeError::NotFound | ServeError::Broken(_) => StatusCode::NOT_FOUND,
             ServeError::Unauthenticated => StatusCode::UNAUTHORIZED,
             ServeError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             // Nix retries 503 with backoff, by which time the file is re-checked.
@@ -98,7 +103,10 @@ impl IntoResponse for ServeError {
             ServeError::Request(RequestError::Method(_)) => {
                 headers.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
             }
-            ServeError::Request(_) | ServeError::NotFound | ServeError::Unreadable => {}
+            ServeError::Request(_)
+            | ServeError::NotFound
+            | ServeError::Broken(_)
+            | ServeError::Unreadable => {}
         }
         (self.status(), headers, format!("{self}\n")).into_response()
     }
@@ -202,6 +210,9 @@ async fn answer(
         }
         Request::NarInfo { hash_part } => {
             let entry = found(index.narinfo(&hash_part, &caller()))?;
+            if entry.zst.is_none() && cache.broken.contains(&entry.info.nar_hash) {
+                return Err(ServeError::Broken(store::render(&entry.info.path)));
+            }
             Ok(small(
                 cache,
                 Endpoint::NarInfo,
@@ -216,6 +227,13 @@ async fn answer(
             drop(index);
             let len = entry.info.nar_size;
             let what = store::render(&entry.info.path);
+            if cache.broken.contains(&entry.info.nar_hash) {
+                return Err(ServeError::Broken(what));
+            }
+            let on_mismatch = OnMismatch::Broken {
+                nar_hash: entry.info.nar_hash,
+                path: what.clone(),
+            };
             let nar = Nar {
                 source: NarSource::Store(what.clone().into()),
                 hash: entry.info.nar_hash,
@@ -228,7 +246,7 @@ async fn answer(
                 headers,
                 Endpoint::Nar,
                 nar,
-                None,
+                on_mismatch,
                 client(&who),
             )
             .await
@@ -266,7 +284,7 @@ async fn answer(
                 headers,
                 Endpoint::NarZst,
                 nar,
-                Some(file_hash),
+                OnMismatch::Suspect(file_hash),
                 client(&who),
             )
             .await
@@ -295,7 +313,7 @@ async fn send(
     headers: &HeaderMap,
     endpoint: Endpoint,
     nar: Nar,
-    suspect: Option<[u8; 32]>,
+    on_mismatch: OnMismatch,
     client: Client,
 ) -> Result<Response, ServeError> {
     let Nar {
@@ -333,10 +351,14 @@ async fn send(
             source,
             start,
             len: count,
-            expect: (decision == RangeDecision::Full && cache.config.verify_sends).then_some(hash),
+            // A store path can be altered under the server: whole plain NARs are always
+            // checked. zstd files were hashed when loaded: only with `verify_sends`.
+            expect: (decision == RangeDecision::Full
+                && (cache.config.verify_sends || endpoint == Endpoint::Nar))
+                .then_some(hash),
             what,
         };
-        stream::body(spec, places, cache.clone(), endpoint, suspect)
+        stream::body(spec, places, cache.clone(), endpoint, on_mismatch)
     };
     builder.body(body).map_err(|e| {
         tracing::error!(error = %e, "cannot build NAR response");

@@ -89,6 +89,8 @@ pub struct Metrics {
     connections: Gauge,
     refused: Family<LimitLabels, Counter>,
     send_timeouts: Counter,
+    broken_found: Counter,
+    broken: Gauge,
     refreshes: Counter,
     refresh_failures: Counter,
     paths: Gauge,
@@ -106,6 +108,8 @@ impl Default for Metrics {
             connections: Gauge::default(),
             refused: Family::default(),
             send_timeouts: Counter::default(),
+            broken_found: Counter::default(),
+            broken: Gauge::default(),
             refreshes: Counter::default(),
             refresh_failures: Counter::default(),
             paths: Gauge::default(),
@@ -172,6 +176,16 @@ impl Metrics {
             "bento_cache_send_timeouts",
             "Connections cut because the client took nothing for the send timeout",
             self.send_timeouts.clone(),
+        );
+        registry.register(
+            "bento_cache_broken_paths_found",
+            "Store paths found altered on the server (their NAR no longer matches their narinfo)",
+            self.broken_found.clone(),
+        );
+        registry.register(
+            "bento_cache_broken_paths",
+            "Store paths not served now because they were found altered",
+            self.broken.clone(),
         );
         registry.register(
             "bento_cache_refreshes",
@@ -259,6 +273,20 @@ impl Metrics {
 
     pub fn send_timeouts_total(&self) -> u64 {
         self.send_timeouts.get()
+    }
+
+    /// One more store path found altered; `now` are marked broken.
+    pub fn found_broken(&self, now: usize) {
+        self.broken_found.inc();
+        self.broken_now(now);
+    }
+
+    pub fn broken_now(&self, now: usize) {
+        self.broken.set(gauge_value(now));
+    }
+
+    pub fn broken_found_total(&self) -> u64 {
+        self.broken_found.get()
     }
 
     pub fn refreshed(&self, ok: bool) {

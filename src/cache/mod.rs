@@ -7,7 +7,7 @@
 //! it is advertised. See `docs/cache.md` for the design and its failure modes.
 //!
 //! Files: `request` and `range` (pure parsing), `access` (tokens), `index` (what is
-//! servable), `limits` (connection caps, NAR stream shares, timeouts), `conn` (connections:
+//! servable), `broken` (store paths found altered: never served), `limits` (connection caps, NAR stream shares, timeouts), `conn` (connections:
 //! caps, timeouts, the send deadline), `scan` (the publish tree), `compress` (zstd files), `refresh` (the running cache: its index kept in step with the publish tree),
 //! `stream` (NAR bodies), `handler` (HTTP), `metrics`.
 //!
@@ -19,6 +19,7 @@ use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
 pub mod access;
+mod broken;
 pub mod compress;
 mod conn;
 mod handler;

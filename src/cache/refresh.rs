@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::CacheError;
 use super::access::{self, Access, TOKENS_DIR};
+use super::broken::Broken;
 use super::compress::{self, FileIdentity, ZstFile};
 use super::index::{self, Compressed, Index, ServablePath};
 use super::limits::{Limits, StreamPlaces};
@@ -103,6 +104,8 @@ pub struct Cache {
     exposition: OnceLock<Arc<Registry>>,
     pub(super) nar_places: StreamPlaces,
     refresh_lock: tokio::sync::Mutex<Fingerprint>,
+    /// Store paths found altered under the server.
+    pub(super) broken: Broken,
     /// File hashes of zstd files the serving path found changed or corrupt.
     suspects: Mutex<HashSet<[u8; 32]>>,
     wake: Notify,
@@ -150,6 +153,7 @@ impl Cache {
             exposition: OnceLock::new(),
             nar_places: StreamPlaces::new(config.max_nar_streams, &config.limits),
             refresh_lock: tokio::sync::Mutex::new(Fingerprint::default()),
+            broken: Broken::default(),
             suspects: Mutex::new(HashSet::new()),
             wake: Notify::new(),
             refreshed: tokio::sync::watch::Sender::new(0),
@@ -451,7 +455,12 @@ impl Cache {
                 }
                 Ok(Found::Made(file)) => {
                     report.compressed += 1;
+                    self.broken.clear(&nar_hash, &self.metrics);
                     files.insert(nar_hash, file);
+                }
+                Err(compress::CompressError::StoreMismatch { path, found, .. }) => {
+                    let why = format!("its NAR hashes to {found}, not to the hash registered");
+                    self.broken.mark(nar_hash, &path, &why, &self.metrics);
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "cannot compress NAR; serving it uncompressed");
@@ -486,6 +495,9 @@ impl Cache {
             .iter()
             .filter_map(|e| e.zst.as_ref().map(|c| (e.info.nar_hash, c.file.file_hash)))
             .collect();
+        let served: HashSet<Sha256Hash> = entries.iter().map(|e| e.info.nar_hash).collect();
+        self.broken.retain(|h| served.contains(h), &self.metrics);
+        self.broken.recheck(&self.metrics);
         self.swap(Index::new(entries, host_ids, tokens));
         // Files of paths that left every closure, and of crashed compressions, go; but
         // never while an entry still lacks its file (it may be mid-repair).
