@@ -297,7 +297,7 @@ impl Cache {
                     () = self.wake.notified() => {}
                 }
             }
-            first = false;
+            let first_pass = std::mem::replace(&mut first, false);
             let me = self.clone();
             let changed = tokio::task::spawn_blocking(move || {
                 scan::fingerprint(&me.config.state_dir, me.token_dir().as_deref())
@@ -309,7 +309,9 @@ impl Cache {
                 Some(now) => *self.refresh_lock.lock().await != *now,
                 None => true,
             };
-            if stale || suspects {
+            // The first pass always refreshes, also on an empty publish tree: the server
+            // waits for the first view of it before it lets hosts in.
+            if first_pass || stale || suspects {
                 match self.refresh().await {
                     Ok(r) => tracing::info!(
                         hosts = r.hosts,

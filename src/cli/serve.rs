@@ -88,6 +88,15 @@ pub struct Args {
     threads: Option<usize>,
 }
 
+/// `println!` that carries on when stdout is gone (`bento serve | head -1`): the server's
+/// output is a courtesy, never a reason to stop.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = args.threads {
@@ -97,7 +106,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    rt.block_on(serve(args))
+    let served = rt.block_on(serve(args));
+    // Blocking work still running (a refresh compressing a big NAR) does not hold up the
+    // exit.
+    rt.shutdown_timeout(Duration::from_secs(2));
+    served
 }
 
 async fn serve(args: Args) -> anyhow::Result<ExitCode> {
@@ -111,22 +124,22 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
     let listeners = bind(&args).await?;
 
     let addr = |l: &TcpListener, default| l.local_addr().unwrap_or(default);
-    println!(
+    say!(
         "bento serve: {} hosts from {}",
         config.fleet.hosts.len(),
         config.fleet.file.display()
     );
-    println!(
+    say!(
         "  cache      http://{}",
         addr(&listeners.cache, args.cache_listen)
     );
     if let Some(l) = &listeners.dashboard {
-        println!("  dashboard  http://{}/", addr(l, args.dashboard_listen));
+        say!("  dashboard  http://{}/", addr(l, args.dashboard_listen));
     }
-    println!("  fleet key  {}", config.signing_key.public());
-    println!("  sftp       {}", addr(&listeners.sftp, args.sftp_listen));
-    println!("  host key   {}", config.host_key.public_openssh());
-    println!(
+    say!("  fleet key  {}", config.signing_key.public());
+    say!("  sftp       {}", addr(&listeners.sftp, args.sftp_listen));
+    say!("  host key   {}", config.host_key.public_openssh());
+    say!(
         "Agents pin the host key: server_host_key = \"{}\"",
         config.host_key.public_openssh()
     );
