@@ -41,6 +41,8 @@ pub enum ServeError {
     NotFound,
     #[error("this cache needs a host name and token (HTTP basic auth, e.g. from a netrc file)")]
     Unauthenticated,
+    #[error("/metrics needs the metrics token (Authorization: Bearer <token>)")]
+    MetricsToken,
     #[error("range not satisfiable for a resource of {len} bytes")]
     RangeNotSatisfiable { len: u64 },
     #[error("the compressed NAR is being re-checked; retry shortly")]
@@ -69,7 +71,7 @@ impl ServeError {
             },
             // Nix then says the path is missing, naming it, rather than "bad archive".
             ServeError::NotFound | ServeError::Broken(_) => StatusCode::NOT_FOUND,
-            ServeError::Unauthenticated => StatusCode::UNAUTHORIZED,
+            ServeError::Unauthenticated | ServeError::MetricsToken => StatusCode::UNAUTHORIZED,
             ServeError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             // Nix retries 503 with backoff, by which time the file is re-checked.
             ServeError::FileChanged => StatusCode::SERVICE_UNAVAILABLE,
@@ -87,6 +89,12 @@ impl IntoResponse for ServeError {
                 headers.insert(
                     header::WWW_AUTHENTICATE,
                     HeaderValue::from_static("Basic realm=\"bento cache\""),
+                );
+            }
+            ServeError::MetricsToken => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"bento metrics\""),
                 );
             }
             ServeError::RangeNotSatisfiable { len } => {
@@ -192,6 +200,15 @@ async fn answer(
             cache.cache_info.clone(),
         )),
         Request::Metrics => {
+            if let Some(token) = &cache.config.metrics_token {
+                let given = headers
+                    .get(header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "));
+                if !given.is_some_and(|g| access::tokens_equal(g.trim(), token)) {
+                    return Err(ServeError::MetricsToken);
+                }
+            }
             let me = cache.clone();
             let text = match tokio::task::spawn_blocking(move || me.render_metrics()).await {
                 Ok(text) => text,

@@ -51,6 +51,8 @@ pub struct CacheConfig {
     pub max_nar_streams: usize,
     /// Shares of the NAR streams, connection caps and timeouts.
     pub limits: Limits,
+    /// When set, `/metrics` needs `Authorization: Bearer <this>`.
+    pub metrics_token: Option<String>,
     /// How often the publish tree is checked for new or changed releases.
     pub poll_interval: Duration,
     /// `Priority` in `/nix-cache-info` (lower is preferred; cache.nixos.org has 40).
@@ -70,6 +72,7 @@ impl CacheConfig {
             access: Access::Open,
             max_nar_streams: 64,
             limits: Limits::default(),
+            metrics_token: None,
             poll_interval: Duration::from_secs(1),
             priority: 30,
             verify_sends: false,

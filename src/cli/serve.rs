@@ -71,6 +71,11 @@ pub struct Args {
     /// Cache connections one source address may hold at once.
     #[arg(long, default_value_t = Limits::default().max_connections_per_address)]
     max_connections_per_address: usize,
+    /// Require `Authorization: Bearer <token>` on the cache's /metrics, the token being the
+    /// first line of FILE (keep it 0600; give Prometheus the same file as its
+    /// `bearer_token_file`). Without it /metrics is open to whoever reaches the cache port.
+    #[arg(long, value_name = "FILE")]
+    metrics_token_file: Option<std::path::PathBuf>,
     /// Hash every whole NAR while sending it and cut the body if it does not match (costs
     /// about a third of NAR throughput; files are verified at load either way).
     #[arg(long)]
@@ -119,6 +124,10 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
     config.max_nar_streams = args.max_nar_streams;
     config.verify_sends = args.verify_sends;
     config.limits = limits(&args);
+    config.metrics_token = match &args.metrics_token_file {
+        Some(file) => Some(read_metrics_token(file)?),
+        None => None,
+    };
     config.limits.check().map_err(anyhow::Error::msg)?;
     raise_open_files_limit(&config);
     let listeners = bind(&args).await?;
@@ -148,6 +157,20 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
     tokio::spawn(stop_on_signal(shutdown.clone()));
     server::run(listeners, config, shutdown).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The first line of `file`, which must not be empty.
+fn read_metrics_token(file: &std::path::Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read the metrics token file {}", file.display()))?;
+    let token = text.lines().next().unwrap_or_default().trim().to_owned();
+    if token.is_empty() {
+        anyhow::bail!(
+            "the metrics token file {} is empty; put a random token on its first line (e.g. `openssl rand -hex 32`)",
+            file.display()
+        );
+    }
+    Ok(token)
 }
 
 fn limits(args: &Args) -> Limits {

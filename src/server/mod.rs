@@ -91,6 +91,8 @@ pub struct ServerConfig {
     pub verify_sends: bool,
     /// The cache port's connection caps, NAR stream shares and timeouts.
     pub limits: cache::Limits,
+    /// When set, `/metrics` needs `Authorization: Bearer <this>`.
+    pub metrics_token: Option<String>,
 }
 
 impl ServerConfig {
@@ -109,6 +111,7 @@ impl ServerConfig {
             max_nar_streams: defaults.max_nar_streams,
             verify_sends: defaults.verify_sends,
             limits: defaults.limits,
+            metrics_token: None,
         })
     }
 }
@@ -128,6 +131,7 @@ pub async fn run(
         max_nar_streams,
         verify_sends,
         limits,
+        metrics_token,
     } = config;
     let state_dir = fleet.state.root().to_owned();
 
@@ -140,6 +144,7 @@ pub async fn run(
     cache_config.max_nar_streams = max_nar_streams;
     cache_config.verify_sends = verify_sends;
     cache_config.limits = limits;
+    cache_config.metrics_token = metrics_token;
     if host_tokens {
         cache_config.access = Access::TokenDir;
     }
@@ -328,6 +333,7 @@ mod tests {
             max_nar_streams: 4,
             verify_sends: false,
             limits: cache::Limits::default(),
+            metrics_token: None,
         };
         let bind = || TcpListener::bind("127.0.0.1:0");
         let listeners = Listeners {
