@@ -118,6 +118,23 @@ pub fn summarize(
     }
 }
 
+/// A host whose files cannot be read: state `unreadable`, the reason as its error, nothing
+/// else known.
+pub fn unreadable(host: &str, reason: &str) -> HostStatus {
+    HostStatus {
+        host: host.to_owned(),
+        state: HostState::Unreadable,
+        desired: None,
+        running: None,
+        current_generation: None,
+        last_seen: None,
+        seconds_since_seen: None,
+        seconds_since_release: None,
+        last_report: None,
+        last_error: Some(super::sentence::one_sentence(reason)),
+    }
+}
+
 /// `42s`, `5m`, `3h`, `2d`: how long ago, for humans.
 pub fn ago(secs: u64) -> String {
     match secs {
