@@ -11,8 +11,9 @@
 //! | setstat, fsetstat, remove, rename, mkdir, rmdir, symlink, readlink, extensions | nothing |
 //!
 //! Refusals answer `SSH_FX_PERMISSION_DENIED` with a message saying why; paths outside the
-//! tree answer "no such file". Disk access is synchronous: every call is a few syscalls on a
-//! local file system, cheaper than a hop to a blocking thread.
+//! tree answer "no such file". Disk access is synchronous (every call is a few syscalls on a
+//! local file system, cheaper than a hop to a blocking thread), except closing a report
+//! (fsync and rotation), which runs on a blocking thread (see `Ops::close`).
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
@@ -171,7 +172,7 @@ impl Ops {
         let result = match request {
             Packet::Init(_) => Ok(Packet::Version(Version::new())),
             Packet::Open(p) => self.open(id, &p.filename, p.pflags),
-            Packet::Close(p) => self.close(id, &p.handle),
+            Packet::Close(p) => return self.close(id, &p.handle),
             Packet::Read(p) => return self.read(id, &p.handle, p.offset, p.len),
             Packet::Write(p) => self.write(id, &p.handle, p.offset, &p.data),
             Packet::Stat(p) => self.stat(id, &p.path),
@@ -277,23 +278,42 @@ impl Ops {
         }
     }
 
-    fn close(&mut self, id: u32, handle: &str) -> Result<Packet, Fail> {
-        match self.handles.remove(handle) {
-            Some(OpenHandle::Upload(upload)) => {
-                let (name, bytes) = (upload.name().to_owned(), upload.len());
-                let config = self.sessions.config();
-                let rotated = upload
-                    .finish(config.max_reports, config.max_reports_total_bytes)
-                    .map_err(report_fail)?;
-                let m = self.sessions.metrics();
-                m.reports_received.inc();
-                m.reports_rotated.inc_by(rotated as u64);
-                tracing::info!(host = %self.host, report = %name, bytes, rotated, "report received");
-                Ok(ok(id))
-            }
-            Some(_) => Ok(ok(id)),
-            None => Err(Fail::bad_handle()),
-        }
+    /// Closes a handle. Closing a report upload (fsync, rotation: a directory scan and
+    /// unlinks) runs on a blocking thread, at most `max_blocking_closes` at once in the
+    /// process, and answers when done (`None` here), so that a fleet uploading at once does
+    /// not stall the runtime that also serves the cache.
+    fn close(&mut self, id: u32, handle: &str) -> Option<Packet> {
+        let upload = match self.handles.remove(handle) {
+            Some(OpenHandle::Upload(upload)) => upload,
+            Some(_) => return Some(ok(id)),
+            None => return Some(Fail::bad_handle().into_packet(id)),
+        };
+        let (sessions, out, host) = (self.sessions.clone(), self.out.clone(), self.host.clone());
+        tokio::spawn(async move {
+            let Ok(_turn) = sessions.blocking_closes().acquire_owned().await else {
+                return;
+            };
+            let (name, bytes) = (upload.name().to_owned(), upload.len());
+            let config = sessions.config();
+            let (count, total) = (config.max_reports, config.max_reports_total_bytes);
+            let finished = tokio::task::spawn_blocking(move || upload.finish(count, total)).await;
+            let answer = match finished {
+                Ok(Ok(rotated)) => {
+                    let m = sessions.metrics();
+                    m.reports_received.inc();
+                    m.reports_rotated.inc_by(rotated as u64);
+                    tracing::info!(host = %host, report = %name, bytes, rotated, "report received");
+                    ok(id)
+                }
+                Ok(Err(e)) => report_fail(e).into_packet(id),
+                Err(e) => {
+                    tracing::error!(host = %host, error = %e, "closing a report failed");
+                    Fail::failure("server-side error closing the report").into_packet(id)
+                }
+            };
+            send(&out, answer).await;
+        });
+        None
     }
 
     fn read(&mut self, id: u32, handle: &str, offset: u64, len: u32) -> Option<Packet> {
