@@ -19,4 +19,5 @@ pub mod report;
 pub mod secret;
 pub mod server;
 pub mod sftp;
+pub mod slots;
 pub mod status;

@@ -10,12 +10,20 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // A log line that cannot be written (stderr is a closed pipe: `bento serve 2>&1 |
+        // head`) is dropped; the default reports it with `eprintln!`, which panics there.
+        .log_internal_errors(false)
         .init();
     let cli = bento::cli::Cli::parse();
     match cli.run() {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {}", bento::cli::describe_error(&err));
+            use std::io::Write as _;
+            let _ = writeln!(
+                std::io::stderr(),
+                "error: {}",
+                bento::cli::describe_error(&err)
+            );
             ExitCode::FAILURE
         }
     }

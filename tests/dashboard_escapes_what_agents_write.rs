@@ -7,18 +7,20 @@
 //! refuses it.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod served_fleet;
-
-use std::process::Command;
+mod harness;
 
 use bento::report::{Outcome, Report};
-use served_fleet::{Repo, Served, bento, get, keygen, serve, text};
+use harness::browser::dom;
+use harness::http::curl;
+use harness::init::Scaffold;
+use harness::keys::ssh_keygen_of;
+use harness::ran::{Ran, bento};
 
 const POISON: &str = "<script>alert(1)</script> \"dq\" 'sq' & amp";
 /// POISON as an HTML serializer writes it in text: `&`, `<` and `>` as entities.
 const AS_TEXT: &str = "&lt;script&gt;alert(1)&lt;/script&gt; \"dq\" 'sq' &amp; amp";
 
-fn write_poisoned_report(repo: &Repo) {
+fn write_poisoned_report(repo: &Scaffold) {
     let reports = repo.state.join("publish/web1/reports");
     std::fs::create_dir_all(&reports).unwrap();
     let now = bento::clock::unix_now();
@@ -38,43 +40,18 @@ fn write_poisoned_report(repo: &Repo) {
     std::fs::write(reports.join(report.file_name()), report.to_bytes()).unwrap();
 }
 
-/// The DOM of `url` after its scripts ran, as headless Chromium serializes it.
-fn dom(url: &str) -> String {
-    let profile = tempfile::tempdir().unwrap();
-    let out = Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            "--virtual-time-budget=5000",
-            "--dump-dom",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg(url)
-        .output()
-        .expect("chromium (scripts/setup.sh installs it)");
-    assert!(out.status.success(), "chromium: {}", text(&out));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// The HTML as served, with `'` in whichever form the template engine writes it.
 fn served_html(url: &str) -> String {
-    get(url).replace("&#39;", "'").replace("&#x27;", "'")
+    curl(url).replace("&#39;", "'").replace("&#x27;", "'")
 }
 
 #[test]
 fn agent_text_is_escaped_on_every_page_that_shows_it() {
     let dir = tempfile::tempdir().unwrap();
-    let (_, key) = keygen(dir.path(), "web1", "ed25519", None);
-    let repo = Repo::init(dir.path(), "web1", &key);
+    let (_, key) = ssh_keygen_of(dir.path(), "web1", "ed25519", None);
+    let repo = Scaffold::init(dir.path(), "web1", &key);
     write_poisoned_report(&repo);
-    let Served::Up(server) = serve(&repo.file, true) else {
-        panic!("serve did not start");
-    };
+    let server = repo.serve(dir.path(), true).unwrap();
     let base = server.dashboard.clone().unwrap();
 
     // (page, places it shows the agent's text: running and last error in the table; running,
@@ -112,16 +89,14 @@ fn agent_text_is_escaped_on_every_page_that_shows_it() {
         .unwrap()
         .replace("[hosts.web1]", "[hosts.\"<script>alert(1)</script>\"]");
     std::fs::write(&repo.file, toml).unwrap();
-    let out = bento()
-        .args(["status", "--config"])
-        .arg(&repo.file)
-        .output()
-        .unwrap();
-    assert!(!out.status.success(), "{}", text(&out));
+    let out = Ran::of(bento().args(["status", "--config"]).arg(&repo.file));
+    assert!(!out.success(), "{}", out.both());
     assert!(
-        text(&out).contains("host \"<script>alert(1)</script>\"")
-            || text(&out).contains("host <script>alert(1)</script>, field name"),
+        out.both().contains("host \"<script>alert(1)</script>\"")
+            || out
+                .both()
+                .contains("host <script>alert(1)</script>, field name"),
         "{}",
-        text(&out)
+        out.both()
     );
 }

@@ -9,11 +9,12 @@
 
 mod harness;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use bento::release::Release;
 use bento::report::{Outcome, Report};
+use harness::browser::{dom, screenshot};
+use harness::http::{curl, curl_status};
 use harness::ran::KillOnDrop;
 use harness::repo::Repo;
 use harness::serve::Serve;
@@ -132,44 +133,6 @@ fn write_fleet(fleet: &Repo) {
     }
 }
 
-fn chromium(args: &[&str], url: &str) -> String {
-    let profile = tempfile::tempdir().unwrap();
-    let out = Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            "--virtual-time-budget=5000",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .args(args)
-        .arg(url)
-        .output()
-        .expect("run chromium (scripts/setup.sh installs it)");
-    assert!(
-        out.status.success(),
-        "chromium failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn curl(url: &str) -> String {
-    let out = Command::new("curl").args(["-sf", url]).output().unwrap();
-    assert!(out.status.success(), "curl {url} failed");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn target_dir() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 /// The `<td class="state ...">` texts of the fleet table, by host, from a dumped DOM.
 fn states_in(dom: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
@@ -189,9 +152,6 @@ fn states_in(dom: &str) -> Vec<(String, String)> {
 
 #[test]
 fn dashboard_shows_every_state_in_a_real_browser() {
-    if Command::new("chromium").arg("--version").output().is_err() {
-        panic!("chromium is missing: run scripts/setup.sh (it installs Debian's chromium)");
-    }
     let fleet = fleet_of_every_state();
 
     let server = Serve::start(
@@ -212,20 +172,11 @@ fn dashboard_shows_every_state_in_a_real_browser() {
     // The dashboard is not on the port the hosts reach.
     assert_ne!(base, cache);
     for page in ["/", "/api/status", "/hosts/h-ok"] {
-        let code = Command::new("curl")
-            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
-            .arg(format!("{cache}{page}"))
-            .output()
-            .unwrap();
-        assert_eq!(
-            String::from_utf8_lossy(&code.stdout),
-            "404",
-            "{cache}{page}"
-        );
+        assert_eq!(curl_status(&format!("{cache}{page}")), 404, "{cache}{page}");
     }
 
     // The fleet table, as the browser shows it after the script ran.
-    let dom = chromium(&["--dump-dom"], &format!("{base}/"));
+    let dom = dom(&format!("{base}/"));
     let mut got = states_in(&dom);
     got.sort();
     let mut want: Vec<(String, String)> = CASES
@@ -243,20 +194,11 @@ fn dashboard_shows_every_state_in_a_real_browser() {
         dom.contains("&lt;img src=x"),
         "the reason is shown as text: {dom}"
     );
-    let shot = target_dir().join("dashboard-fleet.png");
-    let _ = std::fs::remove_file(&shot);
-    chromium(
-        &[
-            &format!("--screenshot={}", shot.display()),
-            "--window-size=1200,800",
-        ],
-        &format!("{base}/"),
-    );
-    assert!(std::fs::metadata(&shot).unwrap().len() > 1000);
+    let shot = screenshot(&format!("{base}/"), "dashboard-fleet.png");
     eprintln!("dashboard screenshot: {}", shot.display());
 
     // A host page: history and the report with its log, escaped.
-    let dom = chromium(&["--dump-dom"], &format!("{base}/hosts/h-rolledback"));
+    let dom = harness::browser::dom(&format!("{base}/hosts/h-rolledback"));
     assert!(dom.contains("rolled-back"), "{dom}");
     assert!(dom.contains(&path_of("h-rolledback", 1)), "history: {dom}");
     assert!(dom.contains(&path_of("h-rolledback", 2)), "history: {dom}");
@@ -265,14 +207,7 @@ fn dashboard_shows_every_state_in_a_real_browser() {
         "report log: {dom}"
     );
     assert!(!dom.contains("id=\"poison-from-agent\""), "{dom}");
-    let shot = target_dir().join("dashboard-host.png");
-    chromium(
-        &[
-            &format!("--screenshot={}", shot.display()),
-            "--window-size=1200,800",
-        ],
-        &format!("{base}/hosts/h-rolledback"),
-    );
+    let shot = screenshot(&format!("{base}/hosts/h-rolledback"), "dashboard-host.png");
     eprintln!("host page screenshot: {}", shot.display());
 
     // The JSON API; the cache and its fleet gauges on the cache's own port.
@@ -298,18 +233,7 @@ fn dashboard_shows_every_state_in_a_real_browser() {
         metrics.contains("bento_host_seconds_since_report{host=\"h-stale\"} 36"),
         "{metrics}"
     );
-    let unknown = Command::new("curl")
-        .args([
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            &format!("{base}/hosts/nobody"),
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&unknown.stdout), "404");
+    assert_eq!(curl_status(&format!("{base}/hosts/nobody")), 404);
 }
 
 #[test]

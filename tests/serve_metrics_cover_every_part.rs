@@ -4,13 +4,15 @@
 //! host fails to log in (and, as the positive control, when one logs in).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod served_fleet;
+mod harness;
 
 use std::collections::BTreeMap;
 
 use bento::release::Release;
 use bento::report::{Outcome, Report};
-use served_fleet::{Repo, Served, get, keygen, openssh_sftp, serve};
+use harness::http::curl as get;
+use harness::init::Scaffold;
+use harness::keys::ssh_keygen_of;
 
 /// One sample: its name, labels, value.
 #[derive(Debug, Clone, PartialEq)]
@@ -132,7 +134,7 @@ fn documented(doc: &str) -> Vec<String> {
 
 /// A release of web1 (generation 3) and its agent's report that it applied it, so that the
 /// per-host fleet gauges have values.
-fn publish_and_report(repo: &Repo) {
+fn publish_and_report(repo: &Scaffold) {
     let path = "/nix/store/00000000000000000000000000000000-nixos-system-web1";
     let now = bento::clock::unix_now();
     let publish = repo.state.join("publish/web1");
@@ -162,13 +164,11 @@ fn publish_and_report(repo: &Repo) {
 #[test]
 fn metrics_list_every_documented_family_and_count_a_failed_login() {
     let dir = tempfile::tempdir().unwrap();
-    let (web1_key, web1_public) = keygen(dir.path(), "web1", "ed25519", None);
-    let (stranger_key, _) = keygen(dir.path(), "stranger", "ed25519", None);
-    let repo = Repo::init(dir.path(), "web1", &web1_public);
+    let (web1_key, web1_public) = ssh_keygen_of(dir.path(), "web1", "ed25519", None);
+    let (stranger_key, _) = ssh_keygen_of(dir.path(), "stranger", "ed25519", None);
+    let repo = Scaffold::init(dir.path(), "web1", &web1_public);
     publish_and_report(&repo);
-    let Served::Up(server) = serve(&repo.file, false) else {
-        panic!("serve did not start");
-    };
+    let server = repo.serve(dir.path(), false).unwrap();
     let metrics = format!("{}/metrics", server.cache);
 
     // A first scrape, so that the requests family has a sample in the second.
@@ -207,8 +207,8 @@ fn metrics_list_every_documented_family_and_count_a_failed_login() {
     );
 
     // A stranger's key, offered as web1: refused, and counted.
-    let refused = openssh_sftp(dir.path(), &server, "web1", &stranger_key, "ls /\n");
-    assert!(!refused.status.success(), "a stranger logged in");
+    let refused = server.stock_sftp(dir.path(), &[], "web1", &stranger_key, "ls /\n");
+    assert!(!refused.success(), "a stranger logged in");
     let after_failure = Scrape::parse(&get(&metrics));
     let failures = |s: &Scrape| s.value("bento_sftp_auth_failures_total", &[]).unwrap();
     let successes = |s: &Scrape| s.value("bento_sftp_auth_successes_total", &[]).unwrap();
@@ -226,8 +226,8 @@ fn metrics_list_every_documented_family_and_count_a_failed_login() {
     assert_eq!(successes(&after_failure), successes(&before));
 
     // Positive control: web1's own key logs in, and that is counted as a success.
-    let login = openssh_sftp(dir.path(), &server, "web1", &web1_key, "ls /\n");
-    assert!(login.status.success(), "{}", served_fleet::text(&login));
+    let login = server.stock_sftp(dir.path(), &[], "web1", &web1_key, "ls /\n");
+    assert!(login.success(), "{}", login.both());
     let after_login = Scrape::parse(&get(&metrics));
     assert_eq!(successes(&after_login), successes(&before) + 1.0);
     assert!(after_login.value("bento_sftp_requests_total", &[]).unwrap() > 0.0);

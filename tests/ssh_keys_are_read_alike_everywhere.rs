@@ -11,14 +11,16 @@
 //! needs a device) are assembled from their wire format.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod served_fleet;
+mod harness;
 
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use bento::openssh::SshPublicKey;
 use bento::sftp::server::HostKeys;
-use served_fleet::{Repo, Served, bento, keygen, openssh_sftp, serve, text};
+use harness::init::Scaffold;
+use harness::keys::ssh_keygen_of;
+use harness::ran::{Ran, bento};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
@@ -58,7 +60,7 @@ fn cases(dir: &Path) -> Vec<Case> {
         ("ecdsa-p521", "ecdsa", Some("521")),
         ("rsa", "rsa", Some("2048")),
     ] {
-        let (private, public) = keygen(dir, name, kind, bits);
+        let (private, public) = ssh_keygen_of(dir, name, kind, bits);
         out.push(Case {
             name,
             public,
@@ -92,7 +94,12 @@ fn cases(dir: &Path) -> Vec<Case> {
 
 /// `bento agent check-config` of an agent of `repo`'s fleet that pins `server_key` and logs
 /// in with `private`.
-fn agent_check(dir: &Path, repo: &Repo, server_key: &str, private: &Path) -> Result<(), String> {
+fn agent_check(
+    dir: &Path,
+    repo: &Scaffold,
+    server_key: &str,
+    private: &Path,
+) -> Result<(), String> {
     let file = dir.join("agent.toml");
     std::fs::write(
         &file,
@@ -103,15 +110,11 @@ fn agent_check(dir: &Path, repo: &Repo, server_key: &str, private: &Path) -> Res
         ),
     )
     .unwrap();
-    let out = bento()
-        .args(["agent", "check-config"])
-        .arg(&file)
-        .output()
-        .unwrap();
-    if out.status.success() {
+    let out = Ran::of(bento().args(["agent", "check-config"]).arg(&file));
+    if out.success() {
         Ok(())
     } else {
-        Err(text(&out))
+        Err(out.both())
     }
 }
 
@@ -141,15 +144,15 @@ fn every_part_of_bento_accepts_or_refuses_a_key_alike() {
         let verdict = SshPublicKey::parse(&case.public).map_err(|e| e.to_string());
         eprintln!("{}: {verdict:?}", case.name);
 
-        let init = bento()
-            .args(["init", "--host", "web1", "--ssh-key", &case.public])
-            .arg(dir.path().join("init"))
-            .output()
-            .unwrap();
+        let init = Ran::of(
+            bento()
+                .args(["init", "--host", "web1", "--ssh-key", &case.public])
+                .arg(dir.path().join("init")),
+        );
         let map =
             HostKeys::parse([("web1", vec![case.public.as_str()])]).map_err(|e| e.to_string());
-        let repo = Repo::init(dir.path(), "web1", &case.public);
-        let served = serve(&repo.file, false);
+        let repo = Scaffold::init(dir.path(), "web1", &case.public);
+        let served = repo.serve(dir.path(), false);
         let id = case
             .private
             .clone()
@@ -158,23 +161,22 @@ fn every_part_of_bento_accepts_or_refuses_a_key_alike() {
 
         match &verdict {
             Ok(_) => {
-                assert!(init.status.success(), "{}: init {}", case.name, text(&init));
+                assert!(init.success(), "{}: init {}", case.name, init.both());
                 assert!(map.is_ok(), "{}: {map:?}", case.name);
                 assert!(agent.is_ok(), "{}: check-config {agent:?}", case.name);
-                let Served::Up(server) = served else {
+                let Ok(server) = served else {
                     panic!("{}: serve refused an accepted key", case.name);
                 };
                 let private = case
                     .private
                     .as_ref()
                     .expect("accepted keys come from ssh-keygen");
-                let login = openssh_sftp(dir.path(), &server, "web1", private, "ls /\n");
+                let login = server.stock_sftp(dir.path(), &[], "web1", private, "ls /\n");
                 assert!(
-                    login.status.success()
-                        && String::from_utf8_lossy(&login.stdout).contains("reports"),
+                    login.success() && login.stdout.contains("reports"),
                     "{}: OpenSSH login: {}",
                     case.name,
-                    text(&login)
+                    login.both()
                 );
                 let release = agent_connect(&server.sftp, private, &server.pinned);
                 assert_eq!(release, Ok(None), "{}: the agent's client", case.name);
@@ -182,10 +184,10 @@ fn every_part_of_bento_accepts_or_refuses_a_key_alike() {
             }
             Err(why) => {
                 assert!(
-                    !init.status.success() && text(&init).contains(why.as_str()),
+                    !init.success() && init.both().contains(why.as_str()),
                     "{}: init should say {why:?}: {}",
                     case.name,
-                    text(&init)
+                    init.both()
                 );
                 let map_says = map.err().unwrap_or_default();
                 assert!(
@@ -193,7 +195,7 @@ fn every_part_of_bento_accepts_or_refuses_a_key_alike() {
                     "{}: the access map says {map_says:?}",
                     case.name
                 );
-                let Served::Refused(serve_says) = served else {
+                let Err(serve_says) = served else {
                     panic!("{}: serve started with a refused key", case.name);
                 };
                 assert!(

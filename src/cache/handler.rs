@@ -4,6 +4,7 @@
 //! Every refusal is a [`ServeError`] variant mapped to its status explicitly; the body says
 //! what a client can act on, the details go to the log.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -13,13 +14,15 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use thiserror::Error;
 
-use super::access::{self};
+use super::access::{self, Caller};
 use super::compress::FileIdentity;
+use super::conn;
 use super::index::{Compressed, Lookup};
+use super::limits::Refusal;
 use super::range::{self, RangeDecision};
 use super::refresh::Cache;
 use super::request::{self, Endpoint, Method, Request, RequestError};
-use super::stream::{self, NarSource, Spec};
+use super::stream::{self, NarSource, OnMismatch, Spec};
 use crate::nix::store;
 
 const NARINFO_TYPE: HeaderValue = HeaderValue::from_static("text/x-nix-narinfo");
@@ -38,12 +41,20 @@ pub enum ServeError {
     NotFound,
     #[error("this cache needs a host name and token (HTTP basic auth, e.g. from a netrc file)")]
     Unauthenticated,
+    #[error("/metrics needs the metrics token (Authorization: Bearer <token>)")]
+    MetricsToken,
     #[error("range not satisfiable for a resource of {len} bytes")]
     RangeNotSatisfiable { len: u64 },
     #[error("the compressed NAR is being re-checked; retry shortly")]
     FileChanged,
     #[error("the NAR cannot be read on the server")]
     Unreadable,
+    #[error(
+        "{0} was altered on the server after it was published and is not served; repair it there and deploy again"
+    )]
+    Broken(String),
+    #[error("the server is sending as many NARs as it may ({}); retry shortly", .0.name())]
+    Busy(Refusal),
 }
 
 impl ServeError {
@@ -58,12 +69,14 @@ impl ServeError {
                 | RequestError::BadNarName(_) => StatusCode::BAD_REQUEST,
                 RequestError::Unknown => StatusCode::NOT_FOUND,
             },
-            ServeError::NotFound => StatusCode::NOT_FOUND,
-            ServeError::Unauthenticated => StatusCode::UNAUTHORIZED,
+            // Nix then says the path is missing, naming it, rather than "bad archive".
+            ServeError::NotFound | ServeError::Broken(_) => StatusCode::NOT_FOUND,
+            ServeError::Unauthenticated | ServeError::MetricsToken => StatusCode::UNAUTHORIZED,
             ServeError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             // Nix retries 503 with backoff, by which time the file is re-checked.
             ServeError::FileChanged => StatusCode::SERVICE_UNAVAILABLE,
             ServeError::Unreadable => StatusCode::INTERNAL_SERVER_ERROR,
+            ServeError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }
@@ -78,6 +91,12 @@ impl IntoResponse for ServeError {
                     HeaderValue::from_static("Basic realm=\"bento cache\""),
                 );
             }
+            ServeError::MetricsToken => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"bento metrics\""),
+                );
+            }
             ServeError::RangeNotSatisfiable { len } => {
                 if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
                     headers.insert(header::CONTENT_RANGE, v);
@@ -86,10 +105,16 @@ impl IntoResponse for ServeError {
             ServeError::FileChanged => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
+            ServeError::Busy(_) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            }
             ServeError::Request(RequestError::Method(_)) => {
                 headers.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
             }
-            ServeError::Request(_) | ServeError::NotFound | ServeError::Unreadable => {}
+            ServeError::Request(_)
+            | ServeError::NotFound
+            | ServeError::Broken(_)
+            | ServeError::Unreadable => {}
         }
         (self.status(), headers, format!("{self}\n")).into_response()
     }
@@ -98,13 +123,14 @@ impl IntoResponse for ServeError {
 /// Answers every request (installed as the router's fallback).
 pub async fn handle(State(cache): State<Arc<Cache>>, req: axum::extract::Request) -> Response {
     let (parts, _) = req.into_parts();
+    let peer = conn::peer_of(&parts);
     let path = parts.uri.path();
     let parsed = request::parse_method(parts.method.as_str())
         .and_then(|m| request::parse(path).map(|r| (m, r)));
     let (endpoint, result) = match parsed {
         Ok((method, r)) => (
             r.endpoint(),
-            answer(&cache, method, r, &parts.headers).await,
+            answer(&cache, method, r, &parts.headers, peer).await,
         ),
         Err(e) => (RequestError::endpoint_of(path), Err(ServeError::Request(e))),
     };
@@ -142,6 +168,7 @@ async fn answer(
     method: Method,
     request: Request,
     headers: &HeaderMap,
+    peer: Option<IpAddr>,
 ) -> Result<Response, ServeError> {
     let index = cache.index();
     let caller = || {
@@ -151,6 +178,13 @@ async fn answer(
                 .get(header::AUTHORIZATION)
                 .map(HeaderValue::as_bytes),
         )
+    };
+    let client = |caller: &Caller| Client {
+        address: peer,
+        host: match caller {
+            Caller::Host(h) => Some(h.clone()),
+            Caller::Anyone | Caller::Unauthenticated => None,
+        },
     };
     let found = |lookup: Lookup| match lookup {
         Lookup::Found(e) => Ok(e),
@@ -166,6 +200,15 @@ async fn answer(
             cache.cache_info.clone(),
         )),
         Request::Metrics => {
+            if let Some(token) = &cache.config.metrics_token {
+                let given = headers
+                    .get(header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "));
+                if !given.is_some_and(|g| access::tokens_equal(g.trim(), token)) {
+                    return Err(ServeError::MetricsToken);
+                }
+            }
             let me = cache.clone();
             let text = match tokio::task::spawn_blocking(move || me.render_metrics()).await {
                 Ok(text) => text,
@@ -184,6 +227,9 @@ async fn answer(
         }
         Request::NarInfo { hash_part } => {
             let entry = found(index.narinfo(&hash_part, &caller()))?;
+            if entry.zst.is_none() && cache.broken.contains(&entry.info.nar_hash) {
+                return Err(ServeError::Broken(store::render(&entry.info.path)));
+            }
             Ok(small(
                 cache,
                 Endpoint::NarInfo,
@@ -193,20 +239,38 @@ async fn answer(
             ))
         }
         Request::Nar { nar_hash } => {
-            let entry = found(index.nar(&nar_hash, &caller()))?;
+            let who = caller();
+            let entry = found(index.nar(&nar_hash, &who))?;
             drop(index);
             let len = entry.info.nar_size;
             let what = store::render(&entry.info.path);
+            if cache.broken.contains(&entry.info.nar_hash) {
+                return Err(ServeError::Broken(what));
+            }
+            let on_mismatch = OnMismatch::Broken {
+                nar_hash: entry.info.nar_hash,
+                path: what.clone(),
+            };
             let nar = Nar {
                 source: NarSource::Store(what.clone().into()),
                 hash: entry.info.nar_hash,
                 len,
                 what,
             };
-            send(cache, method, headers, Endpoint::Nar, nar, None).await
+            send(
+                cache,
+                method,
+                headers,
+                Endpoint::Nar,
+                nar,
+                on_mismatch,
+                client(&who),
+            )
+            .await
         }
         Request::NarZst { file_hash } => {
-            let entry = found(index.nar_zst(&file_hash, &caller()))?;
+            let who = caller();
+            let entry = found(index.nar_zst(&file_hash, &who))?;
             drop(index);
             let Some(Compressed { file: zst, .. }) = &entry.zst else {
                 return Err(ServeError::NotFound);
@@ -237,7 +301,8 @@ async fn answer(
                 headers,
                 Endpoint::NarZst,
                 nar,
-                Some(file_hash),
+                OnMismatch::Suspect(file_hash),
+                client(&who),
             )
             .await
         }
@@ -253,13 +318,20 @@ struct Nar {
     what: String,
 }
 
+/// Who a body goes to, for the NAR stream shares.
+struct Client {
+    address: Option<IpAddr>,
+    host: Option<String>,
+}
+
 async fn send(
     cache: &Arc<Cache>,
     method: Method,
     headers: &HeaderMap,
     endpoint: Endpoint,
     nar: Nar,
-    suspect: Option<[u8; 32]>,
+    on_mismatch: OnMismatch,
+    client: Client,
 ) -> Result<Response, ServeError> {
     let Nar {
         source,
@@ -284,20 +356,26 @@ async fn send(
     let body = if method == Method::Head || count == 0 {
         Body::empty()
     } else {
-        let permit = cache
-            .nar_streams
-            .clone()
-            .acquire_owned()
+        let places = cache
+            .nar_places
+            .claim(client.address, client.host.as_deref())
             .await
-            .map_err(|_| ServeError::Unreadable)?;
+            .map_err(|limit| {
+                cache.metrics.refused(limit);
+                ServeError::Busy(limit)
+            })?;
         let spec = Spec {
             source,
             start,
             len: count,
-            expect: (decision == RangeDecision::Full && cache.config.verify_sends).then_some(hash),
+            // A store path can be altered under the server: whole plain NARs are always
+            // checked. zstd files were hashed when loaded: only with `verify_sends`.
+            expect: (decision == RangeDecision::Full
+                && (cache.config.verify_sends || endpoint == Endpoint::Nar))
+                .then_some(hash),
             what,
         };
-        stream::body(spec, permit, cache.clone(), endpoint, suspect)
+        stream::body(spec, places, cache.clone(), endpoint, on_mismatch)
     };
     builder.body(body).map_err(|e| {
         tracing::error!(error = %e, "cannot build NAR response");

@@ -13,6 +13,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use super::limits::Refusal;
 use super::request::Endpoint;
 
 /// Every status the cache answers with.
@@ -56,6 +57,28 @@ struct EndpointLabels {
     endpoint: Endpoint,
 }
 
+impl EncodeLabelValue for Refusal {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write as _;
+        encoder.write_str(self.name())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct LimitLabels {
+    limit: Refusal,
+}
+
+/// One open connection, counted while it lives.
+#[derive(Debug)]
+pub struct OpenConnection(Gauge);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// The cache's counters and gauges. Clones share their values.
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -63,6 +86,11 @@ pub struct Metrics {
     bytes_sent: Family<EndpointLabels, Counter>,
     nar_streams: Gauge,
     nar_streams_failed: Counter,
+    connections: Gauge,
+    refused: Family<LimitLabels, Counter>,
+    send_timeouts: Counter,
+    broken_found: Counter,
+    broken: Gauge,
     refreshes: Counter,
     refresh_failures: Counter,
     paths: Gauge,
@@ -77,6 +105,11 @@ impl Default for Metrics {
             bytes_sent: Family::default(),
             nar_streams: Gauge::default(),
             nar_streams_failed: Counter::default(),
+            connections: Gauge::default(),
+            refused: Family::default(),
+            send_timeouts: Counter::default(),
+            broken_found: Counter::default(),
+            broken: Gauge::default(),
             refreshes: Counter::default(),
             refresh_failures: Counter::default(),
             paths: Gauge::default(),
@@ -86,6 +119,9 @@ impl Default for Metrics {
         // Bytes sent are listed for every endpoint from the start, zeros included.
         for endpoint in Endpoint::ALL {
             let _ = m.bytes_sent.get_or_create(&EndpointLabels { endpoint });
+        }
+        for limit in Refusal::ALL {
+            let _ = m.refused.get_or_create(&LimitLabels { limit });
         }
         m
     }
@@ -125,6 +161,31 @@ impl Metrics {
             "bento_cache_nar_streams_failed",
             "NAR bodies that ended early (client gone, read error, hash mismatch)",
             self.nar_streams_failed.clone(),
+        );
+        registry.register(
+            "bento_cache_connections_open",
+            "HTTP connections open now",
+            self.connections.clone(),
+        );
+        registry.register(
+            "bento_cache_refused",
+            "Connections closed at accept and NAR requests answered 503, by the limit that was full",
+            self.refused.clone(),
+        );
+        registry.register(
+            "bento_cache_send_timeouts",
+            "Connections cut because the client took nothing for the send timeout",
+            self.send_timeouts.clone(),
+        );
+        registry.register(
+            "bento_cache_broken_paths_found",
+            "Store paths found altered on the server (their NAR no longer matches their narinfo)",
+            self.broken_found.clone(),
+        );
+        registry.register(
+            "bento_cache_broken_paths",
+            "Store paths not served now because they were found altered",
+            self.broken.clone(),
         );
         registry.register(
             "bento_cache_refreshes",
@@ -192,6 +253,42 @@ impl Metrics {
         self.nar_streams.get()
     }
 
+    /// Counts a connection open until the returned guard drops.
+    pub fn connection_opened(&self) -> OpenConnection {
+        self.connections.inc();
+        OpenConnection(self.connections.clone())
+    }
+
+    pub fn refused(&self, limit: Refusal) {
+        self.refused.get_or_create(&LimitLabels { limit }).inc();
+    }
+
+    pub fn refused_total(&self, limit: Refusal) -> u64 {
+        self.refused.get_or_create(&LimitLabels { limit }).get()
+    }
+
+    pub fn send_timed_out(&self) {
+        self.send_timeouts.inc();
+    }
+
+    pub fn send_timeouts_total(&self) -> u64 {
+        self.send_timeouts.get()
+    }
+
+    /// One more store path found altered; `now` are marked broken.
+    pub fn found_broken(&self, now: usize) {
+        self.broken_found.inc();
+        self.broken_now(now);
+    }
+
+    pub fn broken_now(&self, now: usize) {
+        self.broken.set(gauge_value(now));
+    }
+
+    pub fn broken_found_total(&self) -> u64 {
+        self.broken_found.get()
+    }
+
     pub fn refreshed(&self, ok: bool) {
         if ok {
             self.refreshes.inc();
@@ -238,6 +335,8 @@ mod tests {
             "bento_cache_bytes_sent_total{endpoint=\"nar\"} 1234",
             "bento_cache_bytes_sent_total{endpoint=\"nix-cache-info\"} 0",
             "bento_cache_nar_streams_in_flight 1",
+            "bento_cache_refused_total{limit=\"max_nar_streams_per_address\"} 0",
+            "bento_cache_send_timeouts_total 0",
             "bento_cache_paths 3",
             "bento_cache_hosts 1",
         ] {

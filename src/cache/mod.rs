@@ -7,21 +7,24 @@
 //! it is advertised. See `docs/cache.md` for the design and its failure modes.
 //!
 //! Files: `request` and `range` (pure parsing), `access` (tokens), `index` (what is
-//! servable), `scan` (the publish tree), `compress` (zstd files), `refresh` (the running cache: its index kept in step with the publish tree),
+//! servable), `broken` (store paths found altered: never served), `limits` (connection caps, NAR stream shares, timeouts), `conn` (connections:
+//! caps, timeouts, the send deadline), `scan` (the publish tree), `compress` (zstd files), `refresh` (the running cache: its index kept in step with the publish tree),
 //! `stream` (NAR bodies), `handler` (HTTP), `metrics`.
 //!
-//! May import: `nix`, `release`, `durable` (atomic writes). Never `build` or `deploy`.
+//! May import: `nix`, `release`, `durable` (atomic writes), `slots`. Never `build` or `deploy`.
 
 use std::sync::Arc;
 
-use axum::serve::ListenerExt as _;
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
 pub mod access;
+mod broken;
 pub mod compress;
+mod conn;
 mod handler;
 pub mod index;
+pub mod limits;
 pub mod metrics;
 pub mod range;
 mod refresh;
@@ -31,8 +34,9 @@ mod stream;
 
 pub use access::Access;
 pub use handler::ServeError;
+pub use limits::Limits;
 pub use metrics::Metrics;
-pub use refresh::{Cache, CacheConfig, RefreshReport};
+pub use refresh::{Cache, CacheConfig, RefreshReport, ShownReleases};
 
 #[derive(Debug, Error)]
 pub enum CacheError {
@@ -46,8 +50,6 @@ pub enum CacheError {
     NarInfo(#[from] crate::nix::narinfo::NarInfoError),
     #[error("cache refresh task failed: {0}")]
     Task(String),
-    #[error("the HTTP server failed: {0}")]
-    Serve(#[source] std::io::Error),
 }
 
 /// The cache's routes: one handler that parses every request itself (see `request.rs`).
@@ -58,23 +60,16 @@ pub fn router(cache: Arc<Cache>) -> axum::Router {
 }
 
 /// Serves the cache on `listener` and keeps it in step with the publish tree (loaded at
-/// start, then polled), until `shutdown` is cancelled.
+/// start, then polled), until `shutdown` is cancelled, which cuts open connections.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     cache: Arc<Cache>,
     shutdown: CancellationToken,
 ) -> Result<(), CacheError> {
     let watcher = tokio::spawn(cache.clone().watch(shutdown.clone()));
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
-    let result = axum::serve(listener, router(cache))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await
-        .map_err(CacheError::Serve);
+    let (limits, metrics) = (cache.config.limits.clone(), cache.metrics.clone());
+    conn::serve(listener, router(cache), &limits, metrics, shutdown.clone()).await;
     shutdown.cancel();
     let _ = watcher.await;
-    result
+    Ok(())
 }

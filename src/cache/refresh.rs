@@ -7,7 +7,7 @@
 //! index in; (2) find or make each missing zstd file (verified by hash before it is
 //! trusted), then swap in the index whose narinfos advertise them. Refreshes never overlap.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
@@ -16,13 +16,15 @@ use bytes::Bytes;
 use prometheus_client::encoding::prometheus_text;
 use prometheus_client::registry::Registry;
 use rayon::prelude::*;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::CacheError;
 use super::access::{self, Access, TOKENS_DIR};
+use super::broken::Broken;
 use super::compress::{self, FileIdentity, ZstFile};
 use super::index::{self, Compressed, Index, ServablePath};
+use super::limits::{Limits, StreamPlaces};
 use super::metrics::{IndexFigures, Metrics};
 use super::scan::{self, Fingerprint};
 use crate::nix::hash::Sha256Hash;
@@ -47,6 +49,10 @@ pub struct CacheConfig {
     pub access: Access,
     /// NAR bodies sent at once; more requests wait for a place.
     pub max_nar_streams: usize,
+    /// Shares of the NAR streams, connection caps and timeouts.
+    pub limits: Limits,
+    /// When set, `/metrics` needs `Authorization: Bearer <this>`.
+    pub metrics_token: Option<String>,
     /// How often the publish tree is checked for new or changed releases.
     pub poll_interval: Duration,
     /// `Priority` in `/nix-cache-info` (lower is preferred; cache.nixos.org has 40).
@@ -65,12 +71,17 @@ impl CacheConfig {
             signing_key,
             access: Access::Open,
             max_nar_streams: 64,
+            limits: Limits::default(),
+            metrics_token: None,
             poll_interval: Duration::from_secs(1),
             priority: 30,
             verify_sends: false,
         }
     }
 }
+
+/// Release file contents by host, as one refresh read them.
+pub type ShownReleases = Arc<BTreeMap<String, Bytes>>;
 
 /// What a refresh did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -94,14 +105,20 @@ pub struct Cache {
     /// The registry `/metrics` renders: the process's, when [`Cache::expose`] was given
     /// one; else, made at the first scrape, one holding the cache's own metrics.
     exposition: OnceLock<Arc<Registry>>,
-    pub(super) nar_streams: Arc<Semaphore>,
+    pub(super) nar_places: StreamPlaces,
     refresh_lock: tokio::sync::Mutex<Fingerprint>,
+    /// Store paths found altered under the server.
+    pub(super) broken: Broken,
     /// File hashes of zstd files the serving path found changed or corrupt.
     suspects: Mutex<HashSet<[u8; 32]>>,
     wake: Notify,
     /// Counts finished refreshes; whoever announces releases (the SFTP watch) waits for it
     /// so that no host is told of a release before its closure is servable.
     refreshed: tokio::sync::watch::Sender<u64>,
+    /// The release files of the hosts served, as read by the refresh whose index is in
+    /// place: what hosts may be shown, since the closures of those that verified are
+    /// servable now (see [`Cache::releases_shown`]).
+    shown: tokio::sync::watch::Sender<ShownReleases>,
     pub(super) cache_info: Bytes,
     /// The hosts whose releases are served (the fleet file's hosts); `None` serves every
     /// release in the publish tree. A host removed from the fleet loses its closure here
@@ -126,6 +143,7 @@ impl Cache {
                 "max_nar_streams must be at least 1".into(),
             ));
         }
+        config.limits.check().map_err(CacheError::Config)?;
         let cache_info = Bytes::from(format!(
             "StoreDir: {}\nWantMassQuery: 1\nPriority: {}\n",
             store::STORE_DIR,
@@ -136,11 +154,13 @@ impl Cache {
             index: RwLock::new(Arc::new(Index::default())),
             metrics: Metrics::default(),
             exposition: OnceLock::new(),
-            nar_streams: Arc::new(Semaphore::new(config.max_nar_streams)),
+            nar_places: StreamPlaces::new(config.max_nar_streams, &config.limits),
             refresh_lock: tokio::sync::Mutex::new(Fingerprint::default()),
+            broken: Broken::default(),
             suspects: Mutex::new(HashSet::new()),
             wake: Notify::new(),
             refreshed: tokio::sync::watch::Sender::new(0),
+            shown: tokio::sync::watch::Sender::new(ShownReleases::default()),
             cache_info,
             served_hosts: Mutex::new(None),
             config,
@@ -259,6 +279,15 @@ impl Cache {
         self.refreshed.subscribe()
     }
 
+    /// The release files the index in place was made from, updated as soon as a refresh
+    /// has made the closures of the verified ones servable (before their zstd files are
+    /// made). Showing hosts these, rather than the publish tree as it is now, means no host
+    /// sees a release whose closure the cache does not serve yet. A release that did not
+    /// verify is in it too: its host should see it (and refuse it) as before.
+    pub fn releases_shown(&self) -> tokio::sync::watch::Receiver<ShownReleases> {
+        self.shown.subscribe()
+    }
+
     /// Polls the publish tree every `poll_interval` and refreshes when it changed or the
     /// serving path reported a bad file, until `shutdown`.
     pub async fn watch(self: Arc<Self>, shutdown: CancellationToken) {
@@ -271,7 +300,7 @@ impl Cache {
                     () = self.wake.notified() => {}
                 }
             }
-            first = false;
+            let first_pass = std::mem::replace(&mut first, false);
             let me = self.clone();
             let changed = tokio::task::spawn_blocking(move || {
                 scan::fingerprint(&me.config.state_dir, me.token_dir().as_deref())
@@ -283,7 +312,9 @@ impl Cache {
                 Some(now) => *self.refresh_lock.lock().await != *now,
                 None => true,
             };
-            if stale || suspects {
+            // The first pass always refreshes, also on an empty publish tree: the server
+            // waits for the first view of it before it lets hosts in.
+            if first_pass || stale || suspects {
                 match self.refresh().await {
                     Ok(r) => tracing::info!(
                         hosts = r.hosts,
@@ -305,11 +336,16 @@ impl Cache {
         let started = Instant::now();
         let state_dir = &self.config.state_dir;
         let fingerprint = scan::fingerprint(state_dir, self.token_dir().as_deref());
-        let (mut published, skipped) = scan::read_releases(state_dir, &self.fleet_key);
+        let scan::Releases {
+            ok: mut published,
+            skipped,
+            mut files,
+        } = scan::read_releases(state_dir, &self.fleet_key);
         for s in &skipped {
             tracing::warn!(host = %s.host, reason = %s.reason, "ignoring release");
         }
         if let Some(served) = self.served_hosts() {
+            files.retain(|host, _| served.contains(host));
             published.retain(|p| {
                 let keep = served.contains(&p.host);
                 if !keep {
@@ -404,6 +440,7 @@ impl Cache {
             tokens.clone(),
         ));
         drop(previous);
+        self.shown.send_replace(Arc::new(files));
 
         // Phase 2: one zstd file per distinct NAR hash that lacks a verified one.
         let mut todo: HashMap<Sha256Hash, &ServablePath> = HashMap::new();
@@ -423,7 +460,12 @@ impl Cache {
                 }
                 Ok(Found::Made(file)) => {
                     report.compressed += 1;
+                    self.broken.clear(&nar_hash, &self.metrics);
                     files.insert(nar_hash, file);
+                }
+                Err(compress::CompressError::StoreMismatch { path, found, .. }) => {
+                    let why = format!("its NAR hashes to {found}, not to the hash registered");
+                    self.broken.mark(nar_hash, &path, &why, &self.metrics);
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "cannot compress NAR; serving it uncompressed");
@@ -458,6 +500,9 @@ impl Cache {
             .iter()
             .filter_map(|e| e.zst.as_ref().map(|c| (e.info.nar_hash, c.file.file_hash)))
             .collect();
+        let served: HashSet<Sha256Hash> = entries.iter().map(|e| e.info.nar_hash).collect();
+        self.broken.retain(|h| served.contains(h), &self.metrics);
+        self.broken.recheck(&self.metrics);
         self.swap(Index::new(entries, host_ids, tokens));
         // Files of paths that left every closure, and of crashed compressions, go; but
         // never while an entry still lacks its file (it may be mid-repair).

@@ -5,7 +5,10 @@
 //! does not verify with the fleet key, or when it names another host than its directory:
 //! `publish/web2/release` saying `host web1` would let web2's token fetch web1's closure.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
 
 use crate::nix::keys::PublicKey;
 use crate::nix::store::{self, StorePath};
@@ -63,30 +66,48 @@ pub struct Skipped {
     pub reason: String,
 }
 
-/// Reads and verifies every host's release. Bad ones are returned as [`Skipped`].
-pub fn read_releases(state_dir: &Path, key: &PublicKey) -> (Vec<Published>, Vec<Skipped>) {
-    let mut ok = Vec::new();
-    let mut skipped = Vec::new();
-    for (host, dir) in list_dir(&state_dir.join(PUBLISH_DIR)) {
-        let file = dir.join("release");
-        match check_release(&host, &file, key) {
-            Ok(Some(p)) => ok.push(p),
-            Ok(None) => {}
-            Err(reason) => skipped.push(Skipped { host, reason }),
-        }
-    }
-    (ok, skipped)
+/// The publish tree as one refresh read it.
+#[derive(Debug, Default)]
+pub struct Releases {
+    /// The verified releases.
+    pub ok: Vec<Published>,
+    /// The releases left out, and why.
+    pub skipped: Vec<Skipped>,
+    /// Every release file read, verified or not, by host directory: what the hosts may be
+    /// shown once the closures of the verified ones are servable.
+    pub files: BTreeMap<String, Bytes>,
 }
 
-fn check_release(host: &str, file: &Path, key: &PublicKey) -> Result<Option<Published>, String> {
+/// Reads and verifies every host's release. Bad ones are returned as [`Skipped`].
+pub fn read_releases(state_dir: &Path, key: &PublicKey) -> Releases {
+    let mut out = Releases::default();
+    for (host, dir) in list_dir(&state_dir.join(PUBLISH_DIR)) {
+        let file = dir.join("release");
+        let bytes = match std::fs::read(&file) {
+            Ok(b) => Bytes::from(b),
+            // A host directory without a release yet is not an error.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                let reason = format!("cannot read {}: {e}", file.display());
+                out.skipped.push(Skipped { host, reason });
+                continue;
+            }
+        };
+        match check_release(&host, &bytes, key) {
+            Ok(p) => out.ok.push(p),
+            Err(reason) => out.skipped.push(Skipped {
+                host: host.clone(),
+                reason,
+            }),
+        }
+        out.files.insert(host, bytes);
+    }
+    out
+}
+
+fn check_release(host: &str, bytes: &[u8], key: &PublicKey) -> Result<Published, String> {
     check_host_name(host).map_err(|e| e.to_string())?;
-    let bytes = match std::fs::read(file) {
-        Ok(b) => b,
-        // A host directory without a release yet is not an error.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("cannot read {}: {e}", file.display())),
-    };
-    let release = Release::parse_untrusted(&bytes).map_err(|e| e.to_string())?;
+    let release = Release::parse_untrusted(bytes).map_err(|e| e.to_string())?;
     release.check_signature(key).map_err(|e| e.to_string())?;
     if release.host != host {
         return Err(format!(
@@ -95,11 +116,11 @@ fn check_release(host: &str, file: &Path, key: &PublicKey) -> Result<Option<Publ
         ));
     }
     let store_path = store::parse(&release.store_path).map_err(|e| e.to_string())?;
-    Ok(Some(Published {
+    Ok(Published {
         host: host.to_owned(),
         generation: release.generation,
         store_path,
-    }))
+    })
 }
 
 #[cfg(test)]
@@ -130,13 +151,20 @@ mod tests {
         write(dir.path(), "moved", &sign("good", &fleet));
         write(dir.path(), "garbage", b"{not json");
         std::fs::create_dir_all(dir.path().join(PUBLISH_DIR).join("empty")).unwrap();
-        let (ok, skipped) = read_releases(dir.path(), &fleet.public());
+        let Releases { ok, skipped, files } = read_releases(dir.path(), &fleet.public());
         assert_eq!(ok.len(), 1);
         assert_eq!(ok[0].host, "good");
         let mut hosts: Vec<_> = skipped.iter().map(|s| s.host.as_str()).collect();
         hosts.sort();
         assert_eq!(hosts, ["forged", "garbage", "moved"]);
         assert!(skipped.iter().any(|s| s.reason.contains("does not verify")));
+        let read: Vec<&str> = files.keys().map(String::as_str).collect();
+        assert_eq!(
+            read,
+            ["forged", "garbage", "good", "moved"],
+            "every release file read is kept, verified or not; a directory without one is not"
+        );
+        assert_eq!(files["good"], sign("good", &fleet));
     }
 
     #[test]

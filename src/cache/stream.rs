@@ -3,14 +3,17 @@
 //! A blocking task (NAR encoder over the store path, or reads of the zstd file) fills
 //! chunks of [`CHUNK`] bytes into a channel of [`CHANNEL_DEPTH`] chunks that the response
 //! body drains; a slow client therefore holds at most a few chunks in memory, and a
-//! client that goes away stops the producer at its next chunk. The task owns a permit of
-//! the NAR stream semaphore until it ends.
+//! client that goes away stops the producer at its next chunk (a client that stops reading
+//! is cut by the connection's send deadline, see `conn`). The task holds the body's NAR
+//! stream places (`limits::StreamSlots`) until it ends.
 //!
 //! When the whole resource is sent, its hash is checked as it goes (NarHash for plain
 //! NARs, FileHash for zstd files) and the last chunk is held back until the check passes:
 //! a client never receives a complete body that does not match what its narinfo says; on a
-//! mismatch the body is cut short (the client sees a failed transfer) and the serving
-//! path's `on_mismatch` is told, so the refresher re-checks the file.
+//! mismatch the body is cut short (the client sees a failed transfer) and [`OnMismatch`]
+//! says who is told: the refresher re-checks a zstd file, a store path is marked broken
+//! (`broken`). Whole plain NARs are always checked so (the store can be altered under the
+//! server); zstd files only with `verify_sends` (they were hashed when loaded).
 
 use std::io::{Read as _, Seek as _, SeekFrom, Write};
 use std::path::PathBuf;
@@ -19,8 +22,9 @@ use std::sync::Arc;
 use axum::body::Body;
 use bytes::{Bytes, BytesMut};
 use sha2::Digest as _;
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::mpsc;
 
+use super::limits::StreamSlots;
 use super::metrics::Metrics;
 use super::refresh::Cache;
 use super::request::Endpoint;
@@ -65,19 +69,26 @@ enum Stop {
     Mismatch(String),
 }
 
+/// Who is told when a whole body does not match its narinfo.
+#[derive(Debug)]
+pub enum OnMismatch {
+    /// A zstd file, by its file hash: the refresher re-checks it.
+    Suspect([u8; 32]),
+    /// A store path, by its NAR hash: it is marked broken and no longer served.
+    Broken { nar_hash: Sha256Hash, path: String },
+}
+
 /// Starts the producer and returns the body that streams its chunks.
-/// `suspect` is the file hash to report to the refresher if a zstd file does not hash
-/// right.
 pub fn body(
     spec: Spec,
-    permit: OwnedSemaphorePermit,
+    places: StreamSlots,
     cache: Arc<Cache>,
     endpoint: Endpoint,
-    suspect: Option<[u8; 32]>,
+    on_mismatch: OnMismatch,
 ) -> Body {
     let (tx, mut rx) = mpsc::channel::<Chunk>(CHANNEL_DEPTH);
     tokio::task::spawn_blocking(move || {
-        let _permit = permit;
+        let _places = places;
         let m = &cache.metrics;
         m.stream_started();
         let mut out = Out {
@@ -101,9 +112,12 @@ pub fn body(
                 false
             }
             Err(Stop::Mismatch(reason)) => {
-                tracing::error!(what = %spec.what, reason = %reason, "NAR body cut short: it does not match its narinfo");
-                if let Some(hash) = suspect {
-                    cache.suspect(hash);
+                tracing::warn!(what = %spec.what, reason = %reason, "NAR body cut short: it does not match its narinfo");
+                match &on_mismatch {
+                    OnMismatch::Suspect(file_hash) => cache.suspect(*file_hash),
+                    OnMismatch::Broken { nar_hash, path } => {
+                        cache.broken.mark(*nar_hash, path, &reason, &cache.metrics);
+                    }
                 }
                 let _ = tx.blocking_send(Err(std::io::Error::other(reason)));
                 false
@@ -195,7 +209,7 @@ fn produce_nar(path: &std::path::Path, spec: &Spec, out: &mut Out<'_>) -> Result
         return Err(Stop::Failed(e.to_string()));
     }
     if sink.remaining > 0 {
-        return Err(Stop::Failed(format!(
+        return Err(Stop::Mismatch(format!(
             "the NAR ended {} bytes short of its registered size",
             sink.remaining
         )));
@@ -250,7 +264,7 @@ impl Write for Sink<'_, '_> {
             self.remaining -= take as u64;
         } else if self.remaining == 0 && self.hasher.is_some() && !d.is_empty() {
             // More bytes than the registered size: the store path changed.
-            self.stop = Some(Stop::Failed(
+            self.stop = Some(Stop::Mismatch(
                 "the NAR is longer than its registered size".into(),
             ));
             return Err(std::io::Error::other("NAR too long"));
@@ -297,7 +311,7 @@ mod tests {
             (Sha256Hash::of(&content), true),
             (Sha256Hash::of(b"x"), false),
         ] {
-            let permit = cache.nar_streams.clone().acquire_owned().await.unwrap();
+            let permit = cache.nar_places.claim(None, None).await.unwrap();
             let spec = Spec {
                 source: NarSource::File(std::fs::File::open(&path).unwrap()),
                 start: 0,
@@ -305,8 +319,14 @@ mod tests {
                 expect: Some(expect),
                 what: "test".into(),
             };
-            let (got, ok) =
-                collect(body(spec, permit, cache.clone(), Endpoint::NarZst, None)).await;
+            let (got, ok) = collect(body(
+                spec,
+                permit,
+                cache.clone(),
+                Endpoint::NarZst,
+                OnMismatch::Suspect([0; 32]),
+            ))
+            .await;
             assert_eq!(ok, whole);
             if whole {
                 assert_eq!(got, content);
@@ -334,7 +354,7 @@ mod tests {
             (CHUNK + 3, CHUNK),
             (whole.len() - 1, 1),
         ] {
-            let permit = cache.nar_streams.clone().acquire_owned().await.unwrap();
+            let permit = cache.nar_places.claim(None, None).await.unwrap();
             let spec = Spec {
                 source: NarSource::Store(file.clone()),
                 start: start as u64,
@@ -342,7 +362,18 @@ mod tests {
                 expect: (len == whole.len()).then(|| Sha256Hash::of(&whole)),
                 what: "test".into(),
             };
-            let (got, ok) = collect(body(spec, permit, cache.clone(), Endpoint::Nar, None)).await;
+            let on_mismatch = OnMismatch::Broken {
+                nar_hash: Sha256Hash::of(&whole),
+                path: "test".into(),
+            };
+            let (got, ok) = collect(body(
+                spec,
+                permit,
+                cache.clone(),
+                Endpoint::Nar,
+                on_mismatch,
+            ))
+            .await;
             assert!(ok, "{start}+{len}");
             assert!(got == whole[start..start + len], "{start}+{len}");
         }

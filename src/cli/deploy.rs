@@ -166,6 +166,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         };
         let files = files_of(&fleet, host)?;
         let outcome = publisher.rollback(host, &files)?;
+        wait_for_server(&fleet, [(host.as_str(), &outcome)]);
         if json {
             println!("{}", serde_json::to_string_pretty(&outcome)?);
         } else if let DeployOutcome::Published {
@@ -249,6 +250,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             Err(e) => report.error = Some(super::describe_error(&e)),
         }
     }
+    wait_for_server(
+        &fleet,
+        reports
+            .iter()
+            .filter_map(|r| Some((r.host.as_str(), r.release.as_ref()?))),
+    );
 
     if json {
         println!("{}", serde_json::to_string_pretty(&reports)?);
@@ -274,6 +281,33 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             failed.join(", ")
         );
         Ok(ExitCode::FAILURE)
+    }
+}
+
+/// How long a deploy waits for a running `bento serve` to show hosts their new releases.
+const SERVE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Returns once a `bento serve` running on this state directory shows the hosts the
+/// releases just published, that is once it serves their closures, so that an agent run
+/// right after the deploy finds both; says so when it does not within [`SERVE_WAIT`].
+fn wait_for_server<'a>(
+    fleet: &Fleet,
+    outcomes: impl IntoIterator<Item = (&'a str, &'a DeployOutcome)>,
+) {
+    use crate::server::shown::{Waited, wait_until_shown};
+    let wanted = outcomes
+        .into_iter()
+        .filter_map(|(host, outcome)| match outcome {
+            DeployOutcome::Published { generation, .. } => Some((host.to_owned(), *generation)),
+            DeployOutcome::Unchanged { .. } => None,
+        })
+        .collect();
+    if let Waited::TimedOut(hosts) = wait_until_shown(fleet.state.root(), &wanted, SERVE_WAIT) {
+        eprintln!(
+            "warning: after {} s, the running bento serve does not serve the new releases of {} yet; their agents see them once it does (its log says why)",
+            SERVE_WAIT.as_secs(),
+            hosts.join(", ")
+        );
     }
 }
 

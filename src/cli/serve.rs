@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::args::FleetFile;
+use crate::cache::Limits;
 use crate::server::{self, Listeners, ServerConfig};
 
 /// Serve the fleet: the binary cache of published closures (HTTP) and each host's signed
@@ -20,7 +21,9 @@ use crate::server::{self, Listeners, ServerConfig};
 /// directory.
 ///
 /// Narinfos are signed with the fleet key; hosts trust its public half. Releases written by
-/// `bento deploy` are picked up within a second or two. The SSH host key is made on first
+/// `bento deploy` are picked up within a second or two, and a host sees its new release
+/// only once the cache serves its closure (`bento deploy` waits for that when it finds this
+/// server running on its state directory). The SSH host key is made on first
 /// start (STATE_DIR/ssh/host_ed25519_key) and printed: agents pin it. Edit bento.toml and
 /// send SIGHUP (or just save it) to add or remove hosts. Stops on Ctrl-C or SIGTERM.
 ///
@@ -41,9 +44,38 @@ pub struct Args {
     /// fetch only its own closure, with HTTP basic auth (user = host, password = token).
     #[arg(long)]
     host_tokens: bool,
-    /// NAR bodies sent at once; further requests wait their turn.
+    /// NAR bodies sent at once; further requests wait their turn (see --nar-wait).
     #[arg(long, default_value_t = 64)]
     max_nar_streams: usize,
+    /// NAR bodies one source address may be sent at once (hosts behind one NAT share it).
+    #[arg(long, default_value_t = Limits::default().max_nar_streams_per_address)]
+    max_nar_streams_per_address: usize,
+    /// NAR bodies one host may be sent at once, told by its token (with --host-tokens).
+    #[arg(long, default_value_t = Limits::default().max_nar_streams_per_host)]
+    max_nar_streams_per_host: usize,
+    /// Seconds a NAR request waits for its turn before it is answered 503 with
+    /// Retry-After (Nix retries it).
+    #[arg(long, value_name = "SECS", default_value_t = Limits::default().nar_wait.as_secs())]
+    nar_wait: u64,
+    /// Seconds a client may take nothing of a response before its connection is cut and
+    /// its NAR stream freed (a stalled or malicious reader holds nothing longer).
+    #[arg(long, value_name = "SECS", default_value_t = Limits::default().send_timeout.as_secs())]
+    send_timeout: u64,
+    /// Seconds a client has to send a whole request head; idle keep-alive connections are
+    /// closed after as long.
+    #[arg(long, value_name = "SECS", default_value_t = Limits::default().header_read_timeout.as_secs())]
+    header_read_timeout: u64,
+    /// Cache connections open at once; more are closed at accept.
+    #[arg(long, default_value_t = Limits::default().max_connections)]
+    max_connections: usize,
+    /// Cache connections one source address may hold at once.
+    #[arg(long, default_value_t = Limits::default().max_connections_per_address)]
+    max_connections_per_address: usize,
+    /// Require `Authorization: Bearer <token>` on the cache's /metrics, the token being the
+    /// first line of FILE (keep it 0600; give Prometheus the same file as its
+    /// `bearer_token_file`). Without it /metrics is open to whoever reaches the cache port.
+    #[arg(long, value_name = "FILE")]
+    metrics_token_file: Option<std::path::PathBuf>,
     /// Hash every whole NAR while sending it and cut the body if it does not match (costs
     /// about a third of NAR throughput; files are verified at load either way).
     #[arg(long)]
@@ -123,6 +155,15 @@ fn check_config(args: &Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `println!` that carries on when stdout is gone (`bento serve | head -1`): the server's
+/// output is a courtesy, never a reason to stop.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.check_config {
         return check_config(&args);
@@ -135,7 +176,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    rt.block_on(serve(args))
+    let served = rt.block_on(serve(args));
+    // Blocking work still running (a refresh compressing a big NAR) does not hold up the
+    // exit.
+    rt.shutdown_timeout(Duration::from_secs(2));
+    served
 }
 
 async fn serve(args: Args) -> anyhow::Result<ExitCode> {
@@ -143,25 +188,32 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
     config.host_tokens = args.host_tokens;
     config.max_nar_streams = args.max_nar_streams;
     config.verify_sends = args.verify_sends;
+    config.limits = limits(&args);
+    config.metrics_token = match &args.metrics_token_file {
+        Some(file) => Some(read_metrics_token(file)?),
+        None => None,
+    };
+    config.limits.check().map_err(anyhow::Error::msg)?;
+    raise_open_files_limit(&config);
     let listeners = bind(&args).await?;
 
     let addr = |l: &TcpListener, default| l.local_addr().unwrap_or(default);
-    println!(
+    say!(
         "bento serve: {} hosts from {}",
         config.fleet.hosts.len(),
         config.fleet.file.display()
     );
-    println!(
+    say!(
         "  cache      http://{}",
         addr(&listeners.cache, args.cache_listen)
     );
     if let Some(l) = &listeners.dashboard {
-        println!("  dashboard  http://{}/", addr(l, args.dashboard_listen));
+        say!("  dashboard  http://{}/", addr(l, args.dashboard_listen));
     }
-    println!("  fleet key  {}", config.signing_key.public());
-    println!("  sftp       {}", addr(&listeners.sftp, args.sftp_listen));
-    println!("  host key   {}", config.host_key.public_openssh());
-    println!(
+    say!("  fleet key  {}", config.signing_key.public());
+    say!("  sftp       {}", addr(&listeners.sftp, args.sftp_listen));
+    say!("  host key   {}", config.host_key.public_openssh());
+    say!(
         "Agents pin the host key: server_host_key = \"{}\"",
         config.host_key.public_openssh()
     );
@@ -170,6 +222,63 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
     tokio::spawn(stop_on_signal(shutdown.clone()));
     server::run(listeners, config, shutdown).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The first line of `file`, which must not be empty.
+fn read_metrics_token(file: &std::path::Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read the metrics token file {}", file.display()))?;
+    let token = text.lines().next().unwrap_or_default().trim().to_owned();
+    if token.is_empty() {
+        anyhow::bail!(
+            "the metrics token file {} is empty; put a random token on its first line (e.g. `openssl rand -hex 32`)",
+            file.display()
+        );
+    }
+    Ok(token)
+}
+
+fn limits(args: &Args) -> Limits {
+    Limits {
+        max_nar_streams_per_address: args.max_nar_streams_per_address,
+        max_nar_streams_per_host: args.max_nar_streams_per_host,
+        nar_wait: Duration::from_secs(args.nar_wait),
+        send_timeout: Duration::from_secs(args.send_timeout),
+        header_read_timeout: Duration::from_secs(args.header_read_timeout),
+        max_connections: args.max_connections,
+        max_connections_per_address: args.max_connections_per_address,
+    }
+}
+
+/// Raises the soft limit on open files to the hard one (cache connections, SFTP sessions,
+/// NAR files and store files all count), and warns with the numbers when even that is
+/// below what the limits allow at once.
+fn raise_open_files_limit(config: &ServerConfig) {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        limit.current = limit.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            tracing::warn!(error = %e, "cannot raise the open files limit");
+        }
+        limit = getrlimit(Resource::Nofile);
+    }
+    let sftp = crate::sftp::server::SftpConfig::default();
+    // A connection is one file; a NAR body up to two more (the zstd file or a store file
+    // being encoded); an SFTP session its socket and a few handles; and a margin for the
+    // state directory, logs and the dashboard.
+    let needed = config.limits.max_connections as u64
+        + 2 * config.max_nar_streams as u64
+        + (sftp.max_sessions * 4) as u64
+        + 256;
+    match limit.current {
+        Some(have) if have < needed => tracing::warn!(
+            open_files_limit = have,
+            needed,
+            "the open files limit is below what --max-connections, --max-nar-streams and the SFTP sessions may use at once; raise it (LimitNOFILE= in the unit) or lower those"
+        ),
+        _ => tracing::debug!(open_files_limit = ?limit.current, needed, "open files limit"),
+    }
 }
 
 /// Binds the cache, SFTP and dashboard addresses, with a message naming the one that failed.

@@ -8,13 +8,15 @@
 //! - the dashboard (`status::web::serve`), when it has a listener;
 //! - the fleet file followed (`reload`): on SIGHUP or when it changes, hosts are added and
 //!   removed without dropping the others' sessions;
-//! - agents waiting for a release are told once the cache serves its closure, not before.
+//! - hosts see a release only once the cache serves its closure (`shown`): the SFTP server
+//!   shows each host its release as the cache's last refresh read it, waiting agents are
+//!   woken then, and `bento deploy` waits for that too.
 //!
 //! The CLI binds the listeners (so tests can bind `127.0.0.1:0` and call the same function),
 //! prints the addresses and keys, and turns signals into the shutdown token.
 //!
-//! May import: `nix` (keys), `config`, `cache`, `sftp::server`, `status`. It only wires them:
-//! each part knows nothing of the others.
+//! May import: `nix` (keys), `config`, `cache`, `sftp::server`, `status`, `release`,
+//! `durable`. It only wires them: each part knows nothing of the others.
 
 use std::error::Error as _;
 use std::sync::Arc;
@@ -36,6 +38,10 @@ use crate::sftp::server::{
 use crate::status::{self, StatusSource};
 
 mod reload;
+pub mod shown;
+
+/// Longest wait at start for the cache's first view of the publish tree before SFTP opens.
+const FIRST_VIEW_WAIT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Error)]
 pub enum ServerError {
@@ -83,6 +89,10 @@ pub struct ServerConfig {
     pub max_nar_streams: usize,
     /// Hash every whole NAR while sending it.
     pub verify_sends: bool,
+    /// The cache port's connection caps, NAR stream shares and timeouts.
+    pub limits: cache::Limits,
+    /// When set, `/metrics` needs `Authorization: Bearer <this>`.
+    pub metrics_token: Option<String>,
 }
 
 impl ServerConfig {
@@ -100,6 +110,8 @@ impl ServerConfig {
             host_tokens: false,
             max_nar_streams: defaults.max_nar_streams,
             verify_sends: defaults.verify_sends,
+            limits: defaults.limits,
+            metrics_token: None,
         })
     }
 }
@@ -118,6 +130,8 @@ pub async fn run(
         host_tokens,
         max_nar_streams,
         verify_sends,
+        limits,
+        metrics_token,
     } = config;
     let state_dir = fleet.state.root().to_owned();
 
@@ -129,15 +143,17 @@ pub async fn run(
     let mut cache_config = CacheConfig::new(&state_dir, signing_key);
     cache_config.max_nar_streams = max_nar_streams;
     cache_config.verify_sends = verify_sends;
+    cache_config.limits = limits;
+    cache_config.metrics_token = metrics_token;
     if host_tokens {
         cache_config.access = Access::TokenDir;
     }
     let cache = Cache::new(cache_config).map_err(ServerError::CacheStart)?;
     cache.serve_only(fleet.hosts.keys().cloned().collect());
+    let releases_shown = cache.releases_shown();
 
-    // Agents waiting for a release are told once the cache serves its closure (see
-    // `announce_after_refresh`), not when the SFTP side's own poll sees the file: its poll
-    // is only a fallback here.
+    // Hosts see the releases the cache serves the closures of (see `show_after_refresh`),
+    // not the publish tree as it is: the SFTP side's own poll only re-reads that view.
     let sftp_config = SftpConfig {
         release_poll_interval: Duration::from_secs(60),
         ..SftpConfig::default()
@@ -149,6 +165,8 @@ pub async fn run(
         sftp_config,
     )
     .map_err(ServerError::SftpStart)?;
+    sessions.show_releases(cache::ShownReleases::default());
+    let _running = shown::claim(&state_dir);
 
     // One registry for the process, rendered on the cache's `/metrics`.
     let mut registry = Registry::default();
@@ -173,6 +191,18 @@ pub async fn run(
         let served = cache::serve(listeners.cache, part, stop).await;
         served.map_err(ServerError::CacheStopped)
     });
+    // Hosts are let in once they can be shown what the cache serves (its first refresh has
+    // made closures servable); until then their connections wait in the listen queue.
+    let mut first_view = releases_shown.clone();
+    tokio::select! {
+        () = shutdown.cancelled() => {}
+        _ = first_view.changed() => {}
+        () = tokio::time::sleep(FIRST_VIEW_WAIT) => tracing::warn!(
+            secs = FIRST_VIEW_WAIT.as_secs(),
+            "the cache has not loaded the publish tree yet; hosts see no release until it has"
+        ),
+    }
+    sessions.show_releases(first_view.borrow().clone());
     let (stop, part) = (shutdown.clone(), sessions.clone());
     parts.spawn(async move {
         sftp::serve(listeners.sftp, part, stop).await;
@@ -187,9 +217,10 @@ pub async fn run(
     }
 
     let mut followers = JoinSet::new();
-    followers.spawn(announce_after_refresh(
-        cache.refreshes(),
+    followers.spawn(show_after_refresh(
+        releases_shown,
         sessions.clone(),
+        state_dir.clone(),
         shutdown.clone(),
     ));
     followers.spawn(reload::follow_fleet_file(
@@ -226,19 +257,28 @@ pub async fn run(
     first_failure.map_or(Ok(()), Err)
 }
 
-/// After every cache refresh, lets the SFTP side re-read the releases agents wait on: a host
-/// is woken only when the closure of its new release can be copied.
-async fn announce_after_refresh(
-    mut refreshes: tokio::sync::watch::Receiver<u64>,
+/// Each time a cache refresh has made closures servable, shows hosts the releases it read
+/// (waking agents that wait for a new one) and records their generations for `bento deploy`.
+async fn show_after_refresh(
+    mut releases: tokio::sync::watch::Receiver<cache::ShownReleases>,
     sessions: Arc<Sessions>,
+    state_dir: std::path::PathBuf,
     shutdown: CancellationToken,
 ) {
+    let mut recorded = None;
     loop {
+        let now = releases.borrow_and_update().clone();
+        sessions.show_releases(now.clone());
+        let generations = shown::generations(&now);
+        if recorded.as_ref() != Some(&generations) {
+            let (dir, record) = (state_dir.clone(), generations.clone());
+            let _ = tokio::task::spawn_blocking(move || shown::record(&dir, &record)).await;
+            recorded = Some(generations);
+        }
         tokio::select! {
             () = shutdown.cancelled() => return,
-            changed = refreshes.changed() => if changed.is_err() { return },
+            changed = releases.changed() => if changed.is_err() { return },
         }
-        sessions.poll_releases();
     }
 }
 
@@ -292,6 +332,8 @@ mod tests {
             host_tokens: false,
             max_nar_streams: 4,
             verify_sends: false,
+            limits: cache::Limits::default(),
+            metrics_token: None,
         };
         let bind = || TcpListener::bind("127.0.0.1:0");
         let listeners = Listeners {

@@ -1,8 +1,9 @@
 //! Reads what `bento status` needs from the state directory: each host's release
 //! (`publish/<host>/release`), its agent's reports (`publish/<host>/reports/*.json`) and the
-//! SFTP server's record of its last login (`seen/<host>`). Reports that do not parse (an
-//! agent can upload anything) are skipped with a warning; a release that does not parse is
-//! an error (the server wrote it).
+//! SFTP server's record of its last login (`seen/<host>`). Reports that cannot be read or
+//! parsed (an agent can upload anything) are skipped with a warning; a release that cannot
+//! be read or parsed makes that host `unreadable` in the fleet view (the others are shown
+//! as usual) and is an error for that host alone.
 
 use std::path::Path;
 
@@ -106,8 +107,13 @@ pub fn read_reports<'a>(
     let mut out = Vec::new();
     for name in names {
         let path = dir.join(name);
-        let Some(bytes) = read_optional(&path)? else {
-            continue; // rotated away meanwhile
+        let bytes = match read_optional(&path) {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => continue, // rotated away meanwhile
+            Err(e) => {
+                tracing::warn!(host, error = %e, "report cannot be read; ignored");
+                continue;
+            }
         };
         match Report::parse(&bytes) {
             Ok(r) if r.host == host => out.push(r),
@@ -160,6 +166,20 @@ pub fn collect_host(
     ))
 }
 
+/// [`collect_host`], or, when the host's files cannot be read, an `unreadable` host saying
+/// why: one broken host never hides the others.
+pub fn collect_host_or_unreadable(
+    state: &StateDir,
+    host: &str,
+    now: u64,
+    stale_after: u64,
+) -> HostStatus {
+    collect_host(state, host, now, stale_after).unwrap_or_else(|e| {
+        tracing::warn!(host, error = %e, "host shown as unreadable");
+        view::unreadable(host, &e.to_string())
+    })
+}
+
 /// The status of `hosts`, in the order given.
 pub fn collect<'a>(
     state: &StateDir,
@@ -169,8 +189,8 @@ pub fn collect<'a>(
 ) -> Result<FleetStatus, StatusError> {
     let hosts = hosts
         .into_iter()
-        .map(|h| collect_host(state, h, now, stale_after))
-        .collect::<Result<Vec<_>, _>>()?;
+        .map(|h| collect_host_or_unreadable(state, h, now, stale_after))
+        .collect();
     Ok(FleetStatus {
         schema: SCHEMA,
         now,
@@ -182,6 +202,56 @@ pub fn collect<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_unreadable_release_makes_only_its_host_unreadable() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::new(dir.path());
+        let key = crate::nix::keys::SecretKey::generate("fleet").unwrap();
+        let path = "/nix/store/6ns18gbbwq7rvmx72llk25xk01agd38f-nixos-system-x";
+        let hosts: Vec<String> = (1..=10).map(|i| format!("web{i}")).collect();
+        for (i, host) in hosts.iter().enumerate() {
+            let file = state.release(host);
+            std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+            let bytes = if i == 6 {
+                b"{\"torn".to_vec()
+            } else {
+                Release::sign(host, 1, path, 1_790_000_000, &key)
+                    .unwrap()
+                    .to_bytes()
+            };
+            std::fs::write(&file, bytes).unwrap();
+        }
+        // An unreadable report (a directory where a file should be) is skipped too.
+        std::fs::create_dir_all(state.reports_dir("web1").join("1-g1-applied.json")).unwrap();
+
+        let fleet = collect(&state, hosts.iter().map(String::as_str), 1_790_000_100, 600).unwrap();
+        let states: Vec<(&str, &str)> = fleet
+            .hosts
+            .iter()
+            .map(|h| (h.host.as_str(), h.state.as_str()))
+            .collect();
+        let unreadable: Vec<&str> = states
+            .iter()
+            .filter(|(_, s)| *s == "unreadable")
+            .map(|(h, _)| *h)
+            .collect();
+        assert_eq!(unreadable, ["web7"], "{states:?}");
+        assert!(
+            states
+                .iter()
+                .filter(|(h, _)| *h != "web7")
+                .all(|(_, s)| *s == "never-seen"),
+            "the nine others are shown as usual: {states:?}"
+        );
+        let web7 = &fleet.hosts[6];
+        assert!(
+            web7.last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("web7")),
+            "{web7:?}"
+        );
+    }
 
     #[test]
     fn report_names_parse() {

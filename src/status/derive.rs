@@ -33,6 +33,8 @@ pub enum HostState {
     NeverSeen,
     /// No release was ever published for it.
     NotDeployed,
+    /// Its files on the server (release, reports) cannot be read; `last_error` says why.
+    Unreadable,
 }
 
 impl HostState {
@@ -51,6 +53,7 @@ impl HostState {
             HostState::Stale => "stale",
             HostState::NeverSeen => "never-seen",
             HostState::NotDeployed => "not-deployed",
+            HostState::Unreadable => "unreadable",
         }
     }
 

@@ -20,7 +20,7 @@ use super::source::StatusSource;
 use super::view::FleetStatus;
 
 /// Every state, in the order `bento_hosts` lists them (all present, zeros included).
-pub const STATES: [HostState; 13] = [
+pub const STATES: [HostState; 14] = [
     HostState::UpToDate,
     HostState::Pending,
     HostState::Deploying,
@@ -34,6 +34,7 @@ pub const STATES: [HostState; 13] = [
     HostState::Stale,
     HostState::NeverSeen,
     HostState::NotDeployed,
+    HostState::Unreadable,
 ];
 
 /// A per-host gauge: its name, help, and its value for a host (none: the host is left out).

@@ -1,7 +1,7 @@
 //! Where every host stands: derived from releases, reports and the server's last contact.
 //!
 //! `derive` (the state of one host) and `view` (the line `bento status` shows, and its JSON)
-//! are pure; `collect` reads the state directory; `metrics` renders the fleet for
+//! are pure, as is `sentence` (a failure's reason in one line); `collect` reads the state directory; `metrics` renders the fleet for
 //! Prometheus; `diff` compares two system closures package by package.
 //!
 //! May import: `config` (the state directory layout), `deploy` (release history, read
@@ -16,6 +16,7 @@ pub mod derive;
 pub mod diff;
 pub mod metrics;
 mod pages;
+pub mod sentence;
 pub mod source;
 pub mod view;
 pub mod web;

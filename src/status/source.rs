@@ -5,8 +5,9 @@
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use super::collect::collect_host_or_unreadable;
 use super::view::{FleetStatus, HostStatus};
-use super::{StatusError, collect, collect_host};
+use super::{StatusError, collect};
 use crate::clock::unix_now;
 use crate::config::StateDir;
 
@@ -68,6 +69,11 @@ impl StatusSource {
 
     /// One host's status now (blocking file reads).
     pub fn host(&self, host: &str) -> Result<HostStatus, StatusError> {
-        collect_host(&self.state, host, unix_now(), self.stale_after)
+        Ok(collect_host_or_unreadable(
+            &self.state,
+            host,
+            unix_now(),
+            self.stale_after,
+        ))
     }
 }

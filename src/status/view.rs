@@ -95,8 +95,7 @@ pub fn summarize(
         !r.outcome.is_success() && !r.outcome.is_interim() && r.reason.is_some()
     })
     .and_then(|r| r.reason.as_deref())
-    .and_then(|reason| reason.lines().next())
-    .map(str::to_owned);
+    .map(super::sentence::one_sentence);
     HostStatus {
         host: host.to_owned(),
         state,
@@ -116,6 +115,23 @@ pub fn summarize(
             finished_ms: r.finished_ms,
         }),
         last_error,
+    }
+}
+
+/// A host whose files cannot be read: state `unreadable`, the reason as its error, nothing
+/// else known.
+pub fn unreadable(host: &str, reason: &str) -> HostStatus {
+    HostStatus {
+        host: host.to_owned(),
+        state: HostState::Unreadable,
+        desired: None,
+        running: None,
+        current_generation: None,
+        last_seen: None,
+        seconds_since_seen: None,
+        seconds_since_release: None,
+        last_report: None,
+        last_error: Some(super::sentence::one_sentence(reason)),
     }
 }
 

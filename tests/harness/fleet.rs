@@ -21,7 +21,7 @@ use super::ran::Ran;
 use super::repo::Repo;
 use super::scene::{Endpoints, write_agent_config};
 use super::serve::Serve;
-use super::servers::{final_only, openssh_options, reports_in};
+use super::servers::{final_only, reports_in};
 
 pub struct Fleet {
     agents: BTreeMap<String, Child>,
@@ -249,19 +249,13 @@ impl Fleet {
     /// Runs the stock OpenSSH `sftp -b` from inside `from` (its network namespace), logging
     /// in as `user` with `key`, the server's host key pinned; returns the outcome.
     pub fn stock_sftp(&self, from: &str, user: &str, key: &Path, commands: &str) -> Ran {
-        let s = self.serve();
-        let (ip, port) = s.sftp.rsplit_once(':').unwrap();
-        let known = self.dir().join("known_hosts");
-        std::fs::write(&known, format!("[{ip}]:{port} {}\n", s.pinned)).unwrap();
-        let batch = self.dir().join("sftp-batch");
-        std::fs::write(&batch, commands).unwrap();
-        Ran::of(
-            std::process::Command::new("ip")
-                .args(["netns", "exec", &self.hosts[from].ns, "sftp", "-b"])
-                .arg(&batch)
-                .args(openssh_options(key, &known))
-                .args(["-P", port])
-                .arg(format!("{user}@{ip}")),
+        let ns = &self.hosts[from].ns;
+        self.serve().stock_sftp(
+            self.dir(),
+            &["ip", "netns", "exec", ns],
+            user,
+            key,
+            commands,
         )
     }
 

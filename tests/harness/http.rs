@@ -1,6 +1,6 @@
 //! A raw HTTP/1.1 client, so that tests control every byte of the request line (the
 //! binary cache must answer malformed targets with 4xx), with keep-alive connections for
-//! load tests.
+//! load tests; and `curl`, an HTTP client nobody here wrote, for pages as a user fetches them.
 
 use std::net::SocketAddr;
 
@@ -122,4 +122,31 @@ pub async fn http(
         .await?
         .request(method, target, headers)
         .await
+}
+
+/// The body of a GET of `url` by `curl`, which must succeed (2xx).
+pub fn curl(url: &str) -> String {
+    let ran = super::ran::Ran::of(std::process::Command::new("curl").args([
+        "-sSf",
+        "--max-time",
+        "20",
+        url,
+    ]));
+    assert!(ran.success(), "GET {url}: {}", ran.both());
+    ran.stdout
+}
+
+/// The status `curl` gets for a GET of `url`.
+pub fn curl_status(url: &str) -> u16 {
+    let ran = super::ran::Ran::of(std::process::Command::new("curl").args([
+        "-s",
+        "-o",
+        "/dev/null",
+        "--max-time",
+        "20",
+        "-w",
+        "%{http_code}",
+        url,
+    ]));
+    ran.stdout.trim().parse().unwrap_or(0)
 }

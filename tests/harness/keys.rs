@@ -8,16 +8,23 @@ use bento::nix::cmd::Command;
 
 /// `ssh-keygen -t ed25519 -N ''` into `dir/name`; returns the private key's path.
 pub fn ssh_keygen(dir: &Path, name: &str) -> PathBuf {
+    ssh_keygen_of(dir, name, "ed25519", None).0
+}
+
+/// `ssh-keygen -t kind [-b bits] -N ''` into `dir/name`: the private key's path and the
+/// public key line.
+pub fn ssh_keygen_of(dir: &Path, name: &str, kind: &str, bits: Option<&str>) -> (PathBuf, String) {
     std::fs::create_dir_all(dir).unwrap();
     let path = dir.join(name);
-    if let Err(e) = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
-        .arg(&path)
-        .run()
-    {
-        panic!("{e}");
+    let mut c = Command::new("ssh-keygen").args(["-q", "-t", kind, "-N", "", "-C", name]);
+    if let Some(b) = bits {
+        c = c.args(["-b", b]);
     }
-    path
+    if let Err(e) = c.arg("-f").arg(&path).run() {
+        panic!("{e} (ssh-keygen is in openssh-client; scripts/setup.sh installs it)");
+    }
+    let public = public_key_line(&path);
+    (path, public)
 }
 
 /// The public key line (`ssh-ed25519 AAAA… name`) of a private key made by [`ssh_keygen`].

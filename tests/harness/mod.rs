@@ -20,13 +20,17 @@
 //! - [`systemd`]: a Debian container booted with systemd as PID 1 (the systemd host in a
 //!   box), for what the agent does with systemd.
 //! - [`repo`]: a configuration repository (a flake of fake hosts, `bento.toml`, the fleet
-//!   key) and the real `bento` binary run against it; [`serve`] runs `bento serve` as a
-//!   process; [`fleet`]: a whole fleet run by the real binaries.
+//!   key) and the real `bento` binary run against it; [`init`]: a fleet repository made by
+//!   `bento init` (no Nix store needed); [`serve`] runs `bento serve` as a process;
+//!   [`fleet`]: a whole fleet run by the real binaries.
+//! - [`browser`]: headless Chromium, the judge of the dashboard's pages.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod browser;
 pub mod fake;
 pub mod fleet;
 pub mod http;
+pub mod init;
 pub mod keys;
 pub mod net;
 pub mod nix;

@@ -29,10 +29,13 @@ pub fn failure_text(result: Result<Output, CmdError>, what: &str) -> String {
     }
 }
 
-/// The real `bento` binary with the test Nix settings and `RUST_LOG=warn`.
+/// The real `bento` binary with the test Nix settings and `RUST_LOG=warn`, without a fleet
+/// file from the environment.
 pub fn bento() -> std::process::Command {
     let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_bento"));
-    c.env("NIX_CONFIG", NIX_CONFIG).env("RUST_LOG", "warn");
+    c.env("NIX_CONFIG", NIX_CONFIG)
+        .env("RUST_LOG", "warn")
+        .env_remove("BENTO_CONFIG");
     c
 }
 

@@ -21,9 +21,9 @@ use tokio_util::task::TaskTracker;
 use super::control::{KillReason, SessionCtl};
 use super::killswitch::Killable;
 use super::metrics::{GaugeGuard, Limit};
-use super::per_ip::Slot;
 use super::sessions::Sessions;
 use super::ssh::SshHandler;
+use crate::slots::Slot;
 
 /// How long a disconnected session gets to finish before its supervisor lets go.
 const DRAIN: Duration = Duration::from_secs(5);
@@ -121,7 +121,7 @@ async fn poll_releases(sessions: Arc<Sessions>, shutdown: CancellationToken) {
 async fn supervise(
     socket: TcpStream,
     peer: SocketAddr,
-    (permit, unauthenticated): (OwnedSemaphorePermit, Slot),
+    (permit, unauthenticated): (OwnedSemaphorePermit, Slot<std::net::IpAddr>),
     sessions: Arc<Sessions>,
     config: Arc<Config>,
     shutdown: CancellationToken,

@@ -5,7 +5,7 @@
 //! the connection to end ([`SessionCtl::kill`]); the supervisor then sends an SSH disconnect
 //! with the reason.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
@@ -13,8 +13,8 @@ use russh::keys::ssh_key::PublicKey;
 use tokio_util::sync::CancellationToken;
 
 use super::metrics::{Limit, Metrics};
-use super::per_ip::Slot;
 use super::ratelimit::TokenBucket;
+use crate::slots::Slot;
 
 /// Who a session authenticated as.
 #[derive(Debug, Clone)]
@@ -46,7 +46,7 @@ pub(crate) struct SessionCtl {
     kill: CancellationToken,
     bucket: Mutex<TokenBucket>,
     /// The source address's pre-authentication slot, given back at login.
-    unauthenticated: Mutex<Option<Slot>>,
+    unauthenticated: Mutex<Option<Slot<IpAddr>>>,
 }
 
 impl SessionCtl {
@@ -62,7 +62,7 @@ impl SessionCtl {
     }
 
     /// Holds `slot` until the session authenticates (or ends).
-    pub(crate) fn hold_until_login(&self, slot: Slot) {
+    pub(crate) fn hold_until_login(&self, slot: Slot<IpAddr>) {
         if let Ok(mut s) = self.unauthenticated.lock() {
             *s = Some(slot);
         }

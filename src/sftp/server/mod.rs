@@ -2,7 +2,8 @@
 //! own key, and sees only its own directory (the tree and the watch protocol are described in
 //! [`crate::sftp`]).
 //!
-//! May import: `nix`, `release`, `report` (report names), `durable`, `clock`, `openssh`; russh,
+//! May import: `nix`, `release`, `report` (report names), `durable`, `clock`, `openssh`,
+//! `slots`; russh,
 //! russh-sftp, rustix, tokio. Never `build` or `deploy` (it reads what they wrote into the
 //! publish tree), never `sftp::client`.
 //!
@@ -27,7 +28,8 @@
 //! (release generations agents wait on), `sessions` (what every session shares: access map,
 //! host key, watches, session counts), `control` (one session's identity, rate bucket and
 //! kill switch), `access` (the access map), `config` (limits), `hostkey`, `seen`,
-//! `metrics`, `per_ip`, `ratelimit`, `killswitch`.
+//! `metrics`, `ratelimit`, `killswitch`; slots per address and per host are
+//! `crate::slots`.
 //!
 //! # Limits
 //!
@@ -45,7 +47,6 @@ pub mod hostkey;
 mod killswitch;
 pub mod metrics;
 mod ops;
-mod per_ip;
 mod ratelimit;
 mod reply;
 mod reports;

@@ -11,8 +11,9 @@
 //! | setstat, fsetstat, remove, rename, mkdir, rmdir, symlink, readlink, extensions | nothing |
 //!
 //! Refusals answer `SSH_FX_PERMISSION_DENIED` with a message saying why; paths outside the
-//! tree answer "no such file". Disk access is synchronous: every call is a few syscalls on a
-//! local file system, cheaper than a hop to a blocking thread.
+//! tree answer "no such file". Disk access is synchronous (every call is a few syscalls on a
+//! local file system, cheaper than a hop to a blocking thread), except closing a report
+//! (fsync and rotation), which runs on a blocking thread (see `Ops::close`).
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
@@ -117,10 +118,21 @@ fn ok(id: u32) -> Packet {
 }
 
 enum OpenHandle {
-    File { fd: OwnedFd, stat: Stat },
+    File {
+        fd: OwnedFd,
+        stat: Stat,
+    },
+    /// A release shown from memory (`Sessions::show_releases`).
+    Shown(Bytes),
     Upload(Upload),
-    Watch { known: u64, wait: Duration },
-    Dir { entries: Vec<File>, pos: usize },
+    Watch {
+        known: u64,
+        wait: Duration,
+    },
+    Dir {
+        entries: Vec<File>,
+        pos: usize,
+    },
 }
 
 /// The open handles and the operations of one SFTP session of one host.
@@ -160,7 +172,7 @@ impl Ops {
         let result = match request {
             Packet::Init(_) => Ok(Packet::Version(Version::new())),
             Packet::Open(p) => self.open(id, &p.filename, p.pflags),
-            Packet::Close(p) => self.close(id, &p.handle),
+            Packet::Close(p) => return self.close(id, &p.handle),
             Packet::Read(p) => return self.read(id, &p.handle, p.offset, p.len),
             Packet::Write(p) => self.write(id, &p.handle, p.offset, &p.data),
             Packet::Stat(p) => self.stat(id, &p.path),
@@ -221,6 +233,12 @@ impl Ops {
             OpenFlags::WRITE | OpenFlags::APPEND | OpenFlags::CREATE | OpenFlags::TRUNCATE,
         );
         match node {
+            Node::Release
+                if !writes && let Some(shown) = self.sessions.shown_release(&self.host) =>
+            {
+                let data = shown.ok_or_else(|| Fail::no_such(format!("{vpath}: no such file")))?;
+                self.add_handle(id, OpenHandle::Shown(data))
+            }
             Node::Release | Node::Files(_) => {
                 if writes {
                     return Err(Fail::denied(format!("{vpath} is read-only")));
@@ -260,23 +278,42 @@ impl Ops {
         }
     }
 
-    fn close(&mut self, id: u32, handle: &str) -> Result<Packet, Fail> {
-        match self.handles.remove(handle) {
-            Some(OpenHandle::Upload(upload)) => {
-                let (name, bytes) = (upload.name().to_owned(), upload.len());
-                let config = self.sessions.config();
-                let rotated = upload
-                    .finish(config.max_reports, config.max_reports_total_bytes)
-                    .map_err(report_fail)?;
-                let m = self.sessions.metrics();
-                m.reports_received.inc();
-                m.reports_rotated.inc_by(rotated as u64);
-                tracing::info!(host = %self.host, report = %name, bytes, rotated, "report received");
-                Ok(ok(id))
-            }
-            Some(_) => Ok(ok(id)),
-            None => Err(Fail::bad_handle()),
-        }
+    /// Closes a handle. Closing a report upload (fsync, rotation: a directory scan and
+    /// unlinks) runs on a blocking thread, at most `max_blocking_closes` at once in the
+    /// process, and answers when done (`None` here), so that a fleet uploading at once does
+    /// not stall the runtime that also serves the cache.
+    fn close(&mut self, id: u32, handle: &str) -> Option<Packet> {
+        let upload = match self.handles.remove(handle) {
+            Some(OpenHandle::Upload(upload)) => upload,
+            Some(_) => return Some(ok(id)),
+            None => return Some(Fail::bad_handle().into_packet(id)),
+        };
+        let (sessions, out, host) = (self.sessions.clone(), self.out.clone(), self.host.clone());
+        tokio::spawn(async move {
+            let Ok(_turn) = sessions.blocking_closes().acquire_owned().await else {
+                return;
+            };
+            let (name, bytes) = (upload.name().to_owned(), upload.len());
+            let config = sessions.config();
+            let (count, total) = (config.max_reports, config.max_reports_total_bytes);
+            let finished = tokio::task::spawn_blocking(move || upload.finish(count, total)).await;
+            let answer = match finished {
+                Ok(Ok(rotated)) => {
+                    let m = sessions.metrics();
+                    m.reports_received.inc();
+                    m.reports_rotated.inc_by(rotated as u64);
+                    tracing::info!(host = %host, report = %name, bytes, rotated, "report received");
+                    ok(id)
+                }
+                Ok(Err(e)) => report_fail(e).into_packet(id),
+                Err(e) => {
+                    tracing::error!(host = %host, error = %e, "closing a report failed");
+                    Fail::failure("server-side error closing the report").into_packet(id)
+                }
+            };
+            send(&out, answer).await;
+        });
+        None
     }
 
     fn read(&mut self, id: u32, handle: &str, offset: u64, len: u32) -> Option<Packet> {
@@ -293,6 +330,25 @@ impl Ops {
                         Ok(Packet::Data(Data { id, data: buf }))
                     }
                     Err(e) => Err(Fail::fs(e, "file")),
+                }
+            }
+            Some(OpenHandle::Shown(data)) => {
+                let start = usize::try_from(offset)
+                    .unwrap_or(usize::MAX)
+                    .min(data.len());
+                let len = len.min(self.sessions.config().max_read_len) as usize;
+                let chunk = &data[start..(start + len).min(data.len())];
+                if chunk.is_empty() {
+                    Err(Fail::eof())
+                } else {
+                    self.sessions
+                        .metrics()
+                        .bytes_sent
+                        .inc_by(chunk.len() as u64);
+                    Ok(Packet::Data(Data {
+                        id,
+                        data: chunk.to_vec(),
+                    }))
                 }
             }
             Some(OpenHandle::Upload(_)) => Err(Fail::denied("reports are write-only")),
@@ -374,6 +430,10 @@ impl Ops {
                 ));
             }
             Node::Watch { .. } => attrs(MODE_FILE_RO, None, None),
+            Node::Release if let Some(shown) = self.sessions.shown_release(&self.host) => {
+                let data = shown.ok_or_else(|| Fail::no_such("/release: no such file"))?;
+                attrs(MODE_FILE_RO, Some(data.len() as u64), None)
+            }
             Node::Release | Node::Files(_) => {
                 let vpath = node.virtual_path();
                 let disk = node.disk_path().unwrap_or_default();
@@ -402,6 +462,7 @@ impl Ops {
             Some(OpenHandle::File { stat, .. }) => {
                 stat_attrs(stat).ok_or_else(|| Fail::failure("not a file"))?
             }
+            Some(OpenHandle::Shown(data)) => attrs(MODE_FILE_RO, Some(data.len() as u64), None),
             Some(OpenHandle::Upload(u)) => attrs(MODE_FILE_WO, Some(u.len()), None),
             Some(OpenHandle::Watch { .. }) => attrs(MODE_FILE_RO, None, None),
             Some(OpenHandle::Dir { .. }) => attrs(MODE_DIR_RO, None, None),
@@ -431,7 +492,12 @@ impl Ops {
 
     fn root_entries(&self) -> Vec<File> {
         let mut entries = Vec::new();
-        if let Ok(root) = self.sessions.open_host_root(&self.host, false)
+        if let Some(shown) = self.sessions.shown_release(&self.host) {
+            if let Some(data) = shown {
+                let a = attrs(MODE_FILE_RO, Some(data.len() as u64), None);
+                entries.push(File::new("release", a));
+            }
+        } else if let Ok(root) = self.sessions.open_host_root(&self.host, false)
             && let Ok(st) = confine::stat(root.as_fd(), "release")
             && let Some(a) = stat_attrs(&st)
         {

@@ -6,12 +6,14 @@
 //! is disconnected at once, and every SFTP request re-checks access as well, so nothing slips
 //! through between the swap and the disconnect.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
+use bytes::Bytes;
 use russh::keys::ssh_key::PublicKey;
 use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
@@ -23,9 +25,16 @@ use super::config::{SftpConfig, SftpConfigError};
 use super::confine;
 use super::hostkey::HostKey;
 use super::metrics::Metrics;
-use super::per_ip::PerIp;
 use super::seen::LastSeen;
 use super::watch::{ReleaseWatch, release_generation};
+use crate::slots::{PerKey, Slot};
+
+/// Report closes run on blocking threads at once (each an fsync and a directory scan): a
+/// bound well under tokio's blocking pool, so that the cache's blocking work keeps threads.
+const MAX_BLOCKING_CLOSES: usize = 16;
+
+/// Release file contents by host (see [`Sessions::show_releases`]).
+pub type ShownReleases = Arc<BTreeMap<String, Bytes>>;
 
 /// The directory under the state directory that holds one directory per host.
 pub const PUBLISH_DIR: &str = "publish";
@@ -53,9 +62,14 @@ pub struct Sessions {
     hosts: RwLock<Arc<HostKeys>>,
     access_epoch: watch::Sender<u64>,
     releases: ReleaseWatch,
-    per_host: Mutex<HashMap<String, usize>>,
+    /// Set by [`Sessions::show_releases`]: hosts see these release files instead of the
+    /// publish tree's.
+    shown: RwLock<Option<ShownReleases>>,
+    per_host: Arc<PerKey<String>>,
     pub(crate) connections: Arc<Semaphore>,
-    pub(crate) unauthenticated: Arc<PerIp>,
+    /// Report closes (fsync, rotation) running on blocking threads at once.
+    blocking_closes: Arc<Semaphore>,
+    pub(crate) unauthenticated: Arc<PerKey<IpAddr>>,
     metrics: Metrics,
     seen: LastSeen,
 }
@@ -98,7 +112,9 @@ impl Sessions {
         let (access_epoch, _) = watch::channel(0);
         Ok(Arc::new(Sessions {
             connections: Arc::new(Semaphore::new(config.max_sessions)),
-            unauthenticated: PerIp::new(config.max_unauthenticated_per_ip),
+            blocking_closes: Arc::new(Semaphore::new(MAX_BLOCKING_CLOSES)),
+            unauthenticated: PerKey::new(config.max_unauthenticated_per_ip),
+            per_host: PerKey::new(config.max_sessions_per_host),
             config,
             publish_dir,
             publish_fd,
@@ -106,7 +122,7 @@ impl Sessions {
             hosts: RwLock::new(Arc::new(hosts)),
             access_epoch,
             releases: ReleaseWatch::default(),
-            per_host: Mutex::new(HashMap::new()),
+            shown: RwLock::new(None),
             metrics: Metrics::default(),
             seen: LastSeen::new(state_dir),
         }))
@@ -138,15 +154,46 @@ impl Sessions {
     /// `publish/<host>/release` and wakes them if its generation differs. Cheap when nobody
     /// waits. The deploy path calls this after writing a release.
     pub fn notify_release_changed(&self, host: &str) {
-        self.releases
-            .refresh(self.publish_fd.as_fd(), host, release_generation, false);
+        match self.shown() {
+            Some(shown) => self.releases.set_each(|h| shown_generation(&shown, h)),
+            None => self
+                .releases
+                .refresh(self.publish_fd.as_fd(), host, release_generation, false),
+        }
+    }
+
+    /// From now on hosts see the release files in `releases` (by host; a host missing from
+    /// it has none), not the publish tree's; waiting agents are woken when their
+    /// generation changed. `bento serve` passes what the cache serves the closures of, so
+    /// that no host sees a release before it can copy its system.
+    pub fn show_releases(&self, releases: ShownReleases) {
+        *self.shown.write().unwrap_or_else(|e| e.into_inner()) = Some(releases.clone());
+        self.releases.set_each(|h| shown_generation(&releases, h));
+    }
+
+    fn shown(&self) -> Option<ShownReleases> {
+        self.shown.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// `host`'s release as set by [`Sessions::show_releases`]: `None` when the publish tree
+    /// is shown as it is, `Some(None)` when the host has no release to see.
+    pub(crate) fn shown_release(&self, host: &str) -> Option<Option<Bytes>> {
+        self.shown().map(|shown| shown.get(host).cloned())
     }
 
     /// Checks the release files of watched hosts for changes made behind our back (another
     /// process deploying). [`super::serve`] calls this every `release_poll_interval`.
     pub fn poll_releases(&self) {
-        self.releases
-            .poll(self.publish_fd.as_fd(), release_generation);
+        match self.shown() {
+            Some(shown) => self.releases.set_each(|h| shown_generation(&shown, h)),
+            None => self
+                .releases
+                .poll(self.publish_fd.as_fd(), release_generation),
+        }
+    }
+
+    pub(crate) fn blocking_closes(&self) -> Arc<Semaphore> {
+        self.blocking_closes.clone()
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -189,8 +236,14 @@ impl Sessions {
     }
 
     pub(crate) fn subscribe_release(&self, host: &str) -> watch::Receiver<u64> {
-        self.releases
-            .subscribe(self.publish_fd.as_fd(), host, release_generation)
+        match self.shown() {
+            Some(shown) => self
+                .releases
+                .subscribe_at(host, shown_generation(&shown, host)),
+            None => self
+                .releases
+                .subscribe(self.publish_fd.as_fd(), host, release_generation),
+        }
     }
 
     pub(crate) fn publish_fd(&self) -> BorrowedFd<'_> {
@@ -213,49 +266,36 @@ impl Sessions {
 
     /// Counts one more session of `host`, unless it already has `max_sessions_per_host`.
     pub(crate) fn claim_host_slot(self: &Arc<Self>, host: &str) -> Option<HostSlot> {
-        let mut per_host = self.per_host.lock().unwrap_or_else(|e| e.into_inner());
-        let n = per_host.entry(host.to_owned()).or_insert(0);
-        if *n >= self.config.max_sessions_per_host {
-            return None;
-        }
-        *n += 1;
+        let slot = self.per_host.try_acquire(host.to_owned())?;
         self.metrics.sessions_open.inc();
         Some(HostSlot {
             sessions: self.clone(),
-            host: host.to_owned(),
+            _slot: slot,
         })
     }
 
     /// Authenticated sessions `host` holds now.
     pub fn sessions_of(&self, host: &str) -> usize {
-        self.per_host
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(host)
-            .copied()
-            .unwrap_or(0)
+        self.per_host.held(&host.to_owned())
     }
+}
+
+/// The generation of `host`'s shown release (0 when it has none or it cannot be read).
+fn shown_generation(shown: &BTreeMap<String, Bytes>, host: &str) -> u64 {
+    shown
+        .get(host)
+        .and_then(|bytes| release_generation(bytes))
+        .unwrap_or(0)
 }
 
 /// One authenticated session of a host; gives its place back when dropped.
 pub(crate) struct HostSlot {
     sessions: Arc<Sessions>,
-    host: String,
+    _slot: Slot<String>,
 }
 
 impl Drop for HostSlot {
     fn drop(&mut self) {
-        let mut per_host = self
-            .sessions
-            .per_host
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = per_host.get_mut(&self.host) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                per_host.remove(&self.host);
-            }
-        }
         self.sessions.metrics.sessions_open.dec();
     }
 }

@@ -65,6 +65,35 @@ impl ReleaseWatch {
         rx
     }
 
+    /// A receiver of `host`'s release generation, starting at `generation` if nobody
+    /// watched yet (the release is not read from disk: see `Sessions::show_releases`).
+    pub(crate) fn subscribe_at(&self, host: &str, generation: u64) -> watch::Receiver<u64> {
+        let mut hosts = self.lock();
+        let w = hosts.entry(host.to_owned()).or_insert_with(|| Watched {
+            tx: watch::channel(generation).0,
+            stamp: None,
+        });
+        w.tx.subscribe()
+    }
+
+    /// Sets every watched host's generation to `generation_of` it, waking those whose
+    /// generation changed; forgets hosts nobody waits on.
+    pub(crate) fn set_each(&self, generation_of: impl Fn(&str) -> u64) {
+        let mut hosts = self.lock();
+        hosts.retain(|_, w| w.tx.receiver_count() > 0);
+        for (host, w) in hosts.iter() {
+            let generation = generation_of(host);
+            w.tx.send_if_modified(|g| {
+                let changed = *g != generation;
+                if changed {
+                    tracing::debug!(host, generation, "release generation changed");
+                    *g = generation;
+                }
+                changed
+            });
+        }
+    }
+
     /// Re-reads `host`'s release if anyone watches it; wakes the waiters when its generation
     /// changed. `only_if_stamp_changed` skips the read when the file looks untouched.
     pub(crate) fn refresh(
