@@ -19,3 +19,4 @@ pub mod report;
 pub mod server;
 pub mod sftp;
 pub mod status;
+pub mod transfer;

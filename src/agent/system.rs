@@ -42,6 +42,12 @@ pub enum SystemError {
         cache: String,
         why: String,
     },
+    #[error("fetching the closure of {path} from {cache} failed: {why}")]
+    Transfer {
+        path: String,
+        cache: String,
+        why: String,
+    },
     #[error("setting profile {profile} to {path} failed: {source}")]
     Profile {
         profile: PathBuf,
@@ -169,11 +175,19 @@ pub fn copy_command(agent: &Agent, path: &str) -> Command {
 /// against the signed narinfos by `nar_check`, so a tampered closure is refused whatever
 /// the Nix version says; anything else is a failed copy, tried again later.
 pub async fn copy_closure(agent: &Agent, path: &str, log: &mut String) -> Result<(), SystemError> {
+    copy_judged(agent, copy_command(agent, path), path, log).await
+}
+
+/// Runs `copy` (a `nix copy` into this host's store of `path`'s closure, or part of it)
+/// and judges its failure as [`copy_closure`] says.
+pub async fn copy_judged(
+    agent: &Agent,
+    copy: Command,
+    path: &str,
+    log: &mut String,
+) -> Result<(), SystemError> {
     let before = log.len();
-    let result = children::run(&agent.state_dir, copy_command(agent, path), |l| {
-        push_line(log, l)
-    })
-    .await;
+    let result = children::run(&agent.state_dir, copy, |l| push_line(log, l)).await;
     let Err(source) = result else {
         return Ok(());
     };

@@ -8,9 +8,11 @@
 //!
 //! Files: `request` and `range` (pure parsing), `access` (tokens), `index` (what is
 //! servable), `scan` (the publish tree), `compress` (zstd files), `refresh` (the running cache: its index kept in step with the publish tree),
-//! `stream` (NAR bodies), `handler` (HTTP), `metrics`.
+//! `stream` (NAR bodies), `handler` (HTTP), `metrics`, `transfer` (the whole-closure
+//! transfer's two routes).
 //!
-//! May import: `nix`, `release`, `durable` (atomic writes). Never `build` or `deploy`.
+//! May import: `nix`, `release`, `durable` (atomic writes), `transfer`. Never `build` or
+//! `deploy`.
 
 use std::sync::Arc;
 
@@ -28,6 +30,7 @@ mod refresh;
 pub mod request;
 pub mod scan;
 mod stream;
+mod transfer;
 
 pub use access::Access;
 pub use handler::ServeError;
@@ -50,9 +53,21 @@ pub enum CacheError {
     Serve(#[source] std::io::Error),
 }
 
-/// The cache's routes: one handler that parses every request itself (see `request.rs`).
+/// The cache's routes: one handler that parses every request itself (see `request.rs`),
+/// and the two `POST` routes of the whole-closure transfer (`transfer.rs`).
 pub fn router(cache: Arc<Cache>) -> axum::Router {
+    use axum::extract::DefaultBodyLimit;
+    use axum::routing::post;
+    let limit = DefaultBodyLimit::max(crate::transfer::MAX_REQUEST_BYTES);
     axum::Router::new()
+        .route(
+            crate::transfer::CLOSURE_PATH,
+            post(transfer::closure).layer(limit),
+        )
+        .route(
+            crate::transfer::NARS_PATH,
+            post(transfer::nars).layer(limit),
+        )
         .fallback(handler::handle)
         .with_state(cache)
 }
