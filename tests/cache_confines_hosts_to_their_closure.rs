@@ -22,12 +22,9 @@ fn basic(user: &str, token: &str) -> String {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hosts_see_only_their_own_closure() {
-    if !harness::needs_root("the machine's Nix store, which the cache serves") {
-        return;
-    }
-    let salt = nonce();
+/// Two hosts' closures sharing a path, published, served with host tokens:
+/// (web1's top, web2's top, the shared path, the server's directory, the cache).
+async fn two_hosts(salt: &str) -> (String, String, String, ServerDir, CacheServer) {
     // The tops differ in content: two paths with byte-identical NARs share one NAR URL,
     // and a host may fetch a NAR its own closure holds, whoever else holds it too.
     let shared = format!(r#"mk "bento-shared-{salt}" "echo shared > $out""#);
@@ -47,6 +44,15 @@ async fn hosts_see_only_their_own_closure() {
     let mut config = dir.cache_config();
     config.access = Access::TokenDir;
     let server = CacheServer::start(config).await;
+    (top1, top2, shared_path, dir, server)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_see_only_their_own_closure() {
+    if !harness::needs_root("the machine's Nix store, which the cache serves") {
+        return;
+    }
+    let (top1, top2, shared_path, dir, server) = two_hosts(&nonce()).await;
 
     let token_file = |h: &str| dir.state.join("cache-tokens").join(h);
     let mode = std::fs::metadata(token_file("web1"))
@@ -217,27 +223,11 @@ async fn the_transfer_is_confined_like_the_cache() {
         return;
     }
     let salt = nonce();
-    let shared = format!(r#"mk "bento-tshared-{salt}" "echo shared > $out""#);
-    let top1 = build(&format!(
-        r#"let s = {shared}; in mk "bento-tweb1-{salt}" "echo web1 ${{s}} > $out""#
-    ));
-    let top2 = build(&format!(
-        r#"let s = {shared}; in mk "bento-tweb2-{salt}" "echo web2 ${{s}} > $out""#
-    ));
+    let (top1, top2, shared_path, dir, server) = two_hosts(&salt).await;
     // In the server's store, in no published closure.
     let outside = build(&format!(
-        r#"mk "bento-toutside-{salt}" "echo outside > $out""#
+        r#"mk "bento-outside-{salt}" "echo outside > $out""#
     ));
-    let shared_path = closure(&top1)
-        .into_iter()
-        .find(|p| p.contains("bento-tshared-"))
-        .unwrap();
-    let dir = ServerDir::new();
-    dir.publish("web1", 1, &top1);
-    dir.publish("web2", 1, &top2);
-    let mut config = dir.cache_config();
-    config.access = Access::TokenDir;
-    let server = CacheServer::start(config).await;
     let token = |h: &str| {
         std::fs::read_to_string(dir.state.join("cache-tokens").join(h))
             .unwrap()

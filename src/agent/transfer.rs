@@ -6,7 +6,7 @@
 //! 3. Leave out what an earlier, interrupted transfer already staged; check that the disk
 //!    has room for the rest (sizes from the closure answer); ask for all of it at once.
 //! 4. Write the entries as they arrive into a `file://` binary cache in the state directory
-//!    (`transfer/`), a NAR under a temporary name until it is complete, its narinfo last.
+//!    (`transfer/`), each NAR first, its narinfo (written aside and renamed) last.
 //! 5. `nix copy --from file://<state_dir>/transfer --no-recursive` of the missing paths,
 //!    with `require-sigs` and only the fleet key trusted, judged as any copy is
 //!    (`system::copy_judged`): Nix verifies every signature and hash.
@@ -138,6 +138,8 @@ async fn transfer(agent: &Agent, path: &str, log: &mut String) -> Result<(), Fai
         })
     };
 
+    let started = std::time::Instant::now();
+    let ms = || started.elapsed().as_millis();
     let closure = async {
         let mut r = target
             .post(CLOSURE_PATH, &wire::encode_paths([&top]), idle)
@@ -167,12 +169,13 @@ async fn transfer(agent: &Agent, path: &str, log: &mut String) -> Result<(), Fai
     push_line(
         log,
         &format!(
-            "closure of {} paths: {} missing here, {} of them staged by an earlier attempt; fetching {} ({} bytes) in one request",
+            "closure of {} paths: {} missing here, {} of them staged by an earlier attempt; fetching {} ({} bytes) in one request ({} ms)",
             closure.len(),
             plan.copy.len(),
             plan.copy.len() - plan.fetch.len(),
             plan.fetch.len(),
-            plan.fetch_bytes
+            plan.fetch_bytes,
+            ms()
         ),
     );
     if plan.copy.is_empty() {
@@ -190,6 +193,10 @@ async fn transfer(agent: &Agent, path: &str, log: &mut String) -> Result<(), Fai
             })?;
     }
 
+    push_line(
+        log,
+        &format!("fetched ({} ms); copying into the store", ms()),
+    );
     let source = format!("file://{}", staging.display());
     for part in plan.copy.chunks(PATHS_PER_COPY) {
         let copy = copy_command(agent, &source, part);
@@ -205,6 +212,7 @@ async fn transfer(agent: &Agent, path: &str, log: &mut String) -> Result<(), Fai
         }
     }
     let _ = std::fs::remove_dir_all(&staging);
+    push_line(log, &format!("copied ({} ms)", ms()));
     Ok(())
 }
 
@@ -378,7 +386,9 @@ impl Writer<'_> {
                 }
                 let name = wire::nar_file_name(ni.url())
                     .ok_or_else(|| format!("the narinfo of {shown} has URL {:?}", ni.url()))?;
-                let part = self.staging.join("nar").join(format!("{name}.part"));
+                // Under its final name at once: without its narinfo, and of the size
+                // announced, a NAR file is not taken for a complete entry.
+                let part = self.staging.join("nar").join(name);
                 let file = std::fs::File::create(&part)
                     .map_err(|e| format!("cannot write {}: {e}", part.display()))?;
                 self.current = Some((ni, raw.to_vec(), part, file));
@@ -389,14 +399,12 @@ impl Writer<'_> {
                     .map_err(|e| format!("cannot write {}: {e}", part.display()))?;
             }
             Event::EntryEnd => {
-                let (ni, raw, part, file) =
+                let (ni, raw, _, file) =
                     self.current.take().ok_or("an entry end outside an entry")?;
                 drop(file);
-                let name = wire::nar_file_name(ni.url()).ok_or("a bad URL")?;
                 let path = ni.store_path().clone();
                 let fail =
                     |e: std::io::Error| format!("cannot stage {}: {e}", store::render(&path));
-                std::fs::rename(&part, self.staging.join("nar").join(name)).map_err(fail)?;
                 // The narinfo last: its presence means the entry is complete.
                 let file = narinfo_file(self.staging, &path);
                 let tmp = file.with_extension("narinfo.part");

@@ -143,6 +143,7 @@ impl Target {
             addr,
             idle,
             buffered: Vec::new(),
+            scratch: Vec::new(),
             remaining: None,
             status: 0,
         };
@@ -172,6 +173,8 @@ pub struct Response {
     addr: String,
     idle: Duration,
     buffered: Vec<u8>,
+    /// The read buffer, kept between reads.
+    scratch: Vec<u8>,
     /// Body bytes still to come, when the length is known.
     remaining: Option<u64>,
     pub status: u16,
@@ -232,16 +235,19 @@ impl Response {
         if self.remaining == Some(0) {
             return Ok(None);
         }
-        let mut buf = vec![0u8; 256 * 1024];
-        let n = self.read_some(&mut buf).await?;
-        if n == 0 {
+        let mut buf = std::mem::take(&mut self.scratch);
+        buf.resize(256 * 1024, 0);
+        let read = self.read_some(&mut buf).await;
+        let chunk = read.map(|n| Bytes::copy_from_slice(&buf[..n]));
+        self.scratch = buf;
+        let chunk = chunk?;
+        if chunk.is_empty() {
             return Ok(None);
         }
-        buf.truncate(n);
         if let Some(r) = self.remaining.as_mut() {
-            *r = r.saturating_sub(n as u64);
+            *r = r.saturating_sub(chunk.len() as u64);
         }
-        Ok(Some(Bytes::from(buf)))
+        Ok(Some(chunk))
     }
 
     /// The whole body, at most `max` bytes (then an error).
