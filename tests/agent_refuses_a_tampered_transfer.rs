@@ -40,18 +40,7 @@ fn entries(
     alter: impl FnOnce(&mut Vec<u8>),
 ) -> Vec<Entry> {
     let dir = scratch.join(format!("cache-{}", harness::nix::nonce()));
-    let secret = scratch.join(format!("key-{}", harness::nix::nonce()));
-    std::fs::write(&secret, key.to_secret_string()).unwrap();
-    harness::ran::run(harness::nix::nix().args([
-        "copy",
-        "--to",
-        &format!(
-            "file://{}?compression=none&secret-key={}",
-            dir.display(),
-            secret.display()
-        ),
-        top,
-    ]));
+    harness::nix::signed_file_cache(&dir, key, top);
     let mut alter = Some(alter);
     let mut out: Vec<Entry> = harness::nix::closure(top)
         .iter()

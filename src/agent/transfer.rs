@@ -431,12 +431,7 @@ impl Drop for Writer<'_> {
 mod tests {
     use super::*;
 
-    fn p(name: &str) -> StorePath {
-        let hash = crate::nix::hash::nixbase32::encode(
-            &crate::nix::hash::Sha256Hash::of(name.as_bytes()).0[..20],
-        );
-        store::parse(&format!("/nix/store/{hash}-{name}")).unwrap()
-    }
+    use crate::transfer::test_path as p;
 
     fn entry(name: &str, file_size: u64, nar_size: u64) -> ClosureEntry {
         ClosureEntry {

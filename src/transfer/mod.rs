@@ -25,3 +25,13 @@ pub const NARS_PATH: &str = "/_bento/v1/nars";
 pub const MAX_PATHS: usize = 200_000;
 /// Most bytes of a request body (`MAX_PATHS` lines of the longest store paths fit).
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024 * 1024;
+
+/// A made-up store path named `name` (its hash derived from the name), for tests.
+#[cfg(test)]
+pub(crate) fn test_path(name: &str) -> crate::nix::StorePath {
+    let hash = crate::nix::hash::nixbase32::encode(
+        &crate::nix::hash::Sha256Hash::of(name.as_bytes()).0[..20],
+    );
+    crate::nix::store::parse(&format!("/nix/store/{hash}-{name}"))
+        .unwrap_or_else(|e| unreachable!("{e}"))
+}

@@ -65,14 +65,8 @@ pub fn dependency_order<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nix::store;
 
-    fn p(name: &str) -> StorePath {
-        let hash = crate::nix::hash::nixbase32::encode(
-            &crate::nix::hash::Sha256Hash::of(name.as_bytes()).0[..20],
-        );
-        store::parse(&format!("/nix/store/{hash}-{name}")).unwrap()
-    }
+    use crate::transfer::test_path as p;
 
     #[test]
     fn references_come_first() {
