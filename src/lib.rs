@@ -16,6 +16,7 @@ pub mod nix;
 pub mod openssh;
 pub mod release;
 pub mod report;
+pub mod secret;
 pub mod server;
 pub mod sftp;
 pub mod status;

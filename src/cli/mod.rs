@@ -13,6 +13,7 @@ pub mod diff;
 pub mod init;
 pub mod keygen;
 mod progress;
+pub mod secret;
 pub mod serve;
 pub mod status;
 mod table;
@@ -36,6 +37,7 @@ enum Command {
     Serve(serve::Args),
     Agent(agent::Args),
     Keygen(keygen::Args),
+    Secret(secret::Args),
     Status(status::Args),
 }
 
@@ -63,6 +65,7 @@ impl Cli {
             Command::Deploy(args) => deploy::run(args),
             Command::Diff(args) => diff::run(args),
             Command::Keygen(args) => keygen::run(args),
+            Command::Secret(args) => secret::run(args),
             Command::Serve(args) => serve::run(args),
             Command::Status(args) => status::run(args),
         }

@@ -18,6 +18,8 @@ pub struct FileToDeliver {
     pub name: String,
     pub content: Vec<u8>,
     pub mode: u32,
+    /// `content` is age ciphertext for the host (`crate::secret`), published as it is.
+    pub age: bool,
 }
 
 /// A host's files for one deploy: read, hashed and compared with what is published once.
@@ -41,12 +43,13 @@ impl HostFiles {
         let mut entries = Vec::with_capacity(files.len());
         let mut contents = HashMap::with_capacity(files.len());
         for f in files {
-            let entry = ManifestEntry::of(&f.name, &f.content, f.mode).map_err(|source| {
+            let mut entry = ManifestEntry::of(&f.name, &f.content, f.mode).map_err(|source| {
                 DeployError::Files {
                     host: host.to_owned(),
                     source,
                 }
             })?;
+            entry.age = f.age;
             contents.insert(entry.sha256.clone(), f.content.clone());
             entries.push(entry);
         }
@@ -85,10 +88,12 @@ impl HostFiles {
             path: blobs.clone(),
             source,
         })?;
+        // Group-readable: on a NixOS server the state directory belongs to group `bento`,
+        // whose members (operators) deploy and whose user serves; nobody else reads them.
         for (sha256, content) in &self.contents {
             let blob = blobs.join(sha256);
             if !blob.exists() {
-                durable::write_atomic(&blob, content, 0o600)?;
+                durable::write_atomic(&blob, content, 0o640)?;
             }
         }
         let manifest =
@@ -98,7 +103,7 @@ impl HostFiles {
                     source,
                 }
             })?;
-        durable::write_atomic(&dir.join(files::MANIFEST_PATH), &manifest.to_bytes(), 0o600)?;
+        durable::write_atomic(&dir.join(files::MANIFEST_PATH), &manifest.to_bytes(), 0o640)?;
         remove_unlisted_blobs(&blobs, &self.entries);
         Ok(())
     }
@@ -136,6 +141,7 @@ mod tests {
             name: name.into(),
             content: content.as_bytes().to_vec(),
             mode: 0o400,
+            age: false,
         }
     }
 
