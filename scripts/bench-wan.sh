@@ -8,14 +8,17 @@
 #
 # Closures: 300 small paths (~2 MB) and one path of 200 MiB (incompressible).
 # Methods:
-#   (1) the agent today: `nix copy --from` with exactly the agent's options
+#   (1) the agent before the transfer: `nix copy --from` with the options it then had
 #       (src/agent/system.rs copy_command, incl. narinfo-cache-positive-ttl 0)
 #   (2) plain `nix copy --from http://...` (same trust options, no cache TTLs)
 #   (3) parallel substitution: `nix-store --realise TOP` with only that substituter,
 #       max-jobs 16, http-connections 25, require-sigs with the fleet key
 #   (4) the floor: one GET of the closure (its narinfos and compressed NARs concatenated,
 #       served statically by nginx) with curl
-#   (5) bento whole-closure transfer: a slot, filled by the change that builds it
+#   (5) bento whole-closure transfer: `bento agent copy` (the agent's copy step alone:
+#       closure, one store query, one stream into a staging file:// cache, nix copy from it)
+#   (6) a whole `bento agent --once` applying the release: SSH (through the link too),
+#       release, transfer, switch-to-configuration, fresh-session confirmation, report
 # Per cell: median of BENCH_REPS runs (default 3; BENCH_QUICK=1 makes it 1), the HTTP
 # requests of the median run (from `bento serve`'s /metrics counters, or nginx's access
 # log for (4)) and the TCP connections it opened (counted by the link, which sees them all).
@@ -23,8 +26,9 @@
 #
 #   BENCH_RTTS        RTTs in ms (default "0 20 100")
 #   BENCH_RATE_MBIT   bandwidth cap of the link each way (default 0: none)
-#   BENCH_METHODS     which methods (default "agent plain subst floor bento")
+#   BENCH_METHODS     which methods (default "agent plain subst floor bento once")
 #   BENCH_NO_BUILD=1  use the existing release build
+#   BENCH_SHOW_LOG=1  print what each client command printed
 #   BENCH_SMALL_PATHS, BENCH_BIG_MIB  closure sizes (default 300, 200)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,7 +40,7 @@ for tool in ip unshare nix nix-store curl nginx git ssh-keygen; do
 done
 
 read -r -a RTTS <<< "${BENCH_RTTS:-0 20 100}"
-read -r -a METHODS <<< "${BENCH_METHODS:-agent plain subst floor bento}"
+read -r -a METHODS <<< "${BENCH_METHODS:-agent plain subst floor bento once}"
 REPS=${BENCH_REPS:-3}
 [ -n "${BENCH_QUICK:-}" ] && REPS=1
 RATE=${BENCH_RATE_MBIT:-0}
@@ -86,7 +90,7 @@ cat > "$work/repo/flake.nix" <<NIX
     leaf = i: mk "wan-leaf-\${toString i}" "head -c 5000 /dev/urandom | base64 > \$out";
     system = host: body: mk "nixos-system-\${host}-1" ''
       mkdir -p \$out/bin
-      printf '#!/bin/sh\necho "\$0 \$1" >> /run/activations\n' > \$out/bin/switch-to-configuration
+      printf '#!/bin/sh\necho "\$0 \$1" >> /run/activations\nln -sfn %s /run/current-system\n' "\$out" > \$out/bin/switch-to-configuration
       chmod +x \$out/bin/switch-to-configuration
       echo 1 > \$out/nixos-version
       \${body}
@@ -110,10 +114,14 @@ for c in small big; do
   echo "$c: ${TOP[$c]}: ${PATHS[$c]} paths, ${NAR_MB[$c]} MB of NAR"
 done
 PUB=$(cat "$work/state/keys/bento-demo-fleet.public")
+# The agent configuration of (5) names an SFTP server it never reaches; its key is a real one.
+ssh-keygen -q -t ed25519 -N '' -C wan -f "$work/dummy_host_key"
+DUMMY_HOST_KEY=$(cut -d' ' -f1-2 "$work/dummy_host_key.pub")
 
 # ---------------------------------------------------------------- bento serve
 P_CACHE=$(free_port)
-"$BENTO" serve -c "$conf" --cache-listen "127.0.0.1:$P_CACHE" --sftp-listen 127.0.0.1:0 \
+P_SFTP=$(free_port)
+"$BENTO" serve -c "$conf" --cache-listen "127.0.0.1:$P_CACHE" --sftp-listen "127.0.0.1:$P_SFTP" \
   --no-dashboard >"$work/serve.log" 2>&1 &
 serve_pid=$!
 FLEET_PIDS+=("$serve_pid")
@@ -123,6 +131,7 @@ until [ "$(metric bento_cache_paths 2>/dev/null)" = "$want" ] && [ "$(metric ben
   kill -0 "$serve_pid" 2>/dev/null || { echo "bench-wan: bento serve exited:" >&2; cat "$work/serve.log" >&2; exit 1; }
   sleep 0.2
 done
+PINNED=$(cut -d' ' -f1-2 "$work/state/ssh/host_ed25519_key.pub")
 # Requests the cache answered, /metrics itself left out.
 cache_requests() {
   { curl -sf "http://127.0.0.1:$P_CACHE/metrics" || true; } |
@@ -179,6 +188,7 @@ cat > "$work/client.sh" <<'SH'
 run=$1 check=$2
 shift 2
 mount --bind "$run/nix" /nix || exit 1
+mount --bind "$run/run" /run || exit 1 # the agent's files_dir, activations, current-system
 export XDG_CACHE_HOME=$run/cache
 nix store ping >/dev/null 2>&1 || { echo "1 0 0"; exit 0; }
 start=$(date +%s%N)
@@ -198,7 +208,7 @@ chmod +x "$work/client.sh"
 method_cmd() {
   local top=${TOP[$2]}
   case $1 in
-    agent) # exactly src/agent/system.rs copy_command (no netrc: host tokens are off here)
+    agent) # the agent before issue 15: src/agent/system.rs copy_command as it was then
       CMD=(nix --extra-experimental-features "nix-command flakes" copy --from "$CACHE_URL"
         --option require-sigs true --option trusted-public-keys "$PUB" --option substituters ""
         --option narinfo-cache-negative-ttl 0 --option narinfo-cache-positive-ttl 0 "$top") ;;
@@ -211,20 +221,37 @@ method_cmd() {
         --option max-jobs 16 --option http-connections 25) ;;
     floor)
       CMD=(curl -sS --fail -o "$3/closure" "$STATIC_URL/$2.closure") ;;
-    bento)
-      # ---- SLOT (5): bento whole-closure transfer (issue 15, item 2) --------------------
-      # Set CMD to the client's command once it exists (the agent's copy step run alone,
-      # against $CACHE_URL, trusting only $PUB, writing into the client's store). Its
-      # requests are counted from /metrics like (1)-(3), its connections by the link.
-      CMD=() ;;
+    bento) # the agent's copy step alone (`bento agent copy`): the whole-closure transfer
+      cat > "$3/agent.toml" <<EOF
+host = "wan-client"
+server = "$SUB.1:1"
+server_host_key = "$DUMMY_HOST_KEY"
+ssh_key = "/nonexistent"
+cache_url = "$CACHE_URL"
+fleet_public_key = "$PUB"
+state_dir = "$3/agent-state"
+EOF
+      CMD=("$BENTO" agent copy --config "$3/agent.toml" "$top") ;;
+    once) # a whole agent run: SSH, release, transfer, activation, confirmation, report
+      cat > "$3/agent.toml" <<EOF
+host = "wan-$2"
+server = "$SUB.1:$P_SFTP"
+server_host_key = "$PINNED"
+ssh_key = "$work/keys/wan-$2"
+cache_url = "$CACHE_URL"
+fleet_public_key = "$PUB"
+state_dir = "$3/agent-state"
+EOF
+      CMD=("$BENTO" agent --once --config "$3/agent.toml") ;;
   esac
 }
 declare -A LABEL=(
-  [agent]="(1) the agent today (\`nix copy\`, \`narinfo-cache-positive-ttl 0\`)"
+  [agent]="(1) the agent before (issue 15) (\`nix copy\`, \`narinfo-cache-positive-ttl 0\`)"
   [plain]="(2) plain \`nix copy --from\`"
   [subst]="(3) substitution (\`nix-store --realise\`, max-jobs 16, http-connections 25)"
   [floor]="(4) one GET of the whole closure (floor reference)"
-  [bento]="(5) bento whole-closure transfer"
+  [bento]="(5) bento whole-closure transfer (\`bento agent copy\`)"
+  [once]="(6) a whole \`bento agent --once\` applying the release (SSH, release, transfer, switch, fresh-session confirmation, report)"
 )
 
 # measure METHOD CLOSURE RTT REP: one run; appends "SECONDS REQUESTS CONNECTIONS" to R.
@@ -232,7 +259,7 @@ declare -A R=()
 measure() {
   local method=$1 c=$2 rtt=$3 rep=$4 run check req0 con0 req1 con1 out
   run=$(mktemp -d "$work/run.XXXXXX")
-  mkdir -p "$run/nix" "$run/cache"
+  mkdir -p "$run/nix" "$run/cache" "$run/run"
   method_cmd "$method" "$c" "$run"
   if [ ${#CMD[@]} -eq 0 ]; then rm -rf "$run"; return; fi
   check=${TOP[$c]}
@@ -256,6 +283,7 @@ measure() {
       "$method" "$c" "$rtt" "$rep" "$secs" $((req1 - req0)) $((con1 - con0)) >&2
     R[$method|$c|$rtt]+="$secs $((req1 - req0)) $((con1 - con0));"
   fi
+  [ -n "${BENCH_SHOW_LOG:-}" ] && sed 's/^/    | /' "$run/out.log" >&2
   rm -rf "$run"
 }
 
@@ -268,7 +296,8 @@ for rtt in "${RTTS[@]}"; do
   LINK_LOG=$work/link-$rtt.log # one per link: a new one cannot be mistaken for the last one
   rm -f "$LINK_LOG"
   "$LINK" --rtt-ms "$rtt" "${rate_args[@]}" --forward "$SUB.1:$P_CACHE=127.0.0.1:$P_CACHE" \
-    --forward "$SUB.1:$P_STATIC=127.0.0.1:$P_STATIC" >"$LINK_LOG" 2>&1 &
+    --forward "$SUB.1:$P_STATIC=127.0.0.1:$P_STATIC" \
+    --forward "$SUB.1:$P_SFTP=127.0.0.1:$P_SFTP" >"$LINK_LOG" 2>&1 &
   link_pid=$!
   until grep -q '^ready' "$LINK_LOG" 2>/dev/null; do
     kill -0 "$link_pid" 2>/dev/null || { cat "$LINK_LOG" >&2; exit 1; }

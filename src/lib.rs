@@ -21,3 +21,4 @@ pub mod server;
 pub mod sftp;
 pub mod slots;
 pub mod status;
+pub mod transfer;

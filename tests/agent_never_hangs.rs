@@ -1,15 +1,20 @@
 //! Nothing the agent starts may hang it: a `switch-to-configuration` that never ends is
 //! killed (with everything it started) at `activation_timeout_secs` and treated as a
 //! failed activation, rolled back; a `nix copy` left running by an agent that was killed
-//! alone is killed by the next agent, which then completes instead of racing it.
+//! alone is killed by the next agent, which then completes instead of racing it. (The
+//! whole-closure transfer downloads in the agent's own process; the `nix copy` of a cache
+//! without it is the long child, so that test puts such a cache in front: `harness::relay`.)
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod harness;
 
 use std::time::{Duration, Instant};
 
+use std::sync::atomic::Ordering;
+
 use harness::fake::{self, Behaviour};
 use harness::ran::{processes_with, wait_for};
+use harness::relay::Relay;
 use harness::scene::{OneHost, agent_once, spawn_agent_once};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -78,9 +83,15 @@ fn copy_running(path: &str) -> Vec<u32> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_left_by_an_agent_killed_alone_is_killed_by_the_next_one() {
     let systems = [(Behaviour::Good, 0), (Behaviour::Good, 48)];
-    let Some(t) = OneHost::start_sized("alone", &systems, "").await else {
+    let Some(mut t) = OneHost::start_sized("alone", &systems, "").await else {
         return;
     };
+    // A cache without the transfer: the agent copies with a `nix copy` child.
+    let (relay, url) = Relay::start(&t.net.server_ip(), t.server.cache.addr).await;
+    relay.old_server.store(true, Ordering::SeqCst);
+    t.config = t
+        .server
+        .agent_config(&t.host, &format!("cache_url = \"{url}\""));
     let (host, server, config) = (&t.host, &t.server, &t.config);
     let new = &t.systems[1];
     // Slow enough that the copy outlives the agent by far (48 MiB at 16 Mbit/s: 25 s).

@@ -83,18 +83,7 @@ async fn a_release_signed_by_another_key_is_refused() {
 /// points the agent at it.
 fn file_cache_with_altered_nar(c: &OneHost, name: &str, alter: impl FnOnce(&mut Vec<u8>)) {
     let dir = c.server.dir.scratch().join(name);
-    let secret = c.server.dir.scratch().join("fleet.secret");
-    std::fs::write(&secret, c.server.dir.key.to_secret_string()).unwrap();
-    harness::ran::run(harness::nix::nix().args([
-        "copy",
-        "--to",
-        &format!(
-            "file://{}?compression=none&secret-key={}",
-            dir.display(),
-            secret.display()
-        ),
-        &c.systems[1],
-    ]));
+    harness::nix::signed_file_cache(&dir, &c.server.dir.key, &c.systems[1]);
     let top_hash = c.systems[1]
         .trim_start_matches("/nix/store/")
         .split('-')

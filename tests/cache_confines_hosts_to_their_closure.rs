@@ -1,6 +1,8 @@
 //! With per-host tokens, a host fetches its own closure (Nix reads the token from a netrc
 //! file) and nothing else: another host's narinfo or NAR answers 404 with the same body as
-//! a path that does not exist; no or wrong credentials answer 401.
+//! a path that does not exist; no or wrong credentials answer 401. The whole-closure
+//! transfer's routes are confined the same way, and refuse a path outside every published
+//! closure.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod harness;
@@ -20,12 +22,9 @@ fn basic(user: &str, token: &str) -> String {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hosts_see_only_their_own_closure() {
-    if !harness::needs_root("the machine's Nix store, which the cache serves") {
-        return;
-    }
-    let salt = nonce();
+/// Two hosts' closures sharing a path, published, served with host tokens:
+/// (web1's top, web2's top, the shared path, the server's directory, the cache).
+async fn two_hosts(salt: &str) -> (String, String, String, ServerDir, CacheServer) {
     // The tops differ in content: two paths with byte-identical NARs share one NAR URL,
     // and a host may fetch a NAR its own closure holds, whoever else holds it too.
     let shared = format!(r#"mk "bento-shared-{salt}" "echo shared > $out""#);
@@ -45,6 +44,15 @@ async fn hosts_see_only_their_own_closure() {
     let mut config = dir.cache_config();
     config.access = Access::TokenDir;
     let server = CacheServer::start(config).await;
+    (top1, top2, shared_path, dir, server)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_see_only_their_own_closure() {
+    if !harness::needs_root("the machine's Nix store, which the cache serves") {
+        return;
+    }
+    let (top1, top2, shared_path, dir, server) = two_hosts(&nonce()).await;
 
     let token_file = |h: &str| dir.state.join("cache-tokens").join(h);
     let mode = std::fs::metadata(token_file("web1"))
@@ -161,4 +169,146 @@ async fn hosts_see_only_their_own_closure() {
         .copy_from(&server.url(), &pubkey, &top1, &[])
         .await;
     assert!(anon.is_err());
+}
+
+/// A transfer request (`crate::transfer`) with the agent's own client, as host `user`
+/// with `token` (none: no credentials): the status and the body.
+async fn transfer(
+    server: &CacheServer,
+    scratch: &std::path::Path,
+    auth: Option<(&str, &str)>,
+    route: &str,
+    paths: &[&str],
+) -> (u16, Vec<u8>) {
+    let netrc = auth.map(|(user, token)| {
+        let file = scratch.join(format!("netrc-{user}-{}", nonce()));
+        std::fs::write(
+            &file,
+            format!("machine 127.0.0.1 login {user} password {token}\n"),
+        )
+        .unwrap();
+        file
+    });
+    let url = url::Url::parse(&server.url()).unwrap();
+    let target = bento::transfer::client::Target::new(&url, netrc.as_deref()).unwrap();
+    let body: String = paths.iter().map(|p| format!("{p}\n")).collect();
+    let mut r = target
+        .post(route, body.as_bytes(), std::time::Duration::from_secs(30))
+        .await
+        .unwrap();
+    let status = r.status;
+    (status, r.body(1 << 30).await.unwrap())
+}
+
+/// The store paths of a NAR stream's entries, in the order sent.
+fn streamed(body: &[u8]) -> Vec<String> {
+    use bento::transfer::wire::{Event, decode_all};
+    decode_all([body], u64::MAX)
+        .unwrap()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Entry { narinfo, .. } => {
+                let ni = bento::nix::narinfo::parse(&narinfo).unwrap();
+                Some(bento::nix::store::render(ni.store_path()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_transfer_is_confined_like_the_cache() {
+    use bento::transfer::{CLOSURE_PATH, NARS_PATH};
+    if !harness::needs_root("the machine's Nix store, which the cache serves") {
+        return;
+    }
+    let salt = nonce();
+    let (top1, top2, shared_path, dir, server) = two_hosts(&salt).await;
+    // In the server's store, in no published closure.
+    let outside = build(&format!(
+        r#"mk "bento-outside-{salt}" "echo outside > $out""#
+    ));
+    let token = |h: &str| {
+        std::fs::read_to_string(dir.state.join("cache-tokens").join(h))
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    let (t1, t2) = (token("web1"), token("web2"));
+    let web1 = Some(("web1", t1.as_str()));
+    let web2 = Some(("web2", t2.as_str()));
+    let s = dir.scratch();
+
+    // Positive controls: each host gets its own closure, dependencies first.
+    let (status, body) = transfer(&server, s, web1, CLOSURE_PATH, &[&top1]).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let listed: Vec<String> = bento::transfer::wire::parse_closure(&body)
+        .unwrap()
+        .iter()
+        .map(|e| bento::nix::store::render(&e.path))
+        .collect();
+    assert_eq!(listed, vec![shared_path.clone(), top1.clone()]);
+    let (status, body) = transfer(&server, s, web1, NARS_PATH, &[&top1, &shared_path]).await;
+    assert_eq!(status, 200);
+    assert_eq!(streamed(&body), vec![shared_path.clone(), top1.clone()]);
+    let (status, body) = transfer(&server, s, web2, NARS_PATH, &[&shared_path]).await;
+    assert_eq!(status, 200, "a shared path is web2's too");
+    assert_eq!(streamed(&body), vec![shared_path.clone()]);
+
+    // Another host's path, alone or among its own, and a path outside every closure.
+    type Auth<'a> = Option<(&'a str, &'a str)>;
+    let cases: Vec<(&str, Auth, &str, Vec<&str>, u16)> = vec![
+        (
+            "web2 asks web1's closure",
+            web2,
+            CLOSURE_PATH,
+            vec![&top1],
+            404,
+        ),
+        ("web2 asks web1's top", web2, NARS_PATH, vec![&top1], 404),
+        (
+            "web2 hides web1's top among its own",
+            web2,
+            NARS_PATH,
+            vec![&shared_path, &top2, &top1],
+            404,
+        ),
+        ("outside, closure", web1, CLOSURE_PATH, vec![&outside], 404),
+        ("outside, NAR", web1, NARS_PATH, vec![&outside], 404),
+        ("no credentials", None, NARS_PATH, vec![&shared_path], 401),
+        (
+            "wrong token",
+            Some(("web1", t2.as_str())),
+            NARS_PATH,
+            vec![&top1],
+            401,
+        ),
+        (
+            "not a store path",
+            web1,
+            NARS_PATH,
+            vec!["/etc/passwd"],
+            400,
+        ),
+    ];
+    for (what, auth, route, paths, want) in cases {
+        let (status, body) = transfer(&server, s, auth, route, &paths).await;
+        assert_eq!(status, want, "{what}: {}", String::from_utf8_lossy(&body));
+        assert!(
+            !body.windows(5).any(|w| w == b"entry"),
+            "{what}: no entry may be sent"
+        );
+    }
+
+    // With open access too, a path outside every published closure is refused.
+    let open = CacheServer::start(dir.cache_config()).await;
+    assert_eq!(transfer(&open, s, None, NARS_PATH, &[&top2]).await.0, 200);
+    assert_eq!(
+        transfer(&open, s, None, NARS_PATH, &[&outside]).await.0,
+        404
+    );
+    assert_eq!(
+        transfer(&open, s, None, CLOSURE_PATH, &[&outside]).await.0,
+        404
+    );
 }

@@ -1,6 +1,7 @@
 //! The host side: fetch → verify → copy → activate → confirm or roll back → report.
 //!
-//! May import: `nix`, `release`, `files`, `report`, `durable`, `clock`, and `sftp::client`.
+//! May import: `nix`, `release`, `files`, `report`, `durable`, `clock`, `sftp::client`, and
+//! `transfer`.
 //! Never the server-side modules (`config`, `build`, `cache`, `sftp::server`).
 
 pub mod activate;
@@ -20,4 +21,5 @@ pub mod run;
 pub mod self_update;
 pub mod sftp_link;
 pub mod system;
+pub mod transfer;
 pub mod trigger;

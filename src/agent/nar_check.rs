@@ -17,8 +17,8 @@ use sha2::Digest as _;
 
 use super::children;
 use super::config::Agent;
-use super::system::{cache_options, push_line};
-use crate::nix::cmd::{self, Command};
+use super::system::{cache_nix, push_line};
+use crate::nix::cmd::Command;
 use crate::nix::hash::Sha256Hash;
 use crate::nix::narinfo;
 use crate::nix::pathinfo::{self, PathInfo};
@@ -76,7 +76,7 @@ fn signed(agent: &Agent, info: &PathInfo) -> bool {
 /// Checks the cache's answer for `wanted`'s closure; `nix_output` is what the failed copy
 /// printed. Progress goes to `log`.
 pub async fn check(agent: &Agent, wanted: &str, nix_output: &str, log: &mut String) -> Finding {
-    let query = cmd::nix()
+    let query = cache_nix(agent)
         .args([
             "path-info",
             "--json",
@@ -84,7 +84,6 @@ pub async fn check(agent: &Agent, wanted: &str, nix_output: &str, log: &mut Stri
             "--store",
             agent.cache_url.as_str(),
         ])
-        .args(cache_options(agent))
         .arg(wanted)
         .timeout(agent.copy_timeout);
     let infos = match children::run(&agent.state_dir, query, |l| push_line(log, l)).await {
@@ -142,9 +141,8 @@ pub async fn check(agent: &Agent, wanted: &str, nix_output: &str, log: &mut Stri
 /// `Ok(None)` when it matches, `Ok(Some(why))` when it does not.
 async fn nar_matches(agent: &Agent, info: &PathInfo) -> Result<Option<String>, String> {
     let path = store::render(&info.path);
-    let dump = cmd::nix()
+    let dump = cache_nix(agent)
         .args(["store", "dump-path", "--store", agent.cache_url.as_str()])
-        .args(cache_options(agent))
         .arg(&path)
         .timeout(agent.copy_timeout);
     let mut hasher = sha2::Sha256::new();

@@ -42,6 +42,12 @@ pub enum SystemError {
         cache: String,
         why: String,
     },
+    #[error("fetching the closure of {path} from {cache} failed: {why}")]
+    Transfer {
+        path: String,
+        cache: String,
+        why: String,
+    },
     #[error("setting profile {profile} to {path} failed: {source}")]
     Profile {
         profile: PathBuf,
@@ -88,10 +94,40 @@ pub fn running_system(current_system: &Path) -> Option<String> {
     store::parse_prefix(target).ok().map(|p| store::render(&p))
 }
 
+/// Where the agent's Nix keeps its narinfo disk cache, under the state directory: one
+/// directory per fleet key (its name, made safe for a file name, and a digest of the whole
+/// key), so after a key rotation Nix never meets a narinfo it remembered under the old key.
+pub fn narinfo_cache_dir(agent: &Agent) -> PathBuf {
+    agent
+        .state_dir
+        .join("nix-cache")
+        .join(key_dir_name(&agent.fleet_key.to_string()))
+}
+
+/// `<key name>-<16 hex digits of the key's sha256>`, the name limited to `[A-Za-z0-9._-]`
+/// (anything else becomes `_`) and 64 characters.
+pub fn key_dir_name(key: &str) -> String {
+    let name = key.split_once(':').map_or(key, |(n, _)| n);
+    let safe: String = name
+        .chars()
+        .take(64)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let digest = crate::nix::hash::Sha256Hash::of(key.as_bytes()).to_base16();
+    format!("{}-{}", safe.trim_start_matches('.'), &digest[..16])
+}
+
 /// The options every Nix call on the cache gets: only the fleet key trusted, no other
-/// substituter, this host's netrc, and no remembered narinfos (Nix keeps them per cache URL
-/// for a month; after a fleet key rotation a remembered one would carry a signature no
-/// longer trusted, and ours are cheap to ask).
+/// substituter, this host's netrc, and no remembered absences (a path published a moment
+/// ago must be found at once). Found narinfos are remembered (Nix's default), which spares
+/// asking for each one several times per copy; they are kept per fleet key (see
+/// [`cache_nix`]).
 pub fn cache_options(agent: &Agent) -> Vec<String> {
     let mut o: Vec<String> = [
         "--option",
@@ -106,9 +142,6 @@ pub fn cache_options(agent: &Agent) -> Vec<String> {
         "--option",
         "narinfo-cache-negative-ttl",
         "0",
-        "--option",
-        "narinfo-cache-positive-ttl",
-        "0",
     ]
     .into_iter()
     .map(str::to_owned)
@@ -120,12 +153,19 @@ pub fn cache_options(agent: &Agent) -> Vec<String> {
     o
 }
 
+/// `nix` for a call on the cache: [`cache_options`], and the narinfo disk cache of the
+/// fleet key ([`narinfo_cache_dir`], as `XDG_CACHE_HOME`).
+pub fn cache_nix(agent: &Agent) -> Command {
+    cmd::nix()
+        .env("XDG_CACHE_HOME", narinfo_cache_dir(agent))
+        .args(cache_options(agent))
+}
+
 /// `nix copy --from <cache>` of `path`'s closure, signatures required, only the fleet key
 /// trusted, no other substituter consulted, within `copy_timeout_secs`.
 pub fn copy_command(agent: &Agent, path: &str) -> Command {
-    cmd::nix()
+    cache_nix(agent)
         .args(["copy", "--from", agent.cache_url.as_str()])
-        .args(cache_options(agent))
         .arg(path)
         .timeout(agent.copy_timeout)
 }
@@ -135,11 +175,19 @@ pub fn copy_command(agent: &Agent, path: &str) -> Command {
 /// against the signed narinfos by `nar_check`, so a tampered closure is refused whatever
 /// the Nix version says; anything else is a failed copy, tried again later.
 pub async fn copy_closure(agent: &Agent, path: &str, log: &mut String) -> Result<(), SystemError> {
+    copy_judged(agent, copy_command(agent, path), path, log).await
+}
+
+/// Runs `copy` (a `nix copy` into this host's store of `path`'s closure, or part of it)
+/// and judges its failure as [`copy_closure`] says.
+pub async fn copy_judged(
+    agent: &Agent,
+    copy: Command,
+    path: &str,
+    log: &mut String,
+) -> Result<(), SystemError> {
     let before = log.len();
-    let result = children::run(&agent.state_dir, copy_command(agent, path), |l| {
-        push_line(log, l)
-    })
-    .await;
+    let result = children::run(&agent.state_dir, copy, |l| push_line(log, l)).await;
     let Err(source) = result else {
         return Ok(());
     };
@@ -248,6 +296,30 @@ mod tests {
         assert!(matches!(lock(dir.path()), Err(SystemError::Busy { .. })));
         drop(first);
         assert!(lock(dir.path()).is_ok());
+    }
+
+    #[test]
+    fn each_fleet_key_has_a_directory_of_its_own() {
+        let digest = |k: &str| crate::nix::hash::Sha256Hash::of(k.as_bytes()).to_base16();
+        let cases: &[(&str, String)] = &[
+            (
+                "fleet-1:AAAA",
+                format!("fleet-1-{}", &digest("fleet-1:AAAA")[..16]),
+            ),
+            (
+                "fleet-1:BBBB",
+                format!("fleet-1-{}", &digest("fleet-1:BBBB")[..16]),
+            ),
+            (
+                "../x y:AAAA",
+                format!("_x_y-{}", &digest("../x y:AAAA")[..16]),
+            ),
+            ("é/:A", format!("__-{}", &digest("é/:A")[..16])),
+        ];
+        for (key, want) in cases {
+            assert_eq!(&key_dir_name(key), want, "{key}");
+        }
+        assert_ne!(key_dir_name("fleet-1:AAAA"), key_dir_name("fleet-1:BBBB"));
     }
 
     #[test]

@@ -7,11 +7,14 @@
 //! it is advertised. See `docs/cache.md` for the design and its failure modes.
 //!
 //! Files: `request` and `range` (pure parsing), `access` (tokens), `index` (what is
-//! servable), `broken` (store paths found altered: never served), `limits` (connection caps, NAR stream shares, timeouts), `conn` (connections:
-//! caps, timeouts, the send deadline), `scan` (the publish tree), `compress` (zstd files), `refresh` (the running cache: its index kept in step with the publish tree),
-//! `stream` (NAR bodies), `handler` (HTTP), `metrics`.
+//! servable), `broken` (store paths found altered: never served), `limits` (connection caps,
+//! NAR stream shares, timeouts), `conn` (connections: caps, timeouts, the send deadline),
+//! `scan` (the publish tree), `compress` (zstd files), `refresh` (the running cache: its
+//! index kept in step with the publish tree), `stream` (NAR bodies), `handler` (HTTP),
+//! `metrics`, `transfer` (the whole-closure transfer's two routes).
 //!
-//! May import: `nix`, `release`, `durable` (atomic writes), `slots`. Never `build` or `deploy`.
+//! May import: `nix`, `release`, `durable` (atomic writes), `slots`, `transfer`. Never
+//! `build` or `deploy`.
 
 use std::sync::Arc;
 
@@ -31,6 +34,7 @@ mod refresh;
 pub mod request;
 pub mod scan;
 mod stream;
+mod transfer;
 
 pub use access::Access;
 pub use handler::ServeError;
@@ -52,9 +56,21 @@ pub enum CacheError {
     Task(String),
 }
 
-/// The cache's routes: one handler that parses every request itself (see `request.rs`).
+/// The cache's routes: one handler that parses every request itself (see `request.rs`),
+/// and the two `POST` routes of the whole-closure transfer (`transfer.rs`).
 pub fn router(cache: Arc<Cache>) -> axum::Router {
+    use axum::extract::DefaultBodyLimit;
+    use axum::routing::post;
+    let limit = DefaultBodyLimit::max(crate::transfer::MAX_REQUEST_BYTES);
     axum::Router::new()
+        .route(
+            crate::transfer::CLOSURE_PATH,
+            post(transfer::closure).layer(limit),
+        )
+        .route(
+            crate::transfer::NARS_PATH,
+            post(transfer::nars).layer(limit),
+        )
         .fallback(handler::handle)
         .with_state(cache)
 }

@@ -63,6 +63,18 @@ enum Sub {
         #[arg(long, short, default_value = "/etc/bento/agent.toml")]
         config: PathBuf,
     },
+    /// Copy a store path's closure from the cache into this host's store as an attempt
+    /// does (the whole-closure transfer from `bento serve`, else `nix copy`), with only the
+    /// fleet key trusted; nothing is activated or reported. To fetch a release ahead of
+    /// time, or to measure the copy alone. Exit 0 copied, 4 refused, 5 failed, 7 when an
+    /// agent runs.
+    Copy {
+        /// The agent configuration file.
+        #[arg(long, short, default_value = "/etc/bento/agent.toml")]
+        config: PathBuf,
+        /// The store path whose closure to copy.
+        path: String,
+    },
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -75,6 +87,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Some(Sub::CheckConfig { file }) => check_config(&file),
         Some(Sub::Trigger { socket }) => rt.block_on(trigger_now(&socket)),
         Some(Sub::RestoreFiles { config }) => restore_files(&config),
+        Some(Sub::Copy { config, path }) => rt.block_on(copy(&config, &path)),
         None => rt.block_on(agent(&args.config, args.once)),
     }
 }
@@ -119,6 +132,31 @@ fn lock_or_busy(agent: &Agent, note: &str) -> anyhow::Result<Option<system::Lock
             Ok(None)
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+async fn copy(config: &std::path::Path, path: &str) -> anyhow::Result<ExitCode> {
+    let agent = Agent::load(config)?;
+    let Some(_lock) = lock_or_busy(&agent, "")? else {
+        return Ok(ExitCode::from(exit::BUSY));
+    };
+    let mut log = String::new();
+    let result = crate::agent::transfer::copy_closure(&agent, path, &mut log).await;
+    eprint!("{log}");
+    match result {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) => {
+            eprintln!("{e}");
+            let refused = matches!(
+                e,
+                system::SystemError::CopyRefused { .. } | system::SystemError::CopyTampered { .. }
+            );
+            Ok(ExitCode::from(if refused {
+                exit::REFUSED
+            } else {
+                exit::FAILED
+            }))
+        }
     }
 }
 

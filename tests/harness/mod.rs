@@ -15,6 +15,8 @@
 //! - [`fake`]: fake NixOS systems whose `switch-to-configuration` the test controls.
 //! - [`servers`]: the server's state directory, and the binary cache and SFTP server run
 //!   in-process on a listener the test binds; [`http`] is a raw HTTP/1.1 client for them.
+//! - [`relay`]: a recording relay in front of the cache that can cut or refuse the
+//!   whole-closure transfer.
 //! - [`scene`]: one or more simulated hosts with both servers on their bridge, and the real
 //!   `bento agent` run inside a host.
 //! - [`systemd`]: a Debian container booted with systemd as PID 1 (the systemd host in a
@@ -35,6 +37,7 @@ pub mod keys;
 pub mod net;
 pub mod nix;
 pub mod ran;
+pub mod relay;
 pub mod repo;
 pub mod root;
 pub mod scene;

@@ -96,6 +96,19 @@ pub fn build_fan(salt: &str, n: usize, payload: usize) -> String {
     ))
 }
 
+/// Writes `path`'s closure (from the machine's store) into a `file://` binary cache at `dir`
+/// with Nix itself, uncompressed, signed by `key` (its secret written beside `dir`).
+pub fn signed_file_cache(dir: &Path, key: &bento::nix::SecretKey, path: &str) {
+    let secret = dir.with_extension("secret");
+    std::fs::write(&secret, key.to_secret_string()).unwrap();
+    let url = format!(
+        "file://{}?compression=none&secret-key={}",
+        dir.display(),
+        secret.display()
+    );
+    super::ran::run(nix().args(["copy", "--to", &url, path]));
+}
+
 /// Every path in the closure of `path`, in the machine's store.
 pub fn closure(path: &str) -> Vec<String> {
     let out = command("nix-store")

@@ -1,0 +1,526 @@
+//! Copying a release's closure with the whole-closure transfer (`crate::transfer`): a few
+//! round trips whatever the number of paths, where `nix copy` over HTTP makes two per path.
+//!
+//! 1. Ask the cache for the closure of the release (one request).
+//! 2. Ask this host's store which of those paths it lacks (one `nix-store` call).
+//! 3. Leave out what an earlier, interrupted transfer already staged; check that the disk
+//!    has room for the rest (sizes from the closure answer); ask for all of it at once.
+//! 4. Write the entries as they arrive into a `file://` binary cache in the state directory
+//!    (`transfer/`), each NAR first, its narinfo (written aside and renamed) last.
+//! 5. `nix copy --from file://<state_dir>/transfer --no-recursive` of the missing paths,
+//!    with `require-sigs` and only the fleet key trusted, judged as any copy is
+//!    (`system::copy_judged`): Nix verifies every signature and hash.
+//!
+//! A cache that is not `http://`, or that does not answer the closure request (an older
+//! `bento serve`, a plain binary cache), is copied from with `nix copy` as before. A stream
+//! cut short keeps its complete entries: the next attempt asks only for the rest. A refused
+//! copy empties the staging directory, so nothing refused is kept.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::children;
+use super::config::Agent;
+use super::system::{self, SystemError, cache_nix, push_line};
+use crate::nix::cmd::Command;
+use crate::nix::narinfo;
+use crate::nix::store::{self, StorePath};
+use crate::transfer::client::{ClientError, Target};
+use crate::transfer::wire::{self, ClosureEntry, Event};
+use crate::transfer::{CLOSURE_PATH, NARS_PATH};
+
+/// The staging cache, under the state directory.
+pub const STAGING_DIR: &str = "transfer";
+/// Most paths one `nix copy` is given on its command line.
+const PATHS_PER_COPY: usize = 4000;
+/// Room left free on a disk beyond what the transfer needs.
+const SPARE_BYTES: u64 = 64 * 1024 * 1024;
+/// Longest closure answer read (about 100 bytes a path).
+const MAX_CLOSURE_ANSWER: usize = 64 * 1024 * 1024;
+
+/// What to fetch and what to copy, decided from the closure, the store and the staging
+/// directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// Paths the host lacks, dependencies first: what `nix copy` imports.
+    pub copy: Vec<StorePath>,
+    /// Of those, the ones not staged yet: what the cache is asked for.
+    pub fetch: Vec<ClosureEntry>,
+    /// Bytes the fetched files take in the staging directory.
+    pub fetch_bytes: u64,
+    /// Bytes the copied paths take in the store (NAR sizes).
+    pub store_bytes: u64,
+}
+
+/// Pure: the plan for `closure` (dependency order), given the paths the store lacks and
+/// the paths already staged.
+pub fn plan(
+    closure: &[ClosureEntry],
+    invalid: &HashSet<StorePath>,
+    staged: &HashSet<StorePath>,
+) -> Plan {
+    let missing: Vec<&ClosureEntry> = closure
+        .iter()
+        .filter(|e| invalid.contains(&e.path))
+        .collect();
+    let fetch: Vec<ClosureEntry> = missing
+        .iter()
+        .filter(|e| !staged.contains(&e.path))
+        .map(|e| (*e).clone())
+        .collect();
+    Plan {
+        copy: missing.iter().map(|e| e.path.clone()).collect(),
+        fetch_bytes: fetch.iter().map(|e| e.file_size).sum(),
+        store_bytes: missing.iter().map(|e| e.nar_size).sum(),
+        fetch,
+    }
+}
+
+/// Free space of the staging disk and the store's, and whether they are one disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Space {
+    pub staging_free: u64,
+    pub store_free: u64,
+    pub same_disk: bool,
+}
+
+/// Pure: `None` when the plan fits, else what is short (`(needed, free, which)`).
+pub fn short_of_space(plan: &Plan, space: Space) -> Option<(u64, u64, &'static str)> {
+    let staging = plan.fetch_bytes.saturating_add(SPARE_BYTES);
+    let store = plan.store_bytes.saturating_add(SPARE_BYTES);
+    if space.same_disk {
+        let need = staging.saturating_add(plan.store_bytes);
+        return (need > space.staging_free).then_some((need, space.staging_free, "the disk"));
+    }
+    if staging > space.staging_free {
+        return Some((staging, space.staging_free, "the staging directory's disk"));
+    }
+    (store > space.store_free).then_some((store, space.store_free, "the Nix store's disk"))
+}
+
+fn free_space(dir: &Path) -> std::io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    let st = rustix::fs::statvfs(dir).map_err(std::io::Error::from)?;
+    let dev = std::fs::metadata(dir)?.dev();
+    Ok((st.f_bavail.saturating_mul(st.f_frsize), dev))
+}
+
+/// Why the transfer did not end in a copy; `Fallback` means: copy with `nix copy`.
+enum Failed {
+    Fallback(String),
+    Copy(SystemError),
+}
+
+/// Copies `path`'s closure into this host's store: by the transfer when the cache offers
+/// it, else by `nix copy` (`system::copy_closure`).
+pub async fn copy_closure(agent: &Agent, path: &str, log: &mut String) -> Result<(), SystemError> {
+    match transfer(agent, path, log).await {
+        Ok(()) => Ok(()),
+        Err(Failed::Copy(e)) => Err(e),
+        Err(Failed::Fallback(why)) => {
+            push_line(log, &format!("copying with nix copy instead: {why}"));
+            system::copy_closure(agent, path, log).await
+        }
+    }
+}
+
+async fn transfer(agent: &Agent, path: &str, log: &mut String) -> Result<(), Failed> {
+    let target = Target::new(&agent.cache_url, agent.cache_netrc.as_deref())
+        .map_err(|e| Failed::Fallback(e.to_string()))?;
+    let top = store::parse(path).map_err(|e| Failed::Fallback(e.to_string()))?;
+    let idle = agent.copy_timeout.min(Duration::from_secs(60));
+    let transfer_failed = |why: String| {
+        Failed::Copy(SystemError::Transfer {
+            path: path.to_owned(),
+            cache: agent.cache_url.to_string(),
+            why,
+        })
+    };
+
+    let started = std::time::Instant::now();
+    let ms = || started.elapsed().as_millis();
+    let closure = async {
+        let mut r = target
+            .post(CLOSURE_PATH, &wire::encode_paths([&top]), idle)
+            .await?
+            .ok()
+            .await?;
+        r.body(MAX_CLOSURE_ANSWER).await
+    }
+    .await
+    .map_err(|e| Failed::Fallback(format!("the cache offers no closure transfer ({e})")))?;
+    let closure = wire::parse_closure(&closure).map_err(|e| Failed::Fallback(format!("{e}")))?;
+
+    let invalid = invalid_paths(agent, &closure, log)
+        .await
+        .map_err(transfer_failed)?;
+    let staging = agent.state_dir.join(STAGING_DIR);
+    std::fs::create_dir_all(staging.join("nar"))
+        .and_then(|()| {
+            std::fs::write(
+                staging.join("nix-cache-info"),
+                format!("StoreDir: {}\n", store::STORE_DIR),
+            )
+        })
+        .map_err(|e| transfer_failed(format!("cannot prepare {}: {e}", staging.display())))?;
+    let staged = staged_entries(&staging, &closure, &invalid);
+    let plan = plan(&closure, &invalid, &staged);
+    push_line(
+        log,
+        &format!(
+            "closure of {} paths: {} missing here, {} of them staged by an earlier attempt; fetching {} ({} bytes) in one request ({} ms)",
+            closure.len(),
+            plan.copy.len(),
+            plan.copy.len() - plan.fetch.len(),
+            plan.fetch.len(),
+            plan.fetch_bytes,
+            ms()
+        ),
+    );
+    if plan.copy.is_empty() {
+        return Ok(());
+    }
+    check_space(&staging, &plan).map_err(transfer_failed)?;
+    if !plan.fetch.is_empty() {
+        fetch(&target, &staging, &plan.fetch, idle, agent.copy_timeout)
+            .await
+            .map_err(|e| match e {
+                FetchError::Refused(why) => {
+                    Failed::Fallback(format!("the cache refused the transfer: {why}"))
+                }
+                FetchError::Broken(why) => transfer_failed(why),
+            })?;
+    }
+
+    push_line(
+        log,
+        &format!("fetched ({} ms); copying into the store", ms()),
+    );
+    let source = format!("file://{}", staging.display());
+    for part in plan.copy.chunks(PATHS_PER_COPY) {
+        let copy = copy_command(agent, &source, part);
+        if let Err(e) = system::copy_judged(agent, copy, path, log).await {
+            if matches!(
+                e,
+                SystemError::CopyRefused { .. } | SystemError::CopyTampered { .. }
+            ) {
+                // Nothing refused is kept for the next attempt.
+                let _ = std::fs::remove_dir_all(&staging);
+            }
+            return Err(Failed::Copy(e));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&staging);
+    push_line(log, &format!("copied ({} ms)", ms()));
+    Ok(())
+}
+
+/// `nix copy --from <staging> --no-recursive <paths>` with the cache's trust options.
+pub fn copy_command(agent: &Agent, source: &str, paths: &[StorePath]) -> Command {
+    cache_nix(agent)
+        .args(["copy", "--from", source, "--no-recursive"])
+        .args(paths.iter().map(store::render))
+        .timeout(agent.copy_timeout)
+}
+
+/// The paths of `closure` this host's store does not hold (one `nix-store` call per
+/// [`PATHS_PER_COPY`] paths).
+async fn invalid_paths(
+    agent: &Agent,
+    closure: &[ClosureEntry],
+    log: &mut String,
+) -> Result<HashSet<StorePath>, String> {
+    let mut invalid = HashSet::new();
+    for part in closure.chunks(PATHS_PER_COPY) {
+        let c = Command::new("nix-store")
+            .args(["--check-validity", "--print-invalid"])
+            .args(part.iter().map(|e| store::render(&e.path)))
+            .timeout(agent.copy_timeout);
+        let out = children::run(&agent.state_dir, c, |l| push_line(log, l))
+            .await
+            .map_err(|e| format!("cannot ask the store which paths it holds: {e}"))?;
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let p = store::parse(line.trim())
+                .map_err(|e| format!("nix-store printed {line:?}: {e}"))?;
+            invalid.insert(p);
+        }
+    }
+    Ok(invalid)
+}
+
+fn narinfo_file(staging: &Path, path: &StorePath) -> PathBuf {
+    staging.join(format!("{}.narinfo", store::hash_part(path)))
+}
+
+/// The missing paths whose entries an earlier transfer completed: a narinfo that parses,
+/// names the path, points at a NAR file there of the announced size. Anything else staged
+/// for a missing path is removed.
+fn staged_entries(
+    staging: &Path,
+    closure: &[ClosureEntry],
+    invalid: &HashSet<StorePath>,
+) -> HashSet<StorePath> {
+    let mut staged = HashSet::new();
+    for e in closure.iter().filter(|e| invalid.contains(&e.path)) {
+        let file = narinfo_file(staging, &e.path);
+        let Ok(bytes) = std::fs::read(&file) else {
+            continue;
+        };
+        let complete = narinfo::parse(&bytes).ok().and_then(|ni| {
+            let name = wire::nar_file_name(ni.url())?;
+            let size = std::fs::metadata(staging.join("nar").join(name))
+                .ok()?
+                .len();
+            (*ni.store_path() == e.path && size == e.file_size).then_some(())
+        });
+        if complete.is_some() {
+            staged.insert(e.path.clone());
+        } else {
+            let _ = std::fs::remove_file(&file);
+        }
+    }
+    staged
+}
+
+fn check_space(staging: &Path, plan: &Plan) -> Result<(), String> {
+    let (staging_free, staging_dev) = free_space(staging)
+        .map_err(|e| format!("cannot read the free space of {}: {e}", staging.display()))?;
+    let store_dir = Path::new(store::STORE_DIR);
+    let (store_free, store_dev) = free_space(store_dir)
+        .map_err(|e| format!("cannot read the free space of {}: {e}", store_dir.display()))?;
+    let space = Space {
+        staging_free,
+        store_free,
+        same_disk: staging_dev == store_dev,
+    };
+    match short_of_space(plan, space) {
+        None => Ok(()),
+        Some((need, free, which)) => Err(format!(
+            "not enough free space on {which}: the closure needs {need} bytes, {free} are free; free some space (e.g. nix-collect-garbage) and the agent tries again"
+        )),
+    }
+}
+
+enum FetchError {
+    /// The cache answered the request with an error status.
+    Refused(String),
+    /// The stream broke or was malformed; complete entries stay staged.
+    Broken(String),
+}
+
+/// Asks for `wanted` in one request and writes the entries into `staging`.
+async fn fetch(
+    target: &Target,
+    staging: &Path,
+    wanted: &[ClosureEntry],
+    idle: Duration,
+    deadline: Duration,
+) -> Result<(), FetchError> {
+    let sizes: HashMap<&StorePath, u64> = wanted.iter().map(|e| (&e.path, e.file_size)).collect();
+    let max_file = sizes.values().copied().max().unwrap_or(0);
+    let body = wire::encode_paths(wanted.iter().map(|e| &e.path));
+    let work = async {
+        let response = target
+            .post(NARS_PATH, &body, idle)
+            .await
+            .map_err(|e| FetchError::Broken(e.to_string()))?;
+        let mut response = response.ok().await.map_err(|e| match e {
+            ClientError::Status { .. } => FetchError::Refused(e.to_string()),
+            e => FetchError::Broken(e.to_string()),
+        })?;
+        let mut decoder = wire::Decoder::new(max_file);
+        let mut writer = Writer {
+            staging,
+            sizes: &sizes,
+            current: None,
+            done: HashSet::new(),
+        };
+        let broken = |e: &dyn std::fmt::Display| FetchError::Broken(e.to_string());
+        while let Some(chunk) = response.chunk().await.map_err(|e| broken(&e))? {
+            decoder.push(&chunk);
+            while let Some(event) = decoder.next_event().map_err(|e| broken(&e))? {
+                writer.take(event).map_err(FetchError::Broken)?;
+            }
+        }
+        decoder.finish().map_err(|e| broken(&e))?;
+        if writer.done.len() != wanted.len() {
+            return Err(FetchError::Broken(format!(
+                "the cache sent {} of the {} paths asked for",
+                writer.done.len(),
+                wanted.len()
+            )));
+        }
+        Ok(())
+    };
+    tokio::time::timeout(deadline, work)
+        .await
+        .map_err(|_| FetchError::Broken(format!("not done within {} s", deadline.as_secs())))?
+}
+
+/// Writes decoded entries into the staging directory.
+struct Writer<'a> {
+    staging: &'a Path,
+    sizes: &'a HashMap<&'a StorePath, u64>,
+    /// The entry being received: its narinfo, where its file goes, the open file.
+    current: Option<(narinfo::NarInfo, Vec<u8>, PathBuf, std::fs::File)>,
+    done: HashSet<StorePath>,
+}
+
+impl Writer<'_> {
+    fn take(&mut self, event: Event) -> Result<(), String> {
+        use std::io::Write as _;
+        match event {
+            Event::Entry {
+                narinfo: raw,
+                file_len,
+            } => {
+                let ni = narinfo::parse(&raw)
+                    .map_err(|e| format!("the cache sent a bad narinfo: {e}"))?;
+                let path = ni.store_path().clone();
+                let shown = store::render(&path);
+                if self.sizes.get(&path) != Some(&file_len) || self.done.contains(&path) {
+                    return Err(format!(
+                        "the cache sent {shown} ({file_len} bytes), which was not asked for"
+                    ));
+                }
+                let name = wire::nar_file_name(ni.url())
+                    .ok_or_else(|| format!("the narinfo of {shown} has URL {:?}", ni.url()))?;
+                // Under its final name at once: without its narinfo, and of the size
+                // announced, a NAR file is not taken for a complete entry.
+                let part = self.staging.join("nar").join(name);
+                let file = std::fs::File::create(&part)
+                    .map_err(|e| format!("cannot write {}: {e}", part.display()))?;
+                self.current = Some((ni, raw.to_vec(), part, file));
+            }
+            Event::Data(bytes) => {
+                let (_, _, part, file) = self.current.as_mut().ok_or("data outside an entry")?;
+                file.write_all(&bytes)
+                    .map_err(|e| format!("cannot write {}: {e}", part.display()))?;
+            }
+            Event::EntryEnd => {
+                let (ni, raw, _, file) =
+                    self.current.take().ok_or("an entry end outside an entry")?;
+                drop(file);
+                let path = ni.store_path().clone();
+                let fail =
+                    |e: std::io::Error| format!("cannot stage {}: {e}", store::render(&path));
+                // The narinfo last: its presence means the entry is complete.
+                let file = narinfo_file(self.staging, &path);
+                let tmp = file.with_extension("narinfo.part");
+                std::fs::write(&tmp, &raw)
+                    .and_then(|()| std::fs::rename(&tmp, &file))
+                    .map_err(fail)?;
+                self.done.insert(path);
+            }
+            Event::End { .. } => {}
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Writer<'_> {
+    fn drop(&mut self) {
+        if let Some((_, _, part, _)) = self.current.take() {
+            let _ = std::fs::remove_file(part);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use crate::transfer::test_path as p;
+
+    fn entry(name: &str, file_size: u64, nar_size: u64) -> ClosureEntry {
+        ClosureEntry {
+            path: p(name),
+            file_size,
+            nar_size,
+        }
+    }
+
+    #[test]
+    fn the_plan_fetches_only_what_is_neither_here_nor_staged() {
+        let closure = vec![
+            entry("a", 1, 10),
+            entry("b", 2, 20),
+            entry("c", 4, 40),
+            entry("top", 8, 80),
+        ];
+        let set = |names: &[&str]| names.iter().map(|n| p(n)).collect::<HashSet<_>>();
+        type Names<'a> = &'a [&'a str];
+        let cases: &[(Names, Names, Names, Names, u64, u64)] = &[
+            // invalid, staged → copy, fetch, fetch bytes, store bytes
+            (&[], &[], &[], &[], 0, 0),
+            (
+                &["a", "b", "c", "top"],
+                &[],
+                &["a", "b", "c", "top"],
+                &["a", "b", "c", "top"],
+                15,
+                150,
+            ),
+            (&["c", "top"], &[], &["c", "top"], &["c", "top"], 12, 120),
+            (
+                &["b", "c", "top"],
+                &["b", "c"],
+                &["b", "c", "top"],
+                &["top"],
+                8,
+                140,
+            ),
+            (&["top"], &["a", "top"], &["top"], &[], 0, 80),
+        ];
+        for (invalid, staged, copy, fetch, fb, sb) in cases {
+            let got = plan(&closure, &set(invalid), &set(staged));
+            let names = |v: &[StorePath]| v.to_vec();
+            assert_eq!(
+                names(&got.copy),
+                copy.iter().map(|n| p(n)).collect::<Vec<_>>(),
+                "{invalid:?} {staged:?}"
+            );
+            assert_eq!(
+                got.fetch.iter().map(|e| e.path.clone()).collect::<Vec<_>>(),
+                fetch.iter().map(|n| p(n)).collect::<Vec<_>>()
+            );
+            assert_eq!((got.fetch_bytes, got.store_bytes), (*fb, *sb));
+        }
+    }
+
+    #[test]
+    fn space_is_checked_per_disk() {
+        let plan = Plan {
+            copy: vec![],
+            fetch: vec![],
+            fetch_bytes: 100,
+            store_bytes: 1000,
+        };
+        let m = SPARE_BYTES;
+        let space = |staging_free, store_free, same_disk| Space {
+            staging_free,
+            store_free,
+            same_disk,
+        };
+        let cases = [
+            (space(m + 1100, 0, true), None),
+            (
+                space(m + 1099, 0, true),
+                Some((m + 1100, m + 1099, "the disk")),
+            ),
+            (space(m + 100, m + 1000, false), None),
+            (
+                space(m + 99, u64::MAX, false),
+                Some((m + 100, m + 99, "the staging directory's disk")),
+            ),
+            (
+                space(u64::MAX, m + 999, false),
+                Some((m + 1000, m + 999, "the Nix store's disk")),
+            ),
+        ];
+        for (s, want) in cases {
+            assert_eq!(short_of_space(&plan, s), want, "{s:?}");
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! A relay between a simulated host and the binary cache that records every request and can
+//! misbehave on the whole-closure transfer's routes: cut the next NAR stream 20 bytes
+//! before its end (a server going away mid-stream), or answer them 405 as a server without
+//! them (an older `bento serve`) does, so that the agent copies with `nix copy`.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+
+#[derive(Default)]
+pub struct Relay {
+    /// Each request's head and body, as the agent or Nix sent it.
+    pub requests: Mutex<Vec<Vec<u8>>>,
+    /// Cut the next NAR stream 20 bytes before its end.
+    pub cut_next: AtomicBool,
+    /// Answer the transfer's requests 405, as a server without them does.
+    pub old_server: AtomicBool,
+}
+
+impl Relay {
+    /// A relay on `ip` (a fresh port) to `upstream`, and its URL.
+    pub async fn start(ip: &str, upstream: SocketAddr) -> (Arc<Relay>, String) {
+        let relay = Arc::new(Relay::default());
+        let listener = TcpListener::bind((ip, 0)).await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let me = relay.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                tokio::spawn(me.clone().connection(client, upstream));
+            }
+        });
+        (relay, url)
+    }
+
+    /// Relays one connection. Nix keeps connections alive, so requests are recorded as the
+    /// bytes of each write burst; the agent's transfer uses one connection per request.
+    async fn connection(self: Arc<Self>, mut client: TcpStream, upstream: SocketAddr) {
+        let mut first = vec![0u8; 64 * 1024];
+        let n = client.read(&mut first).await.unwrap_or(0);
+        if n == 0 {
+            return;
+        }
+        let mut request = first[..n].to_vec();
+        let is_post = request.starts_with(b"POST /_bento/");
+        if is_post {
+            // The agent's requests: read the whole body (its length is in the head).
+            let len = content_length(&request).unwrap_or(0);
+            while request.len() < head_len(&request).unwrap_or(usize::MAX).saturating_add(len) {
+                let mut more = vec![0u8; 64 * 1024];
+                let m = client.read(&mut more).await.unwrap_or(0);
+                if m == 0 {
+                    break;
+                }
+                request.extend_from_slice(&more[..m]);
+            }
+        }
+        self.requests.lock().unwrap().push(request.clone());
+        if is_post && self.old_server.load(Ordering::SeqCst) {
+            let body = "method POST is not allowed: the cache answers GET and HEAD\n";
+            let answer = format!(
+                "HTTP/1.1 405 Method Not Allowed\r\ncontent-length: {}\r\nallow: GET, HEAD\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = client.write_all(answer.as_bytes()).await;
+            return;
+        }
+        let Ok(mut server) = TcpStream::connect(upstream).await else {
+            return;
+        };
+        if server.write_all(&request).await.is_err() {
+            return;
+        }
+        let cut = request.starts_with(b"POST /_bento/v1/nars")
+            && self.cut_next.swap(false, Ordering::SeqCst);
+        if !cut {
+            let me = self.clone();
+            let (mut cr, mut cw) = client.into_split();
+            let (mut sr, mut sw) = server.into_split();
+            let up = tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(m) = cr.read(&mut buf).await {
+                    if m == 0 || sw.write_all(&buf[..m]).await.is_err() {
+                        break;
+                    }
+                    me.requests.lock().unwrap().push(buf[..m].to_vec());
+                }
+                let _ = sw.shutdown().await;
+            });
+            let _ = tokio::io::copy(&mut sr, &mut cw).await;
+            let _ = cw.shutdown().await;
+            up.abort();
+            return;
+        }
+        // Forward the answer up to 20 bytes before its end, then drop both sides.
+        let mut answer = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let m = server.read(&mut buf).await.unwrap_or(0);
+            if m == 0 {
+                break;
+            }
+            answer.extend_from_slice(&buf[..m]);
+            if let (Some(h), Some(len)) = (head_len(&answer), content_length(&answer))
+                && answer.len() >= h + len
+            {
+                break;
+            }
+        }
+        let keep = answer.len().saturating_sub(20);
+        let _ = client.write_all(&answer[..keep]).await;
+    }
+
+    /// The requests whose first line starts with `prefix`.
+    pub fn requests_to(&self, prefix: &str) -> Vec<String> {
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| String::from_utf8_lossy(r).into_owned())
+            .filter(|r| r.starts_with(prefix))
+            .collect()
+    }
+
+    pub fn clear(&self) {
+        self.requests.lock().unwrap().clear();
+    }
+}
+
+fn head_len(bytes: &[u8]) -> Option<usize> {
+    bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| p + 4)
+}
+
+fn content_length(bytes: &[u8]) -> Option<usize> {
+    let head = String::from_utf8_lossy(&bytes[..head_len(bytes)?]).to_lowercase();
+    head.lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+}
