@@ -13,6 +13,7 @@ pub mod diff;
 pub mod init;
 pub mod keygen;
 mod progress;
+pub mod rollout;
 pub mod serve;
 pub mod status;
 mod table;
@@ -37,6 +38,7 @@ enum Command {
     Agent(agent::Args),
     Keygen(keygen::Args),
     Status(status::Args),
+    Rollout(rollout::Args),
 }
 
 /// An error and its causes on one line, each cause said once: most of Bento's error
@@ -65,6 +67,7 @@ impl Cli {
             Command::Keygen(args) => keygen::run(args),
             Command::Serve(args) => serve::run(args),
             Command::Status(args) => status::run(args),
+            Command::Rollout(args) => rollout::run(args),
         }
     }
 }

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use crate::config::StateDir;
+use crate::config::{Fleet, StateDir};
 use crate::durable;
 use crate::files::{self, Manifest, ManifestEntry};
 use crate::nix::keys::SecretKey;
@@ -18,6 +18,31 @@ pub struct FileToDeliver {
     pub name: String,
     pub content: Vec<u8>,
     pub mode: u32,
+}
+
+/// Reads the files `[hosts.<host>.files]` delivers, from their sources on this server
+/// (none for a host the fleet does not list).
+pub fn read_sources(fleet: &Fleet, host: &str) -> Result<Vec<FileToDeliver>, DeployError> {
+    let Some(h) = fleet.hosts.get(host) else {
+        return Ok(Vec::new());
+    };
+    h.files
+        .iter()
+        .map(|(name, file)| {
+            let content =
+                std::fs::read(&file.source).map_err(|source| DeployError::FileSource {
+                    host: host.to_owned(),
+                    name: name.clone(),
+                    path: file.source.clone(),
+                    source,
+                })?;
+            Ok(FileToDeliver {
+                name: name.clone(),
+                content,
+                mode: file.mode,
+            })
+        })
+        .collect()
 }
 
 /// A host's files for one deploy: read, hashed and compared with what is published once.
