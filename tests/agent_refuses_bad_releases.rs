@@ -1,6 +1,7 @@
 //! Refusals on the host: a replayed older release, another host's release, a release signed
-//! by another key, and a closure whose NAR was tampered with. Each is refused with exit 4,
-//! nothing is activated, and the report says why.
+//! by another key, and a closure whose NAR was tampered with (also one that Nix does not
+//! call a refusal: the agent checks the NAR itself). Each is refused with exit 4, nothing
+//! is activated, and the report says why.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod harness;
@@ -77,14 +78,11 @@ async fn a_release_signed_by_another_key_is_refused() {
     assert_eq!(c.host.running().as_deref(), Some(c.systems[0].as_str()));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tampered_nar_is_refused() {
-    let Some(c) = setup("tamper").await else {
-        return;
-    };
-    // A cache carried to the host by other means (file://), signed by the fleet key, with
-    // one byte of the new system's NAR flipped.
-    let dir = c.server.dir.scratch().join("filecache");
+/// Puts the new system in a cache carried to the host by other means (`file://`, its own
+/// directory `name`), signed by the fleet key, lets `alter` change the bytes of its NAR, and
+/// points the agent at it.
+fn file_cache_with_altered_nar(c: &OneHost, name: &str, alter: impl FnOnce(&mut Vec<u8>)) {
+    let dir = c.server.dir.scratch().join(name);
     let secret = c.server.dir.scratch().join("fleet.secret");
     std::fs::write(&secret, c.server.dir.key.to_secret_string()).unwrap();
     harness::ran::run(harness::nix::nix().args([
@@ -110,8 +108,7 @@ async fn a_tampered_nar_is_refused() {
         .to_owned();
     let nar = dir.join(url);
     let mut bytes = std::fs::read(&nar).unwrap();
-    let i = bytes.len() / 2;
-    bytes[i] ^= 0x20;
+    alter(&mut bytes);
     std::fs::write(&nar, bytes).unwrap();
     let config = std::fs::read_to_string(&c.config)
         .unwrap()
@@ -126,9 +123,41 @@ async fn a_tampered_nar_is_refused() {
         .collect::<Vec<_>>()
         .join("\n");
     std::fs::write(&c.config, config).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tampered_nar_is_refused() {
+    let Some(c) = setup("tamper").await else {
+        return;
+    };
+    // One byte of the new system's NAR flipped: Nix says "hash mismatch".
+    file_cache_with_altered_nar(&c, "flipped", |bytes| {
+        let i = bytes.len() / 2;
+        bytes[i] ^= 0x20;
+    });
     c.server.publish_release("web1", 2, &c.systems[1]).await;
     assert_refused(&c, "refused by Nix", 0).await;
     let r = c.server.final_reports("web1").pop().unwrap();
     assert!(r.log.contains("hash mismatch"), "{}", r.log);
     assert_eq!(c.host.running().as_deref(), Some(c.systems[0].as_str()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncated_nar_is_refused_though_nix_does_not_say_why() {
+    let Some(c) = setup("truncated").await else {
+        return;
+    };
+    // Half of the NAR: Nix 2.8 fails with words of no refusal ("coroutine has finished"),
+    // which used to be a failed copy, retried forever. The agent checks the NAR itself.
+    file_cache_with_altered_nar(&c, "truncated", |bytes| bytes.truncate(bytes.len() / 2));
+    c.server.publish_release("web1", 2, &c.systems[1]).await;
+    assert_refused(&c, "does not match what the fleet key signed", 0).await;
+    let r = c.server.final_reports("web1").pop().unwrap();
+    assert!(r.log.contains("its signed narinfo says"), "{}", r.log);
+    assert_eq!(c.host.running().as_deref(), Some(c.systems[0].as_str()));
+    // Positive control: the same cache, whole again, is copied and applied.
+    file_cache_with_altered_nar(&c, "whole", |_| {});
+    c.server.publish_release("web1", 3, &c.systems[1]).await;
+    let (code, log) = agent_once(&c.host, &c.config).await;
+    assert_eq!(code, 0, "{log}");
 }

@@ -79,6 +79,12 @@ fn default_confirm_retry() -> u64 {
 fn default_retry_base() -> u64 {
     60
 }
+fn default_activation_timeout() -> u64 {
+    600
+}
+fn default_copy_timeout() -> u64 {
+    3600
+}
 fn default_state_dir() -> PathBuf {
     PathBuf::from("/var/lib/bento-agent")
 }
@@ -128,6 +134,13 @@ struct AgentFile {
     confirm_timeout_secs: u64,
     #[serde(default = "default_confirm_retry")]
     confirm_retry_secs: u64,
+    /// Deadline of setting the profile and of `switch-to-configuration` (each); a switch
+    /// still running then is killed and treated as a failed activation.
+    #[serde(default = "default_activation_timeout")]
+    activation_timeout_secs: u64,
+    /// Deadline of copying a closure (and of checking a failed copy).
+    #[serde(default = "default_copy_timeout")]
+    copy_timeout_secs: u64,
     /// Commands (argv lists) that must all exit 0 for a new system to be confirmed.
     #[serde(default)]
     health_checks: Vec<Vec<String>>,
@@ -139,7 +152,9 @@ struct AgentFile {
     state_dir: PathBuf,
     /// Where the files the fleet file delivers to this host (`[hosts.<h>.files]`) are
     /// installed, outside the Nix store; a tmpfs (the default, under /run) keeps them off
-    /// the disk. Bento owns the directory: names the server no longer sends are removed.
+    /// the disk. It must be a directory Bento owns (its marker file `.bento-files` inside,
+    /// or not there yet), never a system or home directory; the agent removes only files
+    /// it installed, and puts them back from its state directory after a reboot.
     #[serde(default = "default_files_dir")]
     files_dir: PathBuf,
     /// Unix socket for `bento agent trigger`; writable by root (and `trigger_group`).
@@ -188,6 +203,10 @@ pub struct Agent {
     pub poll_jitter: f64,
     pub confirm_timeout: Duration,
     pub confirm_retry: Duration,
+    /// Deadline of setting the profile and of `switch-to-configuration` (each).
+    pub activation_timeout: Duration,
+    /// Deadline of copying a closure.
+    pub copy_timeout: Duration,
     /// Commands (argv lists) that must all exit 0 for a new system to be confirmed.
     pub health_checks: Vec<Vec<String>>,
     /// First delay before retrying a generation rolled back while the server was unreachable.
@@ -256,6 +275,13 @@ impl Agent {
                 "confirm_timeout_secs and confirm_retry_secs must be at least 1".into(),
             ));
         }
+        if raw.activation_timeout_secs == 0 || raw.copy_timeout_secs == 0 {
+            return Err(field(
+                "activation_timeout_secs",
+                "activation_timeout_secs and copy_timeout_secs must be at least 1".into(),
+            ));
+        }
+        check_files_dir(&raw.files_dir, &raw.state_dir).map_err(|m| field("files_dir", m))?;
         if let Some(empty) = raw.health_checks.iter().position(Vec::is_empty) {
             return Err(field(
                 "health_checks",
@@ -277,6 +303,8 @@ impl Agent {
             poll_jitter: raw.poll_jitter,
             confirm_timeout: Duration::from_secs(raw.confirm_timeout_secs),
             confirm_retry: Duration::from_secs(raw.confirm_retry_secs),
+            activation_timeout: Duration::from_secs(raw.activation_timeout_secs),
+            copy_timeout: Duration::from_secs(raw.copy_timeout_secs),
             health_checks: raw.health_checks,
             retry_base: Duration::from_secs(raw.retry_base_secs.max(1)),
             state_dir: raw.state_dir,
@@ -288,6 +316,94 @@ impl Agent {
             metrics_textfile: raw.metrics_textfile,
         })
     }
+}
+
+/// Directories delivered files may never be put in (their contents are the system's or
+/// someone's; Bento must be able to own what it removes files from).
+const NOT_FILES_DIRS: &[&str] = &[
+    "/",
+    "/bin",
+    "/boot",
+    "/dev",
+    "/etc",
+    "/home",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/media",
+    "/mnt",
+    "/nix",
+    "/opt",
+    "/proc",
+    "/root",
+    "/run",
+    "/sbin",
+    "/srv",
+    "/sys",
+    "/tmp",
+    "/usr",
+    "/var",
+    "/var/cache",
+    "/var/empty",
+    "/var/lib",
+    "/var/log",
+    "/var/spool",
+    "/var/tmp",
+    "/etc/nixos",
+    "/etc/ssh",
+    "/etc/systemd",
+    "/run/current-system",
+    "/run/booted-system",
+    "/run/systemd",
+    "/run/user",
+    "/run/wrappers",
+];
+
+/// Trees no delivered file may go under at any depth.
+const NOT_UNDER: &[&str] = &["/nix", "/proc", "/sys", "/dev", "/usr", "/boot"];
+
+/// Checks `files_dir` by its name: absolute, plain (no `.`, `..` or `//`), not a system or
+/// home directory, not holding the agent's state. (That it is Bento's own when it exists
+/// is checked on the host: `agent::files_dir`.)
+pub fn check_files_dir(files_dir: &Path, state_dir: &Path) -> Result<(), String> {
+    use std::path::Component;
+    let text = files_dir.to_string_lossy();
+    let plain = files_dir.is_absolute()
+        && !text.contains("//")
+        && files_dir
+            .components()
+            .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
+    if !plain {
+        return Err(format!(
+            "{text} must be an absolute path without `.`, `..` or `//`"
+        ));
+    }
+    let path = text.trim_end_matches('/');
+    let path = if path.is_empty() { "/" } else { path };
+    if NOT_FILES_DIRS.contains(&path) {
+        return Err(format!(
+            "{path} is a system directory; delivered files need a directory of their own, such as /run/bento/files"
+        ));
+    }
+    if let Some(root) = NOT_UNDER
+        .iter()
+        .find(|r| path.starts_with(&format!("{r}/")))
+    {
+        return Err(format!(
+            "{path} is under {root}, where delivered files may not go"
+        ));
+    }
+    let parent = Path::new(path).parent().and_then(Path::to_str);
+    if parent == Some("/home") {
+        return Err(format!("{path} is a home directory"));
+    }
+    if state_dir.starts_with(path) || Path::new(path).starts_with(state_dir) {
+        return Err(format!(
+            "{path} and the agent's state directory {} must not hold one another",
+            state_dir.display()
+        ));
+    }
+    Ok(())
 }
 
 /// The cache URL, read by the `url` crate: `http(s)://` with a host, or `file://` with a
@@ -414,5 +530,70 @@ fleet_public_key = "{KEY}"
         assert!(Agent::parse(Path::new("agent.toml"), &local_page).is_ok());
         let empty_check = format!("{}\nhealth_checks = [[]]\n", minimal());
         assert!(Agent::parse(Path::new("a"), &empty_check).is_err());
+        let no_deadline = format!("{}\nactivation_timeout_secs = 0\n", minimal());
+        assert!(Agent::parse(Path::new("a"), &no_deadline).is_err());
+    }
+
+    #[test]
+    fn deadlines_default_and_can_be_set() {
+        let a = Agent::parse(Path::new("a"), &minimal()).unwrap();
+        assert_eq!(a.activation_timeout, Duration::from_secs(600));
+        assert_eq!(a.copy_timeout, Duration::from_secs(3600));
+        let text = format!(
+            "{}\nactivation_timeout_secs = 30\ncopy_timeout_secs = 90\n",
+            minimal()
+        );
+        let a = Agent::parse(Path::new("a"), &text).unwrap();
+        assert_eq!(a.activation_timeout, Duration::from_secs(30));
+        assert_eq!(a.copy_timeout, Duration::from_secs(90));
+    }
+
+    #[test]
+    fn files_dir_must_be_a_directory_of_its_own() {
+        let state = Path::new("/var/lib/bento-agent");
+        let refused = [
+            "/",
+            "/etc",
+            "/etc/",
+            "/var",
+            "/run",
+            "/nix",
+            "/nix/store/x",
+            "/home",
+            "/home/alice",
+            "/root",
+            "/usr/local/share",
+            "/tmp",
+            "/var/lib",
+            "relative/dir",
+            "/run/bento/../files",
+            "/run//bento",
+            "/var/lib/bento-agent",
+            "/var/lib/bento-agent/files",
+        ];
+        for dir in refused {
+            assert!(
+                check_files_dir(Path::new(dir), state).is_err(),
+                "{dir} accepted"
+            );
+        }
+        let accepted = [
+            "/run/bento/files",
+            "/var/lib/bento-files",
+            "/etc/bento/files",
+            "/home/alice/bento",
+        ];
+        for dir in accepted {
+            assert_eq!(check_files_dir(Path::new(dir), state), Ok(()), "{dir}");
+        }
+        let text = format!("{}\nfiles_dir = \"/etc\"\n", minimal());
+        let err = Agent::parse(Path::new("a"), &text)
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            err.as_deref()
+                .is_some_and(|e| e.contains("files_dir") && e.contains("system directory")),
+            "{err:?}"
+        );
     }
 }

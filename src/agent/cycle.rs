@@ -1,15 +1,17 @@
-//! One attempt of the agent: recover an unfinished activation, fetch the release, verify it,
-//! copy the closure, activate, confirm or roll back, and queue a report. The decisions are
-//! in `decide`; this file only sequences effects and writes the journal before each step that
-//! changes the system.
+//! One attempt of the agent: recover an unfinished activation (`cycle::recover`), fetch the
+//! release, verify it, copy the closure, activate, confirm or roll back, and queue a report.
+//! The decisions are in `decide`; this file only sequences effects and writes the journal
+//! before each step that changes the system.
 
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
+use super::activate::{self, Purpose};
 use super::config::{ActivationAction, Agent};
-use super::decide::{self, Action, Confirm, Phase, Plan, Recovery, Retry};
-use super::deliver::{self, Delivered};
+use super::decide::{self, Action, Confirm, Phase, Plan, Retry};
+use super::deliver::{self, Delivered, Places};
+use super::files_dir;
 use super::journal::{InFlight, Journal, JournalError};
 use super::link::Link;
 use super::outbox::{self, OutboxError};
@@ -134,6 +136,13 @@ pub async fn run_once<L: Link + Sync>(
     };
     // Reports from earlier attempts first: the server learns what happened in order.
     outbox::flush(dir, link).await?;
+    // An attempt whose agent was killed before it ended: its outcome is this run's, when
+    // this run finds nothing more to do on that generation.
+    let untold = cycle.journal.untold.take();
+    if untold.is_some() {
+        cycle.journal.save(dir)?;
+    }
+    cycle.put_files_back();
 
     if let Some(flight) = cycle.journal.in_flight.clone() {
         let ended = cycle.recover(flight, progress).await?;
@@ -153,8 +162,12 @@ pub async fn run_once<L: Link + Sync>(
         cycle.journal.last_seen = Some(untrusted_generation);
         cycle.journal.save(dir)?;
     }
+    let idle = || match decide::idle_result(untold, untrusted_generation) {
+        Some(outcome) => Ended::Reported(outcome),
+        None => Ended::Idle,
+    };
     if decide::plan(untrusted_generation, &cycle.journal.memory()) == Plan::Idle {
-        return Ok(Ended::Idle);
+        return Ok(idle());
     }
     let mut attempt = Attempt::new(progress);
     let expect = Expectation {
@@ -188,7 +201,7 @@ pub async fn run_once<L: Link + Sync>(
         &cycle.journal.memory(),
         unix_now(),
     ) {
-        Action::SkipFailed | Action::WaitRetry { .. } => Ok(Ended::Idle),
+        Action::SkipFailed | Action::WaitRetry { .. } => Ok(idle()),
         Action::AlreadyRunning => {
             attempt.note(format!(
                 "generation {}: {} already runs",
@@ -223,6 +236,15 @@ pub async fn run_once<L: Link + Sync>(
 }
 
 impl<L: Link + Sync> Cycle<'_, L> {
+    /// Puts back delivered files that went missing or changed (a reboot empties /run);
+    /// a failure is logged, and the next attempt tries again.
+    fn put_files_back(&self) {
+        let agent = self.agent;
+        if files_dir::needs_restore(&agent.state_dir, &agent.files_dir) {
+            files_dir::put_back(agent);
+        }
+    }
+
     /// Tells the server, best effort and without queueing, how far an attempt has come
     /// (`bento status` shows "deploying" and "unconfirmed" from these).
     async fn interim(&self, attempt: &Attempt, target: &Target, outcome: Outcome) {
@@ -268,7 +290,9 @@ impl<L: Link + Sync> Cycle<'_, L> {
         attempt.timings.copy_ms = ms(t);
         if let Err(e) = copied {
             let outcome = match e {
-                SystemError::CopyRefused { .. } => Outcome::Refused,
+                SystemError::CopyRefused { .. } | SystemError::CopyTampered { .. } => {
+                    Outcome::Refused
+                }
                 _ => Outcome::CopyFailed,
             };
             attempt.note(e.to_string());
@@ -303,16 +327,22 @@ impl<L: Link + Sync> Cycle<'_, L> {
         });
         self.journal.save(&agent.state_dir)?;
         let t = Instant::now();
-        let activated =
-            system::activate(&agent.profile, wanted, agent.action, &mut attempt.log).await;
+        let runner = activate::runner(agent, generation, Purpose::Apply);
+        let activated = activate::activate(agent, wanted, &runner, &mut attempt.log).await;
         attempt.timings.activate_ms = ms(t);
         if let Err(e) = activated {
             attempt.note(e.to_string());
-            roll_back(agent, &mut attempt, previous.as_deref()).await;
-            let reason = Some(e.to_string());
-            return self
-                .conclude(attempt, target, Outcome::ActivationFailed, reason)
-                .await;
+            let t = Instant::now();
+            let rolled = roll_back(agent, &mut attempt, generation, previous.as_deref()).await;
+            attempt.timings.rollback_ms = ms(t);
+            let (outcome, reason) = match rolled {
+                Ok(()) => (Outcome::ActivationFailed, e.to_string()),
+                Err(why) => (
+                    Outcome::RollbackFailed,
+                    format!("{e}; then rolling back failed: {why}"),
+                ),
+            };
+            return self.conclude(attempt, target, outcome, Some(reason)).await;
         }
         if agent.action == ActivationAction::Boot {
             attempt.note("set as boot default; it runs after the next reboot");
@@ -331,12 +361,16 @@ impl<L: Link + Sync> Cycle<'_, L> {
     ) -> Result<(), NotDelivered> {
         let agent = self.agent;
         let dir = &agent.files_dir;
+        let places = Places {
+            files_dir: dir,
+            state_dir: &agent.state_dir,
+        };
         let delivered = deliver::deliver(
             self.link,
             &agent.fleet_key,
             &agent.host,
             target.generation,
-            dir,
+            places,
         )
         .await;
         match delivered {
@@ -401,13 +435,9 @@ impl<L: Link + Sync> Cycle<'_, L> {
         let mut last_error = String::new();
         loop {
             let check = match self.link.probe_fresh().await {
-                Ok(()) => system::health_checks(
-                    &agent.health_checks,
-                    agent.confirm_timeout,
-                    &mut attempt.log,
-                )
-                .await
-                .map_err(|e| e.to_string()),
+                Ok(()) => system::health_checks(agent, agent.confirm_timeout, &mut attempt.log)
+                    .await
+                    .map_err(|e| e.to_string()),
                 Err(e) => Err(format!("server unreachable: {e}")),
             };
             if let Err(e) = &check {
@@ -429,8 +459,17 @@ impl<L: Link + Sync> Cycle<'_, L> {
             budget.as_secs()
         ));
         let t = Instant::now();
-        roll_back(agent, &mut attempt, previous.as_deref()).await;
+        let rolled = roll_back(agent, &mut attempt, target.generation, previous.as_deref()).await;
         attempt.timings.rollback_ms = ms(t);
+        if let Err(why) = rolled {
+            let reason = format!(
+                "not confirmed within {}s ({last_error}); then rolling back failed: {why}",
+                budget.as_secs()
+            );
+            return self
+                .conclude(attempt, target, Outcome::RollbackFailed, Some(reason))
+                .await;
+        }
         // Was it the new configuration? Ask the server again, now from the old system.
         let mut reachable = false;
         for _ in 0..3 {
@@ -463,6 +502,7 @@ impl<L: Link + Sync> Cycle<'_, L> {
         let (agent, generation) = (self.agent, target.generation);
         let journal = &mut self.journal;
         journal.in_flight = None;
+        journal.untold = Some((generation, outcome));
         match outcome {
             Outcome::Applied => {
                 journal.last_applied = Some(generation);
@@ -506,65 +546,34 @@ impl<L: Link + Sync> Cycle<'_, L> {
         }
         outbox::queue(&agent.state_dir, &report)?;
         outbox::flush(&agent.state_dir, self.link).await?;
+        if self.journal.untold.take().is_some() {
+            self.journal.save(&agent.state_dir)?;
+        }
         Ok(Ended::Reported(outcome))
     }
-
-    /// At start: finish or undo an activation the last run left unfinished.
-    async fn recover(
-        &mut self,
-        flight: InFlight,
-        progress: &Progress,
-    ) -> Result<Ended, CycleError> {
-        let agent = self.agent;
-        let running = system::running_system(&agent.current_system);
-        let is_new = running.as_deref() == Some(flight.store_path.as_str());
-        let is_prev = running.is_some() && running == flight.previous;
-        let mut attempt = Attempt::new(progress);
-        let decision = decide::recover(flight.phase, is_new, is_prev, unix_now(), flight.deadline);
-        attempt.note(format!(
-            "recovering generation {} left {:?} by an interrupted agent: {decision:?}",
-            flight.generation, flight.phase
-        ));
-        let target = Target {
-            generation: flight.generation,
-            wanted: flight.store_path.clone(),
-        };
-        match decision {
-            Recovery::ResumeConfirming => self.confirm(attempt, &target, flight.previous).await,
-            Recovery::RollBack => {
-                roll_back(agent, &mut attempt, flight.previous.as_deref()).await;
-                let reason = format!(
-                    "the agent was interrupted while {} generation {} and it was not confirmed by its deadline",
-                    match flight.phase {
-                        Phase::Activating => "activating",
-                        Phase::Confirming => "confirming",
-                    },
-                    flight.generation
-                );
-                self.conclude(attempt, &target, Outcome::RolledBack, Some(reason))
-                    .await
-            }
-            Recovery::Abandon => {
-                if let Some(prev) = flight.previous.as_deref() {
-                    let _ = system::set_profile(&agent.profile, prev, &mut attempt.log).await;
-                }
-                self.journal.in_flight = None;
-                self.journal.save(&agent.state_dir)?;
-                Ok(Ended::Idle)
-            }
-        }
-    }
 }
 
-/// Re-activates the exact previous system: profile, then its own switch-to-configuration.
-async fn roll_back(agent: &Agent, attempt: &mut Attempt, previous: Option<&str>) {
+/// Re-activates the exact previous system: profile, then its own switch-to-configuration
+/// (the rollback's own unit with systemd). `Err` says why that failed, or that no previous
+/// system is known: the host may then run neither system fully.
+async fn roll_back(
+    agent: &Agent,
+    attempt: &mut Attempt,
+    generation: u64,
+    previous: Option<&str>,
+) -> Result<(), String> {
     let Some(prev) = previous else {
-        attempt.note("no previous system is known; nothing to roll back to");
-        return;
+        let why = "no previous system is known; nothing to roll back to".to_owned();
+        attempt.note(&why);
+        return Err(why);
     };
     attempt.note(format!("rolling back to {prev}"));
-    let result = system::activate(&agent.profile, prev, agent.action, &mut attempt.log).await;
-    if let Err(e) = result {
+    let runner = activate::runner(agent, generation, Purpose::RollBack);
+    let result = activate::activate(agent, prev, &runner, &mut attempt.log).await;
+    result.map_err(|e| {
         attempt.note(format!("rollback failed: {e}"));
-    }
+        e.to_string()
+    })
 }
+
+mod recover;

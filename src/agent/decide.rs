@@ -139,9 +139,21 @@ pub fn after_rollback(server_reachable: bool) -> Outcome {
     }
 }
 
-/// Whether an outcome condemns its generation on this host.
+/// Whether an outcome condemns its generation on this host. A failed rollback does too:
+/// an operator looks at the host before anything is tried on it again automatically.
 pub fn condemns(outcome: Outcome) -> bool {
-    matches!(outcome, Outcome::ActivationFailed | Outcome::RolledBack)
+    matches!(
+        outcome,
+        Outcome::ActivationFailed | Outcome::RolledBack | Outcome::RollbackFailed
+    )
+}
+
+/// The result of a run that found nothing to do for `generation`: nothing to do, unless the
+/// journal holds the result of an attempt on that generation whose agent was killed before
+/// it could tell it (`untold`: generation and outcome). An agent killed after recording
+/// `applied` and before exiting thus has its successor exit 0, not 3.
+pub fn idle_result(untold: Option<(u64, Outcome)>, generation: u64) -> Option<Outcome> {
+    untold.filter(|(g, _)| *g == generation).map(|(_, o)| o)
 }
 
 /// Delay before retrying a generation that could not be confirmed for reasons outside it:
@@ -297,8 +309,23 @@ mod tests {
         assert_eq!(after_rollback(false), Outcome::RetryLater);
         assert!(condemns(Outcome::RolledBack));
         assert!(condemns(Outcome::ActivationFailed));
+        assert!(condemns(Outcome::RollbackFailed));
         assert!(!condemns(Outcome::RetryLater));
         assert!(!condemns(Outcome::CopyFailed));
+    }
+
+    #[test]
+    fn an_untold_result_is_the_result_of_the_next_idle_run() {
+        use Outcome::*;
+        let cases = [
+            (None, 4, None),
+            (Some((4, Applied)), 4, Some(Applied)),
+            (Some((4, RolledBack)), 4, Some(RolledBack)),
+            (Some((3, Applied)), 4, None),
+        ];
+        for (untold, generation, want) in cases {
+            assert_eq!(idle_result(untold, generation), want, "{untold:?}");
+        }
     }
 
     #[test]

@@ -1,17 +1,16 @@
 //! Installing the files the server delivers outside the Nix store (`crate::files`): fetch
 //! the signed manifest, check it against the fleet key, this host and the release's
-//! generation, fetch each blob and check it against the manifest, then put every file in
-//! place at once-per-file atomically (written beside, `chmod`, renamed) and remove the
-//! files the manifest no longer lists. Nothing is installed unless everything checked.
+//! generation, fetch each blob and check it against the manifest, then install them into
+//! the directory Bento owns and keep the verified set for after a reboot (`files_dir`).
+//! Nothing is installed unless everything checked.
 
-use std::io::Write as _;
-use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::Path;
 
 use thiserror::Error;
 
+use super::files_dir::{self, FilesDirError};
 use super::link::{Link, LinkError};
-use crate::files::{self, FilesError, Manifest};
+use crate::files::{self, FilesError};
 use crate::nix::keys::PublicKey;
 
 #[derive(Debug, Error)]
@@ -29,12 +28,8 @@ pub enum DeliverError {
     /// What arrived does not verify: refused.
     #[error(transparent)]
     Refused(#[from] FilesError),
-    #[error("cannot install into {path}: {source}")]
-    Install {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Install(#[from] FilesDirError),
 }
 
 impl DeliverError {
@@ -60,13 +55,21 @@ pub enum Delivered {
     },
 }
 
-/// Fetches, verifies and installs this host's files for the release `generation`.
+/// Where delivered files go: the agent's own directory and its state directory.
+#[derive(Debug, Clone, Copy)]
+pub struct Places<'a> {
+    pub files_dir: &'a Path,
+    pub state_dir: &'a Path,
+}
+
+/// Fetches, verifies and installs this host's files for the release `generation`, and
+/// keeps the verified set in the state directory.
 pub async fn deliver<L: Link + Sync>(
     link: &L,
     key: &PublicKey,
     host: &str,
     generation: u64,
-    files_dir: &Path,
+    places: Places<'_>,
 ) -> Result<Delivered, DeliverError> {
     let fetch = async |path: String, max: u64| {
         link.fetch_file(&format!("/{path}"), max)
@@ -93,65 +96,22 @@ pub async fn deliver<L: Link + Sync>(
         entry.check(&content)?;
         contents.push(content);
     }
-    install(&manifest, &contents, files_dir)
-}
-
-/// Puts verified files in place: each written to a hidden temp file in `dir`, given its
-/// mode, synced and renamed over its name; then every other visible file is removed.
-fn install(
-    manifest: &Manifest,
-    contents: &[Vec<u8>],
-    dir: &Path,
-) -> Result<Delivered, DeliverError> {
-    let io = |path: &Path| {
-        let path = path.display().to_string();
-        move |source| DeliverError::Install { path, source }
-    };
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
-    // Others may open a file whose name and mode allow it, but not list the names.
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o751)).map_err(io(dir))?;
-    let mut installed = Vec::new();
-    for (entry, content) in manifest.files.iter().zip(contents) {
-        let target = dir.join(&entry.name);
-        let temp = dir.join(format!(".{}.incoming", entry.name));
-        let _ = std::fs::remove_file(&temp);
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&temp)
-            .map_err(io(&temp))?;
-        f.write_all(content).map_err(io(&temp))?;
-        f.set_permissions(std::fs::Permissions::from_mode(entry.mode))
-            .map_err(io(&temp))?;
-        f.sync_all().map_err(io(&temp))?;
-        drop(f);
-        std::fs::rename(&temp, &target).map_err(io(&target))?;
-        installed.push(entry.name.clone());
-    }
-    let mut removed = Vec::new();
-    for e in std::fs::read_dir(dir).map_err(io(dir))?.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') || installed.contains(&name) {
-            continue;
-        }
-        if e.file_type()
-            .map(|t| t.is_file() || t.is_symlink())
-            .unwrap_or(false)
-        {
-            std::fs::remove_file(e.path()).map_err(io(&e.path()))?;
-            removed.push(name);
-        }
-    }
-    Ok(Delivered::Files { installed, removed })
+    let previous = files_dir::kept_names(places.state_dir);
+    let installed = files_dir::install(&manifest, &contents, places.files_dir, &previous, false)?;
+    files_dir::keep(places.state_dir, &bytes, &manifest, &contents)?;
+    Ok(Delivered::Files {
+        installed: installed.written,
+        removed: installed.removed,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::files::ManifestEntry;
+    use crate::files::{Manifest, ManifestEntry};
     use crate::nix::keys::SecretKey;
     use std::collections::HashMap;
+    use std::os::unix::fs::PermissionsExt as _;
     use std::time::Duration;
 
     /// The files part of a host's SFTP tree, in memory.
@@ -199,12 +159,16 @@ mod tests {
         let key = SecretKey::generate("fleet-1").unwrap();
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("files");
+        let places = Places {
+            files_dir: &out,
+            state_dir: &dir.path().join("state"),
+        };
         let t = tree(
             &key,
             3,
             &[("db-password", "one\n", 0o400), ("ca.pem", "ca\n", 0o444)],
         );
-        let got = deliver(&t, &key.public(), "web1", 3, &out).await.unwrap();
+        let got = deliver(&t, &key.public(), "web1", 3, places).await.unwrap();
         assert_eq!(
             got,
             Delivered::Files {
@@ -218,8 +182,10 @@ mod tests {
         assert_eq!(listing, 0o751, "others cannot list the names");
         assert_eq!(std::fs::read(out.join("db-password")).unwrap(), b"one\n");
 
+        // A file Bento did not install is never removed.
+        std::fs::write(out.join("not-ours"), "x").unwrap();
         let t = tree(&key, 4, &[("db-password", "two\n", 0o400)]);
-        let got = deliver(&t, &key.public(), "web1", 4, &out).await.unwrap();
+        let got = deliver(&t, &key.public(), "web1", 4, places).await.unwrap();
         assert_eq!(
             got,
             Delivered::Files {
@@ -228,6 +194,7 @@ mod tests {
             }
         );
         assert_eq!(std::fs::read(out.join("db-password")).unwrap(), b"two\n");
+        assert!(out.join("not-ours").exists());
     }
 
     #[tokio::test]
@@ -236,7 +203,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("files");
         std::fs::create_dir_all(&out).unwrap();
+        std::fs::write(out.join(files_dir::MARKER), "").unwrap();
         std::fs::write(out.join("db-password"), "old\n").unwrap();
+        let places = Places {
+            files_dir: &out,
+            state_dir: &dir.path().join("state"),
+        };
 
         // A blob altered on the server.
         let mut t = tree(
@@ -248,7 +220,7 @@ mod tests {
             .unwrap()
             .sha256;
         t.0.insert(format!("/{}/{blob}", files::BLOBS_DIR), b"evil\n".to_vec());
-        let err = deliver(&t, &key.public(), "web1", 3, &out)
+        let err = deliver(&t, &key.public(), "web1", 3, places)
             .await
             .unwrap_err();
         assert!(err.is_refusal(), "{err}");
@@ -262,12 +234,12 @@ mod tests {
         // Another fleet's key; a manifest of another generation (transient, not refused).
         let stranger = SecretKey::generate("fleet-1").unwrap();
         let t = tree(&stranger, 3, &[("db-password", "new\n", 0o400)]);
-        let err = deliver(&t, &key.public(), "web1", 3, &out)
+        let err = deliver(&t, &key.public(), "web1", 3, places)
             .await
             .unwrap_err();
         assert!(err.is_refusal(), "{err}");
         let t = tree(&key, 2, &[("db-password", "new\n", 0o400)]);
-        let err = deliver(&t, &key.public(), "web1", 3, &out)
+        let err = deliver(&t, &key.public(), "web1", 3, places)
             .await
             .unwrap_err();
         assert!(!err.is_refusal(), "{err}");
@@ -275,14 +247,14 @@ mod tests {
         // A blob missing (the server is publishing): retried, not refused.
         let mut t = tree(&key, 3, &[("db-password", "new\n", 0o400)]);
         t.0.retain(|k, _| !k.contains("blobs"));
-        let err = deliver(&t, &key.public(), "web1", 3, &out)
+        let err = deliver(&t, &key.public(), "web1", 3, places)
             .await
             .unwrap_err();
         assert!(matches!(err, DeliverError::Missing { .. }), "{err}");
 
         // No manifest at all: the directory is left alone.
         let t = Tree(HashMap::new());
-        let got = deliver(&t, &key.public(), "web1", 3, &out).await.unwrap();
+        let got = deliver(&t, &key.public(), "web1", 3, places).await.unwrap();
         assert_eq!(got, Delivered::Nothing);
         assert_eq!(std::fs::read(out.join("db-password")).unwrap(), b"old\n");
     }

@@ -9,6 +9,8 @@
 //! | 5 | failed: the closure could not be copied, or activation failed (rolled back) |
 //! | 6 | rolled back: not confirmed in time; or retry later (server unreachable) |
 //! | 7 | busy: another agent holds the lock |
+//! | 8 | rollback failed: the host may run neither system fully; an operator must look |
+//! | 9 | restart: the running system brings another agent configuration or binary |
 
 use crate::report::Outcome;
 
@@ -21,6 +23,10 @@ pub const REFUSED: u8 = 4;
 pub const FAILED: u8 = 5;
 pub const ROLLED_BACK: u8 = 6;
 pub const BUSY: u8 = 7;
+pub const ROLLBACK_FAILED: u8 = 8;
+/// The attempt ended and was reported; systemd is to start the agent the running system
+/// names (`Restart=always`).
+pub const RESTART: u8 = 9;
 
 pub fn code(ended: &Ended) -> u8 {
     match ended {
@@ -30,6 +36,7 @@ pub fn code(ended: &Ended) -> u8 {
             Outcome::Refused => REFUSED,
             Outcome::CopyFailed | Outcome::ActivationFailed => FAILED,
             Outcome::RolledBack | Outcome::RetryLater | Outcome::Recovered => ROLLED_BACK,
+            Outcome::RollbackFailed => ROLLBACK_FAILED,
             Outcome::Deploying | Outcome::Unconfirmed => ERROR,
         },
     }
@@ -50,6 +57,7 @@ mod tests {
             (Ended::Reported(Outcome::ActivationFailed), FAILED),
             (Ended::Reported(Outcome::RolledBack), ROLLED_BACK),
             (Ended::Reported(Outcome::RetryLater), ROLLED_BACK),
+            (Ended::Reported(Outcome::RollbackFailed), ROLLBACK_FAILED),
         ];
         for (ended, want) in cases {
             assert_eq!(code(&ended), want, "{ended:?}");
@@ -62,6 +70,8 @@ mod tests {
             FAILED,
             ROLLED_BACK,
             BUSY,
+            ROLLBACK_FAILED,
+            RESTART,
         ];
         let set: std::collections::BTreeSet<_> = all.iter().collect();
         assert_eq!(set.len(), all.len());

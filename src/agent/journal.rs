@@ -11,6 +11,7 @@ use thiserror::Error;
 
 use super::decide::{Memory, Phase, Retry};
 use crate::durable::{WriteError, write_atomic};
+use crate::report::Outcome;
 
 pub const FORMAT: u32 = 1;
 const FILE: &str = "state.json";
@@ -63,6 +64,12 @@ pub struct Journal {
     /// different one, so a refused release does not wake the agent again and again.
     #[serde(default)]
     pub last_seen: Option<u64>,
+    /// The outcome of the attempt on a generation, recorded with it and removed once the
+    /// attempt has ended (report queued and sent if possible): when it is still there at the
+    /// next start, the agent was killed in between, and the next run that has nothing to
+    /// do exits with this outcome's code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub untold: Option<(u64, Outcome)>,
 }
 
 impl Journal {
@@ -143,6 +150,7 @@ mod tests {
                 started: 10,
             }),
             last_seen: Some(4),
+            untold: Some((3, Outcome::Applied)),
         };
         s.save(dir.path()).unwrap();
         assert_eq!(Journal::load(dir.path()).unwrap(), s);

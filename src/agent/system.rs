@@ -1,6 +1,7 @@
-//! Effects on the host's own system, each through the one process runner: which system
-//! runs now, copying a closure from the cache with only the fleet key trusted, setting the
-//! profile, running `switch-to-configuration`, health checks, and the single-agent lock.
+//! Effects on the host's own system, each through the one process runner (in a process
+//! group of its own, recorded by `children`, with a deadline): which system runs now,
+//! copying a closure from the cache with only the fleet key trusted, health checks, and
+//! the single-agent lock. Activation is in `activate`.
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -8,8 +9,11 @@ use std::time::Duration;
 
 use thiserror::Error;
 
-use super::config::{ActivationAction, Agent};
+use super::children;
+use super::config::Agent;
+use super::nar_check::{self, Finding};
 use crate::nix::cmd::{self, CmdError, Command};
+use crate::nix::messages::{self, Meaning};
 use crate::nix::store;
 
 #[derive(Debug, Error)]
@@ -30,6 +34,14 @@ pub enum SystemError {
         #[source]
         source: Box<CmdError>,
     },
+    #[error(
+        "the closure of {path} from {cache} was refused: what the cache serves does not match what the fleet key signed: {why}"
+    )]
+    CopyTampered {
+        path: String,
+        cache: String,
+        why: String,
+    },
     #[error("setting profile {profile} to {path} failed: {source}")]
     Profile {
         profile: PathBuf,
@@ -42,6 +54,15 @@ pub enum SystemError {
         path: String,
         #[source]
         source: Box<CmdError>,
+    },
+    #[error(
+        "switch-to-configuration of {path} reported success, but {} points at {}, not at it",
+        .link.display(), .running.as_deref().unwrap_or("nothing")
+    )]
+    NotRunning {
+        path: String,
+        link: PathBuf,
+        running: Option<String>,
     },
     #[error("health check `{argv}` failed: {source}")]
     Health {
@@ -67,25 +88,12 @@ pub fn running_system(current_system: &Path) -> Option<String> {
     store::parse_prefix(target).ok().map(|p| store::render(&p))
 }
 
-/// Whether a `nix copy` failure is Nix refusing what it got (signature, hash) rather than
-/// failing to get it.
-pub fn is_refusal(stderr: &str) -> bool {
-    const SIGNS: [&str; 4] = [
-        "hash mismatch",
-        "lacks a valid signature",
-        "is not signed",
-        "NAR hash",
-    ];
-    SIGNS.iter().any(|s| stderr.contains(s))
-}
-
-/// `nix copy --from <cache>` of `path`'s closure, signatures required, only the fleet key
-/// trusted, no other substituter consulted.
-pub fn copy_command(agent: &Agent, path: &str) -> Command {
-    let mut c = cmd::nix().args([
-        "copy",
-        "--from",
-        agent.cache_url.as_str(),
+/// The options every Nix call on the cache gets: only the fleet key trusted, no other
+/// substituter, this host's netrc, and no remembered narinfos (Nix keeps them per cache URL
+/// for a month; after a fleet key rotation a remembered one would carry a signature no
+/// longer trusted, and ours are cheap to ask).
+pub fn cache_options(agent: &Agent) -> Vec<String> {
+    let mut o: Vec<String> = [
         "--option",
         "require-sigs",
         "true",
@@ -95,96 +103,89 @@ pub fn copy_command(agent: &Agent, path: &str) -> Command {
         "--option",
         "substituters",
         "",
-        // Nix remembers narinfos per cache URL for a month; after a fleet key rotation a
-        // remembered one would carry a signature no longer trusted. Ours are cheap to ask.
         "--option",
         "narinfo-cache-negative-ttl",
         "0",
         "--option",
         "narinfo-cache-positive-ttl",
         "0",
-    ]);
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect();
     if let Some(netrc) = &agent.cache_netrc {
-        c = c.arg("--option").arg("netrc-file").arg(netrc);
+        o.extend(["--option".into(), "netrc-file".into()]);
+        o.push(netrc.to_string_lossy().into_owned());
     }
-    c.arg(path)
+    o
 }
 
+/// `nix copy --from <cache>` of `path`'s closure, signatures required, only the fleet key
+/// trusted, no other substituter consulted, within `copy_timeout_secs`.
+pub fn copy_command(agent: &Agent, path: &str) -> Command {
+    cmd::nix()
+        .args(["copy", "--from", agent.cache_url.as_str()])
+        .args(cache_options(agent))
+        .arg(path)
+        .timeout(agent.copy_timeout)
+}
+
+/// Copies `path`'s closure from the cache. A failure Nix explains as a refusal is
+/// `CopyRefused`; one it does not explain (or explains as a missing path) is checked
+/// against the signed narinfos by `nar_check`, so a tampered closure is refused whatever
+/// the Nix version says; anything else is a failed copy, tried again later.
 pub async fn copy_closure(agent: &Agent, path: &str, log: &mut String) -> Result<(), SystemError> {
-    let result = copy_command(agent, path)
-        .run_async_with(|line| {
-            log.push_str(line);
-            log.push('\n');
-        })
-        .await;
-    result.map(|_| ()).map_err(|source| {
-        let (path, cache) = (path.to_owned(), agent.cache_url.to_string());
-        if is_refusal(source.stderr_tail()) {
-            SystemError::CopyRefused {
+    let before = log.len();
+    let result = children::run(&agent.state_dir, copy_command(agent, path), |l| {
+        push_line(log, l)
+    })
+    .await;
+    let Err(source) = result else {
+        return Ok(());
+    };
+    let (path, cache) = (path.to_owned(), agent.cache_url.to_string());
+    // Everything Nix printed during this copy (the error's tail may have lost the start).
+    let said = log[before..].to_owned();
+    let meaning = if source.is_timeout() {
+        Some(Meaning::Transient)
+    } else {
+        messages::classify(&said)
+    };
+    match meaning {
+        Some(Meaning::Refused) => {
+            return Err(SystemError::CopyRefused {
                 path,
                 cache,
                 source: Box::new(source),
-            }
-        } else {
-            SystemError::Copy {
-                path,
-                cache,
-                source: Box::new(source),
+            });
+        }
+        Some(Meaning::Transient) => {}
+        Some(Meaning::Missing) | None => {
+            push_line(
+                log,
+                "checking the cache's NARs against their signed narinfos (Nix did not say it refused them)",
+            );
+            let finding = nar_check::check(agent, &path, &said, log).await;
+            push_line(log, &finding.to_string());
+            if let Finding::Tampered(why) = finding {
+                return Err(SystemError::CopyTampered { path, cache, why });
             }
         }
-    })
-}
-
-/// Points the system profile at `path` (a new profile generation).
-pub async fn set_profile(profile: &Path, path: &str, log: &mut String) -> Result<(), SystemError> {
-    let result = Command::new("nix-env")
-        .arg("--profile")
-        .arg(profile)
-        .args(["--set", path])
-        .run_async_with(|l| push_line(log, l))
-        .await;
-    result.map(|_| ()).map_err(|source| SystemError::Profile {
-        profile: profile.to_owned(),
-        path: path.to_owned(),
+    }
+    Err(SystemError::Copy {
+        path,
+        cache,
         source: Box::new(source),
     })
 }
 
-/// Runs `<path>/bin/switch-to-configuration <action>`.
-pub async fn switch(
-    path: &str,
-    action: ActivationAction,
-    log: &mut String,
-) -> Result<(), SystemError> {
-    let result = Command::new(format!("{path}/bin/switch-to-configuration"))
-        .arg(action.as_str())
-        .with_stdout_lines()
-        .run_async_with(|l| push_line(log, l))
-        .await;
-    result.map(|_| ()).map_err(|source| SystemError::Activate {
-        path: path.to_owned(),
-        source: Box::new(source),
-    })
-}
-
-/// Makes `path` the system: the profile first, then its own `switch-to-configuration`.
-pub async fn activate(
-    profile: &Path,
-    path: &str,
-    action: ActivationAction,
-    log: &mut String,
-) -> Result<(), SystemError> {
-    set_profile(profile, path, log).await?;
-    switch(path, action, log).await
-}
-
-/// Runs every health check; the first failure is returned.
+/// Runs every health check (each within `timeout`); the first failure is returned.
 pub async fn health_checks(
-    checks: &[Vec<String>],
+    agent: &Agent,
     timeout: Duration,
     log: &mut String,
 ) -> Result<(), SystemError> {
-    for argv in checks {
+    for argv in &agent.health_checks {
         let Some((program, args)) = argv.split_first() else {
             continue;
         };
@@ -192,16 +193,17 @@ pub async fn health_checks(
             .args(args)
             .timeout(timeout)
             .with_stdout_lines();
-        let result = c.run_async_with(|l| push_line(log, l)).await;
+        let shown = c.argv();
+        let result = children::run(&agent.state_dir, c, |l| push_line(log, l)).await;
         result.map_err(|source| SystemError::Health {
-            argv: c.argv(),
+            argv: shown,
             source: Box::new(source),
         })?;
     }
     Ok(())
 }
 
-fn push_line(log: &mut String, line: &str) {
+pub fn push_line(log: &mut String, line: &str) {
     log.push_str(line);
     log.push('\n');
 }
@@ -259,18 +261,5 @@ mod tests {
         let other = dir.path().join("other");
         std::os::unix::fs::symlink("/etc", &other).unwrap();
         assert_eq!(running_system(&other), None);
-    }
-
-    #[test]
-    fn refusals_are_told_from_transport_failures() {
-        assert!(is_refusal(
-            "error: hash mismatch importing path '/nix/store/x'"
-        ));
-        assert!(is_refusal(
-            "error: cannot add path '/nix/store/x' because it lacks a valid signature"
-        ));
-        assert!(!is_refusal(
-            "error: unable to download 'http://x/nix-cache-info': Couldn't connect to server"
-        ));
     }
 }

@@ -1,5 +1,6 @@
 //! `bento agent`: the host side. Runs the loop (or one attempt with `--once`), validates a
-//! configuration (`check-config`), or asks the running agent to check now (`trigger`).
+//! configuration (`check-config`), asks the running agent to check now (`trigger`), or puts
+//! the delivered files back after a reboot (`restore-files`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,8 +10,11 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::config::Agent;
+use crate::agent::run::LoopEnd;
 use crate::agent::sftp_link::SftpLink;
-use crate::agent::{cycle, exit, http_trigger, run, system, trigger};
+use crate::agent::{
+    children, cycle, exit, files_dir, http_trigger, run, self_update, system, trigger,
+};
 
 /// Pull this host's release, copy its system from the cache, activate it, confirm it or
 /// roll back by itself, and report to the server.
@@ -20,7 +24,10 @@ use crate::agent::{cycle, exit, http_trigger, run, system, trigger};
 /// the server telling it the release changed.
 ///
 /// Exit codes of `--once`: 0 applied, 1 error, 3 nothing to do, 4 refused, 5 failed
-/// (copy or activation; rolled back), 6 rolled back (or retry later), 7 another agent runs.
+/// (copy or activation; rolled back), 6 rolled back (or retry later), 7 another agent runs,
+/// 8 rollback failed (an operator must look). Both `--once` and the loop exit 9 after an
+/// attempt when the running system names another agent configuration or binary
+/// (`/etc/bento/agent-unit.json`): systemd then starts that one.
 #[derive(Debug, clap::Args)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct Args {
@@ -47,6 +54,15 @@ enum Sub {
         #[arg(long, default_value = "/run/bento-agent/trigger.sock")]
         socket: PathBuf,
     },
+    /// Put back the delivered files of the generation this host runs (after a reboot
+    /// emptied `files_dir`), from the agent's verified copy, checked again against the
+    /// signed manifest. Exit 0 when they are in place (or there are none), 7 when an agent
+    /// runs (it does this itself), 1 otherwise.
+    RestoreFiles {
+        /// The agent configuration file.
+        #[arg(long, short, default_value = "/etc/bento/agent.toml")]
+        config: PathBuf,
+    },
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -58,12 +74,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.command {
         Some(Sub::CheckConfig { file }) => check_config(&file),
         Some(Sub::Trigger { socket }) => rt.block_on(trigger_now(&socket)),
+        Some(Sub::RestoreFiles { config }) => restore_files(&config),
         None => rt.block_on(agent(&args.config, args.once)),
     }
 }
 
 fn check_config(file: &std::path::Path) -> anyhow::Result<ExitCode> {
     let a = Agent::load(file)?;
+    files_dir::check(&a.files_dir).with_context(|| format!("agent config {}", file.display()))?;
     println!("{}: ok", file.display());
     println!("  host            {}", a.host);
     println!("  server          {} (host key pinned)", a.server);
@@ -81,10 +99,77 @@ fn check_config(file: &std::path::Path) -> anyhow::Result<ExitCode> {
         }
     );
     println!("  confirm within  {}s", a.confirm_timeout.as_secs());
+    println!(
+        "  deadlines       copy {}s, activation {}s",
+        a.copy_timeout.as_secs(),
+        a.activation_timeout.as_secs()
+    );
     println!("  health checks   {}", a.health_checks.len());
     println!("  state           {}", a.state_dir.display());
     println!("  files           {}", a.files_dir.display());
     Ok(ExitCode::SUCCESS)
+}
+
+/// The agent lock, or `None` (after saying so, with `note`) when another agent holds it.
+fn lock_or_busy(agent: &Agent, note: &str) -> anyhow::Result<Option<system::Lock>> {
+    match system::lock(&agent.state_dir) {
+        Ok(l) => Ok(Some(l)),
+        Err(e @ system::SystemError::Busy { .. }) => {
+            eprintln!("{e}{note}");
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn restore_files(config: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let agent = Agent::load(config)?;
+    let Some(_lock) = lock_or_busy(&agent, "; it puts the files back itself")? else {
+        return Ok(ExitCode::from(exit::BUSY));
+    };
+    let names = files_dir::restore(
+        &agent.state_dir,
+        &agent.fleet_key,
+        &agent.host,
+        &agent.files_dir,
+    )?;
+    if names.is_empty() {
+        println!(
+            "{}: every delivered file is in place (or none was delivered)",
+            agent.files_dir.display()
+        );
+    } else {
+        println!(
+            "{}: put back {}",
+            agent.files_dir.display(),
+            names.join(", ")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on SIGINT or SIGTERM (never, if they cannot be watched).
+async fn stop_requested() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+/// What the agent does once it holds the lock, before its first attempt: kill what an
+/// earlier agent killed alone left running, and put back files a reboot removed.
+fn prepare(agent: &Agent) {
+    for line in children::kill_leftovers(&agent.state_dir) {
+        tracing::warn!("{line}");
+    }
+    files_dir::put_back(agent);
 }
 
 async fn trigger_now(socket: &std::path::Path) -> anyhow::Result<ExitCode> {
@@ -101,28 +186,38 @@ async fn trigger_now(socket: &std::path::Path) -> anyhow::Result<ExitCode> {
 
 async fn agent(config: &std::path::Path, once: bool) -> anyhow::Result<ExitCode> {
     let agent = Agent::load(config)?;
-    let _lock = match system::lock(&agent.state_dir) {
-        Ok(l) => l,
-        Err(e @ system::SystemError::Busy { .. }) => {
-            eprintln!("{e}");
-            return Ok(ExitCode::from(exit::BUSY));
-        }
-        Err(e) => return Err(e.into()),
+    let Some(_lock) = lock_or_busy(&agent, "")? else {
+        return Ok(ExitCode::from(exit::BUSY));
     };
+    prepare(&agent);
+    // The agent the running system names, as this one starts (see agent::self_update).
+    let started_with = self_update::read(&agent.current_system);
     let link = SftpLink::new(&agent);
     let progress = run::progress_channel();
     if once {
-        let result = cycle::run_once(&agent, &link, &progress).await;
-        return Ok(match result {
+        let result = tokio::select! {
+            r = cycle::run_once(&agent, &link, &progress) => r,
+            () = stop_requested() => {
+                eprintln!("error: interrupted; the next start resumes the attempt");
+                return Ok(ExitCode::from(exit::ERROR));
+            }
+        };
+        let code = match result {
             Ok(ended) => {
                 eprintln!("{}", run::summary(&Ok(ended.clone())));
-                ExitCode::from(exit::code(&ended))
+                exit::code(&ended)
             }
             Err(e) => {
                 eprintln!("error: {e}");
-                ExitCode::from(exit::ERROR)
+                exit::ERROR
             }
-        });
+        };
+        let now = self_update::read(&agent.current_system);
+        if let Some(why) = self_update::restart_reason(&started_with, &now) {
+            eprintln!("{why}");
+            return Ok(ExitCode::from(exit::RESTART));
+        }
+        return Ok(ExitCode::from(code));
     }
     let (req_tx, req_rx) = mpsc::channel(4);
     let listener = trigger::bind(&agent.trigger_socket, agent.trigger_group.as_deref())?;
@@ -139,18 +234,15 @@ async fn agent(config: &std::path::Path, once: bool) -> anyhow::Result<ExitCode>
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
     tokio::spawn(async move {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return,
-            };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
+        stop_requested().await;
         stop.cancel();
     });
     tracing::info!(host = %agent.host, server = %agent.server, "agent started");
-    run::run_loop(&agent, &link, progress, req_rx, shutdown).await;
-    Ok(ExitCode::SUCCESS)
+    match run::run_loop(&agent, &link, progress, req_rx, shutdown, &started_with).await {
+        LoopEnd::Shutdown => Ok(ExitCode::SUCCESS),
+        LoopEnd::Restart(why) => {
+            eprintln!("{why}");
+            Ok(ExitCode::from(exit::RESTART))
+        }
+    }
 }

@@ -43,7 +43,11 @@ pub struct WaveFlags {
     /// A wave, in order (repeat for each): host names and @tags separated by commas, `*` for
     /// every host of no earlier wave, optionally named (`canary=@canary`). Replaces the
     /// waves of [rollout]; --threshold, --soak and --timeout apply to each.
-    #[arg(long = "wave", value_name = "[NAME=]HOSTS", conflicts_with = "all_at_once")]
+    #[arg(
+        long = "wave",
+        value_name = "[NAME=]HOSTS",
+        conflicts_with = "all_at_once"
+    )]
     pub waves: Vec<String>,
     /// With --wave: percent of a wave's hosts that must succeed [default: 100].
     #[arg(long, value_name = "PERCENT", requires = "waves")]
@@ -89,8 +93,14 @@ impl WaveFlags {
                     .filter(|h| !h.is_empty())
                     .map(str::to_owned)
                     .collect();
-                ops::wave(name, hosts, self.threshold, self.soak.unwrap_or(0), &fleet.hosts)
-                    .map_err(|e| anyhow::anyhow!("--wave {spec}: {e}"))
+                ops::wave(
+                    name,
+                    hosts,
+                    self.threshold,
+                    self.soak.unwrap_or(0),
+                    &fleet.hosts,
+                )
+                .map_err(|e| anyhow::anyhow!("--wave {spec}: {e}"))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let timeout_secs = self

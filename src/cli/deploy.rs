@@ -35,6 +35,11 @@ use crate::rollout::drive::{Built, Deploy, Placed};
 /// The commit of the flake's git repository (and whether its tree had uncommitted changes)
 /// is recorded with each release in the history.
 ///
+/// --store-path HOST=PATH publishes a system built elsewhere (CI, a remote builder, a VM
+/// test), without evaluating: PATH must be a NixOS system (bin/switch-to-configuration)
+/// valid in this machine's Nix store, e.g. after `nix copy --to ssh://server PATH`. It is
+/// signed and rooted like any release; publishing the same path again changes nothing.
+///
 /// Each published system is kept from Nix's garbage collector by a GC root; after
 /// publishing, only the newest [fleet] keep_systems (default 5) distinct systems of the host
 /// keep theirs, so `nix-collect-garbage` on the server frees older ones.
@@ -51,6 +56,14 @@ pub struct Args {
     /// Republish HOST's previous system as a new generation, instead of deploying.
     #[arg(long, value_name = "HOST", conflicts_with_all = ["hosts", "no_build", "force"])]
     rollback: Option<String>,
+    /// Publish PATH for HOST as built elsewhere, instead of building (repeatable).
+    #[arg(
+        long = "store-path",
+        value_name = "HOST=PATH",
+        value_parser = parse_store_path_arg,
+        conflicts_with_all = ["hosts", "no_build", "rollback"]
+    )]
+    store_paths: Vec<(String, String)>,
     /// Before publishing, show per host what changes (packages added, removed, version
     /// changes) between the system it reports running and the one to be published.
     #[arg(long)]
@@ -59,11 +72,79 @@ pub struct Args {
     waves: WaveFlags,
 }
 
+/// `HOST=PATH` of `--store-path`: the split, and a path that is a store path by its form.
+fn parse_store_path_arg(arg: &str) -> Result<(String, String), String> {
+    let (host, path) = arg
+        .split_once('=')
+        .ok_or_else(|| format!("expected HOST=PATH, got {arg:?}"))?;
+    crate::release::check_host_name(host).map_err(|e| e.to_string())?;
+    crate::nix::store::parse(path).map_err(|e| e.to_string())?;
+    Ok((host.to_owned(), path.to_owned()))
+}
+
+/// Whether `path` can be published as a host's system: valid in this machine's store (so
+/// its whole closure is, and the cache can serve it) and a NixOS system.
+fn check_prebuilt(host: &str, path: &str) -> Result<(), String> {
+    let parsed = crate::nix::store::parse(path).map_err(|e| e.to_string())?;
+    match crate::nix::pathinfo::Store::local().query(&[parsed]) {
+        Ok(_) => {}
+        Err(crate::nix::pathinfo::PathInfoError::NotValid(_)) => {
+            return Err(format!(
+                "{path} is not in this machine's Nix store; copy it here first (`nix copy --to ssh://<this server> {path}` from where it was built)"
+            ));
+        }
+        Err(e) => return Err(format!("cannot query {path}: {e}")),
+    }
+    if !std::path::Path::new(path)
+        .join("bin/switch-to-configuration")
+        .exists()
+    {
+        return Err(format!(
+            "{path} is not a NixOS system for {host}: it has no bin/switch-to-configuration (pass config.system.build.toplevel)"
+        ));
+    }
+    Ok(())
+}
+
+/// `--store-path`: one report per host, with the path when it can be published.
+fn prebuilt(fleet: &Fleet, paths: &[(String, String)]) -> anyhow::Result<Vec<HostReport>> {
+    let mut reports: Vec<HostReport> = Vec::new();
+    for (host, path) in paths {
+        if !fleet.hosts.contains_key(host) {
+            anyhow::bail!(
+                "--store-path {host}=...: {host} is not a host of {}",
+                fleet.file.display()
+            );
+        }
+        if reports.iter().any(|r| &r.host == host) {
+            anyhow::bail!("--store-path names {host} twice");
+        }
+        let (store_path, error) = match check_prebuilt(host, path) {
+            Ok(()) => (Some(path.clone()), None),
+            Err(e) => (None, Some(e)),
+        };
+        reports.push(HostReport {
+            host: host.clone(),
+            build: if error.is_none() {
+                "prebuilt"
+            } else {
+                "failed"
+            },
+            build_phase: None,
+            store_path,
+            release: None,
+            wave: None,
+            error,
+        });
+    }
+    Ok(reports)
+}
+
 /// One host's line of the deploy summary (and of `--json`).
 #[derive(Debug, Serialize)]
 struct HostReport {
     host: String,
-    /// `built`, `reused` (--no-build) or `failed`.
+    /// `built`, `reused` (--no-build), `prebuilt` (--store-path) or `failed`.
     build: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     build_phase: Option<BuildPhase>,
@@ -125,7 +206,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .cloned()
         .collect();
     let _lock = DeployLock::acquire(&fleet.state)?;
-    let mut reports = if args.no_build {
+    let mut reports = if !args.store_paths.is_empty() {
+        prebuilt(&fleet, &args.store_paths)?
+    } else if args.no_build {
         reuse_builds(&fleet, &hosts)
     } else {
         let options = Options {
@@ -224,9 +307,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let failed: Vec<String> = reports
         .iter()
         .filter(|r| r.error.is_some())
-        .map(|r| match r.build_phase {
-            Some(phase) => format!("{} ({phase} failed)", r.host),
-            None => format!("{} (publishing failed)", r.host),
+        .map(|r| match (r.build_phase, r.build) {
+            (Some(phase), _) => format!("{} ({phase} failed)", r.host),
+            (None, "failed") => format!("{} (refused)", r.host),
+            (None, _) => format!("{} (publishing failed)", r.host),
         })
         .collect();
     if failed.is_empty() {

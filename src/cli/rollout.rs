@@ -129,7 +129,12 @@ pub fn render(r: &Rollout, now: u64) -> String {
         .enumerate()
         .map(|(i, w)| {
             vec![
-                format!("{}{} {}", if i == r.wave { "*" } else { " " }, i + 1, w.name),
+                format!(
+                    "{}{} {}",
+                    if i == r.wave { "*" } else { " " },
+                    i + 1,
+                    w.name
+                ),
                 w.targets.len().to_string(),
                 format!("{}%", w.threshold),
                 format!("{}s", w.soak_secs),

@@ -14,7 +14,8 @@ use crate::status::{self, FleetStatus, HostStatus, view::ago};
 /// runs, its state, when it was last seen, and its last error.
 ///
 /// States: up-to-date, pending (a release it has not started on), deploying, unconfirmed
-/// (applied, being confirmed), activation-failed, rolled-back, retry-later (rolled back
+/// (applied, being confirmed), activation-failed, rolled-back, rollback-failed (the
+/// rollback itself failed: an operator must look), retry-later (rolled back
 /// while the server was unreachable; will retry), copy-failed, refused, stale (silent for
 /// more than [fleet] stale_after_secs), never-seen, not-deployed (no release yet). A report
 /// counts for the generation it names, never by when it arrived.

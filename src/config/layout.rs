@@ -176,7 +176,10 @@ mod tests {
             (s.deploy_lock(), "/var/lib/bento/deploy.lock"),
             (s.rollout(), "/var/lib/bento/rollout/current.json"),
             (s.rollout_archive(7), "/var/lib/bento/rollout/7.json"),
-            (s.rollout_root("web1"), "/var/lib/bento/gcroots/web1/rollout"),
+            (
+                s.rollout_root("web1"),
+                "/var/lib/bento/gcroots/web1/rollout",
+            ),
             (s.git_mirror(), "/var/lib/bento/git/mirror"),
             (s.git_checkouts(), "/var/lib/bento/git/checkouts"),
             (s.follow_record(), "/var/lib/bento/git/follow.json"),

@@ -77,7 +77,10 @@ impl RolloutPolicy {
     /// that names it, by name, by tag, or with `*`. Waves left without hosts are dropped;
     /// hosts no wave takes are returned apart (the fleet file's check makes that impossible
     /// for the whole fleet; `--wave` flags may leave some out).
-    pub fn assign<'a>(&self, hosts: &[&'a Host]) -> (Vec<(&WaveSpec, Vec<&'a Host>)>, Vec<&'a Host>) {
+    pub fn assign<'a>(
+        &self,
+        hosts: &[&'a Host],
+    ) -> (Vec<(&WaveSpec, Vec<&'a Host>)>, Vec<&'a Host>) {
         let mut left: Vec<&Host> = hosts.to_vec();
         let mut waves = Vec::new();
         for wave in &self.waves {

@@ -395,13 +395,22 @@ fn rollout_and_git_errors_name_the_field() {
         ("git = \"\"", "is not a repository URL"),
         ("git = { url = \"/r\", branch = \"-x\" }", "branch \"-x\""),
         ("git = { url = \"/r\", interval_secs = 0 }", "interval_secs"),
-        ("git = { url = \"/r\", fleet_file = \"../x\" }", "fleet_file"),
+        (
+            "git = { url = \"/r\", fleet_file = \"../x\" }",
+            "fleet_file",
+        ),
     ];
     for (line, want) in git_cases {
-        let err = parse(&format!("[fleet]\n{line}\n[hosts.a]\nssh_key = \"{}\"\n", ssh_key(3)))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("[fleet] field git") && err.contains(want), "{line}: {err}");
+        let err = parse(&format!(
+            "[fleet]\n{line}\n[hosts.a]\nssh_key = \"{}\"\n",
+            ssh_key(3)
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("[fleet] field git") && err.contains(want),
+            "{line}: {err}"
+        );
     }
 }
 
@@ -409,7 +418,11 @@ fn rollout_and_git_errors_name_the_field() {
 fn git_sources_keep_urls_and_resolve_paths() {
     let dir = unit_dir();
     let cases = [
-        ("git = \"repo\"", dir.join("repo").to_string_lossy().into_owned(), "main"),
+        (
+            "git = \"repo\"",
+            dir.join("repo").to_string_lossy().into_owned(),
+            "main",
+        ),
         (
             "git = { url = \"https://git.example/fleet.git\", branch = \"prod/eu\" }",
             "https://git.example/fleet.git".to_owned(),
@@ -422,10 +435,16 @@ fn git_sources_keep_urls_and_resolve_paths() {
         ),
     ];
     for (line, url, branch) in cases {
-        let fleet = parse(&format!("[fleet]\n{line}\n[hosts.a]\nssh_key = \"{}\"\n", ssh_key(3)))
-            .unwrap();
+        let fleet = parse(&format!(
+            "[fleet]\n{line}\n[hosts.a]\nssh_key = \"{}\"\n",
+            ssh_key(3)
+        ))
+        .unwrap();
         let git = fleet.git.unwrap();
-        assert_eq!((git.url.as_str(), git.branch.as_str()), (url.as_str(), branch));
+        assert_eq!(
+            (git.url.as_str(), git.branch.as_str()),
+            (url.as_str(), branch)
+        );
         assert_eq!(git.fleet_file, Path::new("bento.toml"));
         assert_eq!(git.interval_secs, 60);
     }

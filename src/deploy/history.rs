@@ -47,7 +47,11 @@ impl Commit {
     /// `0123abcd` or `0123abcd+dirty`, for tables.
     pub fn short(&self) -> String {
         let id: String = self.id.chars().take(8).collect();
-        if self.dirty { format!("{id}+dirty") } else { id }
+        if self.dirty {
+            format!("{id}+dirty")
+        } else {
+            id
+        }
     }
 }
 
@@ -317,7 +321,11 @@ mod tests {
         }
         assert!(std::fs::metadata(&path).unwrap().len() > TAIL_BYTES);
         let tail = read_tail(&path).unwrap();
-        assert!(tail.len() > 100 && tail.len() < n as usize, "{}", tail.len());
+        assert!(
+            tail.len() > 100 && tail.len() < n as usize,
+            "{}",
+            tail.len()
+        );
         let last = tail.last().unwrap();
         assert_eq!(last.generation, n);
         assert_eq!(

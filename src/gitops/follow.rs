@@ -137,7 +137,10 @@ async fn once(
             record.deployed_at = Some(now);
             record.pending = None;
             record.failures = summary.failures;
-            record.event(now, format!("deployed commit {}: {}", short(&head), summary.text));
+            record.event(
+                now,
+                format!("deployed commit {}: {}", short(&head), summary.text),
+            );
             *built = None;
             remove_old_checkouts(f);
         }
@@ -201,7 +204,10 @@ async fn prepare(
         tracing::warn!(error = %e, "cannot write the follow record");
     }
     let options = Options {
-        jobs: fleet.jobs.or(f.server.jobs).unwrap_or_else(build::machine_jobs),
+        jobs: fleet
+            .jobs
+            .or(f.server.jobs)
+            .unwrap_or_else(build::machine_jobs),
         dry_run: false,
     };
     let results = build::build_hosts(&fleet.state, &hosts, options, Arc::new(|_| {})).await;
@@ -315,7 +321,7 @@ fn remove_old_checkouts(f: &Follower) {
         .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
         .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
         .collect();
-    checkouts.sort_by(|a, b| b.0.cmp(&a.0));
+    checkouts.sort_by_key(|c| std::cmp::Reverse(c.0));
     for (_, path) in checkouts.into_iter().skip(KEEP_CHECKOUTS) {
         if in_use.as_ref().is_some_and(|s| s.starts_with(&path)) {
             continue;

@@ -114,12 +114,27 @@ mod tests {
             h
         };
         let cases = [
-            (with("authorization", "Bearer 0123456789abcdef-secret"), true),
+            (
+                with("authorization", "Bearer 0123456789abcdef-secret"),
+                true,
+            ),
             (with("x-gitlab-token", "0123456789abcdef-secret"), true),
-            (with("authorization", "Bearer 0123456789abcdef-secreT"), false),
-            (with("authorization", "Bearer 0123456789abcdef-secre"), false),
-            (with("authorization", "Bearer 0123456789abcdef-secretX"), false),
-            (with("authorization", "Basic 0123456789abcdef-secret"), false),
+            (
+                with("authorization", "Bearer 0123456789abcdef-secreT"),
+                false,
+            ),
+            (
+                with("authorization", "Bearer 0123456789abcdef-secre"),
+                false,
+            ),
+            (
+                with("authorization", "Bearer 0123456789abcdef-secretX"),
+                false,
+            ),
+            (
+                with("authorization", "Basic 0123456789abcdef-secret"),
+                false,
+            ),
             (with("authorization", "0123456789abcdef-secret"), false),
             (HeaderMap::new(), false),
         ];

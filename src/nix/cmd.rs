@@ -3,6 +3,12 @@
 //! Arguments are passed one by one, never through a shell. A failure carries the argv, the
 //! exit status and the tail of stderr, so that "child process exited with error code" is
 //! never all a user gets to see.
+//!
+//! Deadlines: [`Command::timeout`] bounds an async run; a child that outlives it is killed
+//! with SIGKILL and the error keeps the tails of what it printed. With
+//! [`Command::own_process_group`] the child leads a process group of its own and the
+//! whole group is killed (on timeout, or when the run's future is dropped), so nothing it
+//! started lingers; [`Command::run_async_started`] tells the caller the group's id.
 
 use std::ffi::{OsStr, OsString};
 use std::io::Write as _;
@@ -38,12 +44,21 @@ pub enum CmdError {
         code: Option<i32>,
         stderr_tail: String,
     },
-    #[error("`{argv}` did not finish within {}s and was killed{}", .timeout.as_secs(), fmt_tail(.stderr_tail))]
+    #[error("`{argv}` timed out after {}s and was killed{}", .timeout.as_secs(), fmt_tails(.stderr_tail, .stdout_tail))]
     Timeout {
         argv: String,
         timeout: Duration,
         stderr_tail: String,
+        stdout_tail: String,
     },
+}
+
+fn fmt_tails(stderr: &str, stdout: &str) -> String {
+    match (stderr.trim().is_empty(), stdout.trim().is_empty()) {
+        (false, _) => fmt_tail(stderr),
+        (true, false) => format!("; it printed last:\n{}", stdout.trim_end()),
+        (true, true) => String::new(),
+    }
 }
 
 fn fmt_tail(tail: &str) -> String {
@@ -61,6 +76,11 @@ impl CmdError {
             CmdError::Failed { code, .. } => *code,
             _ => None,
         }
+    }
+
+    /// Whether the process was killed for outliving its timeout.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, CmdError::Timeout { .. })
     }
 
     /// The tail of stderr of a process that ran, empty if it never started.
@@ -105,6 +125,7 @@ pub struct Command {
     stdin: Option<Vec<u8>>,
     timeout: Option<Duration>,
     lines_of_stdout: bool,
+    own_group: bool,
 }
 
 impl Command {
@@ -117,6 +138,7 @@ impl Command {
             stdin: None,
             timeout: None,
             lines_of_stdout: false,
+            own_group: false,
         }
     }
 
@@ -156,6 +178,15 @@ impl Command {
         self
     }
 
+    /// Starts the child as the leader of a process group of its own: a terminal's Ctrl-C
+    /// no longer reaches it, and a timeout or a dropped run kills the whole group, so that
+    /// nothing it started outlives it. For callers that record the group
+    /// ([`Command::run_async_started`]) and clean up after themselves.
+    pub fn own_process_group(mut self) -> Self {
+        self.own_group = true;
+        self
+    }
+
     /// [`Command::run_async_with`] hands stdout's lines to its callback too, interleaved
     /// with stderr's as they arrive (for programs such as `switch-to-configuration` whose
     /// every line belongs in a log). Stdout is still returned whole in [`Output`].
@@ -189,6 +220,10 @@ impl Command {
         });
         c.stdout(Stdio::piped());
         c.stderr(Stdio::piped());
+        if self.own_group {
+            use std::os::unix::process::CommandExt as _;
+            c.process_group(0);
+        }
         c
     }
 
@@ -218,8 +253,9 @@ impl Command {
         finish(argv, out.status, out.stdout, out.stderr)
     }
 
-    /// Runs the process to completion on the tokio runtime; the child is killed if the
-    /// future is dropped or the timeout passes.
+    /// Runs the process to completion on the tokio runtime; the child (its whole process
+    /// group, with [`Command::own_process_group`]) is killed if the future is dropped or the
+    /// timeout passes.
     pub async fn run_async(&self) -> Result<Output, CmdError> {
         self.run_async_with(|_| {}).await
     }
@@ -231,6 +267,38 @@ impl Command {
         &self,
         mut on_line: impl FnMut(&str) + Send,
     ) -> Result<Output, CmdError> {
+        self.run_inner(&mut |_| {}, &mut on_line, None).await
+    }
+
+    /// Like [`Command::run_async_with`], and tells `on_start` the child's process id as
+    /// soon as it runs (with [`Command::own_process_group`], also its process group id),
+    /// e.g. to record it where a later process can find a group left behind.
+    pub async fn run_async_started(
+        &self,
+        mut on_start: impl FnMut(u32) + Send,
+        mut on_line: impl FnMut(&str) + Send,
+    ) -> Result<Output, CmdError> {
+        self.run_inner(&mut on_start, &mut on_line, None).await
+    }
+
+    /// Runs the process handing stdout to `on_stdout` in chunks as it arrives, without
+    /// keeping it (a NAR streamed into a hash); [`Output::stdout`] stays empty. `on_start`
+    /// as in [`Command::run_async_started`].
+    pub async fn run_async_streaming(
+        &self,
+        mut on_start: impl FnMut(u32) + Send,
+        mut on_stdout: impl FnMut(&[u8]) + Send,
+    ) -> Result<Output, CmdError> {
+        self.run_inner(&mut on_start, &mut |_| {}, Some(&mut on_stdout))
+            .await
+    }
+
+    async fn run_inner(
+        &self,
+        on_start: &mut (dyn FnMut(u32) + Send),
+        on_line: &mut (dyn FnMut(&str) + Send),
+        mut on_stdout: Option<&mut StdoutSink<'_>>,
+    ) -> Result<Output, CmdError> {
         let argv = self.argv();
         tracing::debug!(argv = %argv, "running");
         let mut cmd = tokio::process::Command::from(self.std_command());
@@ -239,6 +307,12 @@ impl Command {
             argv: argv.clone(),
             source,
         })?;
+        // From here until the child has exited, dropping this future or a timeout kills it
+        // (and its group).
+        let mut reaper = Reaper::new(child.id(), self.own_group);
+        if let Some(pid) = child.id() {
+            on_start(pid);
+        }
         let io_err = |source| CmdError::Io {
             argv: argv.clone(),
             source,
@@ -253,71 +327,148 @@ impl Command {
             }
             _ => None,
         };
-        let mut stdout = child.stdout.take();
-        let stderr = child.stderr.take();
-        // Stdout is read here line by line when its lines are wanted, else whole aside.
-        let mut out_lines = if self.lines_of_stdout {
-            stdout.take().map(tokio::io::BufReader::new)
+        let stdout = child.stdout.take();
+        // Stdout is read line by line when its lines are wanted, else in chunks.
+        let (mut out_lines, mut out_raw) = if self.lines_of_stdout {
+            (stdout.map(tokio::io::BufReader::new), None)
         } else {
+            (None, stdout)
+        };
+        let mut err_lines = child.stderr.take().map(tokio::io::BufReader::new);
+        let (mut err_buf, mut out_buf) = (Vec::new(), Vec::new());
+        let (mut err_line, mut out_line) = (Vec::new(), Vec::new());
+        let mut chunk = vec![0u8; 64 * 1024];
+        let deadline = self.timeout.map(|t| tokio::time::Instant::now() + t);
+        let expired = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(expired);
+        let mut timed_out = false;
+        // `read_until` keeps what it read in the buffer when another branch wins, so a line
+        // is handed on only once it is whole (or the stream ended).
+        while err_lines.is_some() || out_lines.is_some() || out_raw.is_some() {
+            tokio::select! {
+                n = read_line(&mut err_lines, &mut err_line), if err_lines.is_some() => {
+                    if n.map_err(io_err)? == 0 {
+                        err_lines = None;
+                    }
+                    take_line(&mut err_line, &mut err_buf, on_line);
+                }
+                n = read_line(&mut out_lines, &mut out_line), if out_lines.is_some() => {
+                    if n.map_err(io_err)? == 0 {
+                        out_lines = None;
+                    }
+                    take_line(&mut out_line, &mut out_buf, on_line);
+                }
+                n = read_chunk(&mut out_raw, &mut chunk), if out_raw.is_some() => {
+                    let n = n.map_err(io_err)?;
+                    if n == 0 {
+                        out_raw = None;
+                    } else if let Some(sink) = on_stdout.as_mut() {
+                        sink(&chunk[..n]);
+                        keep_tail(&mut out_buf, &chunk[..n], STDERR_TAIL_BYTES);
+                    } else {
+                        out_buf.extend_from_slice(&chunk[..n]);
+                    }
+                }
+                () = &mut expired => {
+                    timed_out = true;
+                    break;
+                }
+            }
+        }
+        let status = if timed_out {
             None
-        };
-        let stdout_task = tokio::spawn(async move {
-            let mut buf = Vec::new();
-            if let Some(out) = stdout.as_mut() {
-                out.read_to_end(&mut buf).await?;
+        } else {
+            tokio::select! {
+                status = child.wait() => Some(status.map_err(io_err)?),
+                () = &mut expired => None,
             }
-            Ok::<_, std::io::Error>(buf)
-        });
-        let work = async {
-            let mut err_buf = Vec::new();
-            let mut out_buf = Vec::new();
-            let mut err_lines = stderr.map(tokio::io::BufReader::new);
-            let (mut err_line, mut out_line) = (Vec::new(), Vec::new());
-            // `read_until` keeps what it read in the buffer when the other branch wins, so a
-            // line is handed on only once it is whole (or the stream ended).
-            loop {
-                tokio::select! {
-                    n = read_line(&mut err_lines, &mut err_line), if err_lines.is_some() => {
-                        if n.map_err(io_err)? == 0 {
-                            err_lines = None;
-                        }
-                        take_line(&mut err_line, &mut err_buf, &mut on_line);
-                    }
-                    n = read_line(&mut out_lines, &mut out_line), if out_lines.is_some() => {
-                        if n.map_err(io_err)? == 0 {
-                            out_lines = None;
-                        }
-                        take_line(&mut out_line, &mut out_buf, &mut on_line);
-                    }
-                    else => break,
-                }
-            }
-            let status = child.wait().await.map_err(io_err)?;
-            Ok::<_, CmdError>((status, err_buf, out_buf))
         };
-        let result = match self.timeout {
-            Some(t) => match tokio::time::timeout(t, work).await {
-                Ok(r) => r,
-                Err(_) => {
-                    return Err(CmdError::Timeout {
-                        argv,
-                        timeout: t,
-                        stderr_tail: String::new(),
-                    });
-                }
-            },
-            None => work.await,
+        let Some(status) = status else {
+            reaper.kill();
+            // Reap it; SIGKILL ends it at once unless the kernel holds it.
+            let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+            return Err(CmdError::Timeout {
+                argv,
+                timeout: self.timeout.unwrap_or_default(),
+                stderr_tail: tail(&err_buf, STDERR_TAIL_BYTES),
+                stdout_tail: tail(&out_buf, STDERR_TAIL_BYTES),
+            });
         };
-        let (status, err_buf, mut out_buf) = result?;
+        reaper.disarm();
         if let Some(task) = stdin_task {
             // A process may exit without reading all of stdin; that is its business.
             let _ = task.await;
         }
-        match stdout_task.await {
-            Ok(r) => out_buf.extend(r.map_err(io_err)?),
-            Err(e) => return Err(io_err(std::io::Error::other(e))),
+        if on_stdout.is_some() {
+            out_buf.clear();
         }
         finish(argv, status, out_buf, err_buf)
+    }
+}
+
+/// Where [`Command::run_async_streaming`] hands stdout's chunks.
+type StdoutSink<'a> = dyn FnMut(&[u8]) + Send + 'a;
+
+/// Kills a child that is still running when its run ends early (timeout, or the future
+/// dropped): its whole process group when it has one of its own, else the child alone.
+struct Reaper {
+    pid: Option<rustix::process::Pid>,
+    group: bool,
+}
+
+impl Reaper {
+    fn new(pid: Option<u32>, group: bool) -> Reaper {
+        let pid = pid
+            .and_then(|p| i32::try_from(p).ok())
+            .and_then(rustix::process::Pid::from_raw);
+        Reaper { pid, group }
+    }
+
+    fn kill(&mut self) {
+        use rustix::process::{Signal, kill_process, kill_process_group};
+        if let Some(pid) = self.pid.take() {
+            // Already gone is fine.
+            let _ = if self.group {
+                kill_process_group(pid, Signal::KILL)
+            } else {
+                kill_process(pid, Signal::KILL)
+            };
+        }
+    }
+
+    /// The child exited and was reaped: nothing to kill (its id may be reused).
+    fn disarm(&mut self) {
+        self.pid = None;
+    }
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Reads what is there into `buf`; 0 at the end of the stream.
+async fn read_chunk<R: tokio::io::AsyncRead + Unpin>(
+    reader: &mut Option<R>,
+    buf: &mut [u8],
+) -> std::io::Result<usize> {
+    match reader {
+        Some(r) => r.read(buf).await,
+        None => Ok(0),
+    }
+}
+
+/// Appends `bytes` to `kept`, keeping only its last `max` bytes (or a little more).
+fn keep_tail(kept: &mut Vec<u8>, bytes: &[u8], max: usize) {
+    kept.extend_from_slice(bytes);
+    if kept.len() > 2 * max {
+        kept.drain(..kept.len() - max);
     }
 }
 
@@ -333,7 +484,7 @@ async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(
 }
 
 /// Hands a whole line (or the last, unterminated one) to `on_line` and keeps its bytes.
-fn take_line(line: &mut Vec<u8>, kept: &mut Vec<u8>, on_line: &mut impl FnMut(&str)) {
+fn take_line(line: &mut Vec<u8>, kept: &mut Vec<u8>, on_line: &mut (dyn FnMut(&str) + Send)) {
     if line.is_empty() {
         return;
     }
@@ -460,6 +611,102 @@ mod tests {
             .await
             .err();
         assert!(matches!(err, Some(CmdError::Timeout { .. })), "{err:?}");
+    }
+
+    /// Whether `pid` runs (a zombie waiting for its reaper does not).
+    fn alive(pid: u32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
+            .unwrap_or(false)
+    }
+
+    #[tokio::test]
+    async fn a_timeout_kills_the_whole_group_and_keeps_the_tails() {
+        let mut leader = 0;
+        let mut lines = Vec::new();
+        let err = Command::new("sh")
+            .args([
+                "-c",
+                "sleep 300 & echo \"grandchild $!\" >&2; echo 'last words'; wait",
+            ])
+            .own_process_group()
+            .timeout(Duration::from_millis(500))
+            .run_async_started(|pid| leader = pid, |l| lines.push(l.to_owned()))
+            .await
+            .err();
+        let Some(CmdError::Timeout {
+            stderr_tail,
+            stdout_tail,
+            ..
+        }) = &err
+        else {
+            panic!("expected a timeout, got {err:?}")
+        };
+        assert!(stderr_tail.contains("grandchild"), "{stderr_tail}");
+        assert_eq!(stdout_tail.trim(), "last words");
+        let msg = err.as_ref().map(ToString::to_string).unwrap_or_default();
+        assert!(msg.contains("timed out after 0s"), "{msg}");
+        let grandchild: u32 = lines
+            .iter()
+            .find_map(|l| l.strip_prefix("grandchild "))
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no pid in {lines:?}"));
+        assert_ne!(leader, 0, "on_start was called");
+        // Positive control: the grandchild was in the leader's group.
+        let stat = std::fs::read_to_string(format!("/proc/{grandchild}/stat")).unwrap_or_default();
+        if let Some((_, rest)) = stat.rsplit_once(") ") {
+            let pgid: u32 = rest.split_whitespace().nth(2).unwrap().parse().unwrap();
+            assert_eq!(pgid, leader);
+        }
+        for _ in 0..50 {
+            if !alive(grandchild) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(!alive(grandchild), "the grandchild outlived the timeout");
+    }
+
+    #[tokio::test]
+    async fn a_dropped_run_kills_its_group() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sh = Command::new("sh")
+            .args(["-c", "sleep 300 & echo $! >&2; wait"])
+            .own_process_group();
+        let run = sh.run_async_with(move |l| {
+            let _ = tx.send(l.to_owned());
+        });
+        let line = tokio::select! {
+            _ = run => panic!("sh ended by itself"),
+            line = async {
+                loop {
+                    if let Ok(l) = rx.try_recv() {
+                        break l;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            } => line,
+        };
+        let pid: u32 = line.trim().parse().unwrap();
+        for _ in 0..50 {
+            if !alive(pid) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(!alive(pid), "the background sleep survived the dropped run");
+    }
+
+    #[tokio::test]
+    async fn streamed_stdout_reaches_the_sink_and_is_not_kept() {
+        let mut got = Vec::new();
+        let out = Command::new("sh")
+            .args(["-c", "head -c 300000 /dev/zero"])
+            .run_async_streaming(|_| {}, |chunk| got.extend_from_slice(chunk))
+            .await;
+        assert_eq!(got.len(), 300_000);
+        assert_eq!(out.map(|o| o.stdout.len()).ok(), Some(0));
     }
 
     #[tokio::test]

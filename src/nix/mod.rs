@@ -8,6 +8,7 @@
 pub mod cmd;
 pub mod hash;
 pub mod keys;
+pub mod messages;
 pub mod nar;
 pub mod narinfo;
 pub mod pathinfo;

@@ -4,66 +4,17 @@
 //! have nothing to do with what they were asked: the SQLite database is busy, or two of
 //! them race to initialise a fresh `/nix` (`creating symlink ... gcroots/profiles ... File
 //! exists`, a `schema` file read half-written). Nix 2.8 gives such a process exit status 1
-//! like any other failure, so the only way to tell is its stderr. [`classify`] reads it
-//! (pure, table-tested); [`run_retrying`] runs a command again after a short, growing pause
-//! when the failure is one of these, at most [`Backoff::attempts`] times, and logs each
-//! retry with its reason. [`ensure_store_initialised`] opens the store once, alone, before
-//! parallel work starts, so a first run on an empty `/nix` does not race at all.
-//!
-//! The message texts are those of Nix 2.8 to 2.31 (`src/libstore/sqlite.cc`,
-//! `local-store.cc`); they are matched loosely (no quotes, no paths) so that rewordings of
-//! the surrounding text do not matter.
+//! like any other failure, so the only way to tell is its stderr, read by the one table of
+//! Nix's wording ([`messages::store_contention`]). [`run_retrying`] runs a command again
+//! after a short, growing pause when the failure is one of these, at most
+//! [`Backoff::attempts`] times, and logs each retry. [`ensure_store_initialised`] opens the
+//! store once, alone, before parallel work starts, so a first run on an empty `/nix` does
+//! not race at all.
 
 use std::time::Duration;
 
 use super::cmd::{self, CmdError, Command, Output};
-
-/// Why a failed Nix call is worth running again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transient {
-    /// `SQLite database '...' is busy` / `database is locked`: another process holds the
-    /// store database.
-    DatabaseBusy,
-    /// Two processes initialising a fresh store at once: a state symlink or the schema
-    /// file made by the other one.
-    StoreInitRace,
-}
-
-impl std::fmt::Display for Transient {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Transient::DatabaseBusy => "the Nix store database was busy",
-            Transient::StoreInitRace => "another Nix process was initialising the store",
-        })
-    }
-}
-
-/// What a failure's stderr says about it being transient, if anything.
-pub fn classify(stderr: &str) -> Option<Transient> {
-    // Only error lines count: Nix prints `warning: error: SQLite database ... is busy`
-    // while it waits and then succeeds, and a later, real error must not be retried.
-    let errors = stderr
-        .lines()
-        .map(str::trim_start)
-        .filter(|l| l.starts_with("error:"));
-    for line in errors {
-        let l = line.to_ascii_lowercase();
-        if l.contains("sqlite database") && l.contains("is busy")
-            || l.contains("database is locked")
-        {
-            return Some(Transient::DatabaseBusy);
-        }
-        let init_file = l.contains("/nix/var/nix/gcroots")
-            || l.contains("/nix/var/nix/profiles")
-            || l.contains("/nix/var/nix/db/schema");
-        if init_file
-            && (l.contains("file exists") || l.contains("is corrupt") || l.contains("creating"))
-        {
-            return Some(Transient::StoreInitRace);
-        }
-    }
-    None
-}
+use super::messages;
 
 /// How often and how patiently a transient failure is retried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,7 +44,7 @@ impl Backoff {
     }
 }
 
-/// Runs `command`, again after a pause when it fails for a [`Transient`] reason, until it
+/// Runs `command`, again after a pause when it fails for store contention, until it
 /// succeeds, fails for another reason, or `backoff` runs out; the last result is returned.
 /// Lines reach `on_line` from every run.
 pub async fn run_retrying(
@@ -105,13 +56,13 @@ pub async fn run_retrying(
     loop {
         let result = command.run_async_with(&mut on_line).await;
         let Err(err) = &result else { return result };
-        let (Some(reason), Some(pause)) = (classify(err.stderr_tail()), backoff.pause_after(run))
-        else {
+        let contention = messages::store_contention(err.stderr_tail());
+        let (true, Some(pause)) = (contention, backoff.pause_after(run)) else {
             return result;
         };
         tracing::warn!(
             argv = %command.argv(),
-            %reason,
+            reason = "another Nix process held the store (busy database or a fresh store being set up)",
             attempt = run,
             of = backoff.attempts,
             pause_ms = u64::try_from(pause.as_millis()).unwrap_or(u64::MAX),
@@ -137,47 +88,41 @@ mod tests {
     use super::*;
 
     #[test]
-    fn messages_of_nix_are_classified() {
-        let cases: &[(&str, Option<Transient>)] = &[
+    fn only_an_error_of_contention_is_retried() {
+        let cases: &[(&str, bool)] = &[
             // Nix 2.8, seen on a fresh /nix with 8 parallel evaluations.
             (
                 "error: SQLite database '/nix/var/nix/db/db.sqlite' is busy",
-                Some(Transient::DatabaseBusy),
+                true,
             ),
             (
                 "error: creating symlink from '/nix/var/nix/gcroots/profiles' to '/nix/var/nix/profiles': File exists",
-                Some(Transient::StoreInitRace),
+                true,
             ),
-            (
-                "error: '/nix/var/nix/db/schema' is corrupt",
-                Some(Transient::StoreInitRace),
-            ),
-            (
-                "error: executing SQLite statement 'pragma main.journal_mode = wal': database is locked",
-                Some(Transient::DatabaseBusy),
-            ),
+            ("error: '/nix/var/nix/db/schema' is corrupt", true),
             // Waiting is only a warning: the run went on and failed for another reason.
             (
                 "warning: error: SQLite database '/nix/var/nix/db/db.sqlite' is busy\nerror: attribute 'web9' missing",
-                None,
+                false,
             ),
-            // The eval cache being busy is ignored by Nix itself.
+            // The evaluation cache being busy is ignored by Nix itself.
             (
                 "error (ignored): error: SQLite database '/root/.cache/nix/eval-cache-v2/x.sqlite' is busy",
-                None,
+                false,
             ),
             (
                 "error: builder for '/nix/store/x.drv' failed with exit code 1",
-                None,
+                false,
             ),
+            // Transient for a copy, but not another process holding the store.
             (
-                "error: creating symlink from '/home/a/result': File exists",
-                None,
+                "error: unable to download 'http://x/y.narinfo': HTTP error 500",
+                false,
             ),
-            ("", None),
+            ("", false),
         ];
         for (stderr, want) in cases {
-            assert_eq!(classify(stderr), *want, "{stderr:?}");
+            assert_eq!(messages::store_contention(stderr), *want, "{stderr:?}");
         }
     }
 

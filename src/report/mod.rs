@@ -75,6 +75,10 @@ pub enum Outcome {
     ActivationFailed,
     /// Confirmation failed within the timeout; the previous system was re-activated.
     RolledBack,
+    /// A rollback was needed and failed: the previous system's own activation failed, or
+    /// no previous system was known. The host may run neither system fully; an operator
+    /// must look (docs/agent.md). The agent does not retry that generation by itself.
+    RollbackFailed,
     /// Confirmation failed and the server was still unreachable after rolling back, so the
     /// fault may not be the new configuration: the generation will be retried later.
     RetryLater,
@@ -95,6 +99,7 @@ impl Outcome {
             Outcome::CopyFailed => "copy-failed",
             Outcome::ActivationFailed => "activation-failed",
             Outcome::RolledBack => "rolled-back",
+            Outcome::RollbackFailed => "rollback-failed",
             Outcome::RetryLater => "retry-later",
             Outcome::Recovered => "recovered",
             Outcome::Deploying => "deploying",

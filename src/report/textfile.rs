@@ -16,13 +16,14 @@ use prometheus_client::registry::Registry;
 use super::{Outcome, Report};
 
 /// Every final outcome, listed with 0 or 1 so that alerts can match on any of them.
-const OUTCOMES: [Outcome; 8] = [
+const OUTCOMES: [Outcome; 9] = [
     Outcome::Applied,
     Outcome::UpToDate,
     Outcome::Refused,
     Outcome::CopyFailed,
     Outcome::ActivationFailed,
     Outcome::RolledBack,
+    Outcome::RollbackFailed,
     Outcome::RetryLater,
     Outcome::Recovered,
 ];

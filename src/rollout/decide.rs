@@ -78,7 +78,13 @@ pub fn step(rollout: &Rollout, now: u64) -> Step {
     let t = tally(wave, expired);
     let required = required(t.counted, wave.threshold);
     if t.failed > t.counted - required {
-        return Step::Halt(halt_reason(wave, t, required, expired, rollout.timeout_secs));
+        return Step::Halt(halt_reason(
+            wave,
+            t,
+            required,
+            expired,
+            rollout.timeout_secs,
+        ));
     }
     if t.succeeded < required {
         return Step::Wait;

@@ -324,7 +324,10 @@ pub fn progress_of(status: &HostStatus) -> (Progress, Option<String>) {
     let state = status.state;
     match state {
         HostState::UpToDate => (Progress::Succeeded, None),
-        HostState::ActivationFailed | HostState::RolledBack | HostState::Refused => (
+        HostState::ActivationFailed
+        | HostState::RolledBack
+        | HostState::RollbackFailed
+        | HostState::Refused => (
             Progress::Failed,
             Some(format!(
                 "{}: {}",
@@ -402,7 +405,9 @@ pub fn advance(
         match decide::step(&r, now) {
             Step::Wait => break,
             Step::StartSoak => {
-                let t = r.current().map(|w| (w.name.clone(), decide::tally(w, false), w.soak_secs));
+                let t = r
+                    .current()
+                    .map(|w| (w.name.clone(), decide::tally(w, false), w.soak_secs));
                 if let Some(w) = r.waves.get_mut(r.wave) {
                     w.met = Some(now);
                 }
@@ -429,7 +434,13 @@ pub fn advance(
                     keep_systems: fleet.as_ref().map_or(1, |f| f.keep_systems),
                     commit: commit.as_ref(),
                 };
-                let done = publish_wave(fleet.as_ref().map_err(Clone::clone), &publisher, &mut r, i, now);
+                let done = publish_wave(
+                    fleet.as_ref().map_err(Clone::clone),
+                    &publisher,
+                    &mut r,
+                    i,
+                    now,
+                );
                 let failed = done.iter().filter(|h| h.outcome.is_err()).count();
                 let name = r.waves.get(i).map(|w| w.name.clone()).unwrap_or_default();
                 r.event(
@@ -489,7 +500,11 @@ fn pass_current(r: &mut Rollout, next: usize, now: u64) {
 
 /// Applies an operator's command to the current rollout under the deploy lock (waiting a
 /// little for a publishing server to let go); returns the rollout as it is now.
-pub fn command(state: &StateDir, command: decide::Command, now: u64) -> Result<Rollout, RolloutError> {
+pub fn command(
+    state: &StateDir,
+    command: decide::Command,
+    now: u64,
+) -> Result<Rollout, RolloutError> {
     let _lock = DeployLock::acquire_waiting(state, Duration::from_secs(30))?;
     let mut r = record::load(state)?.ok_or_else(|| RolloutError::None {
         path: state.rollout(),
@@ -504,7 +519,12 @@ pub fn command(state: &StateDir, command: decide::Command, now: u64) -> Result<R
 
 /// Advances the current rollout every [`ADVANCE_EVERY`] until `shutdown` (run by
 /// `bento serve`). A failure is logged once per distinct message.
-pub async fn follow(state: StateDir, key: SecretKey, stale_after: u64, shutdown: CancellationToken) {
+pub async fn follow(
+    state: StateDir,
+    key: SecretKey,
+    stale_after: u64,
+    shutdown: CancellationToken,
+) {
     let mut said = String::new();
     loop {
         tokio::select! {
@@ -538,18 +558,43 @@ mod tests {
         let mut s = summarize("web1", None, &[], None, 100, 300);
         let cases = [
             (HostState::UpToDate, Progress::Succeeded, None),
-            (HostState::ActivationFailed, Progress::Failed, Some("activation-failed: boom")),
-            (HostState::RolledBack, Progress::Failed, Some("rolled-back: boom")),
+            (
+                HostState::ActivationFailed,
+                Progress::Failed,
+                Some("activation-failed: boom"),
+            ),
+            (
+                HostState::RolledBack,
+                Progress::Failed,
+                Some("rolled-back: boom"),
+            ),
             (HostState::Refused, Progress::Failed, Some("refused: boom")),
+            (
+                HostState::RollbackFailed,
+                Progress::Failed,
+                Some("rollback-failed: boom"),
+            ),
             (HostState::Pending, Progress::Waiting, Some("pending")),
-            (HostState::CopyFailed, Progress::Waiting, Some("copy-failed")),
-            (HostState::RetryLater, Progress::Waiting, Some("retry-later")),
+            (
+                HostState::CopyFailed,
+                Progress::Waiting,
+                Some("copy-failed"),
+            ),
+            (
+                HostState::RetryLater,
+                Progress::Waiting,
+                Some("retry-later"),
+            ),
             (HostState::Stale, Progress::Waiting, Some("stale")),
         ];
         s.last_error = Some("boom".into());
         for (state, progress, detail) in cases {
             s.state = state;
-            assert_eq!(progress_of(&s), (progress, detail.map(str::to_owned)), "{state:?}");
+            assert_eq!(
+                progress_of(&s),
+                (progress, detail.map(str::to_owned)),
+                "{state:?}"
+            );
         }
     }
 }

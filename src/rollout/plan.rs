@@ -123,7 +123,11 @@ mod tests {
             timeout_secs: 60,
             supersede: Supersede::Wait,
         };
-        let (a, b, c) = (host("a", &["canary"]), host("bb", &[]), host("ccc", &["web"]));
+        let (a, b, c) = (
+            host("a", &["canary"]),
+            host("bb", &[]),
+            host("ccc", &["web"]),
+        );
         let planned: Vec<Planned> = [&a, &b, &c]
             .iter()
             .map(|h| Planned {
@@ -143,10 +147,21 @@ mod tests {
         let waves: Vec<(&str, Vec<&str>)> = r
             .waves
             .iter()
-            .map(|w| (w.name.as_str(), w.targets.iter().map(|t| t.host.as_str()).collect()))
+            .map(|w| {
+                (
+                    w.name.as_str(),
+                    w.targets.iter().map(|t| t.host.as_str()).collect(),
+                )
+            })
             .collect();
-        assert_eq!(waves, vec![("canary", vec!["a"]), ("rest", vec!["bb", "ccc"])]);
-        assert_eq!((r.state, r.wave, r.timeout_secs), (RolloutState::Running, 0, 60));
+        assert_eq!(
+            waves,
+            vec![("canary", vec!["a"]), ("rest", vec!["bb", "ccc"])]
+        );
+        assert_eq!(
+            (r.state, r.wave, r.timeout_secs),
+            (RolloutState::Running, 0, 60)
+        );
 
         let narrow = RolloutPolicy {
             waves: vec![wave("canary", &["@canary"])],

@@ -184,12 +184,10 @@ impl Rollout {
 
     /// The target of `host`, with the index of its wave.
     pub fn target(&self, host: &str) -> Option<(usize, &Target)> {
-        self.waves.iter().enumerate().find_map(|(i, w)| {
-            w.targets
-                .iter()
-                .find(|t| t.host == host)
-                .map(|t| (i, t))
-        })
+        self.waves
+            .iter()
+            .enumerate()
+            .find_map(|(i, w)| w.targets.iter().find(|t| t.host == host).map(|t| (i, t)))
     }
 
     /// One line for humans: `rollout 17 (commit 0123abcd): wave 2 of 3 (web), running`.
@@ -200,7 +198,12 @@ impl Rollout {
             .map(|c| format!(" (commit {})", c.short()))
             .unwrap_or_default();
         let wave = self.current().map_or_else(String::new, |w| {
-            format!(": wave {} of {} ({})", self.wave + 1, self.waves.len(), w.name)
+            format!(
+                ": wave {} of {} ({})",
+                self.wave + 1,
+                self.waves.len(),
+                w.name
+            )
         });
         let reason = self
             .reason
@@ -332,11 +335,18 @@ mod tests {
         );
 
         let text = std::fs::read_to_string(state.rollout()).unwrap();
-        std::fs::write(state.rollout(), text.replace("\"format\": 1", "\"format\": 2")).unwrap();
+        std::fs::write(
+            state.rollout(),
+            text.replace("\"format\": 1", "\"format\": 2"),
+        )
+        .unwrap();
         let err = load(&state).unwrap_err().to_string();
         assert!(err.contains("format 2"), "{err}");
         std::fs::write(state.rollout(), &text[..text.len() / 2]).unwrap();
         let err = load(&state).unwrap_err().to_string();
-        assert!(err.contains("current.json") && err.contains("damaged"), "{err}");
+        assert!(
+            err.contains("current.json") && err.contains("damaged"),
+            "{err}"
+        );
     }
 }

@@ -21,6 +21,8 @@ pub enum HostState {
     Unconfirmed,
     ActivationFailed,
     RolledBack,
+    /// A rollback failed: the host may run neither system fully; needs an operator.
+    RollbackFailed,
     /// Rolled back while the server was unreachable; the agent will retry.
     RetryLater,
     CopyFailed,
@@ -42,6 +44,7 @@ impl HostState {
             HostState::Unconfirmed => "unconfirmed",
             HostState::ActivationFailed => "activation-failed",
             HostState::RolledBack => "rolled-back",
+            HostState::RollbackFailed => "rollback-failed",
             HostState::RetryLater => "retry-later",
             HostState::CopyFailed => "copy-failed",
             HostState::Refused => "refused",
@@ -57,6 +60,7 @@ impl HostState {
             self,
             HostState::ActivationFailed
                 | HostState::RolledBack
+                | HostState::RollbackFailed
                 | HostState::CopyFailed
                 | HostState::Refused
                 | HostState::Stale
@@ -115,6 +119,7 @@ pub fn derive(f: &Facts<'_>) -> HostState {
         Outcome::Unconfirmed => HostState::Unconfirmed,
         Outcome::ActivationFailed => HostState::ActivationFailed,
         Outcome::RolledBack | Outcome::Recovered => HostState::RolledBack,
+        Outcome::RollbackFailed => HostState::RollbackFailed,
         Outcome::RetryLater => HostState::RetryLater,
         Outcome::CopyFailed => HostState::CopyFailed,
         Outcome::Refused => HostState::Refused,
@@ -208,6 +213,16 @@ mod tests {
                 vec![rep(3, O::ActivationFailed, now)],
                 None,
                 S::ActivationFailed,
+            ),
+            (
+                "rollback failed",
+                Some(3),
+                vec![
+                    rep(3, O::Unconfirmed, now - 50),
+                    rep(3, O::RollbackFailed, now - 5),
+                ],
+                None,
+                S::RollbackFailed,
             ),
             (
                 "retry later",

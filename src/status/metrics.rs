@@ -20,13 +20,14 @@ use super::source::StatusSource;
 use super::view::FleetStatus;
 
 /// Every state, in the order `bento_hosts` lists them (all present, zeros included).
-pub const STATES: [HostState; 12] = [
+pub const STATES: [HostState; 13] = [
     HostState::UpToDate,
     HostState::Pending,
     HostState::Deploying,
     HostState::Unconfirmed,
     HostState::ActivationFailed,
     HostState::RolledBack,
+    HostState::RollbackFailed,
     HostState::RetryLater,
     HostState::CopyFailed,
     HostState::Refused,

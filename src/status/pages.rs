@@ -128,6 +128,7 @@ th { background: #f0f0f0; }
 .s-up-to-date, .o-applied, .o-up-to-date { background: #d8f5d8; color: #105010; }
 .s-pending, .s-deploying, .s-unconfirmed, .o-deploying, .o-unconfirmed { background: #dde8ff; color: #123f8f; }
 .s-activation-failed, .s-rolled-back, .s-copy-failed, .s-refused, .o-activation-failed, .o-rolled-back, .o-copy-failed, .o-refused, .o-recovered { background: #ffdada; color: #8a0d0d; }
+.s-rollback-failed, .o-rollback-failed { background: #a00000; color: #fff; }
 .s-retry-later, .s-stale, .o-retry-later { background: #fff0c8; color: #6b4d00; }
 .s-never-seen, .s-not-deployed { background: #eee; color: #555; }
 pre { background: #111; color: #ddd; padding: 8px; overflow-x: auto; max-height: 30em; }

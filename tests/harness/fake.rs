@@ -26,6 +26,15 @@ pub enum Behaviour {
     /// Activates, printing this many numbered lines (`activation line N of M`) to stdout
     /// first: a long log whose every line can be checked where it arrives.
     Chatty(u32),
+    /// Activates halfway (points `/run/current-system` at itself), then hangs forever with
+    /// a child of its own (`sleep 86400`, tagged with the system's path).
+    Hang,
+    /// On a systemd host: stops `bento-agent.service` (the agent that runs this switch),
+    /// activates, starts the agent again and marks the end (`/run/switch-finished`).
+    StopsAgent,
+    /// Activates fine; the system names an agent configuration (`etc/bento/agent-unit.json`
+    /// with this `config`), as the NixOS module's systems do.
+    NamesAgent(String),
 }
 
 /// A Nix expression for a fake system of `host` at `generation`, with an incompressible
@@ -56,6 +65,21 @@ pub fn expression(
             format!("for i in $(seq 1 {n}); do echo \"activation line $i of {n}\"; done"),
             String::new(),
         ),
+        Behaviour::Hang => (
+            String::new(),
+            "echo 'hanging on purpose'; sh -c 'sleep 86400; :' hang-@out@ & wait".to_owned(),
+        ),
+        Behaviour::StopsAgent => (
+            "systemctl stop bento-agent.service".to_owned(),
+            "systemctl start bento-agent.service; touch /run/switch-finished".to_owned(),
+        ),
+        Behaviour::NamesAgent(_) => (String::new(), String::new()),
+    };
+    let unit = match behaviour {
+        Behaviour::NamesAgent(config) => format!(
+            "mkdir -p $out/etc/bento; echo '{{\"format\":1,\"config\":\"{config}\",\"binary\":\"/usr/local/bin/bento\"}}' > $out/etc/bento/agent-unit.json"
+        ),
+        _ => String::new(),
     };
     let blob = if blob_mib > 0 {
         format!("head -c {blob_mib}M /dev/urandom > $out/blob; ")
@@ -84,8 +108,9 @@ in mk "nixos-system-{host}-{generation}" ''
   mkdir -p $out/bin
   echo ${{dep}} > $out/etc-ref
   echo "{generation}" > $out/nixos-version
-  sed "s|@out@|$out|" ${{script}} > $out/bin/switch-to-configuration
+  sed "s|@out@|$out|g" ${{script}} > $out/bin/switch-to-configuration
   chmod +x $out/bin/switch-to-configuration
+  {unit}
 ''
 "#,
         system = nix_system()

@@ -117,6 +117,14 @@ impl Host {
         ]));
     }
 
+    /// Lifts [`Host::throttle`].
+    pub fn unthrottle(&self) {
+        // Already lifted is fine.
+        let _ = Command::new("tc")
+            .args(["qdisc", "del", "dev", &self.peer, "root"])
+            .run();
+    }
+
     /// Copies `path`'s closure into the host's store (no signatures needed: this is the
     /// host's installation, not a deployment) and makes it the running system.
     pub fn install(&self, path: &str) {

@@ -136,3 +136,24 @@ pub async fn wait_for(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
     }
     cond()
 }
+
+/// Pids of the processes (of any namespace: hosts' and boxes' included) whose command line
+/// contains `needle`; zombies and this process left out.
+pub fn processes_with(needle: &str) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            // Zombies wait for their reaper; they run nothing.
+            if stat.rsplit_once(") ")?.1.starts_with('Z') {
+                return None;
+            }
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            (cmd.contains(needle) && pid != std::process::id()).then_some(pid)
+        })
+        .collect()
+}

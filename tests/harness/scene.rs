@@ -25,15 +25,15 @@ pub struct Server {
 impl Server {
     /// Starts both servers on the bridge's address.
     pub async fn start(net: &Net, hosts: &[&str]) -> Server {
+        Server::start_on(&net.server_ip(), hosts).await
+    }
+
+    /// Starts both servers on `ip`, an address of this machine on a test network (a
+    /// bridge, or the host side of a systemd box's veth).
+    pub async fn start_on(ip: &str, hosts: &[&str]) -> Server {
         let dir = Arc::new(ServerDir::new());
-        let cache = CacheServer::start_on(&net.server_ip(), dir.cache_config()).await;
-        let sftp = SftpServer::bind(
-            dir.clone(),
-            &format!("{}:0", net.server_ip()),
-            hosts,
-            sftp_config(),
-        )
-        .await;
+        let cache = CacheServer::start_on(ip, dir.cache_config()).await;
+        let sftp = SftpServer::bind(dir.clone(), &format!("{ip}:0"), hosts, sftp_config()).await;
         Server {
             dir,
             cache,

@@ -102,6 +102,22 @@ impl ServerDir {
         std::fs::write(path, content).unwrap();
     }
 
+    /// Publishes `files` (name, content, mode) for `host` with the release of `generation`,
+    /// as `bento deploy` does: content-addressed blobs and the signed manifest.
+    pub fn publish_files(&self, host: &str, generation: u64, files: &[(&str, &str, u32)]) {
+        use bento::files::{BLOBS_DIR, MANIFEST_PATH, Manifest, ManifestEntry};
+        let mut entries = Vec::new();
+        for (name, content, mode) in files {
+            let e = ManifestEntry::of(name, content.as_bytes(), *mode).unwrap();
+            let blob = format!("{}/{}", BLOBS_DIR.trim_start_matches("files/"), e.sha256);
+            self.write_file(host, &blob, content.as_bytes());
+            entries.push(e);
+        }
+        let m = Manifest::sign(host, generation, entries, &self.key).unwrap();
+        let manifest = MANIFEST_PATH.trim_start_matches("files/");
+        self.write_file(host, manifest, &m.to_bytes());
+    }
+
     /// Names in `publish/<host>/reports`, sorted (temporaries included).
     pub fn reports_on_disk(&self, host: &str) -> Vec<String> {
         let mut names: Vec<String> = match std::fs::read_dir(self.host_dir(host).join("reports")) {

@@ -65,7 +65,11 @@ fn the_next_step_follows_threshold_soak_failures_and_timeouts() {
     let cases: Vec<Case> = vec![
         (
             "a paused rollout does nothing",
-            rollout(Paused, 0, vec![started(wave("c", 100, 0, &[S]), None), later()]),
+            rollout(
+                Paused,
+                0,
+                vec![started(wave("c", 100, 0, &[S]), None), later()],
+            ),
             1,
             Ok(Step::Wait),
         ),
@@ -83,31 +87,51 @@ fn the_next_step_follows_threshold_soak_failures_and_timeouts() {
         ),
         (
             "hosts still reporting: wait",
-            rollout(Running, 0, vec![started(wave("c", 100, 60, &[S, W, W]), None), later()]),
+            rollout(
+                Running,
+                0,
+                vec![started(wave("c", 100, 60, &[S, W, W]), None), later()],
+            ),
             30,
             Ok(Step::Wait),
         ),
         (
             "threshold met: the soak starts",
-            rollout(Running, 0, vec![started(wave("c", 100, 60, &[S, S, S]), None), later()]),
+            rollout(
+                Running,
+                0,
+                vec![started(wave("c", 100, 60, &[S, S, S]), None), later()],
+            ),
             30,
             Ok(Step::StartSoak),
         ),
         (
             "soaking",
-            rollout(Running, 0, vec![started(wave("c", 100, 60, &[S, S]), Some(T0 + 30)), later()]),
+            rollout(
+                Running,
+                0,
+                vec![started(wave("c", 100, 60, &[S, S]), Some(T0 + 30)), later()],
+            ),
             89,
             Ok(Step::Wait),
         ),
         (
             "soak over: the next wave",
-            rollout(Running, 0, vec![started(wave("c", 100, 60, &[S, S]), Some(T0 + 30)), later()]),
+            rollout(
+                Running,
+                0,
+                vec![started(wave("c", 100, 60, &[S, S]), Some(T0 + 30)), later()],
+            ),
             90,
             Ok(Step::Publish(1)),
         ),
         (
             "no soak: the next wave at once",
-            rollout(Running, 0, vec![started(wave("c", 100, 0, &[S, S]), None), later()]),
+            rollout(
+                Running,
+                0,
+                vec![started(wave("c", 100, 0, &[S, S]), None), later()],
+            ),
             5,
             Ok(Step::Publish(1)),
         ),
@@ -116,62 +140,101 @@ fn the_next_step_follows_threshold_soak_failures_and_timeouts() {
             rollout(
                 Running,
                 1,
-                vec![started(wave("c", 100, 0, &[S]), None), started(wave("rest", 100, 0, &[S, S]), None)],
+                vec![
+                    started(wave("c", 100, 0, &[S]), None),
+                    started(wave("rest", 100, 0, &[S, S]), None),
+                ],
             ),
             5,
             Ok(Step::Complete),
         ),
         (
             "only unchanged hosts: nothing to count, nothing to soak",
-            rollout(Running, 0, vec![started(wave("c", 100, 600, &[U, U]), None), later()]),
+            rollout(
+                Running,
+                0,
+                vec![started(wave("c", 100, 600, &[U, U]), None), later()],
+            ),
             0,
             Ok(Step::Publish(1)),
         ),
         (
             "unchanged hosts are not counted",
-            rollout(Running, 0, vec![started(wave("c", 100, 0, &[U, S]), None), later()]),
+            rollout(
+                Running,
+                0,
+                vec![started(wave("c", 100, 0, &[U, S]), None), later()],
+            ),
             1,
             Ok(Step::Publish(1)),
         ),
         (
             "one failure at 100%: halt, naming the host and why",
-            rollout(Running, 0, vec![started(wave("c", 100, 0, &[S, F, W]), None), later()]),
+            rollout(
+                Running,
+                0,
+                vec![started(wave("c", 100, 0, &[S, F, W]), None), later()],
+            ),
             5,
             Err("c-h2 (activation-failed: exit 1)"),
         ),
         (
             "one failure of four at 75% is tolerated",
-            rollout(Running, 0, vec![started(wave("c", 75, 10, &[S, F, S, S]), None), later()]),
+            rollout(
+                Running,
+                0,
+                vec![started(wave("c", 75, 10, &[S, F, S, S]), None), later()],
+            ),
             5,
             Ok(Step::StartSoak),
         ),
         (
             "two failures of four at 75% halt",
-            rollout(Running, 0, vec![started(wave("c", 75, 10, &[S, F, F, W]), None), later()]),
+            rollout(
+                Running,
+                0,
+                vec![started(wave("c", 75, 10, &[S, F, F, W]), None), later()],
+            ),
             5,
             Err("failed on 2 of 4 hosts, more than its threshold of 75% allows (3 needed"),
         ),
         (
             "a failure during the soak halts",
-            rollout(Running, 0, vec![started(wave("c", 100, 60, &[S, F]), Some(T0 + 1)), later()]),
+            rollout(
+                Running,
+                0,
+                vec![started(wave("c", 100, 60, &[S, F]), Some(T0 + 1)), later()],
+            ),
             30,
             Err("c-h2"),
         ),
         (
             "a silent host halts at the timeout",
-            rollout(Running, 0, vec![started(wave("c", 100, 0, &[S, W]), None), later()]),
+            rollout(
+                Running,
+                0,
+                vec![started(wave("c", 100, 0, &[S, W]), None), later()],
+            ),
             TIMEOUT,
             Err("c-h2 (no success within 600 s)"),
         ),
         (
             "but not before",
-            rollout(Running, 0, vec![started(wave("c", 100, 0, &[S, W]), None), later()]),
+            rollout(
+                Running,
+                0,
+                vec![started(wave("c", 100, 0, &[S, W]), None), later()],
+            ),
             TIMEOUT - 1,
             Ok(Step::Wait),
         ),
         (
             "silent hosts within what 50% tolerates: the wave passes at the timeout",
-            rollout(Running, 0, vec![started(wave("c", 50, 0, &[S, S, W, W]), None), later()]),
+            rollout(
+                Running,
+                0,
+                vec![started(wave("c", 50, 0, &[S, S, W, W]), None), later()],
+            ),
             TIMEOUT,
             Ok(Step::Publish(1)),
         ),
@@ -196,8 +259,19 @@ fn the_next_step_follows_threshold_soak_failures_and_timeouts() {
 
 #[test]
 fn thresholds_round_up() {
-    for (counted, threshold, want) in [(0, 100, 0), (3, 100, 3), (3, 50, 2), (4, 75, 3), (10, 1, 1), (1, 1, 1)] {
-        assert_eq!(required(counted, threshold), want, "{counted} at {threshold}%");
+    for (counted, threshold, want) in [
+        (0, 100, 0),
+        (3, 100, 3),
+        (3, 50, 2),
+        (4, 75, 3),
+        (10, 1, 1),
+        (1, 1, 1),
+    ] {
+        assert_eq!(
+            required(counted, threshold),
+            want,
+            "{counted} at {threshold}%"
+        );
     }
 }
 
@@ -213,14 +287,22 @@ fn pause_resume_and_abort_follow_the_state() {
         (Halted, Command::Abort, Ok(Aborted)),
         (Paused, Command::Pause, Err("only a running rollout")),
         (Halted, Command::Pause, Err("only a running rollout")),
-        (Running, Command::Resume, Err("only a paused or halted rollout")),
+        (
+            Running,
+            Command::Resume,
+            Err("only a paused or halted rollout"),
+        ),
         (Completed, Command::Resume, Err("is completed")),
         (Completed, Command::Abort, Err("it has ended")),
         (Aborted, Command::Abort, Err("it has ended")),
         (Superseded, Command::Pause, Err("is superseded")),
     ];
     for (state, cmd, want) in cases {
-        let mut r = rollout(state, 0, vec![started(wave("c", 100, 60, &[S, F]), Some(T0 + 5))]);
+        let mut r = rollout(
+            state,
+            0,
+            vec![started(wave("c", 100, 60, &[S, F]), Some(T0 + 5))],
+        );
         r.reason = Some("before".into());
         let before = r.clone();
         match (command(&mut r, cmd, T0 + 100), want) {
@@ -236,10 +318,17 @@ fn pause_resume_and_abort_follow_the_state() {
         }
     }
     // Resuming restarts the wave's count: a fresh timeout, the soak again, the reason gone.
-    let mut r = rollout(Halted, 0, vec![started(wave("c", 100, 60, &[S]), Some(T0 + 5))]);
+    let mut r = rollout(
+        Halted,
+        0,
+        vec![started(wave("c", 100, 60, &[S]), Some(T0 + 5))],
+    );
     command(&mut r, Command::Resume, T0 + 900).unwrap();
     let w = &r.waves[0];
-    assert_eq!((w.started, w.met, r.reason.as_deref()), (Some(T0 + 900), None, None));
+    assert_eq!(
+        (w.started, w.met, r.reason.as_deref()),
+        (Some(T0 + 900), None, None)
+    );
     assert_eq!(step(&r, T0 + 900), Step::StartSoak);
 }
 
@@ -268,7 +357,10 @@ fn a_new_deploy_starts_replaces_amends_or_waits() {
             NewDeploy::Replace => "replace",
             NewDeploy::Amend => "amend",
             NewDeploy::Refuse(why) => {
-                assert!(why.contains("--supersede") && why.contains("rollout 1"), "{why}");
+                assert!(
+                    why.contains("--supersede") && why.contains("rollout 1"),
+                    "{why}"
+                );
                 "refuse"
             }
         };
