@@ -190,6 +190,34 @@ impl Rollout {
             .find_map(|(i, w)| w.targets.iter().find(|t| t.host == host).map(|t| (i, t)))
     }
 
+    /// What `bento status`, the dashboard and `/metrics` show of it.
+    pub fn view(&self) -> crate::status::view::RolloutView {
+        use crate::status::view::{RolloutHost, RolloutView};
+        let hosts = self
+            .waves
+            .iter()
+            .enumerate()
+            .flat_map(|(i, w)| {
+                w.targets.iter().map(move |t| {
+                    let host = RolloutHost {
+                        wave: i + 1,
+                        progress: t.progress.as_str().to_owned(),
+                    };
+                    (t.host.clone(), host)
+                })
+            })
+            .collect();
+        RolloutView {
+            id: self.id,
+            state: self.state.as_str().to_owned(),
+            wave: (self.wave + 1).min(self.waves.len()),
+            waves: self.waves.len(),
+            wave_name: self.current().map_or_else(String::new, |w| w.name.clone()),
+            headline: self.headline(),
+            hosts,
+        }
+    }
+
     /// One line for humans: `rollout 17 (commit 0123abcd): wave 2 of 3 (web), running`.
     pub fn headline(&self) -> String {
         let commit = self

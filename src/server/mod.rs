@@ -8,13 +8,14 @@
 //! - the dashboard (`status::web::serve`), when it has a listener;
 //! - the fleet file followed (`reload`): on SIGHUP or when it changes, hosts are added and
 //!   removed without dropping the others' sessions;
-//! - agents waiting for a release are told once the cache serves its closure, not before.
+//! - agents waiting for a release are told once the cache serves its closure, not before;
+//! - the current rollout advanced (`rollout::drive::follow`) as reports arrive.
 //!
 //! The CLI binds the listeners (so tests can bind `127.0.0.1:0` and call the same function),
 //! prints the addresses and keys, and turns signals into the shutdown token.
 //!
-//! May import: `nix` (keys), `config`, `cache`, `sftp::server`, `status`. It only wires them:
-//! each part knows nothing of the others.
+//! May import: `nix` (keys), `config`, `cache`, `sftp::server`, `status`, `rollout`. It
+//! only wires them: each part knows nothing of the others.
 
 use std::error::Error as _;
 use std::sync::Arc;
@@ -30,6 +31,7 @@ use prometheus_client::registry::Registry;
 use crate::cache::{self, Access, Cache, CacheConfig, CacheError};
 use crate::config::{Fleet, FleetFileError};
 use crate::nix::keys::SecretKey;
+use crate::rollout;
 use crate::sftp::server::{
     self as sftp, HostKey, HostKeyError, HostKeysError, Sessions, SessionsError, SftpConfig,
 };
@@ -126,6 +128,13 @@ pub async fn run(
         fleet.hosts.keys().cloned().collect(),
         fleet.stale_after_secs,
     );
+    let rollout_key = signing_key.clone();
+    status.show_rollouts(Arc::new(|state| {
+        rollout::record::load(state)
+            .ok()
+            .flatten()
+            .map(|r| r.view())
+    }));
     let mut cache_config = CacheConfig::new(&state_dir, signing_key);
     cache_config.max_nar_streams = max_nar_streams;
     cache_config.verify_sends = verify_sends;
@@ -187,6 +196,12 @@ pub async fn run(
     }
 
     let mut followers = JoinSet::new();
+    followers.spawn(rollout::drive::follow(
+        fleet.state.clone(),
+        rollout_key,
+        fleet.stale_after_secs,
+        shutdown.clone(),
+    ));
     followers.spawn(announce_after_refresh(
         cache.refreshes(),
         sessions.clone(),
