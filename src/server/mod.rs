@@ -9,13 +9,15 @@
 //! - the fleet file followed (`reload`): on SIGHUP or when it changes, hosts are added and
 //!   removed without dropping the others' sessions;
 //! - agents waiting for a release are told once the cache serves its closure, not before;
-//! - the current rollout advanced (`rollout::drive::follow`) as reports arrive.
+//! - the current rollout advanced (`rollout::drive::follow`) as reports arrive;
+//! - with `follow`, the git branch of `[fleet] git` followed (`gitops::follow`), and the
+//!   push hook (`POST /hooks/git`) on its own listener.
 //!
 //! The CLI binds the listeners (so tests can bind `127.0.0.1:0` and call the same function),
 //! prints the addresses and keys, and turns signals into the shutdown token.
 //!
-//! May import: `nix` (keys), `config`, `cache`, `sftp::server`, `status`, `rollout`. It
-//! only wires them: each part knows nothing of the others.
+//! May import: `nix` (keys), `config`, `cache`, `sftp::server`, `status`, `rollout`,
+//! `gitops`. It only wires them: each part knows nothing of the others.
 
 use std::error::Error as _;
 use std::sync::Arc;
@@ -30,6 +32,7 @@ use prometheus_client::registry::Registry;
 
 use crate::cache::{self, Access, Cache, CacheConfig, CacheError};
 use crate::config::{Fleet, FleetFileError};
+use crate::gitops::{self, HookSecret};
 use crate::nix::keys::SecretKey;
 use crate::rollout;
 use crate::sftp::server::{
@@ -55,6 +58,12 @@ pub enum ServerError {
     CacheStopped(#[source] CacheError),
     #[error("the dashboard stopped")]
     DashboardStopped(#[source] std::io::Error),
+    #[error("the git hook stopped")]
+    HookStopped(#[source] std::io::Error),
+    #[error(
+        "a hook listener was given but there is no branch to follow: add [fleet] git with hook_secret_file and pass --follow"
+    )]
+    HookWithoutFollow,
     #[error("a server task panicked; see the log above")]
     TaskPanicked,
 }
@@ -68,6 +77,16 @@ pub struct Listeners {
     pub sftp: TcpListener,
     /// The dashboard (HTTP), best kept on loopback; `None` serves no dashboard.
     pub dashboard: Option<TcpListener>,
+    /// The git push hook (HTTP, `POST /hooks/git`); needs [`ServerConfig::follow`] with a
+    /// secret.
+    pub hook: Option<TcpListener>,
+}
+
+/// `bento serve --follow`: the branch of `[fleet] git` is followed and deployed.
+#[derive(Debug, Clone)]
+pub struct Follow {
+    /// The push hook's shared secret (`[fleet] git.hook_secret_file`), when it has one.
+    pub hook_secret: Option<HookSecret>,
 }
 
 /// What the server needs, loaded and checked before anything listens.
@@ -85,6 +104,8 @@ pub struct ServerConfig {
     pub max_nar_streams: usize,
     /// Hash every whole NAR while sending it.
     pub verify_sends: bool,
+    /// Follow the git branch of `[fleet] git` (`None`: deploys come from `bento deploy`).
+    pub follow: Option<Follow>,
 }
 
 impl ServerConfig {
@@ -102,6 +123,7 @@ impl ServerConfig {
             host_tokens: false,
             max_nar_streams: defaults.max_nar_streams,
             verify_sends: defaults.verify_sends,
+            follow: None,
         })
     }
 }
@@ -120,7 +142,12 @@ pub async fn run(
         host_tokens,
         max_nar_streams,
         verify_sends,
+        follow,
     } = config;
+    let hook_secret = follow.as_ref().and_then(|f| f.hook_secret.as_ref());
+    if listeners.hook.is_some() && hook_secret.is_none() {
+        return Err(ServerError::HookWithoutFollow);
+    }
     let state_dir = fleet.state.root().to_owned();
 
     let status = StatusSource::new(
@@ -195,13 +222,32 @@ pub async fn run(
         });
     }
 
+    let fetch_now = Arc::new(tokio::sync::Notify::new());
+    if let Some(listener) = listeners.hook
+        && let Some(secret) = follow.as_ref().and_then(|f| f.hook_secret.clone())
+    {
+        let (stop, wake) = (shutdown.clone(), fetch_now.clone());
+        parts.spawn(async move {
+            let served = gitops::hook::serve(listener, secret, wake, stop).await;
+            served.map_err(ServerError::HookStopped)
+        });
+    }
+
     let mut followers = JoinSet::new();
     followers.spawn(rollout::drive::follow(
         fleet.state.clone(),
-        rollout_key,
+        rollout_key.clone(),
         fleet.stale_after_secs,
         shutdown.clone(),
     ));
+    if follow.is_some() {
+        let follower = gitops::Follower {
+            server: fleet.clone(),
+            key: rollout_key,
+            fetch_now,
+        };
+        followers.spawn(gitops::follow(follower, shutdown.clone()));
+    }
     followers.spawn(announce_after_refresh(
         cache.refreshes(),
         sessions.clone(),
@@ -307,12 +353,14 @@ mod tests {
             host_tokens: false,
             max_nar_streams: 4,
             verify_sends: false,
+            follow: None,
         };
         let bind = || TcpListener::bind("127.0.0.1:0");
         let listeners = Listeners {
             cache: bind().await.unwrap(),
             sftp: bind().await.unwrap(),
             dashboard: Some(bind().await.unwrap()),
+            hook: None,
         };
         let local = |l: &TcpListener| l.local_addr().unwrap();
         let (cache, sftp, dashboard) = (
