@@ -132,6 +132,7 @@ fn restore_files(config: &std::path::Path) -> anyhow::Result<ExitCode> {
         &agent.fleet_key,
         &agent.host,
         &agent.files_dir,
+        &agent.ssh_key,
     )?;
     if names.is_empty() {
         println!(
