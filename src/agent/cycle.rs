@@ -364,7 +364,6 @@ impl<L: Link + Sync> Cycle<'_, L> {
         let places = Places {
             files_dir: dir,
             state_dir: &agent.state_dir,
-            ssh_key: &agent.ssh_key,
         };
         let delivered = deliver::deliver(
             self.link,

@@ -2,8 +2,7 @@
 //! the signed manifest, check it against the fleet key, this host and the release's
 //! generation, fetch each blob and check it against the manifest, then install them into
 //! the directory Bento owns and keep the verified set for after a reboot (`files_dir`).
-//! Age files are decrypted with the host's SSH key just before (`agent::secrets`); the
-//! state directory keeps their ciphertext. Nothing is installed unless everything checked.
+//! Nothing is installed unless everything checked.
 
 use std::path::Path;
 
@@ -11,7 +10,6 @@ use thiserror::Error;
 
 use super::files_dir::{self, FilesDirError};
 use super::link::{Link, LinkError};
-use super::secrets::{self, SecretError};
 use crate::files::{self, FilesError};
 use crate::nix::keys::PublicKey;
 
@@ -32,9 +30,6 @@ pub enum DeliverError {
     Refused(#[from] FilesError),
     #[error(transparent)]
     Install(#[from] FilesDirError),
-    /// An age file that does not decrypt with this host's key: refused.
-    #[error(transparent)]
-    Secret(#[from] SecretError),
 }
 
 impl DeliverError {
@@ -43,7 +38,6 @@ impl DeliverError {
     pub fn is_refusal(&self) -> bool {
         match self {
             DeliverError::Refused(e) => !matches!(e, FilesError::WrongGeneration { .. }),
-            DeliverError::Secret(_) => true,
             _ => false,
         }
     }
@@ -66,8 +60,6 @@ pub enum Delivered {
 pub struct Places<'a> {
     pub files_dir: &'a Path,
     pub state_dir: &'a Path,
-    /// This host's SSH private key: it decrypts the age files.
-    pub ssh_key: &'a Path,
 }
 
 /// Fetches, verifies and installs this host's files for the release `generation`, and
@@ -105,8 +97,7 @@ pub async fn deliver<L: Link + Sync>(
         contents.push(content);
     }
     let previous = files_dir::kept_names(places.state_dir);
-    let plain = secrets::open(&manifest, &contents, places.ssh_key)?;
-    let installed = files_dir::install(&manifest, &plain, places.files_dir, &previous, false)?;
+    let installed = files_dir::install(&manifest, &contents, places.files_dir, &previous, false)?;
     files_dir::keep(places.state_dir, &bytes, &manifest, &contents)?;
     Ok(Delivered::Files {
         installed: installed.written,
@@ -171,7 +162,6 @@ mod tests {
         let places = Places {
             files_dir: &out,
             state_dir: &dir.path().join("state"),
-            ssh_key: Path::new("/nonexistent/ssh-key"),
         };
         let t = tree(
             &key,
@@ -218,7 +208,6 @@ mod tests {
         let places = Places {
             files_dir: &out,
             state_dir: &dir.path().join("state"),
-            ssh_key: Path::new("/nonexistent/ssh-key"),
         };
 
         // A blob altered on the server.

@@ -49,8 +49,6 @@ pub enum FilesDirError {
         #[source]
         source: FilesError,
     },
-    #[error(transparent)]
-    Secret(#[from] super::secrets::SecretError),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FilesDirError + use<> {
@@ -253,20 +251,17 @@ pub fn load_kept(
 }
 
 /// Puts back every kept file that is missing or differs (content or mode), after checking
-/// the kept set again and decrypting its age files with the host's `ssh_key`. Returns the
-/// names written (empty: all were right, or nothing kept).
+/// the kept set again. Returns the names written (empty: all were right, or nothing kept).
 pub fn restore(
     state_dir: &Path,
     key: &PublicKey,
     host: &str,
     dir: &Path,
-    ssh_key: &Path,
 ) -> Result<Vec<String>, FilesDirError> {
     let Some(set) = load_kept(state_dir, key, host)? else {
         return Ok(Vec::new());
     };
-    let plain = super::secrets::open(&set.manifest, &set.contents, ssh_key)?;
-    install(&set.manifest, &plain, dir, &[], true).map(|i| i.written)
+    install(&set.manifest, &set.contents, dir, &[], true).map(|i| i.written)
 }
 
 /// [`restore`] for `agent`, logged: what was put back, or why nothing could be (the next
@@ -277,7 +272,6 @@ pub fn put_back(agent: &Agent) {
         &agent.fleet_key,
         &agent.host,
         &agent.files_dir,
-        &agent.ssh_key,
     ) {
         Ok(names) if names.is_empty() => {}
         Ok(names) => tracing::info!(
@@ -300,11 +294,7 @@ pub fn needs_restore(state_dir: &Path, dir: &Path) -> bool {
     };
     manifest.files.iter().any(|e| {
         std::fs::symlink_metadata(dir.join(&e.name))
-            .map(|m| {
-                // An age file's plaintext is shorter than the signed ciphertext.
-                let resized = !e.age && m.len() != e.size;
-                !m.is_file() || resized || m.mode() & 0o7777 != e.mode
-            })
+            .map(|m| !m.is_file() || m.len() != e.size || m.mode() & 0o7777 != e.mode)
             .unwrap_or(true)
     })
 }

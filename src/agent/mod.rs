@@ -17,7 +17,6 @@ pub mod link;
 pub mod nar_check;
 pub mod outbox;
 pub mod run;
-pub mod secrets;
 pub mod self_update;
 pub mod sftp_link;
 pub mod system;

@@ -132,7 +132,6 @@ fn restore_files(config: &std::path::Path) -> anyhow::Result<ExitCode> {
         &agent.fleet_key,
         &agent.host,
         &agent.files_dir,
-        &agent.ssh_key,
     )?;
     if names.is_empty() {
         println!(

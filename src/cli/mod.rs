@@ -14,7 +14,6 @@ pub mod init;
 pub mod keygen;
 mod progress;
 pub mod rollout;
-pub mod secret;
 pub mod serve;
 pub mod status;
 mod table;
@@ -40,7 +39,6 @@ enum Command {
     Keygen(keygen::Args),
     Status(status::Args),
     Rollout(rollout::Args),
-    Secret(secret::Args),
 }
 
 /// An error and its causes on one line, each cause said once: most of Bento's error
@@ -70,7 +68,6 @@ impl Cli {
             Command::Serve(args) => serve::run(args),
             Command::Status(args) => status::run(args),
             Command::Rollout(args) => rollout::run(args),
-            Command::Secret(args) => secret::run(args),
         }
     }
 }

@@ -18,8 +18,6 @@ pub struct FileToDeliver {
     pub name: String,
     pub content: Vec<u8>,
     pub mode: u32,
-    /// The source is an age file, published as it is (see `crate::files`).
-    pub age: bool,
 }
 
 /// Reads the files `[hosts.<host>.files]` delivers, from their sources on this server
@@ -42,7 +40,6 @@ pub fn read_sources(fleet: &Fleet, host: &str) -> Result<Vec<FileToDeliver>, Dep
                 name: name.clone(),
                 content,
                 mode: file.mode,
-                age: file.source.extension().is_some_and(|e| e == "age"),
             })
         })
         .collect()
@@ -69,14 +66,11 @@ impl HostFiles {
         let mut entries = Vec::with_capacity(files.len());
         let mut contents = HashMap::with_capacity(files.len());
         for f in files {
-            let entry = if f.age {
-                ManifestEntry::of_age(&f.name, &f.content, f.mode)
-            } else {
-                ManifestEntry::of(&f.name, &f.content, f.mode)
-            };
-            let entry = entry.map_err(|source| DeployError::Files {
-                host: host.to_owned(),
-                source,
+            let entry = ManifestEntry::of(&f.name, &f.content, f.mode).map_err(|source| {
+                DeployError::Files {
+                    host: host.to_owned(),
+                    source,
+                }
             })?;
             contents.insert(entry.sha256.clone(), f.content.clone());
             entries.push(entry);
@@ -167,7 +161,6 @@ mod tests {
             name: name.into(),
             content: content.as_bytes().to_vec(),
             mode: 0o400,
-            age: false,
         }
     }
 

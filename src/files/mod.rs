@@ -9,10 +9,6 @@
 //! host, generation equal to the release's), checks every blob against it, and installs the
 //! files into its `files_dir` (a tmpfs by default), never into the world-readable store.
 //!
-//! A file whose source is an age file (`.age`, encrypted to the host's SSH ed25519 key, as
-//! agenix writes them) is published as it is, marked `age` in the signed manifest: the
-//! server never holds its plaintext, and the agent decrypts it with its own SSH key.
-//!
 //! Pure: parsing, signing and checking. May import: `nix` (keys, hashes), `release` (the
 //! host-name rule).
 
@@ -83,16 +79,6 @@ pub struct ManifestEntry {
     pub sha256: String,
     pub size: u64,
     pub mode: u32,
-    /// The content is age-encrypted to the host's SSH key: hash and size are those of the
-    /// ciphertext, the agent installs the plaintext.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub age: bool,
-}
-
-/// Whether `content` is an age file (binary or armored), by its header.
-pub fn is_age(content: &[u8]) -> bool {
-    content.starts_with(b"age-encryption.org/v1\n")
-        || content.starts_with(b"-----BEGIN AGE ENCRYPTED FILE-----")
 }
 
 /// The signed list of a host's files for one generation.
@@ -152,21 +138,6 @@ impl ManifestEntry {
             sha256: hex::encode(Sha256Hash::of(content).0),
             size,
             mode,
-            age: false,
-        })
-    }
-
-    /// The entry of an age file `content`: refused unless it is one.
-    pub fn of_age(name: &str, content: &[u8], mode: u32) -> Result<ManifestEntry, FilesError> {
-        if !is_age(content) {
-            return Err(FilesError::BadContent {
-                name: name.to_owned(),
-                problem: "its source ends in .age but is not an age file (no age header)".into(),
-            });
-        }
-        Ok(ManifestEntry {
-            age: true,
-            ..ManifestEntry::of(name, content, mode)?
         })
     }
 
@@ -231,12 +202,8 @@ impl Manifest {
         );
         for e in &self.files {
             s.push_str(&format!(
-                "file {} {} {} {:o}{}\n",
-                e.name,
-                e.sha256,
-                e.size,
-                e.mode,
-                if e.age { " age" } else { "" }
+                "file {} {} {} {:o}\n",
+                e.name, e.sha256, e.size, e.mode
             ));
         }
         s.into_bytes()

@@ -227,22 +227,6 @@ impl Command {
         c
     }
 
-    /// Runs the process on this terminal (stdin, stdout and stderr inherited: an editor),
-    /// blocking the current thread; fails like [`Command::run`] on a non-zero exit, without
-    /// a stderr tail (it went to the terminal).
-    pub fn run_interactive(&self) -> Result<(), CmdError> {
-        let argv = self.argv();
-        let mut c = self.std_command();
-        c.stdin(Stdio::inherit())
-            .stdout(Stdio::inherit())
-            .stderr(Stdio::inherit());
-        let status = c.status().map_err(|source| CmdError::Spawn {
-            argv: argv.clone(),
-            source,
-        })?;
-        finish(argv, status, Vec::new(), Vec::new()).map(|_| ())
-    }
-
     /// Runs the process to completion, blocking the current thread.
     ///
     /// A timeout, if set, is only honoured by [`Command::run_async`].

@@ -190,24 +190,6 @@ impl Repo {
         self.write();
     }
 
-    /// Delivers the file at `source` (e.g. an age file) to `host` as `name`; written to
-    /// `bento.toml`, not deployed yet.
-    pub fn give_file_from(&mut self, host: &str, name: &str, source: &Path, mode: u32) {
-        self.files
-            .entry(host.to_owned())
-            .or_default()
-            .insert(name.to_owned(), (source.to_owned(), mode));
-        self.write();
-    }
-
-    /// Stops delivering `name` to `host` (not deployed yet).
-    pub fn take_file(&mut self, host: &str, name: &str) {
-        if let Some(files) = self.files.get_mut(host) {
-            files.remove(name);
-        }
-        self.write();
-    }
-
     /// Removes `host` from `bento.toml` and the flake.
     pub fn remove_from_fleet_file(&mut self, host: &str) {
         self.listed.retain(|h| h != host);
