@@ -62,7 +62,8 @@ cargo build --quiet --bin bento
 bin="$tmp/bento"
 strip -o "$bin" "${CARGO_TARGET_DIR:-target}/debug/bento" 2>/dev/null || cp "${CARGO_TARGET_DIR:-target}/debug/bento" "$bin"
 
-# What this binary can check. Rows that need more build their files unchecked and say so.
+# What this binary can check. A row needing a check this bento lacks fails (an older
+# binary, or a regression): no rendered file goes unchecked.
 declare -A have=()
 if "$bin" serve --help 2>/dev/null | grep -q -- '--check-config'; then
 	have[serve-check-config]=1
@@ -81,8 +82,8 @@ if "$bin" agent check-config "$tmp/probe.toml" >/dev/null 2>&1; then
 	have[agent-timeout-keys]=1
 fi
 declare -A missing_reason=(
-	[serve-check-config]="this bento has no 'serve --check-config' yet"
-	[agent-timeout-keys]="this bento's agent does not know activation_timeout_secs/copy_timeout_secs yet"
+	[serve-check-config]="this bento has no 'serve --check-config'"
+	[agent-timeout-keys]="this bento's agent does not know activation_timeout_secs/copy_timeout_secs"
 )
 # Which rendered file a capability checks.
 declare -A need_file=([serve-check-config]=server [agent-timeout-keys]=agent)
@@ -104,7 +105,6 @@ fi
 # 2b. Judge each row, and collect the files to build.
 declare -A drv_row=() drv_what=()
 rows=0
-skipped=()
 while IFS='|' read -r name expect needs files problems; do
 	rows=$((rows + 1))
 	if [ -n "$problems" ]; then
@@ -134,7 +134,7 @@ while IFS='|' read -r name expect needs files problems; do
 	for need in ${needs//,/ }; do
 		if [ -z "${have[$need]:-}" ]; then
 			unchecked+=("${need_file[$need]}")
-			skipped+=("$name: ${need_file[$need]} file built unchecked: ${missing_reason[$need]}")
+			fail "$name: its ${need_file[$need]} file cannot be checked: ${missing_reason[$need]}"
 		fi
 	done
 	for kv in $files; do
@@ -162,7 +162,6 @@ if [ ${#drv_row[@]} -gt 0 ]; then
 	fi
 	echo "built ${#drv_row[@]} distinct files (rendered configs checked by the real bento, packages, unit scripts)"
 fi
-for s in "${skipped[@]}"; do echo "SKIPPED check: $s"; done
 
 # The package's layout: agent-unit.json's `binary` must be the real executable.
 out_of() { grep "^$1|" "$tmp/rows.tsv" | tr ' |' '\n\n' | grep "^$2=" | cut -d= -f2- | xargs -r nix-store -q --outputs; }

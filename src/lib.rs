@@ -18,6 +18,7 @@ pub mod openssh;
 pub mod release;
 pub mod report;
 pub mod rollout;
+pub mod secret;
 pub mod server;
 pub mod sftp;
 pub mod status;

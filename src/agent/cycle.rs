@@ -364,6 +364,7 @@ impl<L: Link + Sync> Cycle<'_, L> {
         let places = Places {
             files_dir: dir,
             state_dir: &agent.state_dir,
+            identity: &agent.ssh_key,
         };
         let delivered = deliver::deliver(
             self.link,

@@ -38,6 +38,7 @@ impl DeliverError {
     pub fn is_refusal(&self) -> bool {
         match self {
             DeliverError::Refused(e) => !matches!(e, FilesError::WrongGeneration { .. }),
+            DeliverError::Install(FilesDirError::Sealed { .. }) => true,
             _ => false,
         }
     }
@@ -60,6 +61,8 @@ pub enum Delivered {
 pub struct Places<'a> {
     pub files_dir: &'a Path,
     pub state_dir: &'a Path,
+    /// The host's SSH private key, which opens age-encrypted files.
+    pub identity: &'a Path,
 }
 
 /// Fetches, verifies and installs this host's files for the release `generation`, and
@@ -96,8 +99,9 @@ pub async fn deliver<L: Link + Sync>(
         entry.check(&content)?;
         contents.push(content);
     }
+    let opened = files_dir::opened(&manifest, &contents, places.identity)?;
     let previous = files_dir::kept_names(places.state_dir);
-    let installed = files_dir::install(&manifest, &contents, places.files_dir, &previous, false)?;
+    let installed = files_dir::install(&manifest, &opened, places.files_dir, &previous, false)?;
     files_dir::keep(places.state_dir, &bytes, &manifest, &contents)?;
     Ok(Delivered::Files {
         installed: installed.written,
@@ -162,6 +166,7 @@ mod tests {
         let places = Places {
             files_dir: &out,
             state_dir: &dir.path().join("state"),
+            identity: Path::new("/no-ssh-key"),
         };
         let t = tree(
             &key,
@@ -208,6 +213,7 @@ mod tests {
         let places = Places {
             files_dir: &out,
             state_dir: &dir.path().join("state"),
+            identity: Path::new("/no-ssh-key"),
         };
 
         // A blob altered on the server.

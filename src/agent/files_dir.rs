@@ -24,6 +24,7 @@ use super::config::Agent;
 use crate::durable::write_atomic;
 use crate::files::{self, FilesError, Manifest};
 use crate::nix::keys::PublicKey;
+use crate::secret::{self, SecretError};
 
 /// The marker of a directory Bento owns.
 pub const MARKER: &str = ".bento-files";
@@ -48,6 +49,13 @@ pub enum FilesDirError {
         path: PathBuf,
         #[source]
         source: FilesError,
+    },
+    /// An age-encrypted file this host's key cannot open (another host's, or altered).
+    #[error("file {name}: {source}")]
+    Sealed {
+        name: String,
+        #[source]
+        source: SecretError,
     },
 }
 
@@ -250,18 +258,46 @@ pub fn load_kept(
     Ok(Some(FileSet { manifest, contents }))
 }
 
+/// What is installed for each verified blob of `manifest`: the blob itself, or for an age
+/// entry what this host's SSH key (`identity`) decrypts it to. Ciphertext stays ciphertext
+/// everywhere but in `files_dir`.
+pub fn opened(
+    manifest: &Manifest,
+    blobs: &[Vec<u8>],
+    identity: &Path,
+) -> Result<Vec<Vec<u8>>, FilesDirError> {
+    manifest
+        .files
+        .iter()
+        .zip(blobs)
+        .map(|(entry, blob)| {
+            if entry.age {
+                secret::decrypt(blob, identity).map_err(|source| FilesDirError::Sealed {
+                    name: entry.name.clone(),
+                    source,
+                })
+            } else {
+                Ok(blob.clone())
+            }
+        })
+        .collect()
+}
+
 /// Puts back every kept file that is missing or differs (content or mode), after checking
-/// the kept set again. Returns the names written (empty: all were right, or nothing kept).
+/// the kept set again (age files are decrypted again with `identity`, the host's SSH key).
+/// Returns the names written (empty: all were right, or nothing kept).
 pub fn restore(
     state_dir: &Path,
     key: &PublicKey,
     host: &str,
+    identity: &Path,
     dir: &Path,
 ) -> Result<Vec<String>, FilesDirError> {
     let Some(set) = load_kept(state_dir, key, host)? else {
         return Ok(Vec::new());
     };
-    install(&set.manifest, &set.contents, dir, &[], true).map(|i| i.written)
+    let contents = opened(&set.manifest, &set.contents, identity)?;
+    install(&set.manifest, &contents, dir, &[], true).map(|i| i.written)
 }
 
 /// [`restore`] for `agent`, logged: what was put back, or why nothing could be (the next
@@ -271,6 +307,7 @@ pub fn put_back(agent: &Agent) {
         &agent.state_dir,
         &agent.fleet_key,
         &agent.host,
+        &agent.ssh_key,
         &agent.files_dir,
     ) {
         Ok(names) if names.is_empty() => {}
@@ -292,9 +329,10 @@ pub fn needs_restore(state_dir: &Path, dir: &Path) -> bool {
     else {
         return false;
     };
+    // An age file's size on the host is its plaintext's, which only decrypting tells.
     manifest.files.iter().any(|e| {
         std::fs::symlink_metadata(dir.join(&e.name))
-            .map(|m| !m.is_file() || m.len() != e.size || m.mode() & 0o7777 != e.mode)
+            .map(|m| !m.is_file() || (!e.age && m.len() != e.size) || m.mode() & 0o7777 != e.mode)
             .unwrap_or(true)
     })
 }

@@ -131,6 +131,7 @@ fn restore_files(config: &std::path::Path) -> anyhow::Result<ExitCode> {
         &agent.state_dir,
         &agent.fleet_key,
         &agent.host,
+        &agent.ssh_key,
         &agent.files_dir,
     )?;
     if names.is_empty() {

@@ -14,6 +14,7 @@ pub mod init;
 pub mod keygen;
 mod progress;
 pub mod rollout;
+pub mod secret;
 pub mod serve;
 pub mod status;
 mod table;
@@ -37,6 +38,7 @@ enum Command {
     Serve(serve::Args),
     Agent(agent::Args),
     Keygen(keygen::Args),
+    Secret(secret::Args),
     Status(status::Args),
     Rollout(rollout::Args),
 }
@@ -65,6 +67,7 @@ impl Cli {
             Command::Deploy(args) => deploy::run(args),
             Command::Diff(args) => diff::run(args),
             Command::Keygen(args) => keygen::run(args),
+            Command::Secret(args) => secret::run(args),
             Command::Serve(args) => serve::run(args),
             Command::Status(args) => status::run(args),
             Command::Rollout(args) => rollout::run(args),

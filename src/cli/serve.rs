@@ -71,9 +71,74 @@ pub struct Args {
     /// Runtime worker threads (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
+    /// Check the fleet file and these flags, print what would be served, and exit (0 when
+    /// sound, 1 otherwise) without binding, reading keys or touching the state directory:
+    /// it runs where only the fleet file exists (the NixOS module runs it at build time).
+    #[arg(long)]
+    check_config: bool,
+}
+
+/// `--check-config`: the problems found in the flags alone (the fleet file was parsed
+/// before), each a sentence.
+fn flag_problems(args: &Args) -> Vec<String> {
+    let mut problems = Vec::new();
+    if args.max_nar_streams == 0 {
+        problems.push("--max-nar-streams must be at least 1".to_owned());
+    }
+    if args.threads == Some(0) {
+        problems.push("--threads must be at least 1".to_owned());
+    }
+    let mut listens = vec![
+        ("--cache-listen", args.cache_listen),
+        ("--sftp-listen", args.sftp_listen),
+    ];
+    if !args.no_dashboard {
+        listens.push(("--dashboard-listen", args.dashboard_listen));
+    }
+    for (i, (a, a_addr)) in listens.iter().enumerate() {
+        for (b, b_addr) in &listens[i + 1..] {
+            if a_addr.port() != 0 && a_addr == b_addr {
+                problems.push(format!("{a} and {b} are both {a_addr}"));
+            }
+        }
+    }
+    problems
+}
+
+/// `--check-config`: parses the fleet file and checks the flags; prints a summary or the
+/// problems.
+fn check_config(args: &Args) -> anyhow::Result<ExitCode> {
+    let fleet = crate::config::Fleet::load_text_only(&args.fleet.config)?;
+    let problems = flag_problems(args);
+    if !problems.is_empty() {
+        for p in &problems {
+            eprintln!("error: {p}");
+        }
+        return Ok(ExitCode::FAILURE);
+    }
+    println!(
+        "{}: {} hosts ({}), state directory {}",
+        fleet.file.display(),
+        fleet.hosts.len(),
+        fleet.hosts.keys().cloned().collect::<Vec<_>>().join(", "),
+        fleet.state.root().display()
+    );
+    println!("  fleet key  {} (not read)", fleet.signing_key.display());
+    println!("  cache      http://{}", args.cache_listen);
+    println!("  sftp       {}", args.sftp_listen);
+    if args.no_dashboard {
+        println!("  dashboard  off");
+    } else {
+        println!("  dashboard  http://{}/", args.dashboard_listen);
+    }
+    println!("configuration OK");
+    Ok(ExitCode::SUCCESS)
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if args.check_config {
+        return check_config(&args);
+    }
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = args.threads {
         rt.worker_threads(n.max(1));

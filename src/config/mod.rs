@@ -10,6 +10,7 @@
 //! signing_key = "keys/fleet.secret" # default: <state_dir>/keys/fleet.secret
 //! jobs = 2                          # default: from cores and memory
 //! keep_systems = 5                  # default; GC roots kept per host (newest systems)
+//! secret_recipients = ["ssh-ed25519 AAAA... alice"]  # operators who may edit age secrets
 //!
 //! [hosts.web1]
 //! ssh_key = "ssh-ed25519 AAAA... root@web1"
@@ -23,6 +24,7 @@
 //! [hosts.web1.files]                # delivered outside the store, see `files`
 //! db-password = "secrets/web1/db-password"                      # mode 0400
 //! "tls.key" = { source = "secrets/web1/tls.key", mode = 0o440 }
+//! api-token = "secrets/web1/api-token.age"   # age, to web1's ssh_key: see `secret`
 //! ```
 //!
 //! May import: `nix` (keys), `release` (host-name rules), `files` (file-name rules), `openssh`
@@ -163,6 +165,9 @@ pub struct Fleet {
     pub stale_after_secs: u64,
     /// Per host, how many of the newest distinct published systems keep their GC roots.
     pub keep_systems: usize,
+    /// `[fleet] secret_recipients`: keys (OpenSSH public key lines or `age1…`) every age
+    /// secret is encrypted to besides its host's, so that these operators can edit it.
+    pub secret_recipients: Vec<String>,
     /// Hosts by name (sorted).
     pub hosts: BTreeMap<String, Host>,
     /// `[rollout]`: the waves a deploy goes through; `None` deploys every host at once.
@@ -223,6 +228,8 @@ struct RawFleet {
     stale_after_secs: Option<u64>,
     keep_systems: Option<usize>,
     git: Option<ops::RawGit>,
+    #[serde(default)]
+    secret_recipients: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -248,20 +255,26 @@ enum RawDeliveredFile {
 impl Fleet {
     /// Reads and validates a fleet file. Relative paths in it are relative to its directory.
     pub fn load(path: &Path) -> Result<Fleet, FleetFileError> {
-        let file = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
-        let text = std::fs::read_to_string(&file).map_err(|source| match source.kind() {
-            std::io::ErrorKind::NotFound => FleetFileError::Missing { path: file.clone() },
-            _ => FleetFileError::Read {
-                path: file.clone(),
-                source,
-            },
-        })?;
+        let (file, text) = read_fleet_file(path)?;
         Fleet::parse(&text, &file)
+    }
+
+    /// Reads and validates a fleet file like [`Fleet::load`], without requiring the files
+    /// it names (flake, configuration.nix, delivered files) to exist: for checks made where
+    /// only the fleet file is, such as a Nix build sandbox, and by `bento serve`, which
+    /// never reads them (deploy does).
+    pub fn load_text_only(path: &Path) -> Result<Fleet, FleetFileError> {
+        let (file, text) = read_fleet_file(path)?;
+        Fleet::parse_checking(&text, &file, Paths::Unchecked)
     }
 
     /// Validates the text of a fleet file that lives at `file` (used to resolve relative
     /// paths and in messages).
     pub fn parse(text: &str, file: &Path) -> Result<Fleet, FleetFileError> {
+        Fleet::parse_checking(text, file, Paths::MustExist)
+    }
+
+    fn parse_checking(text: &str, file: &Path, paths: Paths) -> Result<Fleet, FleetFileError> {
         let raw: RawFile = toml::from_str(text).map_err(|e| {
             let at = toml_error::locate(text, e.span().map(|s| s.start), e.message());
             FleetFileError::Syntax {
@@ -321,11 +334,23 @@ impl Fleet {
             ));
         }
 
+        for key in &raw.fleet.secret_recipients {
+            let key = key.trim();
+            if !key.starts_with("age1")
+                && let Err(e) = SshPublicKey::parse(key)
+            {
+                return Err(fleet_err(
+                    "secret_recipients",
+                    format!("{key:?} is neither an OpenSSH public key nor an age1… key: {e}"),
+                ));
+            }
+        }
+
         let mut hosts: BTreeMap<String, Host> = BTreeMap::new();
         let mut lowercase: BTreeMap<String, String> = BTreeMap::new();
         let mut keys = BTreeMap::new();
         for (name, raw_host) in raw.hosts {
-            let host = validate_host(file, &flake, &resolve, name, raw_host)?;
+            let host = validate_host(file, &flake, &resolve, name, raw_host, paths)?;
             let host_err = |problem: String, field| FleetFileError::Host {
                 path: file.to_owned(),
                 host: host.name.clone(),
@@ -356,7 +381,7 @@ impl Fleet {
         let uses_flake = hosts
             .values()
             .any(|h| matches!(h.system, System::Flake { .. }));
-        if uses_flake && flake_is_path {
+        if uses_flake && flake_is_path && paths == Paths::MustExist {
             let flake_nix = Path::new(&flake).join("flake.nix");
             if !flake_nix.is_file() {
                 return Err(FleetFileError::MissingFile {
@@ -391,6 +416,7 @@ impl Fleet {
             jobs: raw.fleet.jobs,
             stale_after_secs,
             keep_systems,
+            secret_recipients: raw.fleet.secret_recipients,
             hosts,
             rollout,
             git,
@@ -414,6 +440,25 @@ impl Fleet {
     }
 }
 
+/// The absolute path of a fleet file and its text.
+fn read_fleet_file(path: &Path) -> Result<(PathBuf, String), FleetFileError> {
+    let file = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+    match std::fs::read_to_string(&file) {
+        Ok(text) => Ok((file, text)),
+        Err(source) if source.kind() == std::io::ErrorKind::NotFound => {
+            Err(FleetFileError::Missing { path: file })
+        }
+        Err(source) => Err(FleetFileError::Read { path: file, source }),
+    }
+}
+
+/// Whether the files a fleet file names must exist when it is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Paths {
+    MustExist,
+    Unchecked,
+}
+
 /// Checks one host on its own (checks across hosts are the caller's).
 fn validate_host(
     file: &Path,
@@ -421,6 +466,7 @@ fn validate_host(
     resolve: &dyn Fn(&Path) -> PathBuf,
     name: String,
     raw: RawHost,
+    paths: Paths,
 ) -> Result<Host, FleetFileError> {
     let host_err = |field, problem: String| FleetFileError::Host {
         path: file.to_owned(),
@@ -451,7 +497,7 @@ fn validate_host(
         }
         (None, Some(conf)) => {
             let path = resolve(&conf);
-            if !path.is_file() {
+            if paths == Paths::MustExist && !path.is_file() {
                 return Err(FleetFileError::MissingFile {
                     path: file.to_owned(),
                     subject: format!("host {name}, field configuration"),
@@ -489,7 +535,7 @@ fn validate_host(
             .and_then(|()| crate::files::check_mode(&file_name, mode))
             .map_err(|e| host_err("files", e.to_string()))?;
         let source = resolve(&source);
-        if !source.is_file() {
+        if paths == Paths::MustExist && !source.is_file() {
             return Err(FleetFileError::MissingFile {
                 path: file.to_owned(),
                 subject: format!("host {name}, field files.{file_name}"),

@@ -18,6 +18,8 @@ pub struct FileToDeliver {
     pub name: String,
     pub content: Vec<u8>,
     pub mode: u32,
+    /// `content` is age ciphertext for the host (`crate::secret`), published as it is.
+    pub age: bool,
 }
 
 /// Reads the files `[hosts.<host>.files]` delivers, from their sources on this server
@@ -36,13 +38,43 @@ pub fn read_sources(fleet: &Fleet, host: &str) -> Result<Vec<FileToDeliver>, Dep
                     path: file.source.clone(),
                     source,
                 })?;
+            let age = crate::secret::is_age_path(&file.source);
+            if age {
+                check_sealed_for(&content, h, name, &file.source)?;
+            }
             Ok(FileToDeliver {
                 name: name.clone(),
                 content,
                 mode: file.mode,
+                age,
             })
         })
         .collect()
+}
+
+/// An `.age` source must be an age file with a recipient for the host's SSH key: said at
+/// deploy, before any agent refuses it.
+fn check_sealed_for(
+    content: &[u8],
+    host: &crate::config::Host,
+    name: &str,
+    source: &Path,
+) -> Result<(), DeployError> {
+    let sealed = |problem: String| DeployError::Sealed {
+        host: host.name.clone(),
+        name: name.to_owned(),
+        path: source.to_owned(),
+        problem,
+    };
+    let for_host = crate::secret::is_encrypted_to(content, &host.ssh_key.to_openssh())
+        .map_err(|e| sealed(e.to_string()))?;
+    if !for_host {
+        return Err(sealed(format!(
+            "it is not encrypted to {}'s ssh_key in bento.toml, so its agent could not read it: encrypt it again with `bento secret encrypt {} {name}`",
+            host.name, host.name
+        )));
+    }
+    Ok(())
 }
 
 /// A host's files for one deploy: read, hashed and compared with what is published once.
@@ -66,12 +98,13 @@ impl HostFiles {
         let mut entries = Vec::with_capacity(files.len());
         let mut contents = HashMap::with_capacity(files.len());
         for f in files {
-            let entry = ManifestEntry::of(&f.name, &f.content, f.mode).map_err(|source| {
+            let mut entry = ManifestEntry::of(&f.name, &f.content, f.mode).map_err(|source| {
                 DeployError::Files {
                     host: host.to_owned(),
                     source,
                 }
             })?;
+            entry.age = f.age;
             contents.insert(entry.sha256.clone(), f.content.clone());
             entries.push(entry);
         }
@@ -110,10 +143,12 @@ impl HostFiles {
             path: blobs.clone(),
             source,
         })?;
+        // Group-readable: on a NixOS server the state directory belongs to group `bento`,
+        // whose members (operators) deploy and whose user serves; nobody else reads them.
         for (sha256, content) in &self.contents {
             let blob = blobs.join(sha256);
             if !blob.exists() {
-                durable::write_atomic(&blob, content, 0o600)?;
+                durable::write_atomic(&blob, content, 0o640)?;
             }
         }
         let manifest =
@@ -123,7 +158,7 @@ impl HostFiles {
                     source,
                 }
             })?;
-        durable::write_atomic(&dir.join(files::MANIFEST_PATH), &manifest.to_bytes(), 0o600)?;
+        durable::write_atomic(&dir.join(files::MANIFEST_PATH), &manifest.to_bytes(), 0o640)?;
         remove_unlisted_blobs(&blobs, &self.entries);
         Ok(())
     }
@@ -161,6 +196,7 @@ mod tests {
             name: name.into(),
             content: content.as_bytes().to_vec(),
             mode: 0o400,
+            age: false,
         }
     }
 

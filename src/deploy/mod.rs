@@ -96,6 +96,13 @@ pub enum DeployError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{path} (host {host}, files.{name}): {problem}")]
+    Sealed {
+        host: String,
+        name: String,
+        path: PathBuf,
+        problem: String,
+    },
     #[error("cannot publish the files of host {host}: {source}")]
     Files {
         host: String,

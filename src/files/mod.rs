@@ -79,6 +79,10 @@ pub struct ManifestEntry {
     pub sha256: String,
     pub size: u64,
     pub mode: u32,
+    /// The blob is age ciphertext for the host's SSH key (`crate::secret`): hash and size
+    /// are the ciphertext's, and the agent decrypts it before installing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub age: bool,
 }
 
 /// The signed list of a host's files for one generation.
@@ -138,6 +142,7 @@ impl ManifestEntry {
             sha256: hex::encode(Sha256Hash::of(content).0),
             size,
             mode,
+            age: false,
         })
     }
 
@@ -201,9 +206,15 @@ impl Manifest {
             self.format, self.host, self.generation
         );
         for e in &self.files {
+            // An age blob's line ends in " age", so that the signature covers how the
+            // agent must read it; plain lines are as they always were.
             s.push_str(&format!(
-                "file {} {} {} {:o}\n",
-                e.name, e.sha256, e.size, e.mode
+                "file {} {} {} {:o}{}\n",
+                e.name,
+                e.sha256,
+                e.size,
+                e.mode,
+                if e.age { " age" } else { "" }
             ));
         }
         s.into_bytes()
@@ -316,6 +327,13 @@ mod tests {
         let back = verify(&bytes, &k.public(), "web1", 7).unwrap();
         assert_eq!(back, m);
         assert!(back.files[0].check(b"hunter2\n").is_ok());
+        // Plain entries carry no `age` field (agents from before it read them), age ones do.
+        assert!(!String::from_utf8_lossy(&bytes).contains("\"age\""));
+        let mut sealed = m.files.clone();
+        sealed[1].age = true;
+        let sealed = Manifest::sign("web1", 7, sealed, &k).unwrap();
+        let back = verify(&sealed.to_bytes(), &k.public(), "web1", 7).unwrap();
+        assert!(back.files[1].age && !back.files[0].age);
     }
 
     #[test]
@@ -346,6 +364,20 @@ mod tests {
             (
                 "content hash swapped",
                 edit(&|m| m.files[0].sha256 = "0".repeat(64)),
+                "web1",
+                7,
+                "does not verify",
+            ),
+            (
+                "age flag dropped (the agent would install ciphertext)",
+                {
+                    let mut sealed = good.clone();
+                    sealed.files[0].age = true;
+                    let signed = Manifest::sign("web1", 7, sealed.files.clone(), &k).unwrap();
+                    let mut m = signed;
+                    m.files[0].age = false;
+                    m.to_bytes()
+                },
                 "web1",
                 7,
                 "does not verify",

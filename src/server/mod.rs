@@ -112,7 +112,7 @@ impl ServerConfig {
     /// Loads the fleet file, the fleet key and the SFTP host key (made on first start, in
     /// the state directory); the other options get the cache's defaults.
     pub fn load(fleet_file: &std::path::Path) -> Result<ServerConfig, ServerError> {
-        let fleet = Fleet::load(fleet_file)?;
+        let fleet = Fleet::load_text_only(fleet_file)?;
         let signing_key = fleet.load_signing_key()?;
         let host_key = sftp::load_or_create_host_key(&fleet.state.ssh_host_key())?;
         let defaults = CacheConfig::new(fleet.state.root(), signing_key.clone());

@@ -53,7 +53,7 @@ pub(super) async fn follow_fleet_file(
             continue;
         }
         seen = now;
-        let loaded = Fleet::load(&file)
+        let loaded = Fleet::load_text_only(&file)
             .map_err(ServerError::from)
             .and_then(|f| Ok((host_keys(&f)?, f)));
         match loaded {

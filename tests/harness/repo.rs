@@ -190,6 +190,24 @@ impl Repo {
         self.write();
     }
 
+    /// Delivers the existing file `source` to `host` as file `name` (an age file is
+    /// published as it is); written to `bento.toml`, not deployed yet.
+    pub fn give_source(&mut self, host: &str, name: &str, source: &Path, mode: u32) {
+        self.files
+            .entry(host.to_owned())
+            .or_default()
+            .insert(name.to_owned(), (source.to_owned(), mode));
+        self.write();
+    }
+
+    /// Stops delivering file `name` to `host` (`bento.toml` only).
+    pub fn remove_file(&mut self, host: &str, name: &str) {
+        if let Some(files) = self.files.get_mut(host) {
+            files.remove(name);
+        }
+        self.write();
+    }
+
     /// Removes `host` from `bento.toml` and the flake.
     pub fn remove_from_fleet_file(&mut self, host: &str) {
         self.listed.retain(|h| h != host);

@@ -1,6 +1,16 @@
 use std::os::unix::fs::PermissionsExt as _;
 
 use super::*;
+
+/// [`restore`] of plain (not age) files: no SSH key is ever read.
+fn restore_plain(
+    state: &Path,
+    key: &PublicKey,
+    host: &str,
+    out: &Path,
+) -> Result<Vec<String>, FilesDirError> {
+    restore(state, key, host, Path::new("/no-ssh-key"), out)
+}
 use crate::files::ManifestEntry;
 use crate::nix::keys::SecretKey;
 
@@ -94,7 +104,7 @@ fn the_kept_set_restores_missing_and_altered_files_with_their_modes() {
         ],
     );
     assert_eq!(
-        restore(&state, &key.public(), "web1", &out).unwrap(),
+        restore_plain(&state, &key.public(), "web1", &out).unwrap(),
         Vec::<String>::new()
     );
     install(&m, &c, &out, &[], false).unwrap();
@@ -104,7 +114,7 @@ fn the_kept_set_restores_missing_and_altered_files_with_their_modes() {
     // A reboot: the directory is gone.
     std::fs::remove_dir_all(&out).unwrap();
     assert!(needs_restore(&state, &out));
-    let restored = restore(&state, &key.public(), "web1", &out).unwrap();
+    let restored = restore_plain(&state, &key.public(), "web1", &out).unwrap();
     assert_eq!(restored, ["ca.pem", "db-password"]);
     assert_eq!(
         std::fs::read_to_string(out.join("db-password")).unwrap(),
@@ -118,7 +128,7 @@ fn the_kept_set_restores_missing_and_altered_files_with_their_modes() {
     // already right is left alone.
     std::fs::set_permissions(out.join("ca.pem"), std::fs::Permissions::from_mode(0o666)).unwrap();
     assert!(needs_restore(&state, &out));
-    let restored = restore(&state, &key.public(), "web1", &out).unwrap();
+    let restored = restore_plain(&state, &key.public(), "web1", &out).unwrap();
     assert_eq!(restored, ["ca.pem"]);
     std::fs::set_permissions(
         out.join("db-password"),
@@ -133,7 +143,7 @@ fn the_kept_set_restores_missing_and_altered_files_with_their_modes() {
     .unwrap();
     assert!(!needs_restore(&state, &out), "the cheap look does not hash");
     assert_eq!(
-        restore(&state, &key.public(), "web1", &out).unwrap(),
+        restore_plain(&state, &key.public(), "web1", &out).unwrap(),
         ["db-password"]
     );
     assert_eq!(
@@ -152,18 +162,18 @@ fn a_kept_set_that_does_not_verify_is_not_restored() {
     // A blob altered on the host's disk.
     let blob = state.join(KEPT).join("blobs").join(&m.files[0].sha256);
     std::fs::write(&blob, "s3creT\n").unwrap();
-    let err = restore(&state, &key.public(), "web1", &out).unwrap_err();
+    let err = restore_plain(&state, &key.public(), "web1", &out).unwrap_err();
     assert!(err.to_string().contains("db-password"), "{err}");
     assert!(!out.join("db-password").exists());
     // Another fleet's key, and another host.
     std::fs::write(&blob, "s3cret\n").unwrap();
     let other = SecretKey::generate("fleet-1").unwrap();
-    assert!(restore(&state, &other.public(), "web1", &out).is_err());
-    assert!(restore(&state, &key.public(), "web2", &out).is_err());
+    assert!(restore_plain(&state, &other.public(), "web1", &out).is_err());
+    assert!(restore_plain(&state, &key.public(), "web2", &out).is_err());
     assert!(!out.join("db-password").exists());
     // Positive control: with the right key and host it is restored.
     assert_eq!(
-        restore(&state, &key.public(), "web1", &out).unwrap(),
+        restore_plain(&state, &key.public(), "web1", &out).unwrap(),
         ["db-password"]
     );
 }
