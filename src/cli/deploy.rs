@@ -4,14 +4,14 @@
 
 use std::process::ExitCode;
 
-use anyhow::Context as _;
 use serde::Serialize;
 
-use super::args::HostsToBuild;
+use super::args::{HostsToBuild, WaveFlags};
 use super::{build as build_cli, table};
 use crate::build::{self, BuildPhase, Options, Status};
 use crate::config::{self, Fleet, Host};
-use crate::deploy::{DeployLock, DeployOutcome, FileToDeliver, Publisher, Reason};
+use crate::deploy::{DeployLock, DeployOutcome, Publisher, Reason};
+use crate::rollout::drive::{Built, Deploy, Placed};
 
 /// Build hosts and publish a new signed release for each host whose system changed.
 ///
@@ -24,6 +24,16 @@ use crate::deploy::{DeployLock, DeployOutcome, FileToDeliver, Publisher, Reason}
 /// --rollback HOST republishes the system before the host's current one as a new, higher
 /// generation (agents only accept newer generations). A later deploy publishes the
 /// configuration's build again.
+///
+/// With [rollout] in bento.toml (or --wave), hosts go in waves: the first wave is published
+/// now and the rollout recorded; `bento serve` publishes each next wave once enough hosts of
+/// the current one succeeded and its soak time passed, and halts the rollout when too many
+/// fail (`bento rollout status|pause|resume|abort`). A deploy while a rollout is still going
+/// waits (refused) unless [rollout] supersede = "restart" or --supersede; one while it is
+/// halted amends it: its first wave gets the new systems, `bento rollout resume` goes on.
+///
+/// The commit of the flake's git repository (and whether its tree had uncommitted changes)
+/// is recorded with each release in the history.
 ///
 /// --store-path HOST=PATH publishes a system built elsewhere (CI, a remote builder, a VM
 /// test), without evaluating: PATH must be a NixOS system (bin/switch-to-configuration)
@@ -58,6 +68,8 @@ pub struct Args {
     /// changes) between the system it reports running and the one to be published.
     #[arg(long)]
     diff: bool,
+    #[command(flatten)]
+    waves: WaveFlags,
 }
 
 /// `HOST=PATH` of `--store-path`: the split, and a path that is a store path by its form.
@@ -121,6 +133,7 @@ fn prebuilt(fleet: &Fleet, paths: &[(String, String)]) -> anyhow::Result<Vec<Hos
             build_phase: None,
             store_path,
             release: None,
+            wave: None,
             error,
         });
     }
@@ -139,6 +152,9 @@ struct HostReport {
     store_path: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     release: Option<DeployOutcome>,
+    /// Published when this wave (`2 (web)`) of the rollout starts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    wave: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
 }
@@ -158,13 +174,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             anyhow::bail!("--rollback takes one host name, not a tag");
         }
         let _lock = DeployLock::acquire(&fleet.state)?;
+        let commit = flake_commit(&fleet);
         let publisher = Publisher {
             state: &fleet.state,
             key: &key,
             now: crate::clock::unix_now(),
             keep_systems: fleet.keep_systems,
+            commit: commit.as_ref(),
         };
-        let files = files_of(&fleet, host)?;
+        let files = crate::deploy::read_sources(&fleet, host)?;
         let outcome = publisher.rollback(host, &files)?;
         wait_for_server(&fleet, [(host.as_str(), &outcome)]);
         if json {
@@ -207,6 +225,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     build_phase: None,
                     store_path: Some(store_path),
                     release: None,
+                    wave: None,
                     error: None,
                 },
                 Status::Failed { phase, error, .. } => HostReport {
@@ -215,6 +234,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     build_phase: Some(phase),
                     store_path: None,
                     release: None,
+                    wave: None,
                     error: Some(error),
                 },
                 Status::Evaluated { .. } => HostReport {
@@ -223,6 +243,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     build_phase: Some(BuildPhase::Build),
                     store_path: None,
                     release: None,
+                    wave: None,
                     error: Some("evaluated but not built".into()),
                 },
             })
@@ -232,22 +253,34 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.diff {
         show_diffs(&fleet, &reports, json);
     }
-    let publisher = Publisher {
-        state: &fleet.state,
+    let policy = args.waves.policy(&fleet)?;
+    let commit = flake_commit(&fleet);
+    let built: Vec<Built> = reports
+        .iter()
+        .filter_map(|r| {
+            Some(Built {
+                host: r.host.clone(),
+                store_path: r.store_path.clone()?,
+            })
+        })
+        .collect();
+    let deploy = Deploy {
+        fleet: &fleet,
         key: &key,
-        now: crate::clock::unix_now(),
-        keep_systems: fleet.keep_systems,
+        commit: commit.as_ref(),
+        policy: policy.as_ref(),
+        supersede: args.waves.supersede,
+        force: args.force,
     };
-    for report in &mut reports {
-        let Some(store_path) = &report.store_path else {
+    let deployed = deploy.run(&built, crate::clock::unix_now())?;
+    for h in deployed.hosts {
+        let Some(report) = reports.iter_mut().find(|r| r.host == h.host) else {
             continue;
         };
-        let published = files_of(&fleet, &report.host).and_then(|files| {
-            Ok(publisher.publish(&report.host, store_path, &files, args.force)?)
-        });
-        match published {
-            Ok(outcome) => report.release = Some(outcome),
-            Err(e) => report.error = Some(super::describe_error(&e)),
+        match h.outcome {
+            Ok(Placed::Now { release }) => report.release = Some(release),
+            Ok(Placed::Later { wave, number }) => report.wave = Some(format!("{number} ({wave})")),
+            Err(e) => report.error = Some(e),
         }
     }
     wait_for_server(
@@ -256,6 +289,22 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .iter()
             .filter_map(|r| Some((r.host.as_str(), r.release.as_ref()?))),
     );
+    let said = |line: String| {
+        if json {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
+    };
+    if let Some(old) = &deployed.replaced {
+        said(format!("replaced {}", old.headline()));
+    }
+    if let Some(r) = &deployed.rollout {
+        said(format!(
+            "{}\n`bento serve` publishes the next waves; see `bento rollout status`",
+            r.headline()
+        ));
+    }
 
     if json {
         println!("{}", serde_json::to_string_pretty(&reports)?);
@@ -353,6 +402,7 @@ fn reuse_builds(fleet: &Fleet, hosts: &[Host]) -> Vec<HostReport> {
                 build_phase: store_path.is_none().then_some(BuildPhase::Build),
                 store_path,
                 release: None,
+                wave: None,
                 error,
             }
         })
@@ -392,6 +442,9 @@ fn summary(reports: &[HostReport]) -> String {
             };
             let release = match (&r.release, &r.error, r.build_phase) {
                 (Some(o), _, _) => release_text(o),
+                (None, None, None) if r.wave.is_some() => {
+                    format!("in wave {}", r.wave.as_deref().unwrap_or_default())
+                }
                 (None, Some(_), None) => "FAILED".to_owned(),
                 _ => "-".to_owned(),
             };
@@ -406,52 +459,20 @@ fn summary(reports: &[HostReport]) -> String {
     table::render(&["HOST", "BUILD", "RELEASE", "RESULT"], &rows)
 }
 
-/// An `.age` source must be an age file with a recipient for the host's SSH key: said
-/// here, before any agent refuses it.
-fn check_sealed_for(
-    content: &[u8],
-    host: &crate::config::Host,
-    name: &str,
-    source: &std::path::Path,
-) -> anyhow::Result<()> {
-    let for_host = crate::secret::is_encrypted_to(content, &host.ssh_key.to_openssh())
-        .with_context(|| format!("{} (host {}, files.{name})", source.display(), host.name))?;
-    if !for_host {
-        anyhow::bail!(
-            "{} (host {}, files.{name}) is not encrypted to {}'s ssh_key in bento.toml, so its agent could not read it: encrypt it again with `bento secret encrypt {} {name}`",
-            source.display(),
-            host.name,
-            host.name,
-            host.name
+/// The commit of the flake's repository, when the flake is a local path in one; said on
+/// stderr when its tree has uncommitted changes (recorded as dirty).
+fn flake_commit(fleet: &Fleet) -> Option<crate::deploy::Commit> {
+    let dir = std::path::Path::new(&fleet.flake);
+    if !dir.is_absolute() {
+        return None;
+    }
+    let commit = crate::gitops::git::describe(dir)?;
+    if commit.dirty {
+        eprintln!(
+            "note: {} has uncommitted changes; the releases record commit {} as dirty",
+            dir.display(),
+            commit.short()
         );
     }
-    Ok(())
-}
-
-/// Reads the files `[hosts.<host>.files]` delivers, from their sources on this server.
-fn files_of(fleet: &Fleet, host: &str) -> anyhow::Result<Vec<FileToDeliver>> {
-    let Some(h) = fleet.hosts.get(host) else {
-        return Ok(Vec::new());
-    };
-    h.files
-        .iter()
-        .map(|(name, file)| {
-            let content = std::fs::read(&file.source).with_context(|| {
-                format!(
-                    "cannot read {} (host {host}, files.{name})",
-                    file.source.display()
-                )
-            })?;
-            let age = crate::secret::is_age_path(&file.source);
-            if age {
-                check_sealed_for(&content, h, name, &file.source)?;
-            }
-            Ok(FileToDeliver {
-                name: name.clone(),
-                content,
-                mode: file.mode,
-                age,
-            })
-        })
-        .collect()
+    Some(commit)
 }

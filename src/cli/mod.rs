@@ -13,6 +13,7 @@ pub mod diff;
 pub mod init;
 pub mod keygen;
 mod progress;
+pub mod rollout;
 pub mod secret;
 pub mod serve;
 pub mod status;
@@ -39,6 +40,7 @@ enum Command {
     Keygen(keygen::Args),
     Secret(secret::Args),
     Status(status::Args),
+    Rollout(rollout::Args),
 }
 
 /// An error and its causes on one line, each cause said once: most of Bento's error
@@ -68,6 +70,7 @@ impl Cli {
             Command::Secret(args) => secret::run(args),
             Command::Serve(args) => serve::run(args),
             Command::Status(args) => status::run(args),
+            Command::Rollout(args) => rollout::run(args),
         }
     }
 }

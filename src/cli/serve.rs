@@ -30,6 +30,11 @@ use crate::server::{self, Listeners, ServerConfig};
 /// The fleet dashboard (/, one page per host at /hosts/NAME, JSON at /api/status) has its
 /// own address, loopback by default: it shows every host's report logs, so it is kept off
 /// the port hosts reach. The cache's /metrics carries the fleet gauges too.
+///
+/// A staged rollout started by `bento deploy` is advanced here as reports arrive (see
+/// `bento rollout`); a restart continues it. With --follow, the branch of [fleet] git is
+/// fetched every interval_secs, each new commit built and deployed through [rollout]
+/// (docs/gitops.md); --hook-listen serves POST /hooks/git, which makes it fetch at once.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(flatten)]
@@ -88,6 +93,13 @@ pub struct Args {
     /// Do not serve the dashboard at all.
     #[arg(long, conflicts_with = "dashboard_listen")]
     no_dashboard: bool,
+    /// Follow the branch of [fleet] git: build each new commit and deploy it.
+    #[arg(long)]
+    follow: bool,
+    /// Address of the git push hook (POST /hooks/git, with the secret of [fleet] git
+    /// hook_secret_file as `Authorization: Bearer SECRET`). Needs --follow.
+    #[arg(long, requires = "follow")]
+    hook_listen: Option<SocketAddr>,
     /// Runtime worker threads (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
@@ -195,6 +207,22 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
     };
     config.limits.check().map_err(anyhow::Error::msg)?;
     raise_open_files_limit(&config);
+    if args.follow {
+        let Some(git) = &config.fleet.git else {
+            return Err(crate::gitops::GitopsError::NotConfigured {
+                path: config.fleet.file.clone(),
+            }
+            .into());
+        };
+        let hook_secret = match (&git.hook_secret_file, args.hook_listen) {
+            (Some(path), Some(_)) => Some(crate::gitops::HookSecret::load(path)?),
+            (None, Some(addr)) => anyhow::bail!(
+                "--hook-listen {addr}: [fleet] git has no hook_secret_file; the hook needs a shared secret"
+            ),
+            (_, None) => None,
+        };
+        config.follow = Some(server::Follow { hook_secret });
+    }
     let listeners = bind(&args).await?;
 
     let addr = |l: &TcpListener, default| l.local_addr().unwrap_or(default);
@@ -212,6 +240,9 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
     }
     say!("  fleet key  {}", config.signing_key.public());
     say!("  sftp       {}", addr(&listeners.sftp, args.sftp_listen));
+    if let (Some(l), Some(default)) = (&listeners.hook, args.hook_listen) {
+        say!("  hook       http://{}/hooks/git", addr(l, default));
+    }
     say!("  host key   {}", config.host_key.public_openssh());
     say!(
         "Agents pin the host key: server_host_key = \"{}\"",
@@ -303,10 +334,19 @@ async fn bind(args: &Args) -> anyhow::Result<Listeners> {
                 })?,
         )
     };
+    let hook = match args.hook_listen {
+        None => None,
+        Some(a) => Some(
+            TcpListener::bind(a)
+                .await
+                .with_context(|| format!("cannot listen on {a} for the git hook"))?,
+        ),
+    };
     Ok(Listeners {
         cache,
         sftp,
         dashboard,
+        hook,
     })
 }
 

@@ -46,13 +46,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .into_iter()
         .map(|h| h.name.clone())
         .collect();
-    let get = || {
-        status::collect(
+    let get = || -> anyhow::Result<FleetStatus> {
+        let mut s = status::collect(
             &fleet.state,
             hosts.iter().map(String::as_str),
             crate::clock::unix_now(),
             fleet.stale_after_secs,
-        )
+        )?;
+        s.rollout = crate::rollout::record::load(&fleet.state)?.map(|r| r.view());
+        Ok(s)
     };
     let mut fleet_status = get()?;
     let mut shown = String::new();
@@ -97,7 +99,14 @@ fn row(h: &HostStatus) -> Vec<String> {
     let desired = h
         .desired
         .as_ref()
-        .map(|d| format!("g{} {}", d.generation, short_path(&d.store_path)))
+        .map(|d| {
+            let commit = d
+                .commit
+                .as_ref()
+                .map(|c| format!(" @{c}"))
+                .unwrap_or_default();
+            format!("g{} {}{commit}", d.generation, short_path(&d.store_path))
+        })
         .unwrap_or_else(dash);
     let running = match (&h.running, &h.desired) {
         (Some(r), Some(d)) if *r == d.store_path => "= desired".to_owned(),
@@ -145,6 +154,9 @@ pub fn render(fleet: &FleetStatus) -> String {
         .filter(|h| h.state == status::HostState::UpToDate)
         .count();
     out.push_str(&format!("{up} of {} hosts up to date\n", fleet.hosts.len()));
+    if let Some(r) = &fleet.rollout {
+        out.push_str(&format!("{}\n", printable(&r.headline)));
+    }
     out
 }
 

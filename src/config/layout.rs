@@ -108,6 +108,47 @@ impl StateDir {
     pub fn deploy_lock(&self) -> PathBuf {
         self.root.join("deploy.lock")
     }
+
+    /// `rollout/`: the current rollout and the ones it replaced.
+    pub fn rollout_dir(&self) -> PathBuf {
+        self.root.join("rollout")
+    }
+
+    /// `rollout/current.json`: the newest rollout, finished or not.
+    pub fn rollout(&self) -> PathBuf {
+        self.rollout_dir().join("current.json")
+    }
+
+    /// `rollout/<id>.json`: a rollout a newer one replaced.
+    pub fn rollout_archive(&self, id: u64) -> PathBuf {
+        self.rollout_dir().join(format!("{id}.json"))
+    }
+
+    /// `gcroots/<host>/rollout`: root of the system a rollout will publish to the host in a
+    /// later wave.
+    pub fn rollout_root(&self, host: &str) -> PathBuf {
+        self.gcroots_dir(host).join("rollout")
+    }
+
+    /// `git/`: what `bento serve --follow` keeps of the followed repository.
+    pub fn git_dir(&self) -> PathBuf {
+        self.root.join("git")
+    }
+
+    /// `git/mirror`: a bare repository the followed branch is fetched into.
+    pub fn git_mirror(&self) -> PathBuf {
+        self.git_dir().join("mirror")
+    }
+
+    /// `git/checkouts/`: one checkout per commit deployed (the newest few kept).
+    pub fn git_checkouts(&self) -> PathBuf {
+        self.git_dir().join("checkouts")
+    }
+
+    /// `git/follow.json`: what the follower did last.
+    pub fn follow_record(&self) -> PathBuf {
+        self.git_dir().join("follow.json")
+    }
 }
 
 #[cfg(test)]
@@ -133,6 +174,15 @@ mod tests {
             (s.cache_dir(), "/var/lib/bento/cache"),
             (s.last_seen("web1"), "/var/lib/bento/seen/web1"),
             (s.deploy_lock(), "/var/lib/bento/deploy.lock"),
+            (s.rollout(), "/var/lib/bento/rollout/current.json"),
+            (s.rollout_archive(7), "/var/lib/bento/rollout/7.json"),
+            (
+                s.rollout_root("web1"),
+                "/var/lib/bento/gcroots/web1/rollout",
+            ),
+            (s.git_mirror(), "/var/lib/bento/git/mirror"),
+            (s.git_checkouts(), "/var/lib/bento/git/checkouts"),
+            (s.follow_record(), "/var/lib/bento/git/follow.json"),
         ];
         for (got, want) in cases {
             assert_eq!(got, Path::new(want));

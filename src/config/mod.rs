@@ -40,11 +40,13 @@ use crate::nix::keys::{KeyError, SecretKey};
 use crate::release;
 
 mod layout;
+pub mod ops;
 mod select;
 mod toml_error;
 
 pub use crate::openssh::{SshKeyError, SshPublicKey};
 pub use layout::StateDir;
+pub use ops::{GitSource, RolloutPolicy, Supersede, WaveSpec};
 pub use select::select;
 
 /// Defaults, all in one place.
@@ -92,6 +94,12 @@ pub enum FleetFileError {
     },
     #[error("{path}: [fleet] field {field}: {problem}")]
     Fleet {
+        path: PathBuf,
+        field: &'static str,
+        problem: String,
+    },
+    #[error("{path}: [rollout] field {field}: {problem}")]
+    Rollout {
         path: PathBuf,
         field: &'static str,
         problem: String,
@@ -162,6 +170,10 @@ pub struct Fleet {
     pub secret_recipients: Vec<String>,
     /// Hosts by name (sorted).
     pub hosts: BTreeMap<String, Host>,
+    /// `[rollout]`: the waves a deploy goes through; `None` deploys every host at once.
+    pub rollout: Option<RolloutPolicy>,
+    /// `[fleet] git`: the branch `bento serve --follow` deploys.
+    pub git: Option<GitSource>,
 }
 
 /// One host of the fleet.
@@ -203,6 +215,7 @@ struct RawFile {
     fleet: RawFleet,
     #[serde(default)]
     hosts: BTreeMap<String, RawHost>,
+    rollout: Option<ops::RawRollout>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -214,6 +227,7 @@ struct RawFleet {
     jobs: Option<usize>,
     stale_after_secs: Option<u64>,
     keep_systems: Option<usize>,
+    git: Option<ops::RawGit>,
     #[serde(default)]
     secret_recipients: Vec<String>,
 }
@@ -378,6 +392,22 @@ impl Fleet {
             }
         }
 
+        let rollout = raw
+            .rollout
+            .map(|r| ops::rollout(r, &hosts))
+            .transpose()
+            .map_err(|(field, problem)| FleetFileError::Rollout {
+                path: file.to_owned(),
+                field,
+                problem,
+            })?;
+        let git = raw
+            .fleet
+            .git
+            .map(|g| ops::git(g, &resolve))
+            .transpose()
+            .map_err(|problem| fleet_err("git", problem))?;
+
         Ok(Fleet {
             file: file.to_owned(),
             flake,
@@ -388,6 +418,8 @@ impl Fleet {
             keep_systems,
             secret_recipients: raw.fleet.secret_recipients,
             hosts,
+            rollout,
+            git,
         })
     }
 

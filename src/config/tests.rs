@@ -300,3 +300,152 @@ fn delivered_files_default_to_root_only() {
     assert_eq!(files["db"].source, dir.join("flake.nix"));
     assert_eq!(files["tls.key"].mode, 0o440);
 }
+
+/// Four hosts (web1, web2 tagged web; db1; lab tagged canary) and `extra` appended.
+fn fleet_with(extra: &str) -> Result<Fleet, FleetFileError> {
+    let mut text = String::new();
+    for (i, (name, tags)) in [
+        ("web1", "\"web\""),
+        ("web2", "\"web\""),
+        ("db1", ""),
+        ("lab", "\"canary\""),
+    ]
+    .iter()
+    .enumerate()
+    {
+        text.push_str(&format!(
+            "[hosts.{name}]\nssh_key = \"{}\"\ntags = [{tags}]\n",
+            ssh_key(i as u8 + 10)
+        ));
+    }
+    text.push_str(extra);
+    parse(&text)
+}
+
+#[test]
+fn rollout_waves_take_each_host_once_in_order() {
+    let fleet = fleet_with(
+        "[rollout]\ntimeout_secs = 60\n\
+         [[rollout.waves]]\nname = \"canary\"\nhosts = [\"@canary\", \"web1\"]\nsoak_secs = 5\n\
+         [[rollout.waves]]\nhosts = [\"@web\"]\nthreshold = 50\n\
+         [[rollout.waves]]\nname = \"rest\"\nhosts = [\"*\"]\n",
+    )
+    .unwrap();
+    let policy = fleet.rollout.clone().unwrap();
+    assert_eq!(policy.timeout_secs, 60);
+    assert_eq!(policy.supersede, Supersede::Wait);
+    let hosts: Vec<&Host> = fleet.hosts.values().collect();
+    let (waves, left) = policy.assign(&hosts);
+    let names: Vec<(&str, Vec<&str>, u8, u64)> = waves
+        .iter()
+        .map(|(w, hs)| {
+            (
+                w.name.as_str(),
+                hs.iter().map(|h| h.name.as_str()).collect(),
+                w.threshold,
+                w.soak_secs,
+            )
+        })
+        .collect();
+    assert_eq!(
+        names,
+        vec![
+            ("canary", vec!["lab", "web1"], 100, 5),
+            ("wave2", vec!["web2"], 50, 0),
+            ("rest", vec!["db1"], 100, 0),
+        ]
+    );
+    assert!(left.is_empty());
+    // A selection leaves empty waves out.
+    let (waves, _) = policy.assign(&[&fleet.hosts["db1"]]);
+    assert_eq!(waves.len(), 1);
+    assert_eq!(waves[0].0.name, "rest");
+}
+
+#[test]
+fn rollout_and_git_errors_name_the_field() {
+    let cases = [
+        ("[rollout]\n", "[rollout] field waves: lists no wave"),
+        (
+            "[rollout]\n[[rollout.waves]]\nhosts = [\"@web\"]\n",
+            "host(s) db1, lab are in no wave",
+        ),
+        (
+            "[rollout]\n[[rollout.waves]]\nhosts = [\"@nope\"]\n",
+            "\"@nope\" is neither a host",
+        ),
+        (
+            "[rollout]\n[[rollout.waves]]\nhosts = [\"*\"]\nthreshold = 0\n",
+            "threshold 0 is not a percentage",
+        ),
+        (
+            "[rollout]\n[[rollout.waves]]\nname = \"a\"\nhosts = [\"web1\"]\n[[rollout.waves]]\nname = \"a\"\nhosts = [\"*\"]\n",
+            "wave name \"a\" is used twice",
+        ),
+        (
+            "[rollout]\nsupersede = \"sometimes\"\n[[rollout.waves]]\nhosts = [\"*\"]\n",
+            "sometimes",
+        ),
+    ];
+    for (extra, want) in cases {
+        let err = fleet_with(extra).unwrap_err().to_string();
+        assert!(err.contains(want), "{extra}: {err}");
+    }
+    let git_cases = [
+        ("git = \"\"", "is not a repository URL"),
+        ("git = { url = \"/r\", branch = \"-x\" }", "branch \"-x\""),
+        ("git = { url = \"/r\", interval_secs = 0 }", "interval_secs"),
+        (
+            "git = { url = \"/r\", fleet_file = \"../x\" }",
+            "fleet_file",
+        ),
+    ];
+    for (line, want) in git_cases {
+        let err = parse(&format!(
+            "[fleet]\n{line}\n[hosts.a]\nssh_key = \"{}\"\n",
+            ssh_key(3)
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("[fleet] field git") && err.contains(want),
+            "{line}: {err}"
+        );
+    }
+}
+
+#[test]
+fn git_sources_keep_urls_and_resolve_paths() {
+    let dir = unit_dir();
+    let cases = [
+        (
+            "git = \"repo\"",
+            dir.join("repo").to_string_lossy().into_owned(),
+            "main",
+        ),
+        (
+            "git = { url = \"https://git.example/fleet.git\", branch = \"prod/eu\" }",
+            "https://git.example/fleet.git".to_owned(),
+            "prod/eu",
+        ),
+        (
+            "git = { url = \"git@git.example:fleet.git\" }",
+            "git@git.example:fleet.git".to_owned(),
+            "main",
+        ),
+    ];
+    for (line, url, branch) in cases {
+        let fleet = parse(&format!(
+            "[fleet]\n{line}\n[hosts.a]\nssh_key = \"{}\"\n",
+            ssh_key(3)
+        ))
+        .unwrap();
+        let git = fleet.git.unwrap();
+        assert_eq!(
+            (git.url.as_str(), git.branch.as_str()),
+            (url.as_str(), branch)
+        );
+        assert_eq!(git.fleet_file, Path::new("bento.toml"));
+        assert_eq!(git.interval_secs, 60);
+    }
+}

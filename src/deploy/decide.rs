@@ -286,6 +286,8 @@ mod tests {
             store_path: store_path.to_owned(),
             created: 1_790_000_000 + generation,
             rollback_of,
+            commit: None,
+            dirty: false,
         }
     }
 

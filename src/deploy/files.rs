@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use crate::config::StateDir;
+use crate::config::{Fleet, StateDir};
 use crate::durable;
 use crate::files::{self, Manifest, ManifestEntry};
 use crate::nix::keys::SecretKey;
@@ -20,6 +20,61 @@ pub struct FileToDeliver {
     pub mode: u32,
     /// `content` is age ciphertext for the host (`crate::secret`), published as it is.
     pub age: bool,
+}
+
+/// Reads the files `[hosts.<host>.files]` delivers, from their sources on this server
+/// (none for a host the fleet does not list).
+pub fn read_sources(fleet: &Fleet, host: &str) -> Result<Vec<FileToDeliver>, DeployError> {
+    let Some(h) = fleet.hosts.get(host) else {
+        return Ok(Vec::new());
+    };
+    h.files
+        .iter()
+        .map(|(name, file)| {
+            let content =
+                std::fs::read(&file.source).map_err(|source| DeployError::FileSource {
+                    host: host.to_owned(),
+                    name: name.clone(),
+                    path: file.source.clone(),
+                    source,
+                })?;
+            let age = crate::secret::is_age_path(&file.source);
+            if age {
+                check_sealed_for(&content, h, name, &file.source)?;
+            }
+            Ok(FileToDeliver {
+                name: name.clone(),
+                content,
+                mode: file.mode,
+                age,
+            })
+        })
+        .collect()
+}
+
+/// An `.age` source must be an age file with a recipient for the host's SSH key: said at
+/// deploy, before any agent refuses it.
+fn check_sealed_for(
+    content: &[u8],
+    host: &crate::config::Host,
+    name: &str,
+    source: &Path,
+) -> Result<(), DeployError> {
+    let sealed = |problem: String| DeployError::Sealed {
+        host: host.name.clone(),
+        name: name.to_owned(),
+        path: source.to_owned(),
+        problem,
+    };
+    let for_host = crate::secret::is_encrypted_to(content, &host.ssh_key.to_openssh())
+        .map_err(|e| sealed(e.to_string()))?;
+    if !for_host {
+        return Err(sealed(format!(
+            "it is not encrypted to {}'s ssh_key in bento.toml, so its agent could not read it: encrypt it again with `bento secret encrypt {} {name}`",
+            host.name, host.name
+        )));
+    }
+    Ok(())
 }
 
 /// A host's files for one deploy: read, hashed and compared with what is published once.

@@ -24,6 +24,45 @@ pub struct HistoryEntry {
     /// For a rollback: the generation whose system was republished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback_of: Option<u64>,
+    /// The commit of the configuration repository the system was built from, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+    /// The working tree had changes not committed (a manual deploy): the commit alone does
+    /// not say what was built.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dirty: bool,
+}
+
+/// The commit a deploy was built from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Commit {
+    /// The full commit id.
+    pub id: String,
+    /// Uncommitted changes were built too.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dirty: bool,
+}
+
+impl Commit {
+    /// `0123abcd` or `0123abcd+dirty`, for tables.
+    pub fn short(&self) -> String {
+        let id: String = self.id.chars().take(8).collect();
+        if self.dirty {
+            format!("{id}+dirty")
+        } else {
+            id
+        }
+    }
+}
+
+impl HistoryEntry {
+    /// The commit the entry's system was built from, if recorded.
+    pub fn source(&self) -> Option<Commit> {
+        self.commit.as_ref().map(|id| Commit {
+            id: id.clone(),
+            dirty: self.dirty,
+        })
+    }
 }
 
 /// A history file's entries.
@@ -107,6 +146,35 @@ pub fn read(path: &Path) -> Result<History, DeployError> {
     Ok(history)
 }
 
+/// How much of the end of a history file [`read_tail`] reads.
+pub const TAIL_BYTES: u64 = 64 * 1024;
+
+/// The entries in the last [`TAIL_BYTES`] of a history file (the first, possibly cut, line
+/// left out), oldest first; empty when there is none. For readers that only need recent
+/// generations (`bento status`), so that a long history costs nothing per poll. Damage is
+/// not an error here: a line that does not parse is skipped.
+pub fn read_tail(path: &Path) -> Result<Vec<HistoryEntry>, DeployError> {
+    let io = |source| DeployError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io(e)),
+    };
+    let len = file.metadata().map_err(io)?.len();
+    let start = len.saturating_sub(TAIL_BYTES);
+    file.seek(std::io::SeekFrom::Start(start)).map_err(io)?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).map_err(io)?;
+    let mut lines = bytes.split(|b| *b == b'\n');
+    if start > 0 {
+        lines.next();
+    }
+    Ok(lines.filter_map(|l| parse_line(l).ok()).collect())
+}
+
 /// Appends one entry durably: a torn last line is cut off first, the line is written in
 /// one call and fsynced, and a new file's directory is fsynced too.
 pub fn append(path: &Path, entry: &HistoryEntry) -> Result<(), DeployError> {
@@ -161,6 +229,8 @@ mod tests {
             store_path: format!("/nix/store/{}-sys", "a".repeat(32)),
             created: 1_790_000_000,
             rollback_of: None,
+            commit: None,
+            dirty: false,
         }
     }
 
@@ -235,5 +305,33 @@ mod tests {
         std::fs::write(&path, line(1).trim_end()).unwrap();
         append(&path, &entry(2)).unwrap();
         assert_eq!(read(&path).unwrap().entries, vec![entry(1), entry(2)]);
+    }
+
+    #[test]
+    fn the_tail_holds_the_newest_entries_and_their_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("web1.jsonl");
+        assert!(read_tail(&path).unwrap().is_empty());
+        let n = 1000;
+        for g in 1..=n {
+            let mut e = entry(g);
+            e.commit = Some(format!("{g:040}"));
+            e.dirty = g % 2 == 0;
+            append(&path, &e).unwrap();
+        }
+        assert!(std::fs::metadata(&path).unwrap().len() > TAIL_BYTES);
+        let tail = read_tail(&path).unwrap();
+        assert!(
+            tail.len() > 100 && tail.len() < n as usize,
+            "{}",
+            tail.len()
+        );
+        let last = tail.last().unwrap();
+        assert_eq!(last.generation, n);
+        assert_eq!(
+            last.source().map(|c| c.short()),
+            Some("00000000+dirty".to_owned())
+        );
+        assert_eq!(read(&path).unwrap().entries.len(), n as usize);
     }
 }

@@ -49,6 +49,23 @@ impl DeployLock {
         Ok(DeployLock { _file: file, path })
     }
 
+    /// Takes the lock, waiting up to `patience` for a holder to let go (a `bento serve`
+    /// publishing a wave holds it for moments).
+    pub fn acquire_waiting(
+        state: &StateDir,
+        patience: std::time::Duration,
+    ) -> Result<DeployLock, DeployError> {
+        let deadline = std::time::Instant::now() + patience;
+        loop {
+            match DeployLock::acquire(state) {
+                Err(DeployError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                other => return other,
+            }
+        }
+    }
+
     pub fn path(&self) -> &std::path::Path {
         &self.path
     }

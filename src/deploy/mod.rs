@@ -31,8 +31,8 @@ pub mod history;
 mod lock;
 
 pub use decide::{Decision, Reason};
-pub use files::{FileToDeliver, HostFiles};
-pub use history::{History, HistoryEntry};
+pub use files::{FileToDeliver, HostFiles, read_sources};
+pub use history::{Commit, History, HistoryEntry};
 pub use lock::DeployLock;
 
 #[derive(Debug, Error)]
@@ -88,6 +88,21 @@ pub enum DeployError {
         generation: u64,
         path: PathBuf,
     },
+    #[error("cannot read {path} (host {host}, files.{name}): {source}")]
+    FileSource {
+        host: String,
+        name: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} (host {host}, files.{name}): {problem}")]
+    Sealed {
+        host: String,
+        name: String,
+        path: PathBuf,
+        problem: String,
+    },
     #[error("cannot publish the files of host {host}: {source}")]
     Files {
         host: String,
@@ -137,6 +152,8 @@ pub struct Publisher<'a> {
     pub now: u64,
     /// GC roots kept per host (see [`prune_roots`]).
     pub keep_systems: usize,
+    /// The commit the systems were built from, recorded in each history line.
+    pub commit: Option<&'a Commit>,
 }
 
 impl Publisher<'_> {
@@ -152,6 +169,47 @@ impl Publisher<'_> {
     ) -> Result<DeployOutcome, DeployError> {
         let state = self.state;
         remove_stale_temp_files(&state.publish_dir(host));
+        let (decision, files, current) = self.decide(host, store_path, files, force)?;
+        match decision {
+            Decision::Unchanged { generation } => Ok(DeployOutcome::Unchanged {
+                generation,
+                store_path: store_path.to_owned(),
+            }),
+            Decision::Publish { generation, reason } => {
+                files.write(state, self.key, host, generation)?;
+                write_release(self, host, generation, store_path, None)?;
+                prune_roots(state, host, store_path, self.keep_systems);
+                Ok(DeployOutcome::Published {
+                    generation,
+                    store_path: store_path.to_owned(),
+                    reason,
+                    previous: current.map(|r| r.generation),
+                })
+            }
+        }
+    }
+
+    /// Whether [`Publisher::publish`] would publish a new release for `host` (nothing is
+    /// written).
+    pub fn would_publish(
+        &self,
+        host: &str,
+        store_path: &str,
+        files: &[FileToDeliver],
+        force: bool,
+    ) -> Result<bool, DeployError> {
+        let (decision, _, _) = self.decide(host, store_path, files, force)?;
+        Ok(matches!(decision, Decision::Publish { .. }))
+    }
+
+    fn decide(
+        &self,
+        host: &str,
+        store_path: &str,
+        files: &[FileToDeliver],
+        force: bool,
+    ) -> Result<(Decision, HostFiles, Option<Release>), DeployError> {
+        let state = self.state;
         let current = current_release(state, host)?;
         let history = history::read(&state.history(host))?;
         let public = self.key.public();
@@ -166,25 +224,7 @@ impl Publisher<'_> {
             .ok_or_else(|| DeployError::GenerationOverflow {
                 host: host.to_owned(),
             })?;
-        match decision {
-            Decision::Unchanged { generation } => Ok(DeployOutcome::Unchanged {
-                generation,
-                store_path: store_path.to_owned(),
-            }),
-            Decision::Publish { generation, reason } => {
-                files.write(state, self.key, host, generation)?;
-                write_release(
-                    state, self.key, host, generation, store_path, self.now, None,
-                )?;
-                prune_roots(state, host, store_path, self.keep_systems);
-                Ok(DeployOutcome::Published {
-                    generation,
-                    store_path: store_path.to_owned(),
-                    reason,
-                    previous: current.map(|r| r.generation),
-                })
-            }
-        }
+        Ok((decision, files, current))
     }
 
     /// Republishes the system before the current one as a new, higher generation, with
@@ -217,12 +257,10 @@ impl Publisher<'_> {
                 })?;
         HostFiles::prepare(state, host, files)?.write(state, self.key, host, generation)?;
         write_release(
-            state,
-            self.key,
+            self,
             host,
             generation,
             &target.store_path,
-            self.now,
             Some(target.of_generation),
         )?;
         prune_roots(state, host, &target.store_path, self.keep_systems);
@@ -236,14 +274,19 @@ impl Publisher<'_> {
 }
 
 fn write_release(
-    state: &StateDir,
-    key: &SecretKey,
+    publisher: &Publisher<'_>,
     host: &str,
     generation: u64,
     store_path: &str,
-    now: u64,
     rollback_of: Option<u64>,
 ) -> Result<(), DeployError> {
+    let Publisher {
+        state,
+        key,
+        now,
+        commit,
+        ..
+    } = *publisher;
     let release = Release::sign(host, generation, store_path, now, key).map_err(|source| {
         DeployError::Sign {
             host: host.to_owned(),
@@ -271,6 +314,8 @@ fn write_release(
             store_path: store_path.to_owned(),
             created: now,
             rollback_of,
+            commit: commit.map(|c| c.id.clone()),
+            dirty: commit.is_some_and(|c| c.dirty),
         },
     )?;
     tracing::info!(host, generation, store_path, "release published");

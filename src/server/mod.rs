@@ -11,12 +11,15 @@
 //! - hosts see a release only once the cache serves its closure (`shown`): the SFTP server
 //!   shows each host its release as the cache's last refresh read it, waiting agents are
 //!   woken then, and `bento deploy` waits for that too.
+//! - the current rollout advanced (`rollout::drive::follow`) as reports arrive;
+//! - with `follow`, the git branch of `[fleet] git` followed (`gitops::follow`), and the
+//!   push hook (`POST /hooks/git`) on its own listener.
 //!
 //! The CLI binds the listeners (so tests can bind `127.0.0.1:0` and call the same function),
 //! prints the addresses and keys, and turns signals into the shutdown token.
 //!
 //! May import: `nix` (keys), `config`, `cache`, `sftp::server`, `status`, `release`,
-//! `durable`. It only wires them: each part knows nothing of the others.
+//! `durable`, `rollout`, `gitops`. It only wires them: each part knows nothing of the others.
 
 use std::error::Error as _;
 use std::sync::Arc;
@@ -31,7 +34,9 @@ use prometheus_client::registry::Registry;
 
 use crate::cache::{self, Access, Cache, CacheConfig, CacheError};
 use crate::config::{Fleet, FleetFileError};
+use crate::gitops::{self, HookSecret};
 use crate::nix::keys::SecretKey;
+use crate::rollout;
 use crate::sftp::server::{
     self as sftp, HostKey, HostKeyError, HostKeysError, Sessions, SessionsError, SftpConfig,
 };
@@ -59,6 +64,12 @@ pub enum ServerError {
     CacheStopped(#[source] CacheError),
     #[error("the dashboard stopped")]
     DashboardStopped(#[source] std::io::Error),
+    #[error("the git hook stopped")]
+    HookStopped(#[source] std::io::Error),
+    #[error(
+        "a hook listener was given but there is no branch to follow: add [fleet] git with hook_secret_file and pass --follow"
+    )]
+    HookWithoutFollow,
     #[error("a server task panicked; see the log above")]
     TaskPanicked,
 }
@@ -72,6 +83,16 @@ pub struct Listeners {
     pub sftp: TcpListener,
     /// The dashboard (HTTP), best kept on loopback; `None` serves no dashboard.
     pub dashboard: Option<TcpListener>,
+    /// The git push hook (HTTP, `POST /hooks/git`); needs [`ServerConfig::follow`] with a
+    /// secret.
+    pub hook: Option<TcpListener>,
+}
+
+/// `bento serve --follow`: the branch of `[fleet] git` is followed and deployed.
+#[derive(Debug, Clone)]
+pub struct Follow {
+    /// The push hook's shared secret (`[fleet] git.hook_secret_file`), when it has one.
+    pub hook_secret: Option<HookSecret>,
 }
 
 /// What the server needs, loaded and checked before anything listens.
@@ -93,6 +114,8 @@ pub struct ServerConfig {
     pub limits: cache::Limits,
     /// When set, `/metrics` needs `Authorization: Bearer <this>`.
     pub metrics_token: Option<String>,
+    /// Follow the git branch of `[fleet] git` (`None`: deploys come from `bento deploy`).
+    pub follow: Option<Follow>,
 }
 
 impl ServerConfig {
@@ -112,6 +135,7 @@ impl ServerConfig {
             verify_sends: defaults.verify_sends,
             limits: defaults.limits,
             metrics_token: None,
+            follow: None,
         })
     }
 }
@@ -132,7 +156,12 @@ pub async fn run(
         verify_sends,
         limits,
         metrics_token,
+        follow,
     } = config;
+    let hook_secret = follow.as_ref().and_then(|f| f.hook_secret.as_ref());
+    if listeners.hook.is_some() && hook_secret.is_none() {
+        return Err(ServerError::HookWithoutFollow);
+    }
     let state_dir = fleet.state.root().to_owned();
 
     let status = StatusSource::new(
@@ -140,6 +169,13 @@ pub async fn run(
         fleet.hosts.keys().cloned().collect(),
         fleet.stale_after_secs,
     );
+    let rollout_key = signing_key.clone();
+    status.show_rollouts(Arc::new(|state| {
+        rollout::record::load(state)
+            .ok()
+            .flatten()
+            .map(|r| r.view())
+    }));
     let mut cache_config = CacheConfig::new(&state_dir, signing_key);
     cache_config.max_nar_streams = max_nar_streams;
     cache_config.verify_sends = verify_sends;
@@ -216,7 +252,32 @@ pub async fn run(
         });
     }
 
+    let fetch_now = Arc::new(tokio::sync::Notify::new());
+    if let Some(listener) = listeners.hook
+        && let Some(secret) = follow.as_ref().and_then(|f| f.hook_secret.clone())
+    {
+        let (stop, wake) = (shutdown.clone(), fetch_now.clone());
+        parts.spawn(async move {
+            let served = gitops::hook::serve(listener, secret, wake, stop).await;
+            served.map_err(ServerError::HookStopped)
+        });
+    }
+
     let mut followers = JoinSet::new();
+    followers.spawn(rollout::drive::follow(
+        fleet.state.clone(),
+        rollout_key.clone(),
+        fleet.stale_after_secs,
+        shutdown.clone(),
+    ));
+    if follow.is_some() {
+        let follower = gitops::Follower {
+            server: fleet.clone(),
+            key: rollout_key,
+            fetch_now,
+        };
+        followers.spawn(gitops::follow(follower, shutdown.clone()));
+    }
     followers.spawn(show_after_refresh(
         releases_shown,
         sessions.clone(),
@@ -334,12 +395,14 @@ mod tests {
             verify_sends: false,
             limits: cache::Limits::default(),
             metrics_token: None,
+            follow: None,
         };
         let bind = || TcpListener::bind("127.0.0.1:0");
         let listeners = Listeners {
             cache: bind().await.unwrap(),
             sftp: bind().await.unwrap(),
             dashboard: Some(bind().await.unwrap()),
+            hook: None,
         };
         let local = |l: &TcpListener| l.local_addr().unwrap();
         let (cache, sftp, dashboard) = (

@@ -156,14 +156,23 @@ pub fn collect_host(
     );
     let reports = read_reports(state, host, chosen)?;
     let login = last_login(state, host)?;
-    Ok(view::summarize(
-        host,
-        release.as_ref(),
-        &reports,
-        login,
-        now,
-        stale_after,
-    ))
+    let mut status = view::summarize(host, release.as_ref(), &reports, login, now, stale_after);
+    if let Some(desired) = status.desired.as_mut() {
+        desired.commit = commit_of(state, host, desired.generation);
+    }
+    Ok(status)
+}
+
+/// The commit `generation` of `host` was built from, from the end of its history (a
+/// damaged or missing history only loses the commit).
+fn commit_of(state: &StateDir, host: &str, generation: u64) -> Option<String> {
+    crate::deploy::history::read_tail(&state.history(host))
+        .ok()?
+        .into_iter()
+        .rev()
+        .find(|e| e.generation == generation)?
+        .source()
+        .map(|c| c.short())
 }
 
 /// [`collect_host`], or, when the host's files cannot be read, an `unreadable` host saying
@@ -196,6 +205,7 @@ pub fn collect<'a>(
         now,
         stale_after_secs: stale_after,
         hosts,
+        rollout: None,
     })
 }
 

@@ -79,6 +79,24 @@ pub fn encode(fleet: &FleetStatus, encoder: &mut DescriptorEncoder) -> Result<()
         let labels = [("state", state.as_str())];
         ConstGauge::new(n).encode(states.encode_family(&labels)?)?;
     }
+    if let Some(r) = &fleet.rollout {
+        let mut wave = encoder.encode_descriptor(
+            "bento_rollout_wave",
+            "Current wave (from 1) of the newest rollout, labelled with its state and the wave's name.",
+            None,
+            MetricType::Gauge,
+        )?;
+        let labels = [("state", r.state.as_str()), ("wave", r.wave_name.as_str())];
+        ConstGauge::new(r.wave as u64).encode(wave.encode_family(&labels)?)?;
+        let mut waves = encoder.encode_descriptor(
+            "bento_rollout_waves",
+            "Waves of the newest rollout.",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(r.waves as u64)
+            .encode(waves.encode_family(&[("state", r.state.as_str())])?)?;
+    }
     for (name, help, value) in HOST_GAUGES {
         let values: Vec<(&str, u64)> = fleet
             .hosts
@@ -157,6 +175,15 @@ mod tests {
                 summarize("web1", None, &[], None, now, 300),
                 summarize("web2", None, &[], None, now, 300),
             ],
+            rollout: Some(crate::status::view::RolloutView {
+                id: 7,
+                state: "halted".into(),
+                wave: 1,
+                waves: 3,
+                wave_name: "canary".into(),
+                headline: "rollout 7: wave 1 of 3 (canary), halted".into(),
+                hosts: Default::default(),
+            }),
         };
         let text = render(&fleet);
         assert!(text.contains("# TYPE bento_hosts gauge\n"), "{text}");
@@ -169,5 +196,13 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("bento_host_desired_generation{"), "{text}");
+        assert!(
+            text.contains("bento_rollout_wave{state=\"halted\",wave=\"canary\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("bento_rollout_waves{state=\"halted\"} 3\n"),
+            "{text}"
+        );
     }
 }

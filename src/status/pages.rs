@@ -40,6 +40,7 @@ pub fn fleet(fleet: &FleetStatus) -> Markup {
     let body = html! {
         h1 { "Bento fleet" }
         div #summary {}
+        p #rollout { (fleet.rollout.as_ref().map_or("", |r| r.headline.as_str())) }
         table #fleet {
             thead {
                 tr {
@@ -62,12 +63,20 @@ fn row(h: &HostStatus) -> Markup {
         tr data-host=(h.host) {
             td { a href={ "/hosts/" (h.host) } { (h.host) } }
             td class={ "state s-" (state) } { (state) }
-            td { (or_dash(h.desired.as_ref().map(|d| format!("g{}", d.generation)))) }
+            td { (or_dash(h.desired.as_ref().map(desired_text))) }
             td.path { (or_dash(h.running.clone())) }
             td { (or_dash(h.seconds_since_seen.map(|s| format!("{} ago", ago(s))))) }
             td { (or_dash(h.seconds_since_release.map(|s| format!("{} ago", ago(s))))) }
             td.err { (h.last_error.as_deref().unwrap_or("")) }
         }
+    }
+}
+
+/// `g7`, or `g7 @0123abcd` when the release's commit is known.
+fn desired_text(d: &crate::status::view::Desired) -> String {
+    match &d.commit {
+        Some(c) => format!("g{} @{c}", d.generation),
+        None => format!("g{}", d.generation),
     }
 }
 
@@ -164,7 +173,9 @@ function draw(fleet) {
     a.textContent = h.host;
     cell(tr, "").appendChild(a);
     cell(tr, h.state, "state s-" + h.state);
-    cell(tr, h.desired ? "g" + h.desired.generation : "-");
+    cell(tr, h.desired
+      ? "g" + h.desired.generation + (h.desired.commit ? " @" + h.desired.commit : "")
+      : "-");
     cell(tr, h.running || "-", "path");
     cell(tr, ago(h.seconds_since_seen));
     cell(tr, ago(h.seconds_since_release));
@@ -174,6 +185,8 @@ function draw(fleet) {
   body.replaceChildren(...rows);
   document.getElementById("summary").textContent =
     Object.keys(counts).sort().map(k => counts[k] + " " + k).join(", ");
+  document.getElementById("rollout").textContent =
+    fleet.rollout ? fleet.rollout.headline : "";
   document.getElementById("updated").textContent =
     "updated " + new Date(fleet.now * 1000).toLocaleTimeString();
 }

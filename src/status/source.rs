@@ -6,10 +6,22 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use super::collect::collect_host_or_unreadable;
-use super::view::{FleetStatus, HostStatus};
+use super::view::{FleetStatus, HostStatus, RolloutView};
 use super::{StatusError, collect};
 use crate::clock::unix_now;
 use crate::config::StateDir;
+
+/// Reads the newest rollout for the status (the server hands one in: `status` does not
+/// read rollouts itself).
+pub type RolloutReader = Arc<dyn Fn(&StateDir) -> Option<RolloutView> + Send + Sync>;
+
+struct Rollouts(RolloutReader);
+
+impl std::fmt::Debug for Rollouts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RolloutReader")
+    }
+}
 
 #[derive(Debug)]
 pub struct StatusSource {
@@ -19,6 +31,7 @@ pub struct StatusSource {
     /// The last fleet status and when it was computed: browsers polling every 2 s and
     /// scrapers share one reading of the state directory per [`FRESH_FOR`].
     last: Mutex<Option<(Instant, Arc<FleetStatus>)>>,
+    rollouts: std::sync::OnceLock<Rollouts>,
 }
 
 /// How long a computed fleet status is served again.
@@ -31,7 +44,13 @@ impl StatusSource {
             hosts: RwLock::new(Arc::new(hosts)),
             stale_after,
             last: Mutex::new(None),
+            rollouts: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Shows the newest rollout, as `read` finds it, with the fleet (set once).
+    pub fn show_rollouts(&self, read: RolloutReader) {
+        let _ = self.rollouts.set(Rollouts(read));
     }
 
     /// Replaces the host list (after a fleet file reload).
@@ -57,12 +76,16 @@ impl StatusSource {
             return Ok(fleet.clone());
         }
         let hosts = self.hosts();
-        let fleet = Arc::new(collect(
+        let mut fleet = collect(
             &self.state,
             hosts.iter().map(String::as_str),
             unix_now(),
             self.stale_after,
-        )?);
+        )?;
+        if let Some(Rollouts(read)) = self.rollouts.get() {
+            fleet.rollout = read(&self.state);
+        }
+        let fleet = Arc::new(fleet);
         *last = Some((Instant::now(), fleet.clone()));
         Ok(fleet)
     }

@@ -1,6 +1,8 @@
 //! The line `bento status` shows for a host, and its JSON form (schema [`SCHEMA`], documented
 //! in `docs/status.md`): a pure function of the host's release, reports and last contact.
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
 use super::derive::{self, Facts, HostState};
@@ -18,6 +20,10 @@ pub struct Desired {
     pub store_path: String,
     /// Unix seconds when the release was made.
     pub created: u64,
+    /// The commit of the configuration repository it was built from (`+dirty` when the
+    /// working tree had uncommitted changes), from the release history.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
 }
 
 /// The newest report of a host.
@@ -56,6 +62,34 @@ pub struct FleetStatus {
     pub now: u64,
     pub stale_after_secs: u64,
     pub hosts: Vec<HostStatus>,
+    /// The newest staged rollout, when one was recorded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutView>,
+}
+
+/// The newest rollout as status shows it. `status` does not read rollouts: whoever does
+/// (the CLI, the server) fills it in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RolloutView {
+    pub id: u64,
+    /// `running`, `paused`, `halted`, `completed`, `aborted` or `superseded`.
+    pub state: String,
+    /// The current wave, counted from 1.
+    pub wave: usize,
+    pub waves: usize,
+    pub wave_name: String,
+    /// One line for humans, with the reason of a halt.
+    pub headline: String,
+    /// Each host of the rollout: its wave (from 1) and progress.
+    pub hosts: BTreeMap<String, RolloutHost>,
+}
+
+/// One host of a rollout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RolloutHost {
+    pub wave: usize,
+    /// `not-started`, `waiting`, `succeeded`, `failed` or `unchanged`.
+    pub progress: String,
 }
 
 impl FleetStatus {
@@ -103,6 +137,7 @@ pub fn summarize(
             generation: r.generation,
             store_path: r.store_path.clone(),
             created: r.created,
+            commit: None,
         }),
         running,
         current_generation,

@@ -78,6 +78,8 @@ pub struct Repo {
     files: BTreeMap<String, BTreeMap<String, (PathBuf, u32)>>,
     /// Lines added to `[fleet]`.
     fleet_options: Vec<String>,
+    /// Tables added after the hosts (e.g. `[rollout]`), verbatim.
+    sections: Vec<String>,
     pub fleet_key: SecretKey,
     salt: String,
     tmp: tempfile::TempDir,
@@ -109,6 +111,7 @@ impl Repo {
             specs: specs.into_iter().collect(),
             files: BTreeMap::new(),
             fleet_options: Vec::new(),
+            sections: Vec::new(),
             fleet_key,
             salt: salt.to_owned(),
             tmp,
@@ -165,6 +168,12 @@ impl Repo {
     /// Adds `line` to `[fleet]` of `bento.toml` (for example `keep_systems = 2`).
     pub fn add_fleet_option(&mut self, line: &str) {
         self.fleet_options.push(line.to_owned());
+        self.write();
+    }
+
+    /// Adds `text` (whole TOML tables, e.g. `[rollout]`) at the end of `bento.toml`.
+    pub fn add_section(&mut self, text: &str) {
+        self.sections.push(text.to_owned());
         self.write();
     }
 
@@ -275,6 +284,9 @@ impl Repo {
                     ));
                 }
             }
+        }
+        for section in &self.sections {
+            text.push_str(&format!("\n{section}\n"));
         }
         // Written whole and renamed, as an editor saves: `bento serve` never reads half.
         bento::durable::write_atomic(&self.fleet_file(), text.as_bytes(), 0o644).unwrap();

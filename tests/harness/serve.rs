@@ -20,6 +20,8 @@ pub struct Serve {
     pub sftp: String,
     /// The dashboard's URL without the trailing `/`, when it serves one.
     pub dashboard: Option<String>,
+    /// The git push hook's URL (`http://ip:port/hooks/git`), with `--hook-listen`.
+    pub hook: Option<String>,
     /// The host key agents pin.
     pub pinned: String,
     pub log: PathBuf,
@@ -95,6 +97,7 @@ impl Serve {
             cache: get("cache").expect("serve prints its cache URL"),
             sftp: get("sftp").expect("serve prints its SFTP address"),
             dashboard: get("dashboard").map(|d| d.trim_end_matches('/').to_owned()),
+            hook: get("hook"),
             pinned: get("pinned").unwrap(),
             log: log.to_owned(),
         })
