@@ -122,6 +122,35 @@ fn bad_files_and_bad_flags_are_refused_with_the_reason() {
         assert!(run.stderr.contains(says), "{name}: {}", run.both());
         assert!(!dir.path().join("state").exists(), "{name}");
     }
+    // Following git needs [fleet] git, and its hook a secret.
+    let run = check(&sound, &["--follow"]);
+    assert!(
+        !run.success() && run.stderr.contains("has no [fleet] git"),
+        "{}",
+        run.both()
+    );
+    let followed = dir.path().join("followed.toml");
+    let text = std::fs::read_to_string(&sound).unwrap().replacen(
+        "[fleet]\n",
+        "[fleet]\ngit = { url = \"/srv/fleet.git\", branch = \"main\" }\n",
+        1,
+    );
+    std::fs::write(&followed, text).unwrap();
+    let run = check(&followed, &["--follow", "--hook-listen", "127.0.0.1:9001"]);
+    assert!(
+        !run.success() && run.stderr.contains("no hook_secret_file"),
+        "{}",
+        run.both()
+    );
+    let run = check(&followed, &["--follow"]);
+    assert!(
+        run.success()
+            && run
+                .stdout
+                .contains("follows    /srv/fleet.git (branch main)"),
+        "{}",
+        run.both()
+    );
     // The same flags without the faults pass (the refusals above are the faults').
     let run = check(&sound, &["--cache-listen", "127.0.0.1:9000"]);
     assert!(run.success(), "{}", run.both());

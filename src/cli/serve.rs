@@ -141,7 +141,25 @@ fn flag_problems(args: &Args) -> Vec<String> {
 /// problems.
 fn check_config(args: &Args) -> anyhow::Result<ExitCode> {
     let fleet = crate::config::Fleet::load_text_only(&args.fleet.config)?;
-    let problems = flag_problems(args);
+    let mut problems = flag_problems(args);
+    match (&fleet.git, args.follow, args.hook_listen) {
+        (None, true, _) => problems.push(format!(
+            "--follow: {} has no [fleet] git to follow",
+            fleet.file.display()
+        )),
+        (Some(git), true, Some(addr)) if git.hook_secret_file.is_none() => problems.push(
+            format!("--hook-listen {addr}: [fleet] git has no hook_secret_file; the hook needs a shared secret"),
+        ),
+        _ => {}
+    }
+    if let Some(addr) = args.hook_listen
+        && [args.cache_listen, args.sftp_listen].contains(&addr)
+        && addr.port() != 0
+    {
+        problems.push(format!(
+            "--hook-listen {addr} is also the cache's or SFTP's address"
+        ));
+    }
     if !problems.is_empty() {
         for p in &problems {
             eprintln!("error: {p}");
@@ -162,6 +180,9 @@ fn check_config(args: &Args) -> anyhow::Result<ExitCode> {
         println!("  dashboard  off");
     } else {
         println!("  dashboard  http://{}/", args.dashboard_listen);
+    }
+    if let Some(git) = fleet.git.as_ref().filter(|_| args.follow) {
+        println!("  follows    {} (branch {})", git.url, git.branch);
     }
     println!("configuration OK");
     Ok(ExitCode::SUCCESS)
