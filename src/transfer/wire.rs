@@ -291,19 +291,17 @@ impl Decoder {
         loop {
             match self.state {
                 State::Magic => {
-                    if self.buf.len() < NARS_MAGIC.len() + 1 {
-                        let want = format!("{NARS_MAGIC}\n");
-                        if !want.as_bytes().starts_with(&self.buf) {
-                            return Err(WireError::Magic(NARS_MAGIC));
-                        }
-                        return Ok(None);
-                    }
-                    let Some(line) = self.line()? else {
-                        return Ok(None);
-                    };
-                    if line != NARS_MAGIC.as_bytes() {
+                    // Judged on every byte that arrived, however the input is split: a
+                    // prefix of the magic line waits for more, anything else is refused.
+                    let want = format!("{NARS_MAGIC}\n");
+                    let n = self.buf.len().min(want.len());
+                    if self.buf[..n] != want.as_bytes()[..n] {
                         return Err(WireError::Magic(NARS_MAGIC));
                     }
+                    if n < want.len() {
+                        return Ok(None);
+                    }
+                    let _ = self.buf.split_to(n);
                     self.state = State::Header;
                 }
                 State::Header => {
@@ -430,6 +428,23 @@ pub fn decode_all<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the fuzz target: a stream that is not one, given whole or a byte at a
+    /// time, is refused for the same reason.
+    #[test]
+    fn a_wrong_magic_is_refused_however_the_input_is_split() {
+        let bytes: &[u8] = b"benbe7rvmx\0be7rvmx772lto-cl2llosure 1@k25xk0/\xeei1";
+        let whole = decode_all([bytes], 1 << 20);
+        assert_eq!(whole, Err(WireError::Magic(NARS_MAGIC)));
+        let ones: Vec<&[u8]> = bytes.chunks(1).collect();
+        assert_eq!(decode_all(ones, 1 << 20), whole);
+        // A prefix of the magic line alone is a truncated stream, not a wrong one.
+        let prefix = &NARS_MAGIC.as_bytes()[..3];
+        assert!(matches!(
+            decode_all([prefix], 1 << 20),
+            Err(WireError::Truncated(_))
+        ));
+    }
 
     fn path(name: &str) -> StorePath {
         store::parse(&format!(
