@@ -83,23 +83,27 @@ impl IntoResponse for TransferServeError {
 /// not visible makes the whole request 404).
 fn visible(
     index: &Index,
-    headers: &HeaderMap,
+    caller: &access::Caller,
     paths: &[crate::nix::StorePath],
 ) -> Result<Vec<Arc<ServablePath>>, TransferServeError> {
-    let caller = access::identify(
-        index.tokens(),
-        headers
-            .get(header::AUTHORIZATION)
-            .map(HeaderValue::as_bytes),
-    );
     paths
         .iter()
-        .map(|p| match index.narinfo(p.digest(), &caller) {
+        .map(|p| match index.narinfo(p.digest(), caller) {
             Lookup::Found(e) if e.info.path == *p => Ok(e),
             Lookup::Found(_) | Lookup::NotFound => Err(TransferServeError::NotFound),
             Lookup::Unauthenticated => Err(TransferServeError::Unauthenticated),
         })
         .collect()
+}
+
+/// Who is asking, by the request's credentials (once per request).
+fn caller_of(index: &Index, headers: &HeaderMap) -> access::Caller {
+    access::identify(
+        index.tokens(),
+        headers
+            .get(header::AUTHORIZATION)
+            .map(HeaderValue::as_bytes),
+    )
 }
 
 fn file_size(e: &ServablePath) -> u64 {
@@ -122,7 +126,8 @@ pub async fn closure(State(cache): State<Arc<Cache>>, headers: HeaderMap, body: 
     let result = (|| {
         let asked = wire::parse_paths(&body, 1)?;
         let index = cache.index();
-        let mut todo = visible(&index, &headers, &asked)?;
+        let caller = caller_of(&index, &headers);
+        let mut todo = visible(&index, &caller, &asked)?;
         let mut seen: std::collections::HashSet<[u8; 20]> =
             todo.iter().map(|e| e.hash_part).collect();
         let mut all = Vec::new();
@@ -134,7 +139,7 @@ pub async fn closure(State(cache): State<Arc<Cache>>, headers: HeaderMap, body: 
                 .filter(|r| seen.insert(*r.digest()))
                 .cloned()
                 .collect();
-            todo.extend(visible(&index, &headers, &refs)?);
+            todo.extend(visible(&index, &caller, &refs)?);
             all.push(e);
         }
         let all = order::dependency_order(all, |e| &e.info.path, |e| &e.info.references);
@@ -173,7 +178,9 @@ async fn start_nars(
     body: &[u8],
 ) -> Result<Response, TransferServeError> {
     let asked = wire::parse_paths(body, MAX_PATHS)?;
-    let entries = visible(&cache.index(), headers, &asked)?;
+    let index = cache.index();
+    let caller = caller_of(&index, headers);
+    let entries = visible(&index, &caller, &asked)?;
     let bytes: u64 = entries.iter().map(|e| file_size(e)).sum();
     if bytes > MAX_TRANSFER_BYTES {
         return Err(TransferServeError::TooLarge {
@@ -183,15 +190,11 @@ async fn start_nars(
     }
     let entries = order::dependency_order(entries, |e| &e.info.path, |e| &e.info.references);
     let len = wire::nars_len(entries.iter().map(|e| (e.narinfo().len(), file_size(e))));
-    let host = match access::identify(
-        cache.index().tokens(),
-        headers
-            .get(header::AUTHORIZATION)
-            .map(HeaderValue::as_bytes),
-    ) {
+    let host = match caller {
         access::Caller::Host(h) => Some(h),
         access::Caller::Anyone | access::Caller::Unauthenticated => None,
     };
+    drop(index);
     let permit = cache
         .nar_places
         .claim(peer, host.as_deref())
