@@ -17,6 +17,7 @@ have cc || need+=(gcc)
 have curl || need+=(curl)
 [ -x /usr/bin/time ] || need+=(time)
 have chromium || need+=(chromium)  # the dashboard test (headless)
+have age || need+=(age)  # secrets: files sealed by the reference age tool (agenix's format) open in Bento, and back
 # The systemd host in a box (tests/harness/systemd): a Debian root booted by systemd-nspawn.
 { have debootstrap || [ -x /usr/sbin/debootstrap ]; } || need+=(debootstrap)
 have systemd-nspawn || need+=(systemd-container)

@@ -96,3 +96,39 @@ fn age_files_are_known_by_their_extension() {
     assert!(!is_age_path(Path::new("secrets/web1/db")));
     assert!(!is_age_path(Path::new("secrets/web1/age")));
 }
+
+/// The reference `age` tool (whose format agenix writes) and Bento read each other's files.
+#[test]
+fn files_of_the_reference_age_tool_open_and_ours_open_in_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (web1, web1_pub) = keypair(dir.path(), "web1", "");
+    let recipients = dir.path().join("recipients");
+    std::fs::write(&recipients, format!("{web1_pub}\n")).unwrap();
+    let plain = dir.path().join("plain");
+    std::fs::write(&plain, b"from the age tool\n").unwrap();
+    let sealed = dir.path().join("sealed.age");
+    let out = std::process::Command::new("age")
+        .arg("-R")
+        .arg(&recipients)
+        .arg("-o")
+        .arg(&sealed)
+        .arg(&plain)
+        .output()
+        .expect("the age tool (scripts/setup.sh installs it)");
+    assert!(out.status.success(), "{out:?}");
+    let theirs = std::fs::read(&sealed).unwrap();
+    assert!(is_encrypted_to(&theirs, &web1_pub).unwrap());
+    assert_eq!(decrypt(&theirs, &web1).unwrap(), b"from the age tool\n");
+
+    let ours = dir.path().join("ours.age");
+    std::fs::write(&ours, encrypt(b"from bento\n", &[web1_pub]).unwrap()).unwrap();
+    let out = std::process::Command::new("age")
+        .arg("-d")
+        .arg("-i")
+        .arg(&web1)
+        .arg(&ours)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(out.stdout, b"from bento\n");
+}
