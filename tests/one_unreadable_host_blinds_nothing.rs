@@ -34,19 +34,7 @@ fn write_fleet(fleet: &Repo) {
         std::fs::create_dir_all(state.reports_dir(host)).unwrap();
         let release = Release::sign(host, 2, &path_of(host), now - 100, &fleet.fleet_key).unwrap();
         std::fs::write(state.release(host), release.to_bytes()).unwrap();
-        let report = Report {
-            format: bento::report::FORMAT,
-            host: host.into(),
-            generation: 2,
-            wanted: Some(path_of(host)),
-            running: Some(path_of(host)),
-            outcome: Outcome::Applied,
-            reason: None,
-            started_ms: (now - 30) * 1000,
-            finished_ms: (now - 20) * 1000,
-            timings: Default::default(),
-            log: String::new(),
-        };
+        let report = harness::servers::applied_report(host, 2, &path_of(host), now);
         std::fs::write(
             state.reports_dir(host).join(report.file_name()),
             report.to_bytes(),

@@ -13,7 +13,7 @@ mod harness;
 use std::collections::BTreeMap;
 
 use bento::release::Release;
-use bento::report::{Outcome, Report};
+
 use harness::http::curl as get;
 use harness::init::Scaffold;
 use harness::keys::ssh_keygen_of;
@@ -145,19 +145,7 @@ fn publish_and_report(repo: &Scaffold) {
     std::fs::create_dir_all(publish.join("reports")).unwrap();
     let release = Release::sign("web1", 3, path, now - 60, &repo.fleet_secret_key()).unwrap();
     std::fs::write(publish.join("release"), release.to_bytes()).unwrap();
-    let report = Report {
-        format: bento::report::FORMAT,
-        host: "web1".into(),
-        generation: 3,
-        wanted: Some(path.into()),
-        running: Some(path.into()),
-        outcome: Outcome::Applied,
-        reason: None,
-        started_ms: (now - 30) * 1000,
-        finished_ms: (now - 20) * 1000,
-        timings: Default::default(),
-        log: String::new(),
-    };
+    let report = harness::servers::applied_report("web1", 3, path, now);
     std::fs::write(
         publish.join("reports").join(report.file_name()),
         report.to_bytes(),
