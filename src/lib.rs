@@ -4,6 +4,7 @@
 //! `nix` (pure formats and the process runner) is under everything; the CLI sits on top.
 
 pub mod agent;
+pub mod blocking;
 pub mod build;
 pub mod cache;
 pub mod cli;

@@ -1,7 +1,11 @@
 //! `bento serve`'s `/metrics`, scraped from the running server and parsed line by line as
 //! the Prometheus text format: every family that `docs/cache.md`, `docs/sftp.md` and
 //! `docs/status.md` list is there, each sample is typed, and the SFTP counters move when a
-//! host fails to log in (and, as the positive control, when one logs in).
+//! host fails to log in (and, as the positive control, when one logs in). A second test
+//! provokes each SFTP counter a client can reach (policy refusals, reports taken and too
+//! large, bytes both ways, the per-address limit on connections not logged in, the
+//! authentication timeout, the request-rate flood, the per-host session limit) and checks
+//! that each one moved on `/metrics`, the one registry of the process.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod harness;
@@ -9,7 +13,7 @@ mod harness;
 use std::collections::BTreeMap;
 
 use bento::release::Release;
-use bento::report::{Outcome, Report};
+
 use harness::http::curl as get;
 use harness::init::Scaffold;
 use harness::keys::ssh_keygen_of;
@@ -141,19 +145,7 @@ fn publish_and_report(repo: &Scaffold) {
     std::fs::create_dir_all(publish.join("reports")).unwrap();
     let release = Release::sign("web1", 3, path, now - 60, &repo.fleet_secret_key()).unwrap();
     std::fs::write(publish.join("release"), release.to_bytes()).unwrap();
-    let report = Report {
-        format: bento::report::FORMAT,
-        host: "web1".into(),
-        generation: 3,
-        wanted: Some(path.into()),
-        running: Some(path.into()),
-        outcome: Outcome::Applied,
-        reason: None,
-        started_ms: (now - 30) * 1000,
-        finished_ms: (now - 20) * 1000,
-        timings: Default::default(),
-        log: String::new(),
-    };
+    let report = harness::servers::applied_report("web1", 3, path, now);
     std::fs::write(
         publish.join("reports").join(report.file_name()),
         report.to_bytes(),
@@ -231,4 +223,168 @@ fn metrics_list_every_documented_family_and_count_a_failed_login() {
     let after_login = Scrape::parse(&get(&metrics));
     assert_eq!(successes(&after_login), successes(&before) + 1.0);
     assert!(after_login.value("bento_sftp_requests_total", &[]).unwrap() > 0.0);
+}
+
+/// Holds stock `sftp` sessions of a host open (their batch waits on stdin) until dropped.
+struct HeldSessions(Vec<std::process::Child>);
+
+impl Drop for HeldSessions {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[test]
+fn every_sftp_counter_moves_when_provoked() {
+    use std::io::Read as _;
+    use std::net::TcpStream;
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (web1_key, web1_public) = ssh_keygen_of(dir.path(), "web1", "ed25519", None);
+    let repo = Scaffold::init(dir.path(), "web1", &web1_public);
+    publish_and_report(&repo);
+    let server = repo.serve(dir.path(), false).unwrap();
+    let metrics = format!("{}/metrics", server.cache);
+    let scrape = || Scrape::parse(&get(&metrics));
+    let value = |s: &Scrape, name: &str| s.value(name, &[]).unwrap_or_else(|| panic!("{name}"));
+    let limit = |s: &Scrape, l: &str| {
+        s.value("bento_sftp_limits_hit_total", &[("limit", l)])
+            .unwrap_or_else(|| panic!("{l}"))
+    };
+    let before = scrape();
+
+    // One session: reads the release, is refused a removal, uploads a report, and is
+    // refused one over the 4 MiB cap.
+    let report = dir.path().join("report.json");
+    std::fs::write(&report, b"{\"not\":\"checked by the server\"}\n").unwrap();
+    let huge = dir.path().join("huge.json");
+    std::fs::write(&huge, vec![b'x'; 5 << 20]).unwrap();
+    let ran = server.stock_sftp(
+        dir.path(),
+        &[],
+        "web1",
+        &web1_key,
+        &format!(
+            "get /release {}\n-rm /release\nput {} /reports/provoked-1.json\n-put {} /reports/provoked-2.json\n",
+            dir.path().join("release").display(),
+            report.display(),
+            huge.display()
+        ),
+    );
+    assert!(ran.success(), "{}", ran.both());
+    let after = scrape();
+    for name in [
+        "bento_sftp_auth_successes_total",
+        "bento_sftp_requests_total",
+        "bento_sftp_requests_refused_total",
+        "bento_sftp_bytes_sent_total",
+        "bento_sftp_bytes_received_total",
+        "bento_sftp_reports_received_total",
+        "bento_sftp_reports_too_large_total",
+        "bento_sftp_connections_accepted_total",
+    ] {
+        assert!(
+            value(&after, name) > value(&before, name),
+            "{name} did not move: {} -> {}",
+            value(&before, name),
+            value(&after, name)
+        );
+    }
+
+    // 40 connections from one address that never log in: the 33rd on are refused at once
+    // (max_unauthenticated_per_ip 32); the others stay open, counted, until the 20 s
+    // authentication timeout closes them.
+    let (ip, port) = server.sftp.rsplit_once(':').unwrap();
+    let port: u16 = port.parse().unwrap();
+    let silent: Vec<TcpStream> = (0..40)
+        .map(|_| TcpStream::connect((ip, port)).unwrap())
+        .collect();
+    let start = Instant::now();
+    let mut held = scrape();
+    while limit(&held, "max_unauthenticated_per_ip")
+        < limit(&before, "max_unauthenticated_per_ip") + 8.0
+        && start.elapsed() < Duration::from_secs(10)
+    {
+        std::thread::sleep(Duration::from_millis(100));
+        held = scrape();
+    }
+    assert_eq!(
+        limit(&held, "max_unauthenticated_per_ip"),
+        limit(&before, "max_unauthenticated_per_ip") + 8.0
+    );
+    assert!(
+        value(&held, "bento_sftp_connections_refused_total")
+            >= value(&before, "bento_sftp_connections_refused_total") + 8.0
+    );
+    assert!(value(&held, "bento_sftp_connections_open") >= 32.0);
+    for mut conn in silent {
+        conn.set_read_timeout(Some(Duration::from_secs(120)))
+            .unwrap();
+        let mut buf = [0u8; 4096];
+        // The server's banner (not for the refused ones), then the close.
+        while matches!(conn.read(&mut buf), Ok(n) if n > 0) {}
+    }
+    let timed_out = scrape();
+    assert!(
+        value(&timed_out, "bento_sftp_auth_timeouts_total")
+            >= value(&before, "bento_sftp_auth_timeouts_total") + 32.0,
+        "auth timeouts: {}",
+        value(&timed_out, "bento_sftp_auth_timeouts_total")
+    );
+
+    // The per-host session limit (4): four sessions held open, a fifth refused.
+    let (ip, port) = server.sftp.rsplit_once(':').unwrap();
+    let known = server.known_hosts(dir.path());
+    let mut sessions = HeldSessions(Vec::new());
+    for _ in 0..4 {
+        sessions.0.push(
+            Command::new("sftp")
+                .args(harness::servers::openssh_options(&web1_key, &known))
+                .args(["-P", port])
+                .arg(format!("web1@{ip}"))
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+    }
+    let start = Instant::now();
+    while value(&scrape(), "bento_sftp_sessions_open") < 4.0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "4 sessions never opened"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let fifth = server.stock_sftp(dir.path(), &[], "web1", &web1_key, "ls /\n");
+    assert!(!fifth.success(), "a fifth session of web1 opened");
+    let limited = scrape();
+    assert!(limit(&limited, "max_sessions_per_host") > limit(&before, "max_sessions_per_host"));
+    drop(sessions);
+    let start = Instant::now();
+    while value(&scrape(), "bento_sftp_sessions_open") > 0.0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the held sessions never closed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // A flood: far more requests than the bucket holds (burst 1000, 200/s), as fast as the
+    // client goes; the session is cut, and counted.
+    let flood = "ls /\n".repeat(3000);
+    let flooded = server.stock_sftp(dir.path(), &[], "web1", &web1_key, &flood);
+    assert!(!flooded.success(), "3000 listings in a row were allowed");
+    let cut = scrape();
+    assert!(
+        value(&cut, "bento_sftp_flood_disconnects_total")
+            > value(&before, "bento_sftp_flood_disconnects_total")
+    );
+    assert!(limit(&cut, "request_rate") > limit(&before, "request_rate"));
 }

@@ -209,14 +209,11 @@ async fn answer(
                     return Err(ServeError::MetricsToken);
                 }
             }
+            // The fleet gauges read the state directory.
             let me = cache.clone();
-            let text = match tokio::task::spawn_blocking(move || me.render_metrics()).await {
-                Ok(text) => text,
-                Err(e) => {
-                    tracing::warn!(error = %e, "rendering metrics failed");
-                    String::new()
-                }
-            };
+            let text = crate::blocking::run("rendering /metrics", move || me.render_metrics())
+                .await
+                .map_err(|_| ServeError::Unreadable)?;
             Ok(small(
                 cache,
                 Endpoint::Metrics,
@@ -276,7 +273,7 @@ async fn answer(
                 return Err(ServeError::NotFound);
             };
             let (path, identity) = (zst.path.clone(), zst.identity);
-            let opened = tokio::task::spawn_blocking(move || {
+            let opened = crate::blocking::run("opening a compressed NAR", move || {
                 let file = std::fs::File::open(&path).ok()?;
                 let now = FileIdentity::of(&file.metadata().ok()?);
                 (now == identity).then_some(file)

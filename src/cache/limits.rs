@@ -76,6 +76,58 @@ impl Limits {
     }
 }
 
+/// What `bento serve` may hold open at once, for the open-files check at start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenFiles {
+    /// Hosts in the fleet.
+    pub hosts: usize,
+    /// `--max-nar-streams`.
+    pub max_nar_streams: usize,
+    /// The SFTP server's `max_sessions`.
+    pub max_sftp_sessions: usize,
+}
+
+/// Files kept for the state directory, logs, the dashboard and the hook.
+const SPARE_FILES: u64 = 256;
+
+impl OpenFiles {
+    /// What the fleet itself holds at once: each host an SFTP session (its socket and a
+    /// handle, kept open with instant updates) and a cache connection while it copies, and
+    /// each NAR body one file beside its connection.
+    pub fn fleet_needs(&self) -> u64 {
+        3 * self.hosts as u64 + self.max_nar_streams as u64 + SPARE_FILES
+    }
+
+    /// What the limits allow at once: every cache connection, a NAR body's file (two while
+    /// a store path is encoded), every SFTP session with a few handles.
+    pub fn limits_allow(&self, limits: &Limits) -> u64 {
+        limits.max_connections as u64
+            + 2 * self.max_nar_streams as u64
+            + 4 * self.max_sftp_sessions as u64
+            + SPARE_FILES
+    }
+
+    /// The warning to log, with its numbers, when the open-files limit `have` is below what
+    /// the fleet needs (refusals will come), or below what the limits allow (they may).
+    pub fn warning(&self, have: u64, limits: &Limits) -> Option<String> {
+        let fleet = self.fleet_needs();
+        let allowed = self.limits_allow(limits);
+        if have < fleet {
+            Some(format!(
+                "the open files limit is {have}, below the {fleet} files a fleet of {} hosts holds at once (3 per host with instant updates, {} NAR streams, {SPARE_FILES} spare): connections will be refused; raise it (LimitNOFILE= in the unit, or ulimit -n)",
+                self.hosts, self.max_nar_streams
+            ))
+        } else if have < allowed {
+            Some(format!(
+                "the open files limit is {have}, enough for the fleet of {} hosts ({fleet}) but below the {allowed} that --max-connections, --max-nar-streams and the SFTP sessions allow at once: a burst of clients may be refused; raise it (LimitNOFILE= in the unit) or lower those",
+                self.hosts
+            ))
+        } else {
+            None
+        }
+    }
+}
+
 /// Which limit kept a request or connection out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Refusal {
@@ -183,6 +235,43 @@ impl StreamPlaces {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn open_files_warn_with_numbers_when_the_fleet_or_the_limits_could_exceed_them() {
+        let limits = Limits::default();
+        let need = |hosts| OpenFiles {
+            hosts,
+            max_nar_streams: 64,
+            max_sftp_sessions: 8192,
+        };
+        // (hosts, the limit, the warning's numbers; None: no warning)
+        let cases: [(usize, u64, Option<&[&str]>); 6] = [
+            (10, 1 << 20, None),
+            (10, 1024, Some(&["1024", "10 hosts (350)", "37248"])),
+            (1000, 1024, Some(&["1024", "3320 files", "1000 hosts"])),
+            (1000, 3320, Some(&["3320", "37248"])),
+            (
+                20_000,
+                50_000,
+                Some(&["50000", "60320 files", "20000 hosts"]),
+            ),
+            (20_000, 65_536, None),
+        ];
+        for (hosts, have, want) in cases {
+            let got = need(hosts).warning(have, &limits);
+            match (want, &got) {
+                (None, None) => {}
+                (Some(parts), Some(text)) => {
+                    for p in parts {
+                        assert!(text.contains(p), "{hosts} hosts, limit {have}: {text}");
+                    }
+                }
+                _ => panic!("{hosts} hosts, limit {have}: {got:?}"),
+            }
+        }
+        assert_eq!(need(1000).fleet_needs(), 3320);
+        assert_eq!(need(1000).limits_allow(&limits), 4096 + 128 + 32768 + 256);
+    }
 
     fn places(total: usize, per_address: usize, per_host: usize) -> StreamPlaces {
         let limits = Limits {

@@ -56,22 +56,36 @@ pub enum CacheError {
     Task(String),
 }
 
+/// Time a request may take to be answered (its head: a NAR body then streams under the
+/// send deadline), beyond the wait for a NAR stream place: a client that sends its body
+/// slower than this, or blocking work stuck behind a slow disk, gets 408 and the connection
+/// is freed.
+const ANSWER_TIME: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// The cache's routes: one handler that parses every request itself (see `request.rs`),
-/// and the two `POST` routes of the whole-closure transfer (`transfer.rs`).
+/// and the two `POST` routes of the whole-closure transfer (`transfer.rs`). Request bodies
+/// are capped by tower-http's `RequestBodyLimitLayer` at the largest legitimate one (the
+/// transfer's path list): 413 when a body is announced or grows larger. Time to the
+/// answer's head is bounded by its `TimeoutLayer`.
 pub fn router(cache: Arc<Cache>) -> axum::Router {
     use axum::extract::DefaultBodyLimit;
     use axum::routing::post;
-    let limit = DefaultBodyLimit::max(crate::transfer::MAX_REQUEST_BYTES);
+    use tower_http::limit::RequestBodyLimitLayer;
+    use tower_http::timeout::TimeoutLayer;
+    let answer_time = cache.config.limits.nar_wait + ANSWER_TIME;
     axum::Router::new()
-        .route(
-            crate::transfer::CLOSURE_PATH,
-            post(transfer::closure).layer(limit),
-        )
-        .route(
-            crate::transfer::NARS_PATH,
-            post(transfer::nars).layer(limit),
-        )
+        .route(crate::transfer::CLOSURE_PATH, post(transfer::closure))
+        .route(crate::transfer::NARS_PATH, post(transfer::nars))
         .fallback(handler::handle)
+        // One limit, tower-http's, instead of axum's per-extractor default.
+        .layer(DefaultBodyLimit::disable())
+        .layer(RequestBodyLimitLayer::new(
+            crate::transfer::MAX_REQUEST_BYTES,
+        ))
+        .layer(TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            answer_time,
+        ))
         .with_state(cache)
 }
 

@@ -304,7 +304,7 @@ fn limits(args: &Args) -> Limits {
 
 /// Raises the soft limit on open files to the hard one (cache connections, SFTP sessions,
 /// NAR files and store files all count), and warns with the numbers when even that is
-/// below what the limits allow at once.
+/// below what the fleet holds at once, or what the limits allow (`cache::limits::OpenFiles`).
 fn raise_open_files_limit(config: &ServerConfig) {
     use rustix::process::{Resource, getrlimit, setrlimit};
     let mut limit = getrlimit(Resource::Nofile);
@@ -315,21 +315,19 @@ fn raise_open_files_limit(config: &ServerConfig) {
         }
         limit = getrlimit(Resource::Nofile);
     }
-    let sftp = crate::sftp::server::SftpConfig::default();
-    // A connection is one file; a NAR body up to two more (the zstd file or a store file
-    // being encoded); an SFTP session its socket and a few handles; and a margin for the
-    // state directory, logs and the dashboard.
-    let needed = config.limits.max_connections as u64
-        + 2 * config.max_nar_streams as u64
-        + (sftp.max_sessions * 4) as u64
-        + 256;
-    match limit.current {
-        Some(have) if have < needed => tracing::warn!(
-            open_files_limit = have,
-            needed,
-            "the open files limit is below what --max-connections, --max-nar-streams and the SFTP sessions may use at once; raise it (LimitNOFILE= in the unit) or lower those"
-        ),
-        _ => tracing::debug!(open_files_limit = ?limit.current, needed, "open files limit"),
+    let need = crate::cache::limits::OpenFiles {
+        hosts: config.fleet.hosts.len(),
+        max_nar_streams: config.max_nar_streams,
+        max_sftp_sessions: crate::sftp::server::SftpConfig::default().max_sessions,
+    };
+    match limit
+        .current
+        .and_then(|have| need.warning(have, &config.limits))
+    {
+        Some(warning) => tracing::warn!("{warning}"),
+        None => {
+            tracing::debug!(open_files_limit = ?limit.current, fleet_needs = need.fleet_needs(), "open files limit")
+        }
     }
 }
 

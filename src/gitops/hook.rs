@@ -70,15 +70,36 @@ struct Hook {
     fetch_now: Arc<Notify>,
 }
 
-/// The hook's routes; every other path is 404.
+/// Largest request body taken: push payloads of GitLab, Gitea and GitHub are a few KiB to
+/// a few hundred; the hook reads and ignores them. Larger bodies get 413.
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+
+/// Time a request may take, its body included.
+const ANSWER_TIME: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The hook's routes; every other path is 404. Bodies are capped (tower-http's
+/// `RequestBodyLimitLayer`) and requests timed out (`TimeoutLayer`, 408).
 pub fn router(secret: HookSecret, fetch_now: Arc<Notify>) -> axum::Router {
     axum::Router::new()
         .route("/hooks/git", post(hook))
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(
+            MAX_BODY_BYTES,
+        ))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            ANSWER_TIME,
+        ))
         .with_state(Hook { secret, fetch_now })
 }
 
-async fn hook(State(h): State<Hook>, headers: HeaderMap) -> (StatusCode, &'static str) {
+/// The body is read (so that its cap holds whatever its framing) and ignored.
+async fn hook(
+    State(h): State<Hook>,
+    headers: HeaderMap,
+    _body: axum::body::Bytes,
+) -> (StatusCode, &'static str) {
     if !h.secret.admits(&headers) {
         tracing::warn!("git hook refused: bad or missing secret");
         return (StatusCode::UNAUTHORIZED, "bad or missing secret\n");

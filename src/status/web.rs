@@ -43,8 +43,17 @@ pub fn router(source: Arc<StatusSource>) -> axum::Router {
         .route("/api/status", get(api_status))
         .route("/hosts/{name}", get(host_page))
         .route("/api/hosts/{name}", get(api_host))
+        // A page whose reads of the state directory are stuck behind a slow disk is
+        // answered 503 rather than held open.
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ANSWER_TIME,
+        ))
         .with_state(source)
 }
+
+/// Time a dashboard request may take.
+const ANSWER_TIME: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// One host in detail.
 #[derive(Debug, Serialize)]
@@ -83,10 +92,11 @@ impl IntoResponse for WebError {
     }
 }
 
+/// Reads of the state directory run as `crate::blocking` work, off the runtime.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, WebError> + Send + 'static,
 ) -> Result<T, WebError> {
-    tokio::task::spawn_blocking(f)
+    crate::blocking::run("reading the fleet's state for the dashboard", f)
         .await
         .map_err(|e| WebError::Task(e.to_string()))?
 }

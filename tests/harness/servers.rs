@@ -161,6 +161,24 @@ pub fn signed_release(host: &str, generation: u64, path: &str, key: &SecretKey) 
         .to_bytes()
 }
 
+/// A report of `host` that applied `generation` (system `path`), finished 20 s before `now`
+/// (Unix seconds), as its agent writes one.
+pub fn applied_report(host: &str, generation: u64, path: &str, now: u64) -> Report {
+    Report {
+        format: bento::report::FORMAT,
+        host: host.into(),
+        generation,
+        wanted: Some(path.into()),
+        running: Some(path.into()),
+        outcome: bento::report::Outcome::Applied,
+        reason: None,
+        started_ms: (now - 30) * 1000,
+        finished_ms: (now - 20) * 1000,
+        timings: Default::default(),
+        log: String::new(),
+    }
+}
+
 /// The reports a host's agent uploaded into the publish tree of `state_dir`, oldest first.
 pub fn reports_in(state_dir: &Path, host: &str) -> Vec<Report> {
     let dir = state_dir.join("publish").join(host).join("reports");

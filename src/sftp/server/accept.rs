@@ -112,7 +112,11 @@ async fn poll_releases(sessions: Arc<Sessions>, shutdown: CancellationToken) {
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
-            _ = tick.tick() => sessions.poll_releases(),
+            _ = tick.tick() => {
+                // Re-reads changed release files of watched hosts: disk work.
+                let s = sessions.clone();
+                let _ = crate::blocking::run("polling release files", move || s.poll_releases()).await;
+            }
         }
     }
 }

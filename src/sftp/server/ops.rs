@@ -11,9 +11,9 @@
 //! | setstat, fsetstat, remove, rename, mkdir, rmdir, symlink, readlink, extensions | nothing |
 //!
 //! Refusals answer `SSH_FX_PERMISSION_DENIED` with a message saying why; paths outside the
-//! tree answer "no such file". Disk access is synchronous (every call is a few syscalls on a
-//! local file system, cheaper than a hop to a blocking thread), except closing a report
-//! (fsync and rotation), which runs on a blocking thread (see `Ops::close`).
+//! tree answer "no such file". Every disk access (opens, reads, writes, stats, listings, and
+//! closing a report: fsync and rotation) runs as `crate::blocking` work, off the runtime that
+//! also serves the cache; a session waits for its own disk work, never the others.
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
@@ -36,6 +36,7 @@ use super::reply::send;
 use super::reports::{ReportError, Upload};
 use super::sessions::Sessions;
 use super::vfs::{self, Node, PathError};
+use crate::blocking;
 
 /// Directory entries one `readdir` answer carries.
 const READDIR_CHUNK: usize = 128;
@@ -119,7 +120,7 @@ fn ok(id: u32) -> Packet {
 
 enum OpenHandle {
     File {
-        fd: OwnedFd,
+        fd: Arc<OwnedFd>,
         stat: Stat,
     },
     /// A release shown from memory (`Sessions::show_releases`).
@@ -167,18 +168,18 @@ impl Ops {
     }
 
     /// Answers one request; `None` when the answer will be sent later (watch reads).
-    pub(crate) fn handle(&mut self, request: Packet) -> Option<Packet> {
+    pub(crate) async fn handle(&mut self, request: Packet) -> Option<Packet> {
         let id = request.get_request_id();
         let result = match request {
             Packet::Init(_) => Ok(Packet::Version(Version::new())),
-            Packet::Open(p) => self.open(id, &p.filename, p.pflags),
+            Packet::Open(p) => self.open(id, &p.filename, p.pflags).await,
             Packet::Close(p) => return self.close(id, &p.handle),
-            Packet::Read(p) => return self.read(id, &p.handle, p.offset, p.len),
-            Packet::Write(p) => self.write(id, &p.handle, p.offset, &p.data),
-            Packet::Stat(p) => self.stat(id, &p.path),
-            Packet::Lstat(p) => self.stat(id, &p.path),
+            Packet::Read(p) => return self.read(id, &p.handle, p.offset, p.len).await,
+            Packet::Write(p) => self.write(id, &p.handle, p.offset, p.data).await,
+            Packet::Stat(p) => self.stat(id, &p.path).await,
+            Packet::Lstat(p) => self.stat(id, &p.path).await,
             Packet::Fstat(p) => self.fstat(id, &p.handle),
-            Packet::OpenDir(p) => self.opendir(id, &p.path),
+            Packet::OpenDir(p) => self.opendir(id, &p.path).await,
             Packet::ReadDir(p) => self.readdir(id, &p.handle),
             Packet::RealPath(p) => realpath(id, &p.path),
             Packet::SetStat(_) | Packet::FSetStat(_) => {
@@ -215,14 +216,26 @@ impl Ops {
         Ok(Packet::Handle(HandlePacket { id, handle: name }))
     }
 
-    /// The host's directory; `vpath` names what was asked for in errors.
-    fn root(&self, create: bool, vpath: &str) -> Result<OwnedFd, Fail> {
-        self.sessions
-            .open_host_root(&self.host, create)
-            .map_err(|e| Fail::fs(e, vpath))
+    /// Runs `work` on the host's directory (opened, and created when `create` is set and
+    /// it is missing) as blocking work; `vpath` names what was asked for in errors.
+    async fn on_disk<T: Send + 'static>(
+        &self,
+        create: bool,
+        vpath: &str,
+        work: impl FnOnce(OwnedFd, &str) -> Result<T, Fail> + Send + 'static,
+    ) -> Result<T, Fail> {
+        let (sessions, host, vpath) = (self.sessions.clone(), self.host.clone(), vpath.to_owned());
+        blocking::run("an SFTP request's disk work", move || {
+            let root = sessions
+                .open_host_root(&host, create)
+                .map_err(|e| Fail::fs(e, &vpath))?;
+            work(root, &vpath)
+        })
+        .await
+        .map_err(|_| Fail::failure("server-side error"))?
     }
 
-    fn open(&mut self, id: u32, path: &str, flags: OpenFlags) -> Result<Packet, Fail> {
+    async fn open(&mut self, id: u32, path: &str, flags: OpenFlags) -> Result<Packet, Fail> {
         let node = vfs::resolve(path).map_err(Fail::path)?;
         let vpath = node.virtual_path();
         if self.handles.len() >= self.sessions.config().max_open_handles {
@@ -244,9 +257,12 @@ impl Ops {
                     return Err(Fail::denied(format!("{vpath} is read-only")));
                 }
                 let disk = node.disk_path().unwrap_or_default();
-                let root = self.root(false, &vpath)?;
-                let (fd, stat) =
-                    confine::open_file(root.as_fd(), &disk).map_err(|e| Fail::fs(e, &vpath))?;
+                let (fd, stat) = self
+                    .on_disk(false, &vpath, move |root, vpath| {
+                        confine::open_file(root.as_fd(), &disk).map_err(|e| Fail::fs(e, vpath))
+                    })
+                    .await?;
+                let fd = Arc::new(fd);
                 self.add_handle(id, OpenHandle::File { fd, stat })
             }
             Node::Report(name) => {
@@ -258,10 +274,12 @@ impl Ops {
                         "reports can only be created, never appended to",
                     ));
                 }
-                let root = self.root(true, &vpath)?;
-                let upload =
-                    Upload::begin(root.as_fd(), &name, self.sessions.config().max_report_bytes)
-                        .map_err(report_fail)?;
+                let cap = self.sessions.config().max_report_bytes;
+                let upload = self
+                    .on_disk(true, &vpath, move |root, _| {
+                        Upload::begin(root.as_fd(), &name, cap).map_err(report_fail)
+                    })
+                    .await?;
                 self.add_handle(id, OpenHandle::Upload(upload))
             }
             Node::Watch { known, wait_secs } => {
@@ -279,9 +297,9 @@ impl Ops {
     }
 
     /// Closes a handle. Closing a report upload (fsync, rotation: a directory scan and
-    /// unlinks) runs on a blocking thread, at most `max_blocking_closes` at once in the
-    /// process, and answers when done (`None` here), so that a fleet uploading at once does
-    /// not stall the runtime that also serves the cache.
+    /// unlinks) runs as `crate::blocking` work and answers when done (`None` here), so that
+    /// a fleet uploading at once does not stall the runtime that also serves the cache, and
+    /// the session's other requests (watch reads) go on meanwhile.
     fn close(&mut self, id: u32, handle: &str) -> Option<Packet> {
         let upload = match self.handles.remove(handle) {
             Some(OpenHandle::Upload(upload)) => upload,
@@ -290,13 +308,11 @@ impl Ops {
         };
         let (sessions, out, host) = (self.sessions.clone(), self.out.clone(), self.host.clone());
         tokio::spawn(async move {
-            let Ok(_turn) = sessions.blocking_closes().acquire_owned().await else {
-                return;
-            };
             let (name, bytes) = (upload.name().to_owned(), upload.len());
             let config = sessions.config();
             let (count, total) = (config.max_reports, config.max_reports_total_bytes);
-            let finished = tokio::task::spawn_blocking(move || upload.finish(count, total)).await;
+            let finished =
+                blocking::run("closing a report", move || upload.finish(count, total)).await;
             let answer = match finished {
                 Ok(Ok(rotated)) => {
                     let m = sessions.metrics();
@@ -316,20 +332,28 @@ impl Ops {
         None
     }
 
-    fn read(&mut self, id: u32, handle: &str, offset: u64, len: u32) -> Option<Packet> {
+    async fn read(&mut self, id: u32, handle: &str, offset: u64, len: u32) -> Option<Packet> {
         let result = match self.handles.get(handle) {
             None => Err(Fail::bad_handle()),
             Some(OpenHandle::File { fd, .. }) => {
                 let len = len.min(self.sessions.config().max_read_len) as usize;
-                let mut buf = vec![0u8; len];
-                match rustix::io::pread(fd, &mut buf, offset) {
-                    Ok(0) => Err(Fail::eof()),
-                    Ok(n) => {
+                let fd = fd.clone();
+                let read = blocking::run("an SFTP read", move || {
+                    let mut buf = vec![0u8; len];
+                    rustix::io::pread(&fd, &mut buf, offset).map(|n| {
                         buf.truncate(n);
-                        self.sessions.metrics().bytes_sent.inc_by(n as u64);
+                        buf
+                    })
+                })
+                .await;
+                match read {
+                    Ok(Ok(buf)) if buf.is_empty() => Err(Fail::eof()),
+                    Ok(Ok(buf)) => {
+                        self.sessions.metrics().bytes_sent.inc_by(buf.len() as u64);
                         Ok(Packet::Data(Data { id, data: buf }))
                     }
-                    Err(e) => Err(Fail::fs(e, "file")),
+                    Ok(Err(e)) => Err(Fail::fs(e, "file")),
+                    Err(_) => Err(Fail::failure("server-side error")),
                 }
             }
             Some(OpenHandle::Shown(data)) => {
@@ -371,12 +395,32 @@ impl Ops {
                 .limit_hit(Limit::MaxWatchesPerSession);
             return Some(Fail::failure("too many waiting reads in this session").into_packet(id));
         };
-        let mut rx = self.sessions.subscribe_release(&self.host);
-        let (sessions, out, cancel) =
-            (self.sessions.clone(), self.out.clone(), self.cancel.clone());
+        let (sessions, out, cancel, host) = (
+            self.sessions.clone(),
+            self.out.clone(),
+            self.cancel.clone(),
+            self.host.clone(),
+        );
         tokio::spawn(async move {
             let _permit = permit;
             let _waiting = GaugeGuard::new(&sessions.metrics().watches_waiting);
+            // Reads the release from disk when nobody watched the host yet (and releases
+            // are not shown from memory).
+            let subscriber = sessions.clone();
+            let subscribed = blocking::run("reading a release's generation", move || {
+                subscriber.subscribe_release(&host)
+            });
+            let mut rx = tokio::select! {
+                r = subscribed => match r {
+                    Ok(rx) => rx,
+                    Err(_) => {
+                        let fail = Fail::failure("server-side error reading the release");
+                        send(&out, fail.into_packet(id)).await;
+                        return;
+                    }
+                },
+                () = cancel.cancelled() => return,
+            };
             let changed = tokio::select! {
                 r = rx.wait_for(|g| *g != known) => r.ok().map(|g| *g),
                 () = tokio::time::sleep(wait) => None,
@@ -393,23 +437,38 @@ impl Ops {
         None
     }
 
-    fn write(&mut self, id: u32, handle: &str, offset: u64, data: &[u8]) -> Result<Packet, Fail> {
-        let result = match self.handles.get_mut(handle) {
+    async fn write(
+        &mut self,
+        id: u32,
+        handle: &str,
+        offset: u64,
+        data: Vec<u8>,
+    ) -> Result<Packet, Fail> {
+        let mut upload = match self.handles.remove(handle) {
             None => return Err(Fail::bad_handle()),
-            Some(OpenHandle::Upload(upload)) => upload.write(offset, data),
-            Some(_) => return Err(Fail::denied("this file is read-only")),
+            Some(OpenHandle::Upload(upload)) => upload,
+            Some(other) => {
+                self.handles.insert(handle.to_owned(), other);
+                return Err(Fail::denied("this file is read-only"));
+            }
         };
-        match result {
-            Ok(()) => {
-                self.sessions
-                    .metrics()
-                    .bytes_received
-                    .inc_by(data.len() as u64);
+        let len = data.len();
+        // The upload goes to the blocking thread and comes back (the session's requests are
+        // handled one at a time, so nothing else looks for it meanwhile); on an error it is
+        // dropped there, which removes the partial file.
+        let written = blocking::run("writing a report", move || {
+            upload.write(offset, &data).map(|()| upload)
+        })
+        .await
+        .map_err(|_| Fail::failure("server-side error writing the report"))?;
+        match written {
+            Ok(upload) => {
+                self.handles
+                    .insert(handle.to_owned(), OpenHandle::Upload(upload));
+                self.sessions.metrics().bytes_received.inc_by(len as u64);
                 Ok(ok(id))
             }
             Err(e) => {
-                // The upload is over: dropping it removes the partial file.
-                self.handles.remove(handle);
                 if matches!(e, ReportError::TooLarge { .. }) {
                     self.sessions.metrics().reports_too_large.inc();
                 }
@@ -419,7 +478,7 @@ impl Ops {
         }
     }
 
-    fn stat(&mut self, id: u32, path: &str) -> Result<Packet, Fail> {
+    async fn stat(&mut self, id: u32, path: &str) -> Result<Packet, Fail> {
         let node = vfs::resolve(path).map_err(Fail::path)?;
         let attrs = match &node {
             Node::Root | Node::WatchDir => attrs(MODE_DIR_RO, None, None),
@@ -437,10 +496,12 @@ impl Ops {
             Node::Release | Node::Files(_) => {
                 let vpath = node.virtual_path();
                 let disk = node.disk_path().unwrap_or_default();
-                let root = self.root(false, &vpath);
-                match root
-                    .and_then(|r| confine::stat(r.as_fd(), &disk).map_err(|e| Fail::fs(e, &vpath)))
-                {
+                let found = self
+                    .on_disk(false, &vpath, move |root, vpath| {
+                        confine::stat(root.as_fd(), &disk).map_err(|e| Fail::fs(e, vpath))
+                    })
+                    .await;
+                match found {
                     Ok(st) => stat_attrs(&st).ok_or_else(|| Fail::no_such(vpath))?,
                     // `/files` exists, empty, even when the host has no files.
                     Err(f)
@@ -470,16 +531,16 @@ impl Ops {
         Ok(Packet::Attrs(Attrs { id, attrs }))
     }
 
-    fn opendir(&mut self, id: u32, path: &str) -> Result<Packet, Fail> {
+    async fn opendir(&mut self, id: u32, path: &str) -> Result<Packet, Fail> {
         let node = vfs::resolve(path).map_err(Fail::path)?;
         if self.handles.len() >= self.sessions.config().max_open_handles {
             self.sessions.metrics().limit_hit(Limit::MaxOpenHandles);
             return Err(Fail::failure("too many open handles"));
         }
         let entries = match &node {
-            Node::Root => self.root_entries(),
+            Node::Root => self.root_entries().await,
             Node::ReportsDir | Node::WatchDir => Vec::new(),
-            Node::Files(_) => self.files_entries(&node)?,
+            Node::Files(_) => self.files_entries(&node).await?,
             Node::Release | Node::Report(_) | Node::Watch { .. } => {
                 return Err(Fail::failure(format!(
                     "{} is not a directory",
@@ -490,16 +551,19 @@ impl Ops {
         self.add_handle(id, OpenHandle::Dir { entries, pos: 0 })
     }
 
-    fn root_entries(&self) -> Vec<File> {
+    async fn root_entries(&self) -> Vec<File> {
         let mut entries = Vec::new();
         if let Some(shown) = self.sessions.shown_release(&self.host) {
             if let Some(data) = shown {
                 let a = attrs(MODE_FILE_RO, Some(data.len() as u64), None);
                 entries.push(File::new("release", a));
             }
-        } else if let Ok(root) = self.sessions.open_host_root(&self.host, false)
-            && let Ok(st) = confine::stat(root.as_fd(), "release")
-            && let Some(a) = stat_attrs(&st)
+        } else if let Ok(Some(a)) = self
+            .on_disk(false, "/release", |root, vpath| {
+                let st = confine::stat(root.as_fd(), "release").map_err(|e| Fail::fs(e, vpath))?;
+                Ok(stat_attrs(&st))
+            })
+            .await
         {
             entries.push(File::new("release", a));
         }
@@ -509,27 +573,30 @@ impl Ops {
         entries
     }
 
-    fn files_entries(&self, node: &Node) -> Result<Vec<File>, Fail> {
+    async fn files_entries(&self, node: &Node) -> Result<Vec<File>, Fail> {
         let vpath = node.virtual_path();
         let disk = node.disk_path().unwrap_or_default();
-        let root = self.root(false, &vpath)?;
-        let dir = match confine::open_dir(root.as_fd(), &disk) {
-            Ok(d) => d,
-            Err(Errno::NOENT) if *node == Node::Files(String::new()) => return Ok(Vec::new()),
-            Err(e) => return Err(Fail::fs(e, &vpath)),
-        };
-        let names = confine::list(&dir, MAX_LISTED).map_err(|e| Fail::fs(e, &vpath))?;
-        Ok(names
-            .into_iter()
-            .filter_map(|name| {
-                let st = confine::lstat_entry(dir.as_fd(), &name).ok()?;
-                let a = match FileType::from_raw_mode(st.st_mode) {
-                    FileType::Symlink => attrs(0o120_777, None, Some(&st)),
-                    _ => stat_attrs(&st)?,
-                };
-                Some(File::new(name, a))
-            })
-            .collect())
+        let top = *node == Node::Files(String::new());
+        self.on_disk(false, &vpath, move |root, vpath| {
+            let dir = match confine::open_dir(root.as_fd(), &disk) {
+                Ok(d) => d,
+                Err(Errno::NOENT) if top => return Ok(Vec::new()),
+                Err(e) => return Err(Fail::fs(e, vpath)),
+            };
+            let names = confine::list(&dir, MAX_LISTED).map_err(|e| Fail::fs(e, vpath))?;
+            Ok(names
+                .into_iter()
+                .filter_map(|name| {
+                    let st = confine::lstat_entry(dir.as_fd(), &name).ok()?;
+                    let a = match FileType::from_raw_mode(st.st_mode) {
+                        FileType::Symlink => attrs(0o120_777, None, Some(&st)),
+                        _ => stat_attrs(&st)?,
+                    };
+                    Some(File::new(name, a))
+                })
+                .collect())
+        })
+        .await
     }
 
     fn readdir(&mut self, id: u32, handle: &str) -> Result<Packet, Fail> {

@@ -82,7 +82,7 @@ async fn run(
         // Every request is contact: agents with instant updates keep one session for days.
         sessions.saw(&identity.host);
         let answer = match Packet::try_from(&mut bytes) {
-            Ok(request) => ops.handle(request),
+            Ok(request) => ops.handle(request).await,
             Err(_) => Some(Packet::error(0, StatusCode::BadMessage)),
         };
         if let Some(packet) = answer

@@ -64,7 +64,10 @@ impl LastSeen {
         };
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
-                rt.spawn_blocking(write);
+                rt.spawn(crate::blocking::run(
+                    "recording a host's last contact",
+                    write,
+                ));
             }
             Err(_) => write(),
         }

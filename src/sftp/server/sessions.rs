@@ -29,10 +29,6 @@ use super::seen::LastSeen;
 use super::watch::{ReleaseWatch, release_generation};
 use crate::slots::{PerKey, Slot};
 
-/// Report closes run on blocking threads at once (each an fsync and a directory scan): a
-/// bound well under tokio's blocking pool, so that the cache's blocking work keeps threads.
-const MAX_BLOCKING_CLOSES: usize = 16;
-
 /// Release file contents by host (see [`Sessions::show_releases`]).
 pub type ShownReleases = Arc<BTreeMap<String, Bytes>>;
 
@@ -67,8 +63,6 @@ pub struct Sessions {
     shown: RwLock<Option<ShownReleases>>,
     per_host: Arc<PerKey<String>>,
     pub(crate) connections: Arc<Semaphore>,
-    /// Report closes (fsync, rotation) running on blocking threads at once.
-    blocking_closes: Arc<Semaphore>,
     pub(crate) unauthenticated: Arc<PerKey<IpAddr>>,
     metrics: Metrics,
     seen: LastSeen,
@@ -112,7 +106,6 @@ impl Sessions {
         let (access_epoch, _) = watch::channel(0);
         Ok(Arc::new(Sessions {
             connections: Arc::new(Semaphore::new(config.max_sessions)),
-            blocking_closes: Arc::new(Semaphore::new(MAX_BLOCKING_CLOSES)),
             unauthenticated: PerKey::new(config.max_unauthenticated_per_ip),
             per_host: PerKey::new(config.max_sessions_per_host),
             config,
@@ -190,10 +183,6 @@ impl Sessions {
                 .releases
                 .poll(self.publish_fd.as_fd(), release_generation),
         }
-    }
-
-    pub(crate) fn blocking_closes(&self) -> Arc<Semaphore> {
-        self.blocking_closes.clone()
     }
 
     pub fn metrics(&self) -> &Metrics {
