@@ -220,6 +220,12 @@ in
           retry_base_secs = optional types.ints.positive "First delay before retrying a generation rolled back while the server was unreachable (default 60, doubling, at most an hour).";
           activation_timeout_secs = optional types.ints.positive "Deadline of switch-to-configuration (default 600).";
           copy_timeout_secs = optional types.ints.positive "Deadline of copying a closure (default 3600).";
+          copy_method = optional (types.enum [
+            "auto"
+            "transfer"
+            "substitute"
+          ]) "How closures are copied: auto (the whole-closure transfer from bento serve over http://, parallel substitution from any other cache), transfer or substitute (default auto).";
+          substitute_jobs = optional (types.ints.between 1 256) "Paths substituted at once when copying by substitution (default 16).";
           instant_updates = optional types.bool "Keep one SSH session open to learn of new releases at once (default true).";
           files_dir = optional types.str "Where delivered files are installed (default /run/bento/files); a directory Bento owns.";
           trigger_socket = optional types.str "Socket of `bento agent trigger` (default /run/bento-agent/trigger.sock).";

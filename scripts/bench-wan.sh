@@ -11,8 +11,10 @@
 #   (1) the agent before the transfer: `nix copy --from` with the options it then had
 #       (src/agent/system.rs copy_command, incl. narinfo-cache-positive-ttl 0)
 #   (2) plain `nix copy --from http://...` (same trust options, no cache TTLs)
-#   (3) parallel substitution: `nix-store --realise TOP` with only that substituter,
-#       max-jobs 16, http-connections 25, require-sigs with the fleet key
+#   (3) the agent's substitution fallback (for caches that are not `bento serve`):
+#       `bento agent copy` with `copy_method = "substitute"`, i.e. `nix-store --realise TOP`
+#       with only that substituter, max-jobs 16, http-connections 25, require-sigs with the
+#       fleet key (src/agent/substitute.rs)
 #   (4) the floor: one GET of the closure (its narinfos and compressed NARs concatenated,
 #       served statically by nginx) with curl
 #   (5) bento whole-closure transfer: `bento agent copy` (the agent's copy step alone:
@@ -204,6 +206,21 @@ SH
 chmod +x "$work/client.sh"
 
 # ---------------------------------------------------------------- the methods
+# copy_config RUN_DIR LINE: the configuration of `bento agent copy` (its SFTP server is never
+# reached; its key is a real one), with LINE added.
+copy_config() {
+  cat > "$1/agent.toml" <<EOF
+host = "wan-client"
+server = "$SUB.1:1"
+server_host_key = "$DUMMY_HOST_KEY"
+ssh_key = "/nonexistent"
+cache_url = "$CACHE_URL"
+fleet_public_key = "$PUB"
+state_dir = "$1/agent-state"
+$2
+EOF
+}
+
 # method_cmd METHOD CLOSURE RUN_DIR: sets CMD to what the client runs (empty: not available).
 method_cmd() {
   local top=${TOP[$2]}
@@ -215,22 +232,13 @@ method_cmd() {
     plain)
       CMD=(nix copy --from "$CACHE_URL" --option require-sigs true
         --option trusted-public-keys "$PUB" "$top") ;;
-    subst) # the agent knows only its release's top path; Nix finds the rest
-      CMD=(nix-store --realise "$top" --option substituters "$CACHE_URL"
-        --option trusted-public-keys "$PUB" --option require-sigs true
-        --option max-jobs 16 --option http-connections 25) ;;
+    subst) # the agent's copy step forced to substitution (`bento agent copy`)
+      copy_config "$3" 'copy_method = "substitute"'
+      CMD=("$BENTO" agent copy --config "$3/agent.toml" "$top") ;;
     floor)
       CMD=(curl -sS --fail -o "$3/closure" "$STATIC_URL/$2.closure") ;;
     bento) # the agent's copy step alone (`bento agent copy`): the whole-closure transfer
-      cat > "$3/agent.toml" <<EOF
-host = "wan-client"
-server = "$SUB.1:1"
-server_host_key = "$DUMMY_HOST_KEY"
-ssh_key = "/nonexistent"
-cache_url = "$CACHE_URL"
-fleet_public_key = "$PUB"
-state_dir = "$3/agent-state"
-EOF
+      copy_config "$3" 'copy_method = "transfer"'
       CMD=("$BENTO" agent copy --config "$3/agent.toml" "$top") ;;
     once) # a whole agent run: SSH, release, transfer, activation, confirmation, report
       cat > "$3/agent.toml" <<EOF
@@ -248,7 +256,7 @@ EOF
 declare -A LABEL=(
   [agent]="(1) the agent before (issue 15) (\`nix copy\`, \`narinfo-cache-positive-ttl 0\`)"
   [plain]="(2) plain \`nix copy --from\`"
-  [subst]="(3) substitution (\`nix-store --realise\`, max-jobs 16, http-connections 25)"
+  [subst]="(3) the agent's substitution (\`bento agent copy\`, \`copy_method = \"substitute\"\`: \`nix-store --realise\`, max-jobs 16, http-connections 25)"
   [floor]="(4) one GET of the whole closure (floor reference)"
   [bento]="(5) bento whole-closure transfer (\`bento agent copy\`)"
   [once]="(6) a whole \`bento agent --once\` applying the release (SSH, release, transfer, switch, fresh-session confirmation, report)"

@@ -81,12 +81,17 @@ fi
 if "$bin" agent check-config "$tmp/probe.toml" >/dev/null 2>&1; then
 	have[agent-timeout-keys]=1
 fi
+sed 's|^copy_timeout_secs = 1$|copy_method = "substitute"\nsubstitute_jobs = 8|' "$tmp/probe.toml" >"$tmp/probe-copy.toml"
+if "$bin" agent check-config "$tmp/probe-copy.toml" >/dev/null 2>&1; then
+	have[agent-copy-keys]=1
+fi
 declare -A missing_reason=(
 	[serve-check-config]="this bento has no 'serve --check-config'"
 	[agent-timeout-keys]="this bento's agent does not know activation_timeout_secs/copy_timeout_secs"
+	[agent-copy-keys]="this bento's agent does not know copy_method/substitute_jobs"
 )
 # Which rendered file a capability checks.
-declare -A need_file=([serve-check-config]=server [agent-timeout-keys]=agent)
+declare -A need_file=([serve-check-config]=server [agent-timeout-keys]=agent [agent-copy-keys]=agent)
 
 check_args=(-f nixos-tests/module-eval/check.nix --argstr nixpkgsLib "$NIXPKGS_LIB" --arg bentoBin "$bin")
 

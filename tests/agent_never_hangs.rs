@@ -1,9 +1,9 @@
 //! Nothing the agent starts may hang it: a `switch-to-configuration` that never ends is
 //! killed (with everything it started) at `activation_timeout_secs` and treated as a
-//! failed activation, rolled back; a `nix copy` left running by an agent that was killed
-//! alone is killed by the next agent, which then completes instead of racing it. (The
-//! whole-closure transfer downloads in the agent's own process; the `nix copy` of a cache
-//! without it is the long child, so that test puts such a cache in front: `harness::relay`.)
+//! failed activation, rolled back; a copy left running by an agent that was killed alone is
+//! killed by the next agent, which then completes instead of racing it. (The whole-closure
+//! transfer downloads in the agent's own process; the substitution from a cache without it
+//! is the long child, so that test puts such a cache in front: `harness::relay`.)
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod harness;
@@ -69,9 +69,12 @@ async fn a_switch_that_hangs_is_killed_at_its_deadline_and_rolled_back() {
     assert!(r.log.contains("hanging on purpose"), "{}", r.log);
 }
 
-/// Whether a `nix copy` of `path` runs.
+/// The copies of `path` that run: a `nix copy`, or the substitution (`nix-store
+/// --realise`) that copies from a cache without the transfer.
 fn copy_running(path: &str) -> Vec<u32> {
-    processes_with("copy --from")
+    let mut copies = processes_with("copy --from");
+    copies.extend(processes_with("nix-store --realise"));
+    copies
         .into_iter()
         .filter(|pid| {
             std::fs::read(format!("/proc/{pid}/cmdline"))
@@ -86,7 +89,7 @@ async fn a_copy_left_by_an_agent_killed_alone_is_killed_by_the_next_one() {
     let Some(mut t) = OneHost::start_sized("alone", &systems, "").await else {
         return;
     };
-    // A cache without the transfer: the agent copies with a `nix copy` child.
+    // A cache without the transfer: the agent copies with a `nix-store --realise` child.
     let (relay, url) = Relay::start(&t.net.server_ip(), t.server.cache.addr).await;
     relay.old_server.store(true, Ordering::SeqCst);
     t.config = t

@@ -136,17 +136,25 @@ async fn a_truncated_nar_is_refused_though_nix_does_not_say_why() {
     let Some(c) = setup("truncated").await else {
         return;
     };
-    // Half of the NAR: Nix 2.8 fails with words of no refusal ("coroutine has finished"),
-    // which used to be a failed copy, retried forever. The agent checks the NAR itself.
+    // Half of the NAR: `nix copy` (2.8) failed with words of no refusal ("coroutine has
+    // finished"); the substitution the agent uses for a `file://` cache says it.
     file_cache_with_altered_nar(&c, "truncated", |bytes| bytes.truncate(bytes.len() / 2));
     c.server.publish_release("web1", 2, &c.systems[1]).await;
+    assert_refused(&c, "refused by Nix", 0).await;
+    let r = c.server.final_reports("web1").pop().unwrap();
+    assert!(r.log.contains("is incomplete"), "{}", r.log);
+    // The length of the NAR's second string (the "(" after the magic) made huge: Nix 2.8
+    // fails with words of no refusal ("std::bad_alloc"), which would be a failed copy,
+    // retried forever. The agent checks the NAR itself.
+    file_cache_with_altered_nar(&c, "huge-length", |bytes| bytes[29] ^= 0x20);
+    c.server.publish_release("web1", 3, &c.systems[1]).await;
     assert_refused(&c, "does not match what the fleet key signed", 0).await;
     let r = c.server.final_reports("web1").pop().unwrap();
     assert!(r.log.contains("its signed narinfo says"), "{}", r.log);
     assert_eq!(c.host.running().as_deref(), Some(c.systems[0].as_str()));
     // Positive control: the same cache, whole again, is copied and applied.
     file_cache_with_altered_nar(&c, "whole", |_| {});
-    c.server.publish_release("web1", 3, &c.systems[1]).await;
+    c.server.publish_release("web1", 4, &c.systems[1]).await;
     let (code, log) = agent_once(&c.host, &c.config).await;
     assert_eq!(code, 0, "{log}");
 }

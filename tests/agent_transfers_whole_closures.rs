@@ -2,7 +2,7 @@
 //! the closure, one for every missing path, no narinfo fetched one by one; a transfer cut
 //! short (the server going away mid-stream) keeps its complete entries and the next
 //! attempt asks only for the rest; a server without the transfer (an older `bento serve`)
-//! is copied from with `nix copy` as before.
+//! is copied from by substitution (`agent::copy`).
 //!
 //! Real agent in a host namespace, real cache and SFTP server, real Nix. Between the host
 //! and the cache sits `harness::relay`, which records every request and can cut the
@@ -107,13 +107,17 @@ async fn a_server_without_the_transfer_is_copied_from_with_nix() {
     let (code, log) = agent_once(&t.host, &t.config).await;
     assert_eq!(code, 0, "{log}");
     assert_eq!(t.host.running().as_deref(), Some(new.as_str()));
-    // The agent asked once, was told no, and Nix fetched narinfos one by one.
+    // The agent asked once, was told no, and Nix fetched the narinfos itself.
     assert_eq!(relay.requests_to("POST /_bento/v1/closure").len(), 1);
     assert!(relay.requests_to("POST /_bento/v1/nars").is_empty());
     assert!(
         !relay.requests_to("GET /").is_empty(),
-        "nix copy fetched from the cache"
+        "Nix substituted from the cache"
     );
     let r = t.server.final_reports("web1").pop().unwrap();
-    assert!(r.log.contains("copying with nix copy instead"), "{}", r.log);
+    assert!(
+        r.log.contains("copying by substitution instead"),
+        "{}",
+        r.log
+    );
 }

@@ -133,6 +133,30 @@ let
         {
           needs = [ "agent-timeout-keys" ];
         };
+    # Keys of the copy's fallback (issue 15): substitution from a cache carried by hand.
+    agent-copy-method =
+      row "ok"
+        [
+          agent
+          {
+            services.bento.agent.settings = {
+              cache_url = "file:///mnt/bento-cache";
+              copy_method = "substitute";
+              substitute_jobs = 8;
+            };
+          }
+        ]
+        {
+          needs = [ "agent-copy-keys" ];
+        };
+    # The transfer speaks only to bento serve over http://: refused when the file is built.
+    agent-transfer-needs-http = row "refused at build: copy_method" [
+      agent
+      {
+        services.bento.agent.settings.cache_url = "file:///mnt/bento-cache";
+        services.bento.agent.settings.copy_method = "transfer";
+      }
+    ] { };
     # Positive control of the build-time check: a key the agent does not know evaluates
     # (settings are freeform) and is refused when the file is built.
     agent-unknown-key = row "refused at build: surprise" [

@@ -45,6 +45,30 @@ pub enum ActivationAction {
     Test,
 }
 
+/// How the agent copies a closure from the cache (`agent::substitute` decides and runs it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CopyMethod {
+    /// The whole-closure transfer from a `bento serve` cache (`http://`); substitution
+    /// from any other cache, or from an `http(s)://` server that turns out not to be
+    /// `bento serve`.
+    Auto,
+    /// Only the whole-closure transfer (`http://` caches served by `bento serve`).
+    Transfer,
+    /// Only parallel substitution (`nix-store --realise` with that cache alone).
+    Substitute,
+}
+
+impl CopyMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CopyMethod::Auto => "auto",
+            CopyMethod::Transfer => "transfer",
+            CopyMethod::Substitute => "substitute",
+        }
+    }
+}
+
 impl ActivationAction {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -85,6 +109,14 @@ fn default_activation_timeout() -> u64 {
 fn default_copy_timeout() -> u64 {
     3600
 }
+fn default_copy_method() -> CopyMethod {
+    CopyMethod::Auto
+}
+fn default_substitute_jobs() -> u32 {
+    16
+}
+/// Most parallel downloads `substitute_jobs` may ask for.
+const MAX_SUBSTITUTE_JOBS: u32 = 256;
 fn default_state_dir() -> PathBuf {
     PathBuf::from("/var/lib/bento-agent")
 }
@@ -141,6 +173,12 @@ struct AgentFile {
     /// Deadline of copying a closure (and of checking a failed copy).
     #[serde(default = "default_copy_timeout")]
     copy_timeout_secs: u64,
+    /// How closures are copied: `auto`, `transfer` or `substitute` (see [`CopyMethod`]).
+    #[serde(default = "default_copy_method")]
+    copy_method: CopyMethod,
+    /// Paths substituted at once when copying by substitution (Nix's `max-jobs`).
+    #[serde(default = "default_substitute_jobs")]
+    substitute_jobs: u32,
     /// Commands (argv lists) that must all exit 0 for a new system to be confirmed.
     #[serde(default)]
     health_checks: Vec<Vec<String>>,
@@ -207,6 +245,10 @@ pub struct Agent {
     pub activation_timeout: Duration,
     /// Deadline of copying a closure.
     pub copy_timeout: Duration,
+    /// How closures are copied.
+    pub copy_method: CopyMethod,
+    /// Paths substituted at once when copying by substitution.
+    pub substitute_jobs: u32,
     /// Commands (argv lists) that must all exit 0 for a new system to be confirmed.
     pub health_checks: Vec<Vec<String>>,
     /// First delay before retrying a generation rolled back while the server was unreachable.
@@ -281,6 +323,13 @@ impl Agent {
                 "activation_timeout_secs and copy_timeout_secs must be at least 1".into(),
             ));
         }
+        check_copy_method(raw.copy_method, &cache_url).map_err(|m| field("copy_method", m))?;
+        if !(1..=MAX_SUBSTITUTE_JOBS).contains(&raw.substitute_jobs) {
+            return Err(field(
+                "substitute_jobs",
+                format!("must be between 1 and {MAX_SUBSTITUTE_JOBS}"),
+            ));
+        }
         check_files_dir(&raw.files_dir, &raw.state_dir).map_err(|m| field("files_dir", m))?;
         if let Some(empty) = raw.health_checks.iter().position(Vec::is_empty) {
             return Err(field(
@@ -305,6 +354,8 @@ impl Agent {
             confirm_retry: Duration::from_secs(raw.confirm_retry_secs),
             activation_timeout: Duration::from_secs(raw.activation_timeout_secs),
             copy_timeout: Duration::from_secs(raw.copy_timeout_secs),
+            copy_method: raw.copy_method,
+            substitute_jobs: raw.substitute_jobs,
             health_checks: raw.health_checks,
             retry_base: Duration::from_secs(raw.retry_base_secs.max(1)),
             state_dir: raw.state_dir,
@@ -406,18 +457,30 @@ pub fn check_files_dir(files_dir: &Path, state_dir: &Path) -> Result<(), String>
     Ok(())
 }
 
-/// The cache URL, read by the `url` crate: `http(s)://` with a host, or `file://` with a
-/// path. Credentials belong in `cache_netrc`: a URL carrying them would be printed in logs.
+/// Whether `method` can copy from `cache_url`: the transfer speaks only to `bento serve`
+/// over `http://`.
+fn check_copy_method(method: CopyMethod, cache_url: &Url) -> Result<(), String> {
+    if method == CopyMethod::Transfer && cache_url.scheme() != "http" {
+        return Err(format!(
+            "\"transfer\" needs an http:// cache served by bento serve, and cache_url is {}; use \"auto\" or \"substitute\" (parallel substitution from any binary cache)",
+            redacted(cache_url)
+        ));
+    }
+    Ok(())
+}
+
+/// The cache URL, read by the `url` crate: `http(s)://` with a host, `s3://` with a
+/// bucket, or `file://` with a path. Credentials belong in `cache_netrc`: a URL carrying them would be printed in logs.
 fn parse_cache_url(text: &str) -> Result<Url, String> {
     let url = Url::parse(text).map_err(|e| format!("{text:?} is not a URL: {e}"))?;
     let usable = match url.scheme() {
-        "http" | "https" => url.host().is_some(),
+        "http" | "https" | "s3" => url.host().is_some(),
         "file" => !url.path().is_empty() && url.path() != "/",
         _ => false,
     };
     if !usable {
         return Err(format!(
-            "{text:?}: expected http:// or https:// (the bento server) or file:// (a mounted cache)"
+            "{text:?}: expected http:// or https:// (the bento server or a binary cache), s3:// (a bucket holding the cache) or file:// (a mounted cache)"
         ));
     }
     if !url.username().is_empty() || url.password().is_some() {
@@ -468,7 +531,7 @@ fleet_public_key = "{KEY}"
 
     #[test]
     fn cache_urls_are_read_by_the_url_crate() {
-        let cases: [(&str, Result<&str, &str>); 8] = [
+        let cases: [(&str, Result<&str, &str>); 10] = [
             ("http://10.77.0.1:8080", Ok("http://10.77.0.1:8080/")),
             (
                 "https://cache.example/bento/",
@@ -476,6 +539,11 @@ fleet_public_key = "{KEY}"
             ),
             ("http://[fd00::1]:8080", Ok("http://[fd00::1]:8080/")),
             ("file:///mnt/cache", Ok("file:///mnt/cache")),
+            (
+                "s3://fleet-cache?region=eu-west-1",
+                Ok("s3://fleet-cache?region=eu-west-1"),
+            ),
+            ("s3:///no-bucket", Err("expected http://")),
             ("ftp://x", Err("expected http://")),
             ("file:///", Err("expected http://")),
             ("10.77.0.1:8080", Err("is not a URL")),
@@ -532,6 +600,73 @@ fleet_public_key = "{KEY}"
         assert!(Agent::parse(Path::new("a"), &empty_check).is_err());
         let no_deadline = format!("{}\nactivation_timeout_secs = 0\n", minimal());
         assert!(Agent::parse(Path::new("a"), &no_deadline).is_err());
+    }
+
+    #[test]
+    fn the_copy_method_is_checked_against_the_cache_url() {
+        let with = |url: &str, extra: &str| {
+            let text = minimal().replacen("http://10.77.0.1:8080", url, 1);
+            Agent::parse(Path::new("a"), &format!("{text}\n{extra}\n"))
+                .map(|a| (a.copy_method, a.substitute_jobs))
+                .map_err(|e| e.to_string())
+        };
+        use CopyMethod::{Auto, Substitute, Transfer};
+        let ok = |m, j| Ok::<(CopyMethod, u32), &str>((m, j));
+        type Want = Result<(CopyMethod, u32), &'static str>;
+        let cases: &[(&str, &str, Want)] = &[
+            ("http://c:8080", "", ok(Auto, 16)),
+            ("file:///mnt/c", "", ok(Auto, 16)),
+            (
+                "http://c:8080",
+                "copy_method = \"transfer\"",
+                ok(Transfer, 16),
+            ),
+            (
+                "https://c",
+                "copy_method = \"substitute\"",
+                ok(Substitute, 16),
+            ),
+            ("s3://b", "copy_method = \"substitute\"", ok(Substitute, 16)),
+            ("http://c", "substitute_jobs = 1", ok(Auto, 1)),
+            ("http://c", "substitute_jobs = 256", ok(Auto, 256)),
+            (
+                "file:///mnt/c",
+                "copy_method = \"transfer\"",
+                Err("`copy_method`: \"transfer\" needs an http:// cache"),
+            ),
+            (
+                "https://c",
+                "copy_method = \"transfer\"",
+                Err("cache_url is https://c/"),
+            ),
+            (
+                "s3://b",
+                "copy_method = \"transfer\"",
+                Err("use \"auto\" or \"substitute\""),
+            ),
+            (
+                "http://c",
+                "copy_method = \"nix-copy\"",
+                Err("unknown variant `nix-copy`"),
+            ),
+            (
+                "http://c",
+                "substitute_jobs = 0",
+                Err("`substitute_jobs`: must be between 1 and 256"),
+            ),
+            (
+                "http://c",
+                "substitute_jobs = 257",
+                Err("`substitute_jobs`"),
+            ),
+        ];
+        for (url, extra, want) in cases {
+            match (want, with(url, extra)) {
+                (Ok(w), Ok(g)) => assert_eq!(&g, w, "{url} {extra}"),
+                (Err(w), Err(e)) => assert!(e.contains(w), "{url} {extra}: {e}"),
+                (w, g) => panic!("{url} {extra}: wanted {w:?}, got {g:?}"),
+            }
+        }
     }
 
     #[test]

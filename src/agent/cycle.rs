@@ -286,7 +286,7 @@ impl<L: Link + Sync> Cycle<'_, L> {
         ));
         self.interim(&attempt, target, Outcome::Deploying).await;
         let t = Instant::now();
-        let copied = super::transfer::copy_closure(agent, wanted, &mut attempt.log).await;
+        let copied = super::copy::copy_closure(agent, wanted, &mut attempt.log).await;
         attempt.timings.copy_ms = ms(t);
         if let Err(e) = copied {
             let outcome = match e {

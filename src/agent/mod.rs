@@ -7,6 +7,7 @@
 pub mod activate;
 pub mod children;
 pub mod config;
+pub mod copy;
 pub mod cycle;
 pub mod decide;
 pub mod deliver;
@@ -20,6 +21,7 @@ pub mod outbox;
 pub mod run;
 pub mod self_update;
 pub mod sftp_link;
+pub mod substitute;
 pub mod system;
 pub mod transfer;
 pub mod trigger;

@@ -11,8 +11,8 @@
 //!    with `require-sigs` and only the fleet key trusted, judged as any copy is
 //!    (`system::copy_judged`): Nix verifies every signature and hash.
 //!
-//! A cache that is not `http://`, or that does not answer the closure request (an older
-//! `bento serve`, a plain binary cache), is copied from with `nix copy` as before. A stream
+//! Which caches are copied from by the transfer, and what happens when the server is not
+//! `bento serve`, is `agent::copy`'s decision ([`Failed`] tells it why). A stream
 //! cut short keeps its complete entries: the next attempt asks only for the rest. A refused
 //! copy empties the staging directory, so nothing refused is kept.
 
@@ -106,26 +106,18 @@ fn free_space(dir: &Path) -> std::io::Result<(u64, u64)> {
     Ok((st.f_bavail.saturating_mul(st.f_frsize), dev))
 }
 
-/// Why the transfer did not end in a copy; `Fallback` means: copy with `nix copy`.
-enum Failed {
+/// Why the transfer did not end in a copy (`agent::copy` decides what follows).
+pub enum Failed {
+    /// The server answered the closure request as a server without the transfer's routes
+    /// does (`agent::copy::not_a_bento_server`): why.
+    NotBento(String),
+    /// The transfer cannot make this copy (a URL it cannot speak, a transfer refused): why.
     Fallback(String),
     Copy(SystemError),
 }
 
-/// Copies `path`'s closure into this host's store: by the transfer when the cache offers
-/// it, else by `nix copy` (`system::copy_closure`).
-pub async fn copy_closure(agent: &Agent, path: &str, log: &mut String) -> Result<(), SystemError> {
-    match transfer(agent, path, log).await {
-        Ok(()) => Ok(()),
-        Err(Failed::Copy(e)) => Err(e),
-        Err(Failed::Fallback(why)) => {
-            push_line(log, &format!("copying with nix copy instead: {why}"));
-            system::copy_closure(agent, path, log).await
-        }
-    }
-}
-
-async fn transfer(agent: &Agent, path: &str, log: &mut String) -> Result<(), Failed> {
+/// Copies `path`'s closure into this host's store by the transfer.
+pub async fn transfer(agent: &Agent, path: &str, log: &mut String) -> Result<(), Failed> {
     let target = Target::new(&agent.cache_url, agent.cache_netrc.as_deref())
         .map_err(|e| Failed::Fallback(e.to_string()))?;
     let top = store::parse(path).map_err(|e| Failed::Fallback(e.to_string()))?;
@@ -149,7 +141,14 @@ async fn transfer(agent: &Agent, path: &str, log: &mut String) -> Result<(), Fai
         r.body(MAX_CLOSURE_ANSWER).await
     }
     .await
-    .map_err(|e| Failed::Fallback(format!("the cache offers no closure transfer ({e})")))?;
+    .map_err(|e| {
+        let why = format!("the closure request failed: {e}");
+        if super::copy::not_a_bento_server(&e) {
+            Failed::NotBento(format!("the cache offers no closure transfer ({e})"))
+        } else {
+            transfer_failed(why)
+        }
+    })?;
     let closure = wire::parse_closure(&closure).map_err(|e| Failed::Fallback(format!("{e}")))?;
 
     let invalid = invalid_paths(agent, &closure, log)

@@ -99,6 +99,11 @@ fn check_config(file: &std::path::Path) -> anyhow::Result<ExitCode> {
     println!("  host            {}", a.host);
     println!("  server          {} (host key pinned)", a.server);
     println!("  cache           {}", a.cache_url);
+    println!(
+        "  copy            {} ({} paths at once when substituting)",
+        a.copy_method.as_str(),
+        a.substitute_jobs
+    );
     println!("  fleet key       {}", a.fleet_key);
     println!("  action          {}", a.action.as_str());
     println!(
@@ -141,7 +146,7 @@ async fn copy(config: &std::path::Path, path: &str) -> anyhow::Result<ExitCode> 
         return Ok(ExitCode::from(exit::BUSY));
     };
     let mut log = String::new();
-    let result = crate::agent::transfer::copy_closure(&agent, path, &mut log).await;
+    let result = crate::agent::copy::copy_closure(&agent, path, &mut log).await;
     eprint!("{log}");
     match result {
         Ok(()) => Ok(ExitCode::SUCCESS),

@@ -1,6 +1,7 @@
 //! What Nix means when a copy from a binary cache fails, told from its messages.
 //!
-//! `nix copy` exits 1 whatever went wrong, so the agent reads stderr: **refused** (the
+//! `nix copy` and `nix-store --realise` (the agent's substitution) exit 1 whatever went
+//! wrong, so the agent reads stderr: **refused** (the
 //! cache served something Nix rejects: a signature, a hash, a malformed NAR or narinfo),
 //! **missing** (the cache lacks a narinfo or NAR, or answered 401/403) or **transient**
 //! (network, server, disk, locks, races). Anything else is unknown; the agent then checks
@@ -107,12 +108,12 @@ const RULES: &[Rule] = &[
     rule(
         Refused,
         Contains("not signed by any of the keys in 'trusted-public-keys'"),
-        "2.8-2.9 (`the substitute for`) and 2.10-2.35 (`ignoring substitute for`), substitution-goal.cc: a warning, then a generic failure",
+        "2.8-2.9 (`the substitute for`) and 2.10-2.35 (`ignoring substitute for`), substitution-goal.cc: a warning, then a generic failure (2.8 `nix-store --realise`: `build of '...' failed`, observed)",
     ),
     rule(
         Refused,
         Contains("hash mismatch importing path"),
-        "2.8-2.35 (also `ca hash mismatch`), local-store.cc LocalStore::addToStore",
+        "2.8-2.35 (also `ca hash mismatch`), local-store.cc LocalStore::addToStore (observed on 2.8 for `nix copy` and `nix-store --realise`)",
     ),
     rule(
         Refused,
@@ -172,7 +173,7 @@ const RULES: &[Rule] = &[
     rule(
         Refused,
         StartsContains("NAR for '", "' is incomplete"),
-        "2.27.0-2.35, store-api.cc copyStorePath (a truncated NAR)",
+        "2.27.0-2.35, store-api.cc copyStorePath (a truncated NAR); 2.8 substitution, observed (`nix-store --realise`)",
     ),
     rule(
         Refused,

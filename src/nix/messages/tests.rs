@@ -65,6 +65,13 @@ fn signatures_refused_by_every_version() -> Vec<Case> {
         Some(Refused),
     );
     c("2.34.0-2.35", "error: signature is corrupt", Some(Refused));
+    c(
+        "2.8.0 (observed, nix-store --realise from http://, the agent's substitution)",
+        &format!(
+            "this path will be fetched (0.00 MiB download, 0.00 MiB unpacked):\n  {DEP}\nwarning: the substitute for '{DEP}' from 'http://10.77.133.1:38779' is not signed by any of the keys in 'trusted-public-keys'\nerror: build of '{DEP}' failed\n"
+        ),
+        Some(Refused),
+    );
     v
 }
 
@@ -169,6 +176,20 @@ fn altered_nars_and_narinfos_refused_by_every_version() -> Vec<Case> {
     c(
         "2.27.0-2.35",
         &format!("error: NAR for '{DEP}' fetched from 'http://10.0.0.1:8080' is incomplete"),
+        Some(Refused),
+    );
+    c(
+        "2.8.0 (observed, nix-store --realise from file:// and http://, the agent's substitution)",
+        &format!(
+            "copying path '{DEP}' from 'http://10.77.133.1:40623'...\nerror: hash mismatch importing path '{DEP}';\n         specified: sha256:1h32zasi2wkfi6zc4h9khfr3xb7crk3bykms9vy9qipncvllr3f4\n         got:       sha256:017gajnzppl9xw3vhlm3fmy99463g4lpnxzjsfsv81pyz8k5kbk2\nerror: build of '{DEP}' failed\n"
+        ),
+        Some(Refused),
+    );
+    c(
+        "2.8.0 (observed, nix-store --realise of a truncated NAR from file://)",
+        &format!(
+            "error: NAR for '{DEP}' fetched from 'file:///tmp/.tmpDBXMgB/truncated' is incomplete\nerror: build of '{DEP}' failed"
+        ),
         Some(Refused),
     );
     c(
@@ -401,6 +422,20 @@ fn what_no_rule_knows_is_unknown() -> Vec<Case> {
         None,
     );
     c("2.8.0 (observed)", "error: out of memory", None);
+    // `nix-store --realise` ends every failure so, whatever the cause: no meaning alone.
+    c(
+        "2.8.0 (observed, nix-store --realise)",
+        &format!("error: build of '{DEP}' failed"),
+        None,
+    );
+    // A byte flipped in a length field of a small uncompressed NAR, substituted (observed).
+    c(
+        "2.8.0 (observed, nix-store --realise)",
+        &format!(
+            "copying path '{DEP}' from 'file:///tmp/fb/plain'...\nstd::bad_alloc\nerror: build of '{DEP}' failed"
+        ),
+        None,
+    );
     c("any", "", None);
     // A bare "error:" prefix alone means nothing.
     c("any", "error: something new in Nix 3.0", None);
