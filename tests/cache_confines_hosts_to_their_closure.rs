@@ -193,7 +193,12 @@ async fn transfer(
     let target = bento::transfer::client::Target::new(&url, netrc.as_deref()).unwrap();
     let body: String = paths.iter().map(|p| format!("{p}\n")).collect();
     let mut r = target
-        .post(route, body.as_bytes(), std::time::Duration::from_secs(30))
+        .post(
+            route,
+            body.as_bytes(),
+            std::time::Duration::from_secs(30),
+            false,
+        )
         .await
         .unwrap();
     let status = r.status;

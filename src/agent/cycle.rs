@@ -235,7 +235,7 @@ pub async fn run_once<L: Link + Sync>(
     }
 }
 
-impl<L: Link + Sync> Cycle<'_, L> {
+impl<'a, L: Link + Sync> Cycle<'a, L> {
     /// Puts back delivered files that went missing or changed (a reboot empties /run);
     /// a failure is logged, and the next attempt tries again.
     fn put_files_back(&self) {
@@ -246,8 +246,15 @@ impl<L: Link + Sync> Cycle<'_, L> {
     }
 
     /// Tells the server, best effort and without queueing, how far an attempt has come
-    /// (`bento status` shows "deploying" and "unconfirmed" from these).
-    async fn interim(&self, attempt: &Attempt, target: &Target, outcome: Outcome) {
+    /// (`bento status` shows "deploying" and "unconfirmed" from these). The report is taken
+    /// now; the returned future uploads it, so it can run alongside the next step (it needs
+    /// no answer, and the next step never waits for it). It borrows the link, not `self`.
+    fn interim(
+        &self,
+        attempt: &Attempt,
+        target: &Target,
+        outcome: Outcome,
+    ) -> impl std::future::Future<Output = ()> + use<'a, L> {
         let snapshot = Attempt {
             started_ms: attempt.started_ms,
             log: attempt.log.clone(),
@@ -262,11 +269,14 @@ impl<L: Link + Sync> Cycle<'_, L> {
             None,
         );
         let (name, bytes) = (r.file_name(), r.to_bytes());
-        let upload = self.link.upload_report(&name, &bytes);
-        match tokio::time::timeout(INTERIM_TIMEOUT, upload).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::debug!(error = %e, "interim report not delivered"),
-            Err(_) => tracing::debug!("interim report timed out"),
+        let link: &'a L = self.link;
+        async move {
+            let upload = link.upload_report(&name, &bytes);
+            match tokio::time::timeout(INTERIM_TIMEOUT, upload).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(error = %e, "interim report not delivered"),
+                Err(_) => tracing::debug!("interim report timed out"),
+            }
         }
     }
 
@@ -284,9 +294,11 @@ impl<L: Link + Sync> Cycle<'_, L> {
             "generation {generation}: copying {wanted} from {}",
             agent.cache_url
         ));
-        self.interim(&attempt, target, Outcome::Deploying).await;
+        let told = self.interim(&attempt, target, Outcome::Deploying);
         let t = Instant::now();
-        let copied = super::copy::copy_closure(agent, wanted, &mut attempt.log).await;
+        let copied = super::copy::copy_closure(agent, wanted, &mut attempt.log);
+        // The interim report goes out over SFTP while the copy starts over HTTP.
+        let ((), copied) = tokio::join!(told, copied);
         attempt.timings.copy_ms = ms(t);
         if let Err(e) = copied {
             let outcome = match e {
@@ -412,8 +424,9 @@ impl<L: Link + Sync> Cycle<'_, L> {
         previous: Option<String>,
     ) -> Result<Ended, CycleError> {
         let agent = self.agent;
-        // Best effort, before the clock starts: the network may already be gone.
-        self.interim(&attempt, target, Outcome::Unconfirmed).await;
+        // Best effort: the network may already be gone. It goes out on the kept session
+        // alongside the first check, whose probe opens a fresh one.
+        let mut told = Some(self.interim(&attempt, target, Outcome::Unconfirmed));
         // A resumed confirmation keeps its original deadline; a fresh one starts now.
         let fresh_deadline = unix_now() + agent.confirm_timeout.as_secs();
         let budget = match self.journal.in_flight.as_mut() {
@@ -435,7 +448,12 @@ impl<L: Link + Sync> Cycle<'_, L> {
         let t = Instant::now();
         let mut last_error = String::new();
         loop {
-            let check = match self.link.probe_fresh().await {
+            let probe = self.link.probe_fresh();
+            let probed = match told.take() {
+                Some(told) => tokio::join!(told, probe).1,
+                None => probe.await,
+            };
+            let check = match probed {
                 Ok(()) => system::health_checks(agent, agent.confirm_timeout, &mut attempt.log)
                     .await
                     .map_err(|e| e.to_string()),

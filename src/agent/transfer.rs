@@ -6,10 +6,12 @@
 //! 3. Leave out what an earlier, interrupted transfer already staged; check that the disk
 //!    has room for the rest (sizes from the closure answer); ask for all of it at once.
 //! 4. Write the entries as they arrive into a `file://` binary cache in the state directory
-//!    (`transfer/`), each NAR first, its narinfo (written aside and renamed) last.
-//! 5. `nix copy --from file://<state_dir>/transfer --no-recursive` of the missing paths,
-//!    with `require-sigs` and only the fleet key trusted, judged as any copy is
-//!    (`system::copy_judged`): Nix verifies every signature and hash.
+//!    (`transfer/`), each NAR first, its narinfo (written aside and renamed) last. The
+//!    closure request's connection carries this one (no new handshake, a warm window).
+//! 5. Meanwhile, `nix copy --from file://<state_dir>/transfer --no-recursive` of the paths
+//!    staged so far whose references are there (`batch`), batch after batch while the
+//!    stream arrives, with `require-sigs` and only the fleet key trusted, judged as any copy
+//!    is (`system::copy_judged`): Nix verifies every signature and hash.
 //!
 //! Which caches are copied from by the transfer, and what happens when the server is not
 //! `bento serve`, is `agent::copy`'s decision ([`Failed`] tells it why). A stream
@@ -20,13 +22,15 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use tokio::sync::mpsc;
+
 use super::children;
 use super::config::Agent;
 use super::system::{self, SystemError, cache_nix, push_line};
 use crate::nix::cmd::Command;
 use crate::nix::narinfo;
 use crate::nix::store::{self, StorePath};
-use crate::transfer::client::{ClientError, Target};
+use crate::transfer::client::{ClientError, Response, Target};
 use crate::transfer::wire::{self, ClosureEntry, Event};
 use crate::transfer::{CLOSURE_PATH, NARS_PATH};
 
@@ -38,6 +42,14 @@ const PATHS_PER_COPY: usize = 4000;
 const SPARE_BYTES: u64 = 64 * 1024 * 1024;
 /// Longest closure answer read (about 100 bytes a path).
 const MAX_CLOSURE_ANSWER: usize = 64 * 1024 * 1024;
+/// While the stream runs, entries arriving closer together than this join the next import
+/// batch (a burst of the stream is one batch; on a LAN, the whole stream is).
+const BATCH_QUIET: Duration = Duration::from_millis(30);
+/// The longest a batch waits for more entries while the stream keeps arriving.
+const BATCH_GATHER: Duration = Duration::from_millis(500);
+
+mod batch;
+use batch::Imports;
 
 /// What to fetch and what to copy, decided from the closure, the store and the staging
 /// directory.
@@ -132,13 +144,14 @@ pub async fn transfer(agent: &Agent, path: &str, log: &mut String) -> Result<(),
 
     let started = std::time::Instant::now();
     let ms = || started.elapsed().as_millis();
-    let closure = async {
+    let (kept, closure) = async {
         let mut r = target
-            .post(CLOSURE_PATH, &wire::encode_paths([&top]), idle)
+            .post(CLOSURE_PATH, &wire::encode_paths([&top]), idle, true)
             .await?
             .ok()
             .await?;
-        r.body(MAX_CLOSURE_ANSWER).await
+        let body = r.body(MAX_CLOSURE_ANSWER).await?;
+        Ok::<_, ClientError>((r, body))
     }
     .await
     .map_err(|e| {
@@ -164,7 +177,7 @@ pub async fn transfer(agent: &Agent, path: &str, log: &mut String) -> Result<(),
         })
         .map_err(|e| transfer_failed(format!("cannot prepare {}: {e}", staging.display())))?;
     let staged = staged_entries(&staging, &closure, &invalid);
-    let plan = plan(&closure, &invalid, &staged);
+    let plan = plan(&closure, &invalid, &staged.keys().cloned().collect());
     push_line(
         log,
         &format!(
@@ -181,37 +194,65 @@ pub async fn transfer(agent: &Agent, path: &str, log: &mut String) -> Result<(),
         return Ok(());
     }
     check_space(&staging, &plan).map_err(transfer_failed)?;
-    if !plan.fetch.is_empty() {
-        fetch(&target, &staging, &plan.fetch, idle, agent.copy_timeout)
-            .await
-            .map_err(|e| match e {
-                FetchError::Refused(why) => {
-                    Failed::Fallback(format!("the cache refused the transfer: {why}"))
-                }
-                FetchError::Broken(why) => transfer_failed(why),
-            })?;
-    }
 
-    push_line(
-        log,
-        &format!("fetched ({} ms); copying into the store", ms()),
-    );
+    // The stream and the imports run together: `nix copy` takes each batch of staged paths
+    // whose references are there while the rest arrives.
+    let have = closure
+        .iter()
+        .filter(|e| !invalid.contains(&e.path))
+        .map(|e| e.path.clone())
+        .collect();
+    let mut imports = Imports::new(have, &plan.copy);
+    for (p, refs) in staged {
+        imports.staged(p, refs);
+    }
+    let (tx, rx) = mpsc::unbounded_channel();
+    let fetched = async {
+        let result = if plan.fetch.is_empty() {
+            Ok(())
+        } else {
+            fetch(kept, &staging, &plan.fetch, tx, agent.copy_timeout).await
+        };
+        Ok::<_, Failed>((result, ms()))
+    };
+    let mut import_log = String::new();
     let source = format!("file://{}", staging.display());
-    for part in plan.copy.chunks(PATHS_PER_COPY) {
-        let copy = copy_command(agent, &source, part);
-        if let Err(e) = system::copy_judged(agent, copy, path, log).await {
-            if matches!(
-                e,
-                SystemError::CopyRefused { .. } | SystemError::CopyTampered { .. }
-            ) {
+    let imported = import(agent, path, &source, &mut imports, rx, &mut import_log);
+    let joined = tokio::try_join!(fetched, imported);
+    log.push_str(&import_log);
+    let ((fetched, fetched_ms), batches) = match joined {
+        Ok(done) => done,
+        Err(e) => {
+            if let Failed::Copy(
+                SystemError::CopyRefused { .. } | SystemError::CopyTampered { .. },
+            ) = &e
+            {
                 // Nothing refused is kept for the next attempt.
                 let _ = std::fs::remove_dir_all(&staging);
             }
-            return Err(Failed::Copy(e));
+            return Err(e);
         }
+    };
+    fetched.map_err(|e| match e {
+        FetchError::Refused(why) => {
+            Failed::Fallback(format!("the cache refused the transfer: {why}"))
+        }
+        FetchError::Broken(why) => transfer_failed(why),
+    })?;
+    if imports.left() > 0 {
+        return Err(transfer_failed(format!(
+            "{} paths arrived but could not be imported: their references are missing",
+            imports.left()
+        )));
     }
     let _ = std::fs::remove_dir_all(&staging);
-    push_line(log, &format!("copied ({} ms)", ms()));
+    push_line(
+        log,
+        &format!(
+            "fetched ({fetched_ms} ms) and copied into the store in {batches} batches ({} ms)",
+            ms()
+        ),
+    );
     Ok(())
 }
 
@@ -221,6 +262,56 @@ pub fn copy_command(agent: &Agent, source: &str, paths: &[StorePath]) -> Command
         .args(["copy", "--from", source, "--no-recursive"])
         .args(paths.iter().map(store::render))
         .timeout(agent.copy_timeout)
+}
+
+/// Imports staged paths batch after batch as `rx` says entries are complete, until the
+/// stream has ended and nothing more can be imported. Returns how many batches ran.
+async fn import(
+    agent: &Agent,
+    path: &str,
+    source: &str,
+    imports: &mut Imports,
+    mut rx: mpsc::UnboundedReceiver<(StorePath, Vec<StorePath>)>,
+    log: &mut String,
+) -> Result<usize, Failed> {
+    let mut open = true;
+    let mut batches = 0;
+    loop {
+        while let Ok((p, refs)) = rx.try_recv() {
+            imports.staged(p, refs);
+        }
+        if open && imports.next_batch().is_empty() {
+            match rx.recv().await {
+                Some((p, refs)) => imports.staged(p, refs),
+                None => open = false,
+            }
+            continue;
+        }
+        // A burst of the stream makes one batch: wait until it pauses.
+        let gathering = tokio::time::Instant::now();
+        while open && gathering.elapsed() < BATCH_GATHER {
+            match tokio::time::timeout(BATCH_QUIET, rx.recv()).await {
+                Ok(Some((p, refs))) => imports.staged(p, refs),
+                Ok(None) => open = false,
+                Err(_) => break,
+            }
+        }
+        let batch = imports.next_batch();
+        if batch.is_empty() {
+            if open {
+                continue;
+            }
+            return Ok(batches);
+        }
+        for part in batch.chunks(PATHS_PER_COPY) {
+            let copy = copy_command(agent, source, part);
+            system::copy_judged(agent, copy, path, log)
+                .await
+                .map_err(Failed::Copy)?;
+            imports.imported(part);
+        }
+        batches += 1;
+    }
 }
 
 /// The paths of `closure` this host's store does not hold (one `nix-store` call per
@@ -252,15 +343,15 @@ fn narinfo_file(staging: &Path, path: &StorePath) -> PathBuf {
     staging.join(format!("{}.narinfo", store::hash_part(path)))
 }
 
-/// The missing paths whose entries an earlier transfer completed: a narinfo that parses,
-/// names the path, points at a NAR file there of the announced size. Anything else staged
-/// for a missing path is removed.
+/// The missing paths whose entries an earlier transfer completed, with their references:
+/// a narinfo that parses, names the path, points at a NAR file there of the announced size.
+/// Anything else staged for a missing path is removed.
 fn staged_entries(
     staging: &Path,
     closure: &[ClosureEntry],
     invalid: &HashSet<StorePath>,
-) -> HashSet<StorePath> {
-    let mut staged = HashSet::new();
+) -> HashMap<StorePath, Vec<StorePath>> {
+    let mut staged = HashMap::new();
     for e in closure.iter().filter(|e| invalid.contains(&e.path)) {
         let file = narinfo_file(staging, &e.path);
         let Ok(bytes) = std::fs::read(&file) else {
@@ -268,18 +359,60 @@ fn staged_entries(
         };
         let complete = narinfo::parse(&bytes).ok().and_then(|ni| {
             let name = wire::nar_file_name(ni.url())?;
-            let size = std::fs::metadata(staging.join("nar").join(name))
-                .ok()?
-                .len();
-            (*ni.store_path() == e.path && size == e.file_size).then_some(())
+            let file = staging.join("nar").join(name);
+            let size = std::fs::metadata(&file).ok()?.len();
+            (*ni.store_path() == e.path
+                && Some(size) == declared_size(&ni)
+                && size <= largest(e)
+                && hash_matches(&ni, &file))
+            .then(|| ni.references().iter().cloned().collect::<Vec<_>>())
         });
-        if complete.is_some() {
-            staged.insert(e.path.clone());
-        } else {
-            let _ = std::fs::remove_file(&file);
+        match complete {
+            Some(refs) => {
+                staged.insert(e.path.clone(), refs);
+            }
+            None => {
+                let _ = std::fs::remove_file(&file);
+            }
         }
     }
     staged
+}
+
+/// The size of the file a narinfo describes: its `FileSize`, or its `NarSize` for a plain
+/// NAR.
+fn declared_size(ni: &narinfo::NarInfo) -> Option<u64> {
+    if ni.url().ends_with(".nar") {
+        Some(ni.nar_size())
+    } else {
+        ni.file_size()
+    }
+}
+
+/// The most bytes the cache may send for `e`. The closure answer gives the file it had
+/// then; by the time of the stream the cache may have compressed the path (zstd makes
+/// incompressible data a little larger), or lost its compressed file and sends the NAR.
+fn largest(e: &ClosureEntry) -> u64 {
+    let zstd_bound = e.nar_size + e.nar_size / 128 + 64 * 1024;
+    e.file_size.max(zstd_bound)
+}
+
+/// Whether the staged file of `ni` has the hash its narinfo gives (`FileHash`, or `NarHash`
+/// for a plain NAR). Staged files are not fsynced: after a crash one may have its full size
+/// and wrong bytes. Nix would refuse it, which is a refusal, not a retry.
+fn hash_matches(ni: &narinfo::NarInfo, file: &Path) -> bool {
+    use crate::nix::hash::{HashingWriter, Sha256Hash};
+    let want = match ni.file_hash() {
+        Some(h) => h,
+        None if ni.url().ends_with(".nar") => ni.nar_hash(),
+        None => return false,
+    };
+    let Ok(want) = Sha256Hash::from_nix_hash(want) else {
+        return false;
+    };
+    let mut hasher = HashingWriter::new(std::io::sink());
+    let copied = std::fs::File::open(file).and_then(|mut f| std::io::copy(&mut f, &mut hasher));
+    copied.is_ok() && hasher.finish().0 == want
 }
 
 fn check_space(staging: &Path, plan: &Plan) -> Result<(), String> {
@@ -308,20 +441,21 @@ enum FetchError {
     Broken(String),
 }
 
-/// Asks for `wanted` in one request and writes the entries into `staging`.
+/// Asks for `wanted` in one request, on the connection of `kept` (the closure answer) when
+/// it can carry one, writes the entries into `staging` and tells `done` of each complete one.
 async fn fetch(
-    target: &Target,
+    kept: Response,
     staging: &Path,
     wanted: &[ClosureEntry],
-    idle: Duration,
+    done: mpsc::UnboundedSender<(StorePath, Vec<StorePath>)>,
     deadline: Duration,
 ) -> Result<(), FetchError> {
-    let sizes: HashMap<&StorePath, u64> = wanted.iter().map(|e| (&e.path, e.file_size)).collect();
+    let sizes: HashMap<&StorePath, u64> = wanted.iter().map(|e| (&e.path, largest(e))).collect();
     let max_file = sizes.values().copied().max().unwrap_or(0);
     let body = wire::encode_paths(wanted.iter().map(|e| &e.path));
     let work = async {
-        let response = target
-            .post(NARS_PATH, &body, idle)
+        let response = kept
+            .post_next(NARS_PATH, &body, false)
             .await
             .map_err(|e| FetchError::Broken(e.to_string()))?;
         let mut response = response.ok().await.map_err(|e| match e {
@@ -334,6 +468,7 @@ async fn fetch(
             sizes: &sizes,
             current: None,
             done: HashSet::new(),
+            tell: done,
         };
         let broken = |e: &dyn std::fmt::Display| FetchError::Broken(e.to_string());
         while let Some(chunk) = response.chunk().await.map_err(|e| broken(&e))? {
@@ -361,10 +496,21 @@ async fn fetch(
 struct Writer<'a> {
     staging: &'a Path,
     sizes: &'a HashMap<&'a StorePath, u64>,
-    /// The entry being received: its narinfo, where its file goes, the open file.
-    current: Option<(narinfo::NarInfo, Vec<u8>, PathBuf, std::fs::File)>,
+    /// The entry being received: its narinfo, where its file goes, the open file (writes
+    /// gathered in a buffer).
+    current: Option<(
+        narinfo::NarInfo,
+        Vec<u8>,
+        PathBuf,
+        std::io::BufWriter<std::fs::File>,
+    )>,
     done: HashSet<StorePath>,
+    /// Told of each complete entry: its path and references.
+    tell: mpsc::UnboundedSender<(StorePath, Vec<StorePath>)>,
 }
+
+/// Bytes gathered before a write to a staged file.
+const WRITE_BUFFER: usize = 1024 * 1024;
 
 impl Writer<'_> {
     fn take(&mut self, event: Event) -> Result<(), String> {
@@ -378,18 +524,26 @@ impl Writer<'_> {
                     .map_err(|e| format!("the cache sent a bad narinfo: {e}"))?;
                 let path = ni.store_path().clone();
                 let shown = store::render(&path);
-                if self.sizes.get(&path) != Some(&file_len) || self.done.contains(&path) {
+                let most = self.sizes.get(&path).copied();
+                if most.is_none_or(|m| file_len > m) || self.done.contains(&path) {
                     return Err(format!(
                         "the cache sent {shown} ({file_len} bytes), which was not asked for"
                     ));
                 }
                 let name = wire::nar_file_name(ni.url())
                     .ok_or_else(|| format!("the narinfo of {shown} has URL {:?}", ni.url()))?;
+                if declared_size(&ni) != Some(file_len) {
+                    return Err(format!(
+                        "the cache sent {shown} as {file_len} bytes, its narinfo says otherwise"
+                    ));
+                }
                 // Under its final name at once: without its narinfo, and of the size
                 // announced, a NAR file is not taken for a complete entry.
                 let part = self.staging.join("nar").join(name);
                 let file = std::fs::File::create(&part)
                     .map_err(|e| format!("cannot write {}: {e}", part.display()))?;
+                let capacity = (file_len as usize).clamp(1, WRITE_BUFFER);
+                let file = std::io::BufWriter::with_capacity(capacity, file);
                 self.current = Some((ni, raw.to_vec(), part, file));
             }
             Event::Data(bytes) => {
@@ -398,8 +552,12 @@ impl Writer<'_> {
                     .map_err(|e| format!("cannot write {}: {e}", part.display()))?;
             }
             Event::EntryEnd => {
-                let (ni, raw, _, file) =
+                let (ni, raw, part, mut file) =
                     self.current.take().ok_or("an entry end outside an entry")?;
+                // No fsync: Nix checks every NAR's hash when it imports it, and a later
+                // attempt takes a staged entry only if its size and hash are right.
+                file.flush()
+                    .map_err(|e| format!("cannot write {}: {e}", part.display()))?;
                 drop(file);
                 let path = ni.store_path().clone();
                 let fail =
@@ -410,6 +568,10 @@ impl Writer<'_> {
                 std::fs::write(&tmp, &raw)
                     .and_then(|()| std::fs::rename(&tmp, &file))
                     .map_err(fail)?;
+                // The importer may have ended (a refusal); the stream is then dropped too.
+                let _ = self
+                    .tell
+                    .send((path.clone(), ni.references().iter().cloned().collect()));
                 self.done.insert(path);
             }
             Event::End { .. } => {}

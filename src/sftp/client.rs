@@ -223,8 +223,10 @@ async fn connect_inner<A: ToSocketAddrs>(
         });
     }
     let channel = ssh.channel_open_session().await.map_err(connect_err)?;
+    // No reply asked: SFTP's own start (below) follows at once and fails if the server
+    // refused the subsystem, one round trip sooner.
     channel
-        .request_subsystem(true, "sftp")
+        .request_subsystem(false, "sftp")
         .await
         .map_err(connect_err)?;
     let sftp = RawSftpSession::new_with_config(
@@ -345,6 +347,49 @@ impl Session {
             .sftp
             .open(path, OpenFlags::READ, FileAttributes::empty());
         let handle = self.guard("open", path, open).await?.handle;
+        // Most files read here (a release, a manifest, a small blob) fit in one read: that
+        // read, the size of the open file and the close leave together (a server answers
+        // the requests on one handle in the order sent): one round trip instead of three.
+        let h = handle.as_str();
+        let (read, attrs, closed) = futures::future::join3(
+            self.guard("read", path, self.sftp.read(h, 0, CHUNK)),
+            self.guard("stat", path, self.sftp.fstat(h)),
+            self.guard("close", path, self.sftp.close(h)),
+        )
+        .await;
+        let data = match read {
+            Ok(d) => d.data,
+            Err(ClientError::Sftp {
+                source: SftpError::Status(s),
+                ..
+            }) if s.status_code == StatusCode::Eof => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        closed?;
+        if attrs?.attrs.size == Some(data.len() as u64) {
+            return self.at_most(data, path, max);
+        }
+        // Longer than one read (or read short): read again, one request at a time.
+        self.read_whole(path, max).await
+    }
+
+    fn at_most(&self, out: Vec<u8>, path: &str, max: u64) -> Result<Vec<u8>, ClientError> {
+        if out.len() as u64 > max {
+            return Err(ClientError::TooLarge {
+                path: path.to_owned(),
+                addr: self.addr.clone(),
+                max,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Reads `path` one request at a time until its end.
+    async fn read_whole(&self, path: &str, max: u64) -> Result<Vec<u8>, ClientError> {
+        let open = self
+            .sftp
+            .open(path, OpenFlags::READ, FileAttributes::empty());
+        let handle = self.guard("open", path, open).await?.handle;
         let mut out = Vec::new();
         let result = loop {
             let read = self.sftp.read(handle.as_str(), out.len() as u64, CHUNK);
@@ -385,17 +430,39 @@ impl Session {
             .sftp
             .open(path.as_str(), flags, FileAttributes::empty());
         let handle = self.guard("create", &path, open).await?.handle;
-        let mut written = Ok(());
-        for (i, chunk) in bytes.chunks(CHUNK as usize).enumerate() {
-            let offset = i as u64 * u64::from(CHUNK);
-            let write = self.sftp.write(handle.as_str(), offset, chunk.to_vec());
-            if let Err(e) = self.guard("write", &path, write).await {
-                written = Err(e);
-                break;
-            }
+        // Every write, then the close, leave at once (each request is sent when its future
+        // is first polled; a server answers the requests on one handle in order): one round
+        // trip after the open, whatever the report's size.
+        let h = handle.as_str();
+        let mut writes: Vec<_> = bytes
+            .chunks(CHUNK as usize)
+            .enumerate()
+            .map(|(i, chunk)| {
+                let offset = i as u64 * u64::from(CHUNK);
+                let write = self.sftp.write(h, offset, chunk.to_vec());
+                Box::pin(futures::future::maybe_done(
+                    self.guard("write", &path, write),
+                ))
+            })
+            .collect();
+        for w in &mut writes {
+            let _ = futures::poll!(w.as_mut());
         }
+        let written = async {
+            let mut result = Ok(());
+            for w in &mut writes {
+                w.as_mut().await;
+                if let Some(Err(e)) = w.as_mut().take_output()
+                    && result.is_ok()
+                {
+                    result = Err(e);
+                }
+            }
+            result
+        };
         // Closing puts the report in place; its answer says whether that worked.
-        let closed = self.guard("store", &path, self.sftp.close(handle)).await;
+        let (written, closed) =
+            futures::future::join(written, self.guard("store", &path, self.sftp.close(h))).await;
         written?;
         closed?;
         Ok(())

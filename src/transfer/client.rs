@@ -1,7 +1,8 @@
-//! The agent's side of the wire: one HTTP/1.1 `POST` per request over a fresh TCP
-//! connection (`Connection: close`), with the host's cache token from its netrc file as
-//! basic auth, the body read as it arrives. Plain `http://` only: for any other cache URL
-//! the agent copies with Nix as before.
+//! The agent's side of the wire: HTTP/1.1 `POST`s with the host's cache token from its netrc
+//! file as basic auth, the body read as it arrives. A response read to its end can carry the
+//! next request on its connection ([`Response::post_next`]), which saves the TCP handshake
+//! and keeps the window the first answer opened. Plain `http://` only: for any other cache
+//! URL the agent copies with Nix as before.
 //!
 //! Hand-written (about a hundred lines on tokio) because Bento has no HTTP client crate and
 //! these two requests need none of one's features; the parts that read untrusted bytes
@@ -43,6 +44,8 @@ pub enum ClientError {
         #[source]
         source: std::io::Error,
     },
+    #[error("the cache at {addr} closed the connection without answering; retry")]
+    Closed { addr: String },
     #[error("the cache at {addr} sent nothing for {secs} s")]
     Stalled { addr: String, secs: u64 },
     #[error("the cache at {addr} sent a malformed HTTP response: {why}")]
@@ -108,13 +111,15 @@ impl Target {
         }
     }
 
-    /// `POST <base><path>` with `body`; returns once the response head is read. Each read
-    /// waits at most `idle`.
+    /// `POST <base><path>` with `body` over a new connection; returns once the response head
+    /// is read. Each read waits at most `idle`. With `keep`, the connection may carry a next
+    /// request ([`Response::post_next`]); without, it is closed after this answer.
     pub async fn post(
         &self,
         path: &str,
         body: &[u8],
         idle: Duration,
+        keep: bool,
     ) -> Result<Response, ClientError> {
         let addr = self.addr();
         let stream = tokio::time::timeout(idle, TcpStream::connect(&addr))
@@ -128,47 +133,25 @@ impl Target {
                 source,
             })?;
         let _ = stream.set_nodelay(true);
-        let mut head = format!(
-            "POST {}{path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
-             Content-Type: text/plain\r\nContent-Length: {}\r\n",
-            self.base,
-            body.len()
-        );
-        if let Some(auth) = &self.auth {
-            head.push_str(&format!("Authorization: {auth}\r\n"));
-        }
-        head.push_str("\r\n");
-        let mut response = Response {
+        let response = Response {
+            target: self.clone(),
             stream,
             addr,
             idle,
             buffered: Vec::new(),
             scratch: Vec::new(),
             remaining: None,
+            reusable: false,
             status: 0,
         };
-        let io = |addr: &str| {
-            let addr = addr.to_owned();
-            move |source| ClientError::Io { addr, source }
-        };
-        response
-            .stream
-            .write_all(head.as_bytes())
-            .await
-            .map_err(io(&response.addr))?;
-        response
-            .stream
-            .write_all(body)
-            .await
-            .map_err(io(&response.addr))?;
-        response.read_head().await?;
-        Ok(response)
+        response.send(path, body, keep).await
     }
 }
 
 /// A response whose head is read; its body is read with [`Response::chunk`].
 #[derive(Debug)]
 pub struct Response {
+    target: Target,
     stream: TcpStream,
     addr: String,
     idle: Duration,
@@ -177,10 +160,65 @@ pub struct Response {
     scratch: Vec<u8>,
     /// Body bytes still to come, when the length is known.
     remaining: Option<u64>,
+    /// Whether the connection may carry another request once the body is read.
+    reusable: bool,
     pub status: u16,
 }
 
 impl Response {
+    /// Sends a request on this response's connection and reads the head of its answer.
+    async fn send(mut self, path: &str, body: &[u8], keep: bool) -> Result<Response, ClientError> {
+        let t = &self.target;
+        let mut head = format!(
+            "POST {}{path} HTTP/1.1\r\nHost: {}\r\nConnection: {}\r\n\
+             Content-Type: text/plain\r\nContent-Length: {}\r\n",
+            t.base,
+            self.addr,
+            if keep { "keep-alive" } else { "close" },
+            body.len()
+        );
+        if let Some(auth) = &t.auth {
+            head.push_str(&format!("Authorization: {auth}\r\n"));
+        }
+        head.push_str("\r\n");
+        // One write: head and body leave in the same segments.
+        let mut request = head.into_bytes();
+        request.extend_from_slice(body);
+        let io = |addr: &str| {
+            let addr = addr.to_owned();
+            move |source| ClientError::Io { addr, source }
+        };
+        self.stream
+            .write_all(&request)
+            .await
+            .map_err(io(&self.addr))?;
+        self.read_head(keep).await?;
+        Ok(self)
+    }
+
+    /// `POST <base><path>` with `body` on this response's connection once its body has been
+    /// read to the end, or on a new connection when it cannot carry another request (the
+    /// server closed it, the body was not read whole, or the request on it fails before any
+    /// answer: the server may have closed it while idle). The request must be one that may
+    /// be sent twice.
+    pub async fn post_next(
+        self,
+        path: &str,
+        body: &[u8],
+        keep: bool,
+    ) -> Result<Response, ClientError> {
+        let (target, idle) = (self.target.clone(), self.idle);
+        if !(self.reusable && self.remaining == Some(0) && self.buffered.is_empty()) {
+            return target.post(path, body, idle, keep).await;
+        }
+        match self.send(path, body, keep).await {
+            Ok(r) => Ok(r),
+            Err(ClientError::Io { .. } | ClientError::Closed { .. }) => {
+                target.post(path, body, idle, keep).await
+            }
+            Err(e) => Err(e),
+        }
+    }
     async fn read_some(&mut self, buf: &mut [u8]) -> Result<usize, ClientError> {
         tokio::time::timeout(self.idle, self.stream.read(buf))
             .await
@@ -194,7 +232,7 @@ impl Response {
             })
     }
 
-    async fn read_head(&mut self) -> Result<(), ClientError> {
+    async fn read_head(&mut self, keep: bool) -> Result<(), ClientError> {
         let mut buf = vec![0u8; 16 * 1024];
         loop {
             if let Some(end) = find(&self.buffered, b"\r\n\r\n") {
@@ -205,6 +243,7 @@ impl Response {
                     })?;
                 self.buffered.drain(..end + 4);
                 self.status = head.status;
+                self.reusable = keep && !head.close && head.content_length.is_some();
                 self.remaining = head
                     .content_length
                     .map(|n| n.saturating_sub(self.buffered.len() as u64));
@@ -217,6 +256,11 @@ impl Response {
                 });
             }
             let n = self.read_some(&mut buf).await?;
+            if n == 0 && self.buffered.is_empty() {
+                return Err(ClientError::Closed {
+                    addr: self.addr.clone(),
+                });
+            }
             if n == 0 {
                 return Err(ClientError::Malformed {
                     addr: self.addr.clone(),
@@ -291,6 +335,8 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 pub struct Head {
     pub status: u16,
     pub content_length: Option<u64>,
+    /// `Connection: close`: no further request on this connection.
+    pub close: bool,
 }
 
 /// Parses a response head (without its final blank line). Chunked bodies are refused:
@@ -309,6 +355,7 @@ pub fn parse_head(head: &[u8]) -> Result<Head, &'static str> {
         .and_then(|s| s.parse::<u16>().ok())
         .ok_or("no status code")?;
     let mut content_length = None;
+    let mut close = false;
     for line in lines {
         let (name, value) = line
             .split_once(':')
@@ -322,11 +369,16 @@ pub fn parse_head(head: &[u8]) -> Result<Head, &'static str> {
             content_length = Some(n);
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
             return Err("a Transfer-Encoding the client does not read");
+        } else if name.eq_ignore_ascii_case("connection") {
+            close |= value
+                .split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("close"));
         }
     }
     Ok(Head {
         status,
         content_length,
+        close,
     })
 }
 
@@ -369,14 +421,16 @@ mod tests {
             ok("HTTP/1.1 200 OK\r\ncontent-length: 12\r\nx: y"),
             Ok(Head {
                 status: 200,
-                content_length: Some(12)
+                content_length: Some(12),
+                close: false,
             })
         );
         assert_eq!(
-            ok("HTTP/1.1 404 Not Found"),
+            ok("HTTP/1.1 404 Not Found\r\nConnection: keep-alive, Close"),
             Ok(Head {
                 status: 404,
-                content_length: None
+                content_length: None,
+                close: true,
             })
         );
         for bad in [

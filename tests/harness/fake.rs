@@ -47,6 +47,19 @@ pub fn expression(
     salt: &str,
     blob_mib: u32,
 ) -> String {
+    expression_with_leaves(host, generation, behaviour, salt, blob_mib, 0)
+}
+
+/// [`expression`] with `leaves` more store paths in the closure, 128 KiB of incompressible
+/// data each (a closure of many paths, as a real system's is).
+pub fn expression_with_leaves(
+    host: &str,
+    generation: u64,
+    behaviour: &Behaviour,
+    salt: &str,
+    blob_mib: u32,
+    leaves: u32,
+) -> String {
     let (before, after) = match behaviour {
         Behaviour::Good => (String::new(), String::new()),
         Behaviour::FailActivation => (
@@ -86,6 +99,11 @@ pub fn expression(
     } else {
         String::new()
     };
+    let leaf_refs = if leaves > 0 {
+        "echo ${toString leaves} > $out/leaves"
+    } else {
+        ""
+    };
     let script = format!(
         "#!/bin/sh\n\
          echo \"$0 $1\" >> /run/activations\n\
@@ -104,9 +122,11 @@ let
   }};
   dep = mk "{host}-etc-{generation}" "mkdir $out; {blob}echo 'host {host} generation {generation} {salt}' > $out/motd";
   script = builtins.toFile "switch-to-configuration" {script:?};
+  leaves = builtins.genList (i: mk "{host}-leaf-{generation}-${{toString i}}" "head -c 128K /dev/urandom > $out; echo {salt} >> $out") {leaves};
 in mk "nixos-system-{host}-{generation}" ''
   mkdir -p $out/bin
   echo ${{dep}} > $out/etc-ref
+  {leaf_refs}
   echo "{generation}" > $out/nixos-version
   sed "s|@out@|$out|g" ${{script}} > $out/bin/switch-to-configuration
   chmod +x $out/bin/switch-to-configuration

@@ -36,47 +36,21 @@ impl Relay {
         (relay, url)
     }
 
-    /// Relays one connection. Nix keeps connections alive, so requests are recorded as the
-    /// bytes of each write burst; the agent's transfer uses one connection per request.
+    /// Relays one connection. Nix keeps connections alive, so its requests are recorded as
+    /// the bytes of each write burst. The agent's transfer requests are relayed one by one
+    /// (the closure request's connection carries the next one), each recorded whole.
     async fn connection(self: Arc<Self>, mut client: TcpStream, upstream: SocketAddr) {
-        let mut first = vec![0u8; 64 * 1024];
-        let n = client.read(&mut first).await.unwrap_or(0);
-        if n == 0 {
-            return;
-        }
-        let mut request = first[..n].to_vec();
-        let is_post = request.starts_with(b"POST /_bento/");
-        if is_post {
-            // The agent's requests: read the whole body (its length is in the head).
-            let len = content_length(&request).unwrap_or(0);
-            while request.len() < head_len(&request).unwrap_or(usize::MAX).saturating_add(len) {
-                let mut more = vec![0u8; 64 * 1024];
-                let m = client.read(&mut more).await.unwrap_or(0);
-                if m == 0 {
-                    break;
-                }
-                request.extend_from_slice(&more[..m]);
-            }
-        }
-        self.requests.lock().unwrap().push(request.clone());
-        if is_post && self.old_server.load(Ordering::SeqCst) {
-            let body = "method POST is not allowed: the cache answers GET and HEAD\n";
-            let answer = format!(
-                "HTTP/1.1 405 Method Not Allowed\r\ncontent-length: {}\r\nallow: GET, HEAD\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = client.write_all(answer.as_bytes()).await;
-            return;
-        }
-        let Ok(mut server) = TcpStream::connect(upstream).await else {
+        let Some(mut request) = read_request(&mut client).await else {
             return;
         };
-        if server.write_all(&request).await.is_err() {
-            return;
-        }
-        let cut = request.starts_with(b"POST /_bento/v1/nars")
-            && self.cut_next.swap(false, Ordering::SeqCst);
-        if !cut {
+        if !request.starts_with(b"POST /_bento/") {
+            self.requests.lock().unwrap().push(request.clone());
+            let Ok(mut server) = TcpStream::connect(upstream).await else {
+                return;
+            };
+            if server.write_all(&request).await.is_err() {
+                return;
+            }
             let me = self.clone();
             let (mut cr, mut cw) = client.into_split();
             let (mut sr, mut sw) = server.into_split();
@@ -95,23 +69,40 @@ impl Relay {
             up.abort();
             return;
         }
-        // Forward the answer up to 20 bytes before its end, then drop both sides.
-        let mut answer = Vec::new();
-        let mut buf = vec![0u8; 64 * 1024];
+        let Ok(mut server) = TcpStream::connect(upstream).await else {
+            return;
+        };
         loop {
-            let m = server.read(&mut buf).await.unwrap_or(0);
-            if m == 0 {
-                break;
+            self.requests.lock().unwrap().push(request.clone());
+            if self.old_server.load(Ordering::SeqCst) {
+                let body = "method POST is not allowed: the cache answers GET and HEAD\n";
+                let answer = format!(
+                    "HTTP/1.1 405 Method Not Allowed\r\ncontent-length: {}\r\nallow: GET, HEAD\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = client.write_all(answer.as_bytes()).await;
+                return;
             }
-            answer.extend_from_slice(&buf[..m]);
-            if let (Some(h), Some(len)) = (head_len(&answer), content_length(&answer))
-                && answer.len() >= h + len
-            {
-                break;
+            if server.write_all(&request).await.is_err() {
+                return;
+            }
+            let cut = request.starts_with(b"POST /_bento/v1/nars")
+                && self.cut_next.swap(false, Ordering::SeqCst);
+            let answer = read_answer(&mut server).await;
+            if cut {
+                // The answer up to 20 bytes before its end, then both sides dropped.
+                let keep = answer.len().saturating_sub(20);
+                let _ = client.write_all(&answer[..keep]).await;
+                return;
+            }
+            if client.write_all(&answer).await.is_err() {
+                return;
+            }
+            match read_request(&mut client).await {
+                Some(next) => request = next,
+                None => return,
             }
         }
-        let keep = answer.len().saturating_sub(20);
-        let _ = client.write_all(&answer[..keep]).await;
     }
 
     /// The requests whose first line starts with `prefix`.
@@ -127,6 +118,44 @@ impl Relay {
 
     pub fn clear(&self) {
         self.requests.lock().unwrap().clear();
+    }
+}
+
+/// One request from `client`: its head, and its body when it announces a length; `None` at
+/// the end of the connection.
+async fn read_request(client: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut request = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        if let Some(h) = head_len(&request)
+            && request.len() >= h + content_length(&request).unwrap_or(0)
+        {
+            return Some(request);
+        }
+        let m = client.read(&mut buf).await.unwrap_or(0);
+        if m == 0 {
+            return (!request.is_empty()).then_some(request);
+        }
+        request.extend_from_slice(&buf[..m]);
+    }
+}
+
+/// One whole answer from `server` (its head and `content-length` bytes), or what came
+/// before the connection ended.
+async fn read_answer(server: &mut TcpStream) -> Vec<u8> {
+    let mut answer = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        if let (Some(h), Some(len)) = (head_len(&answer), content_length(&answer))
+            && answer.len() >= h + len
+        {
+            return answer;
+        }
+        let m = server.read(&mut buf).await.unwrap_or(0);
+        if m == 0 {
+            return answer;
+        }
+        answer.extend_from_slice(&buf[..m]);
     }
 }
 

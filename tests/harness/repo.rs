@@ -33,6 +33,8 @@ pub struct Spec {
     pub behaviour: Behaviour,
     /// An incompressible file of this many MiB in the closure (0: none).
     pub blob_mib: u32,
+    /// More store paths in the closure, 128 KiB each (0: none).
+    pub leaves: u32,
     pub builds: Builds,
     pub tags: Vec<String>,
 }
@@ -43,6 +45,7 @@ impl Spec {
             version,
             behaviour: Behaviour::Good,
             blob_mib: 0,
+            leaves: 0,
             builds: Builds::Fine,
             tags: Vec::new(),
         }
@@ -55,6 +58,11 @@ impl Spec {
 
     pub fn with_blob(mut self, mib: u32) -> Spec {
         self.blob_mib = mib;
+        self
+    }
+
+    pub fn with_leaves(mut self, leaves: u32) -> Spec {
+        self.leaves = leaves;
         self
     }
 
@@ -228,12 +236,13 @@ impl Repo {
         let mut hosts = String::new();
         for (name, spec) in &self.specs {
             let expr = match spec.builds {
-                Builds::Fine => fake::expression(
+                Builds::Fine => fake::expression_with_leaves(
                     name,
                     spec.version,
                     &spec.behaviour,
                     &self.salt,
                     spec.blob_mib,
+                    spec.leaves,
                 ),
                 Builds::EvalFails => format!("throw \"deliberate evaluation failure of {name}\""),
                 Builds::BuildFails => format!(
