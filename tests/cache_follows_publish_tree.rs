@@ -78,7 +78,7 @@ async fn new_releases_become_servable_and_old_paths_leave() {
 
 /// Each release `bento deploy` publishes wakes the running server instead of its poll: with a poll
 /// interval longer than any test, a release published and then woken for is shown by the
-/// next refresh, and at the moment it is shown its closure is already served (the gate).
+/// next refresh, and at the moment it is shown its closure is already served, compressed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deploys_wake_shows_its_release_in_one_refresh_without_the_poll() {
     if !harness::needs_root("the machine's Nix store, which the cache serves") {
@@ -127,16 +127,19 @@ async fn a_deploys_wake_shows_its_release_in_one_refresh_without_the_poll() {
     .expect("a woken cache shows the new release without waiting for its poll")
     .unwrap()
     .clone();
-    // Shown means servable: the new system and its dependency answer at once.
+    // Shown means servable in its final form: the new system and its dependency answer at
+    // once, compressed (an agent that lists the closure now gets the NARs as listed).
     let narinfo = |p: &str| format!("/{}.narinfo", hash_part(p));
-    assert_eq!(server.get(&narinfo(&gen2)).await.status, 200);
+    let r = server.get(&narinfo(&gen2)).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.field("Compression").as_deref(), Some("zstd"));
     let lib = closure(&gen2)
         .into_iter()
         .find(|p| p.contains("bento-wakelib-"))
         .unwrap();
     assert_eq!(server.get(&narinfo(&lib)).await.status, 200);
     assert_eq!(generation(&now["web1"]), 2);
-    // One wake, one refresh (its phase 2 may still be compressing when shown).
+    // One wake, one refresh.
     tokio::time::timeout(
         Duration::from_secs(120),
         refreshes.wait_for(|n| *n > refreshed_before),

@@ -2,10 +2,11 @@
 //! NAR stream limit, and how that index is kept in step with the publish tree
 //! ([`Cache::refresh`], [`Cache::watch`]).
 //!
-//! A refresh runs in two phases so a new release is servable as soon as its narinfos are
+//! A refresh runs in two phases so a new closure is servable as soon as its narinfos are
 //! signed: (1) read releases, query closures, sign new narinfos (plain NAR) and swap the
 //! index in; (2) find or make each missing zstd file (verified by hash before it is
-//! trusted), then swap in the index whose narinfos advertise them. Refreshes never overlap.
+//! trusted), then swap in the index whose narinfos advertise them, and only then show
+//! hosts the releases read (`Cache::releases_shown`). Refreshes never overlap.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
@@ -333,9 +334,9 @@ impl Cache {
         self.refreshed.subscribe()
     }
 
-    /// The release files the index in place was made from, updated as soon as a refresh
-    /// has made the closures of the verified ones servable (before their zstd files are
-    /// made). Showing hosts these, rather than the publish tree as it is now, means no host
+    /// The release files the index in place was made from, updated once a refresh has made
+    /// the closures of the verified ones servable in their final form (after their zstd
+    /// files are made or found; plain where compressing failed). Showing hosts these, rather than the publish tree as it is now, means no host
     /// sees a release whose closure the cache does not serve yet. A release that did not
     /// verify is in it too: its host should see it (and refuse it) as before.
     pub fn releases_shown(&self) -> tokio::sync::watch::Receiver<ShownReleases> {
@@ -500,7 +501,7 @@ impl Cache {
             tokens.clone(),
         ));
         drop(previous);
-        self.shown.send_replace(Arc::new(files));
+        let releases = Arc::new(files);
 
         // Phase 2: one zstd file per distinct NAR hash that lacks a verified one.
         let mut todo: HashMap<Sha256Hash, &ServablePath> = HashMap::new();
@@ -564,6 +565,11 @@ impl Cache {
         self.broken.retain(|h| served.contains(h), &self.metrics);
         self.broken.recheck(&self.metrics);
         self.swap(Index::new(entries, host_ids, tokens));
+        // Hosts are shown their releases only now, with every entry in its final form: an
+        // agent lists its closure (file sizes) and then asks for the NARs; had it listed
+        // between the two swaps, the NARs would come in another form than listed and the
+        // agent would refuse the stream (copy-failed, retried seconds later).
+        self.shown.send_replace(releases);
         // Files of paths that left every closure, and of crashed compressions, go; but
         // never while an entry still lacks its file (it may be mid-repair).
         if report.uncompressed == 0 {
