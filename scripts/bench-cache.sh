@@ -9,6 +9,8 @@
 #   BENCH_REPS        repetitions of each measurement, alternating servers; the median is
 #                     reported (default 3: this machine's neighbours make single runs noisy)
 #   BENCH_REFERENCE_URL  another cache serving the same store paths (optional)
+#   BENCH_BENTO       another `bento` binary to measure (e.g. an older commit's release
+#                     build); releases are still written by this tree's publish_release
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/nix-env.sh
@@ -22,7 +24,7 @@ for tool in wrk nginx curl nix; do
 done
 cargo build --release --quiet --bin bento --example publish_release
 source scripts/lib/target.sh
-bento=$BENTO_RELEASE_DIR/bento
+bento=${BENCH_BENTO:-$BENTO_RELEASE_DIR/bento}
 publish=$BENTO_RELEASE_DIR/examples/publish_release
 
 work=$(mktemp -d /tmp/bento-bench.XXXXXX)

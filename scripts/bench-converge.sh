@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Convergence benchmark: time from `bento deploy` to every host `applied`, for N simulated
 # hosts (default "10 50"), with instant updates and with plain polling (60 s ± 20 %).
-# Prints p50/p99/max of per-host convergence, and the server's CPU time and peak memory.
+# Prints p50/p99/max of per-host convergence after `bento deploy` returned, and the server's
+# CPU time and peak memory; then where each host's time went, from its release written
+# (deploy publishes each host as soon as it is built, so early hosts converge before the
+# deploy returns): when serve showed releases (its log), the agent's attempt start and phase
+# timings (its applied report), and when the report was stored.
 # Asserts nothing. Needs root. Usage: scripts/bench-converge.sh [N...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,8 +35,9 @@ run_one() {
     i=$((i + 1))
     fleet_host "$host" "$i" "$(sed -n 's/.*"store_path": "\(.*\)".*/\1/p' "$FLEET_DIR/state/publish/$host/release")"
   done
-  "$BENTO" serve -c "$conf" --cache-listen "$FLEET_SUBNET.1:8080" --sftp-listen "$FLEET_SUBNET.1:2222" \
-    --no-dashboard > "$FLEET_DIR/serve.out" 2>/dev/null &
+  RUST_LOG=warn,bento::server=info,bento::cache=info \
+    "$BENTO" serve -c "$conf" --cache-listen "$FLEET_SUBNET.1:8080" --sftp-listen "$FLEET_SUBNET.1:2222" \
+    --no-dashboard > "$FLEET_DIR/serve.out" 2>"$FLEET_DIR/serve.log" &
   local serve_pid=$!
   FLEET_PIDS+=("$serve_pid")
   for _ in $(seq 100); do grep -q '^Agents pin' "$FLEET_DIR/serve.out" 2>/dev/null && break; sleep 0.1; done
@@ -88,6 +93,41 @@ run_one() {
       printf "  N=%-3d %-8s converged %d/%d  p50 %6.2fs  p99 %6.2fs  max %6.2fs  (deploy %ss)  server CPU %ss  peak RSS %d MiB\n",
         n, mode, NR, n, p50, p99, t[NR], deploy, cpu, peak / 1024
     }' "$FLEET_DIR/times"
+  stages "$t0" "$deployed" "${hosts[@]}"
+}
+
+# stages T0 DEPLOYED HOST...: where the time went, from the serve log and each host's
+# applied report (its attempt's start, phase timings and end), as p50/p99 over hosts.
+stages() {
+  local t0=$1 deployed=$2; shift 2
+  local ms0 host report
+  ms0=$(awk -v t="$t0" 'BEGIN{printf "%.0f", t * 1000}')
+  # When serve showed hosts new releases (and woke their agents), ms after deploy start.
+  sed 's/\x1b\[[0-9;]*m//g' "$FLEET_DIR/serve.log" | grep 'hosts shown new releases' |
+    while read -r stamp rest; do
+      echo "$(( $(date -d "$stamp" +%s%3N) - ms0 )) $(grep -o "hosts=[0-9]*" <<< "$rest")"
+    done | awk '$1 > 0 {printf "    shown at %.2fs after deploy start (%s)\n", $1 / 1000, $2}'
+  for host in "$@"; do
+    report=$(ls "$FLEET_DIR/state/publish/$host/reports/"*-g2-applied.json 2>/dev/null | head -1)
+    [ -n "$report" ] || continue
+    jq -r --arg pub "$(date -r "$FLEET_DIR/state/publish/$host/release" +%s%3N)" --arg ms0 "$ms0" \
+      --arg seen "$(date -r "$report" +%s%3N)" '
+      [(($pub | tonumber) - ($ms0 | tonumber)), (.started_ms - ($pub | tonumber)),
+       (.timings.copy_ms // 0), (.timings.activate_ms // 0), (.timings.confirm_ms // 0),
+       (.finished_ms - .started_ms - (.timings.copy_ms // 0) - (.timings.activate_ms // 0) - (.timings.confirm_ms // 0)),
+       (($seen | tonumber) - .finished_ms), (($seen | tonumber) - ($pub | tonumber))] | @tsv' "$report"
+  done > "$FLEET_DIR/stages"
+  [ -s "$FLEET_DIR/stages" ] || return 0
+  printf '    deploy returned %ss after it started; each host from its release written, p50/p99 over %d hosts:\n' \
+    "$(awk -v a="$t0" -v b="$deployed" 'BEGIN{printf "%.2f", b-a}')" "$(wc -l < "$FLEET_DIR/stages")"
+  local c=0 name
+  for name in 'published (from deploy start)' 'published -> agent attempt' copy activate confirm \
+      'rest of attempt' 'report stored' 'published -> report stored'; do
+    c=$((c + 1))
+    cut -f "$c" "$FLEET_DIR/stages" | sort -n | awk -v name="$name" '{ t[NR] = $1 }
+      END { printf "      %-30s %6.2fs %6.2fs  max %6.2fs\n", name, t[int((NR - 1) * 0.5) + 1] / 1000,
+            t[int((NR - 1) * 0.99) + 1] / 1000, t[NR] / 1000 }'
+  done
 }
 
 fleet_log "Convergence: time from bento deploy to every host applied (poll interval ${POLL}s for polling)"

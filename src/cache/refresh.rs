@@ -2,10 +2,11 @@
 //! NAR stream limit, and how that index is kept in step with the publish tree
 //! ([`Cache::refresh`], [`Cache::watch`]).
 //!
-//! A refresh runs in two phases so a new release is servable as soon as its narinfos are
+//! A refresh runs in two phases so a new closure is servable as soon as its narinfos are
 //! signed: (1) read releases, query closures, sign new narinfos (plain NAR) and swap the
 //! index in; (2) find or make each missing zstd file (verified by hash before it is
-//! trusted), then swap in the index whose narinfos advertise them. Refreshes never overlap.
+//! trusted), then swap in the index whose narinfos advertise them, and only then show
+//! hosts the releases read (`Cache::releases_shown`). Refreshes never overlap.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
@@ -29,8 +30,52 @@ use super::metrics::{IndexFigures, Metrics};
 use super::scan::{self, Fingerprint};
 use crate::nix::hash::Sha256Hash;
 use crate::nix::keys::{PublicKey, SecretKey};
-use crate::nix::pathinfo::{PathInfoError, Store};
+use crate::nix::pathinfo::{PathInfo, PathInfoError, Store};
 use crate::nix::store::{self, StorePath};
+
+/// The closures of `tops`, as path infos: taken from `index` (what the last refresh read)
+/// where it has every path, so that a refresh after a deploy asks Nix only about the
+/// systems new to it. A published system is a GC root, so neither it nor its closure can
+/// leave the store or change registration while it is in the index; a top that is gone
+/// from disk anyway is asked about, and Nix's answer (not valid) decides as before.
+/// Returns the infos and how many paths Nix was asked about.
+fn closure_known_or_asked(
+    tops: &[StorePath],
+    index: &Index,
+) -> Result<(Vec<PathInfo>, usize), PathInfoError> {
+    let known = |p: &StorePath| index.get(p.digest()).filter(|e| e.info.path == *p);
+    let mut found: HashMap<StorePath, PathInfo> = HashMap::new();
+    let mut ask: Vec<StorePath> = Vec::new();
+    let mut walk: Vec<StorePath> = Vec::new();
+    for top in tops {
+        let on_disk = std::fs::symlink_metadata(store::render(top)).is_ok();
+        if on_disk && known(top).is_some() {
+            walk.push(top.clone());
+        } else {
+            ask.push(top.clone());
+        }
+    }
+    while let Some(p) = walk.pop() {
+        if found.contains_key(&p) {
+            continue;
+        }
+        match known(&p) {
+            Some(e) => {
+                walk.extend(e.info.references.iter().filter(|r| **r != p).cloned());
+                found.insert(p, e.info.clone());
+            }
+            None => ask.push(p),
+        }
+    }
+    if !ask.is_empty() {
+        for info in Store::local().closure(&ask)? {
+            found.entry(info.path.clone()).or_insert(info);
+        }
+    }
+    let mut infos: Vec<PathInfo> = found.into_values().collect();
+    infos.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok((infos, ask.len()))
+}
 
 /// A verified zstd file, found from an earlier refresh or made now.
 enum Found {
@@ -89,6 +134,9 @@ pub struct RefreshReport {
     pub hosts: usize,
     pub skipped_hosts: usize,
     pub paths: usize,
+    /// Store paths whose closures Nix was asked for; the others' were known from the
+    /// index in place.
+    pub asked: usize,
     pub signed: usize,
     pub compressed: usize,
     pub reused_files: usize,
@@ -254,6 +302,13 @@ impl Cache {
         self.wake.notify_one();
     }
 
+    /// Makes the watcher ([`Cache::watch`]) look at the publish tree now rather than at its
+    /// next poll; it refreshes if the tree changed, as on any poll. Wakes while a refresh
+    /// runs are kept: one more look follows it.
+    pub fn wake_now(&self) {
+        self.wake.notify_one();
+    }
+
     fn token_dir(&self) -> Option<PathBuf> {
         matches!(self.config.access, Access::TokenDir)
             .then(|| self.config.state_dir.join(TOKENS_DIR))
@@ -279,9 +334,9 @@ impl Cache {
         self.refreshed.subscribe()
     }
 
-    /// The release files the index in place was made from, updated as soon as a refresh
-    /// has made the closures of the verified ones servable (before their zstd files are
-    /// made). Showing hosts these, rather than the publish tree as it is now, means no host
+    /// The release files the index in place was made from, updated once a refresh has made
+    /// the closures of the verified ones servable in their final form (after their zstd
+    /// files are made or found; plain where compressing failed). Showing hosts these, rather than the publish tree as it is now, means no host
     /// sees a release whose closure the cache does not serve yet. A release that did not
     /// verify is in it too: its host should see it (and refuse it) as before.
     pub fn releases_shown(&self) -> tokio::sync::watch::Receiver<ShownReleases> {
@@ -319,6 +374,7 @@ impl Cache {
                     Ok(r) => tracing::info!(
                         hosts = r.hosts,
                         paths = r.paths,
+                        asked = r.asked,
                         signed = r.signed,
                         compressed = r.compressed,
                         uncompressed = r.uncompressed,
@@ -354,13 +410,18 @@ impl Cache {
                 keep
             });
         }
+        let previous = self.index();
+        let mut asked = 0;
         let infos = loop {
             let tops: Vec<StorePath> = published.iter().map(|p| p.store_path.clone()).collect();
             if tops.is_empty() {
                 break Vec::new();
             }
-            match Store::local().closure(&tops) {
-                Ok(infos) => break infos,
+            match closure_known_or_asked(&tops, &previous) {
+                Ok((infos, n)) => {
+                    asked += n;
+                    break infos;
+                }
                 Err(PathInfoError::NotValid(path)) => {
                     // A release whose system is not (or no longer) in the store: serve
                     // the others.
@@ -404,7 +465,6 @@ impl Cache {
             .lock()
             .map(|mut s| std::mem::take(&mut *s))
             .unwrap_or_default();
-        let previous = self.index();
         let keep_zst = |z: &ZstFile| {
             !suspects.contains(&z.file_hash.0) && FileIdentity::at(&z.path) == Some(z.identity)
         };
@@ -412,6 +472,7 @@ impl Cache {
             hosts: published.len(),
             skipped_hosts: skipped.len(),
             paths: infos.len(),
+            asked,
             ..RefreshReport::default()
         };
         let built = index::build_entries(
@@ -440,7 +501,7 @@ impl Cache {
             tokens.clone(),
         ));
         drop(previous);
-        self.shown.send_replace(Arc::new(files));
+        let releases = Arc::new(files);
 
         // Phase 2: one zstd file per distinct NAR hash that lacks a verified one.
         let mut todo: HashMap<Sha256Hash, &ServablePath> = HashMap::new();
@@ -504,6 +565,11 @@ impl Cache {
         self.broken.retain(|h| served.contains(h), &self.metrics);
         self.broken.recheck(&self.metrics);
         self.swap(Index::new(entries, host_ids, tokens));
+        // Hosts are shown their releases only now, with every entry in its final form: an
+        // agent lists its closure (file sizes) and then asks for the NARs; had it listed
+        // between the two swaps, the NARs would come in another form than listed and the
+        // agent would refuse the stream (copy-failed, retried seconds later).
+        self.shown.send_replace(releases);
         // Files of paths that left every closure, and of crashed compressions, go; but
         // never while an entry still lacks its file (it may be mid-repair).
         if report.uncompressed == 0 {

@@ -104,6 +104,12 @@ impl StateDir {
         self.root.join("cache")
     }
 
+    /// `serve/wake.sock`: where the running `bento serve` takes deploys' wakes (a
+    /// datagram makes its cache read the publish tree now).
+    pub fn wake_socket(&self) -> PathBuf {
+        self.root.join("serve").join("wake.sock")
+    }
+
     /// `deploy.lock`: held by a running `bento deploy`.
     pub fn deploy_lock(&self) -> PathBuf {
         self.root.join("deploy.lock")

@@ -5,7 +5,9 @@
 //! Order of effects for one release, chosen so that a crash at any instant is harmless:
 //! 1. GC root `gcroots/<host>/generation-<N>` (the system cannot be collected once offered);
 //! 2. the release, replaced atomically (`durable::write_atomic`: temp, fsync, rename, fsync);
-//! 3. the history line, appended and fsynced.
+//! 3. the history line, appended and fsynced;
+//! 4. the running `bento serve`, if any, woken ([`wake_server`]) so that it shows the
+//!    release once its closure is served without waiting for its next poll.
 //!
 //! A crash between 2 and 3 loses a history line, never a generation: the next generation
 //! is one more than the largest of the current release and the history.
@@ -319,7 +321,21 @@ fn write_release(
         },
     )?;
     tracing::info!(host, generation, store_path, "release published");
+    wake_server(state);
     Ok(())
+}
+
+/// Asks the `bento serve` of `state`, if one runs, to read the publish tree now rather than
+/// at its next poll (a datagram to `serve/wake.sock`; see `server::wake`). Best effort:
+/// returns whether a server took it; without one, its poll finds the release.
+pub fn wake_server(state: &StateDir) -> bool {
+    let Ok(socket) = std::os::unix::net::UnixDatagram::unbound() else {
+        return false;
+    };
+    if socket.set_nonblocking(true).is_err() {
+        return false;
+    }
+    socket.send_to(b"refresh", state.wake_socket()).is_ok()
 }
 
 /// Removes the generation roots of `host` that [`decide::roots_to_prune`] names, so that

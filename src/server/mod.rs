@@ -10,7 +10,8 @@
 //!   removed without dropping the others' sessions;
 //! - hosts see a release only once the cache serves its closure (`shown`): the SFTP server
 //!   shows each host its release as the cache's last refresh read it, waiting agents are
-//!   woken then, and `bento deploy` waits for that too.
+//!   woken then, and `bento deploy` waits for that too, after waking the cache (`wake`)
+//!   so that it refreshes at once instead of at its next poll.
 //! - the current rollout advanced (`rollout::drive::follow`) as reports arrive;
 //! - with `follow`, the git branch of `[fleet] git` followed (`gitops::follow`), and the
 //!   push hook (`POST /hooks/git`) on its own listener.
@@ -44,6 +45,7 @@ use crate::status::{self, StatusSource};
 
 mod reload;
 pub mod shown;
+pub mod wake;
 
 /// Longest wait at start for the cache's first view of the publish tree before SFTP opens.
 const FIRST_VIEW_WAIT: Duration = Duration::from_secs(30);
@@ -202,7 +204,15 @@ pub async fn run(
     )
     .map_err(ServerError::SftpStart)?;
     sessions.show_releases(cache::ShownReleases::default());
-    let _running = shown::claim(&state_dir);
+    let running = shown::claim(&state_dir);
+    // Only the server holding the mark answers deploys' wakes (see `wake`).
+    let wake_socket = running.as_ref().and_then(|_| {
+        wake::bind(&state_dir)
+            .inspect_err(|e| {
+                tracing::warn!(error = %e, "cannot bind the wake socket; deploys are seen at the cache's next poll");
+            })
+            .ok()
+    });
 
     // One registry for the process, rendered on the cache's `/metrics`.
     let mut registry = Registry::default();
@@ -278,6 +288,9 @@ pub async fn run(
         };
         followers.spawn(gitops::follow(follower, shutdown.clone()));
     }
+    if let Some(socket) = wake_socket {
+        followers.spawn(wake::follow(socket, cache.clone(), shutdown.clone()));
+    }
     followers.spawn(show_after_refresh(
         releases_shown,
         sessions.clone(),
@@ -332,6 +345,15 @@ async fn show_after_refresh(
         sessions.show_releases(now.clone());
         let generations = shown::generations(&now);
         if recorded.as_ref() != Some(&generations) {
+            let newer = generations
+                .iter()
+                .filter(|(host, g)| {
+                    recorded
+                        .as_ref()
+                        .is_none_or(|r| r.get(*host).is_none_or(|old| old < *g))
+                })
+                .count();
+            tracing::info!(hosts = newer, "hosts shown new releases");
             let (dir, record) = (state_dir.clone(), generations.clone());
             let _ = tokio::task::spawn_blocking(move || shown::record(&dir, &record)).await;
             recorded = Some(generations);

@@ -7,7 +7,9 @@
 //! - `serve/shown.json`: `{"<host>": <generation>, ...}`, the generation of each release the
 //!   server shows now, replaced atomically each time that changes.
 //!
-//! Both are hints: a deploy that finds no server, or waits in vain, says so and succeeds.
+//! - `serve/wake.sock`: see [`super::wake`]; each release published wakes the server.
+//!
+//! All three are hints: a deploy that finds no server, or waits in vain, says so and succeeds.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -128,7 +130,8 @@ pub enum Waited {
 }
 
 /// Waits until the running server shows each host of `wanted` at least its generation, or
-/// `timeout` passed. Blocking (polls the file every 50 ms).
+/// `timeout` passed (the deploy path woke it as it published: see `super::wake`).
+/// Blocking (polls the file every 20 ms).
 pub fn wait_until_shown(
     state_dir: &Path,
     wanted: &BTreeMap<String, u64>,
@@ -146,7 +149,7 @@ pub fn wait_until_shown(
         if Instant::now() >= deadline || !is_running(state_dir) {
             return Waited::TimedOut(missing);
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
