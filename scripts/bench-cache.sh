@@ -27,16 +27,8 @@ source scripts/lib/target.sh
 bento=${BENCH_BENTO:-$BENTO_RELEASE_DIR/bento}
 publish=$BENTO_RELEASE_DIR/examples/publish_release
 
-work=$(mktemp -d /tmp/bento-bench.XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
 source scripts/lib/bench.sh
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+bench_scratch bento-bench
 
 # ---------------------------------------------------------------- closures
 say "building closures: 200 small paths, and ${BIG_MB} MB in 5 paths (half random, half text)"

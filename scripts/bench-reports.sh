@@ -30,7 +30,6 @@ done
 cargo build --release --quiet --bin bento --example publish_release --example bench_reports
 source scripts/lib/target.sh
 source scripts/lib/bench.sh
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 bento=${BENCH_BENTO:-$BENTO_RELEASE_DIR/bento}
 publish=$BENTO_RELEASE_DIR/examples/publish_release
 agents_bin=$BENTO_RELEASE_DIR/examples/bench_reports
@@ -43,14 +42,7 @@ else
   pinning="not pinned (fewer than 2 CPUs or no taskset): server, wrk and agents share CPUs"
 fi
 
-work=$(mktemp -d /tmp/bento-bench-reports.XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+bench_scratch bento-bench-reports
 
 say "a fleet of $AGENTS hosts, one store path published for the narinfo"
 salt=$(date +%s%N)

@@ -154,18 +154,7 @@ fn states_in(dom: &str) -> Vec<(String, String)> {
 fn dashboard_shows_every_state_in_a_real_browser() {
     let fleet = fleet_of_every_state();
 
-    let server = Serve::start(
-        &fleet.fleet_file(),
-        &[
-            "--cache-listen",
-            "127.0.0.1:0",
-            "--sftp-listen",
-            "127.0.0.1:0",
-            "--dashboard-listen",
-            "127.0.0.1:0",
-        ],
-        &fleet.dir().join("serve.log"),
-    );
+    let server = Serve::start_with_dashboard(&fleet.fleet_file(), &fleet.dir().join("serve.log"));
     let base = server.dashboard.clone().expect("a dashboard URL");
     let cache = server.cache.clone();
     assert!(base.starts_with("http://127.0.0.1:"), "{base}");

@@ -103,18 +103,7 @@ fn gauge(metrics: &str, state: &str) -> Option<f64> {
 fn nine_hosts_shown_as_usual_and_the_torn_one_unreadable_everywhere() {
     let fleet = Repo::new("unreadable", &HOSTS);
     write_fleet(&fleet);
-    let server = Serve::start(
-        &fleet.fleet_file(),
-        &[
-            "--cache-listen",
-            "127.0.0.1:0",
-            "--sftp-listen",
-            "127.0.0.1:0",
-            "--dashboard-listen",
-            "127.0.0.1:0",
-        ],
-        &fleet.dir().join("serve.log"),
-    );
+    let server = Serve::start_with_dashboard(&fleet.fleet_file(), &fleet.dir().join("serve.log"));
 
     // bento status, as JSON and as the table an operator reads.
     let json = fleet.bento(&["status", "--json"]);

@@ -5,7 +5,8 @@
 //! when it is found, and counted.
 //!
 //! Found by the refresher (compressing checks the NAR hash) or by a plain NAR body, which
-//! is always hashed while it is sent and cut before its last chunk on a mismatch.
+//! is hashed while it is sent (unless `verified` vouches for its path) and cut before its
+//! last chunk on a mismatch.
 
 use std::collections::HashMap;
 use std::path::Path;

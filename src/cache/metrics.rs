@@ -91,6 +91,7 @@ pub struct Metrics {
     send_timeouts: Counter,
     broken_found: Counter,
     broken: Gauge,
+    nar_hash_skipped: Counter,
     refreshes: Counter,
     refresh_failures: Counter,
     paths: Gauge,
@@ -110,6 +111,7 @@ impl Default for Metrics {
             send_timeouts: Counter::default(),
             broken_found: Counter::default(),
             broken: Gauge::default(),
+            nar_hash_skipped: Counter::default(),
             refreshes: Counter::default(),
             refresh_failures: Counter::default(),
             paths: Gauge::default(),
@@ -181,6 +183,11 @@ impl Metrics {
             "bento_cache_broken_paths_found",
             "Store paths found altered on the server (their NAR no longer matches their narinfo)",
             self.broken_found.clone(),
+        );
+        registry.register(
+            "bento_cache_nar_hash_skipped",
+            "Whole plain NARs sent unhashed: hashed right before, nothing under the path changed since",
+            self.nar_hash_skipped.clone(),
         );
         registry.register(
             "bento_cache_broken_paths",
@@ -283,6 +290,15 @@ impl Metrics {
 
     pub fn broken_now(&self, now: usize) {
         self.broken.set(gauge_value(now));
+    }
+
+    /// A whole plain NAR went out unhashed on its path's unchanged fingerprint.
+    pub fn nar_hash_skipped(&self) {
+        self.nar_hash_skipped.inc();
+    }
+
+    pub fn nar_hash_skipped_total(&self) -> u64 {
+        self.nar_hash_skipped.get()
     }
 
     pub fn broken_found_total(&self) -> u64 {

@@ -35,6 +35,7 @@ pub mod request;
 pub mod scan;
 mod stream;
 mod transfer;
+mod verified;
 
 pub use access::Access;
 pub use handler::ServeError;

@@ -28,6 +28,7 @@ use super::index::{self, Compressed, Index, ServablePath};
 use super::limits::{Limits, StreamPlaces};
 use super::metrics::{IndexFigures, Metrics};
 use super::scan::{self, Fingerprint};
+use super::verified::Verified;
 use crate::nix::hash::Sha256Hash;
 use crate::nix::keys::{PublicKey, SecretKey};
 use crate::nix::pathinfo::{PathInfo, PathInfoError, Store};
@@ -157,6 +158,8 @@ pub struct Cache {
     refresh_lock: tokio::sync::Mutex<Fingerprint>,
     /// Store paths found altered under the server.
     pub(super) broken: Broken,
+    /// Plain NARs sent whole and hashed right, with their paths' fingerprints then.
+    pub(super) verified: Verified,
     /// File hashes of zstd files the serving path found changed or corrupt.
     suspects: Mutex<HashSet<[u8; 32]>>,
     wake: Notify,
@@ -205,6 +208,7 @@ impl Cache {
             nar_places: StreamPlaces::new(config.max_nar_streams, &config.limits),
             refresh_lock: tokio::sync::Mutex::new(Fingerprint::default()),
             broken: Broken::default(),
+            verified: Verified::default(),
             suspects: Mutex::new(HashSet::new()),
             wake: Notify::new(),
             refreshed: tokio::sync::watch::Sender::new(0),

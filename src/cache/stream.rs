@@ -12,8 +12,9 @@
 //! a client never receives a complete body that does not match what its narinfo says; on a
 //! mismatch the body is cut short (the client sees a failed transfer) and [`OnMismatch`]
 //! says who is told: the refresher re-checks a zstd file, a store path is marked broken
-//! (`broken`). Whole plain NARs are always checked so (the store can be altered under the
-//! server); zstd files only with `verify_sends` (they were hashed when loaded).
+//! (`broken`). Whole plain NARs are checked so (the store can be altered under the
+//! server) unless the same NAR was checked before and nothing under its path changed
+//! since (`verified`); zstd files only with `verify_sends` (they were hashed when loaded).
 
 use std::io::{Read as _, Seek as _, SeekFrom, Write};
 use std::path::PathBuf;
@@ -28,6 +29,7 @@ use super::limits::StreamSlots;
 use super::metrics::Metrics;
 use super::refresh::Cache;
 use super::request::Endpoint;
+use super::verified;
 use crate::nix::hash::Sha256Hash;
 use crate::nix::nar;
 
@@ -97,7 +99,7 @@ pub fn body(
             endpoint,
         };
         let result = match spec.source {
-            NarSource::Store(ref path) => produce_nar(path, &spec, &mut out),
+            NarSource::Store(ref path) => produce_store(path, &spec, &mut out, &cache),
             NarSource::File(ref file) => produce_file(file, &spec, &mut out),
         };
         let ok = match result {
@@ -116,6 +118,7 @@ pub fn body(
                 match &on_mismatch {
                     OnMismatch::Suspect(file_hash) => cache.suspect(*file_hash),
                     OnMismatch::Broken { nar_hash, path } => {
+                        cache.verified.forget(nar_hash);
                         cache.broken.mark(*nar_hash, path, &reason, &cache.metrics);
                     }
                 }
@@ -189,13 +192,43 @@ fn produce_file(mut file: &std::fs::File, spec: &Spec, out: &mut Out<'_>) -> Res
     Ok(())
 }
 
-fn produce_nar(path: &std::path::Path, spec: &Spec, out: &mut Out<'_>) -> Result<(), Stop> {
+/// A NAR encoded from the store. A whole body is hashed as it goes, unless the same NAR
+/// was sent whole and hashed right before and its path's fingerprint has not changed since
+/// (`verified`): the walk costs a `stat` per file, the hash a pass over every byte.
+fn produce_store(
+    path: &std::path::Path,
+    spec: &Spec,
+    out: &mut Out<'_>,
+    cache: &Cache,
+) -> Result<(), Stop> {
+    let verified = &cache.verified;
+    let Some(nar_hash) = spec.expect else {
+        return produce_nar(path, spec, None, out);
+    };
+    let before = verified::fingerprint(path).ok();
+    if before.is_some_and(|f| verified.trusted(&nar_hash, &f)) {
+        cache.metrics.nar_hash_skipped();
+        return produce_nar(path, spec, None, out);
+    }
+    produce_nar(path, spec, Some(nar_hash), out)?;
+    if let Some(before) = before {
+        verified.record(nar_hash, before);
+    }
+    Ok(())
+}
+
+fn produce_nar(
+    path: &std::path::Path,
+    spec: &Spec,
+    expect: Option<Sha256Hash>,
+    out: &mut Out<'_>,
+) -> Result<(), Stop> {
     let mut sink = Sink {
         out,
         buf: BytesMut::with_capacity(CHUNK),
         skip: spec.start,
         remaining: spec.len,
-        hasher: spec.expect.map(|_| sha2::Sha256::new()),
+        hasher: expect.map(|_| sha2::Sha256::new()),
         stop: None,
         range_done: false,
     };
@@ -214,7 +247,7 @@ fn produce_nar(path: &std::path::Path, spec: &Spec, out: &mut Out<'_>) -> Result
             sink.remaining
         )));
     }
-    check(sink.hasher.take(), spec.expect)?;
+    check(sink.hasher.take(), expect)?;
     let last = sink.buf.split().freeze();
     if !last.is_empty() {
         sink.out.send(last)?;

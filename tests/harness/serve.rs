@@ -35,6 +35,20 @@ impl Serve {
             .unwrap_or_else(|said| panic!("bento serve did not start:\n{said}"))
     }
 
+    /// [`Serve::start`] with the cache, SFTP and the dashboard each on a free loopback port.
+    pub fn start_with_dashboard(fleet_file: &Path, log: &Path) -> Serve {
+        let any = "127.0.0.1:0";
+        let listen = [
+            "--cache-listen",
+            any,
+            "--sftp-listen",
+            any,
+            "--dashboard-listen",
+            any,
+        ];
+        Serve::start(fleet_file, &listen, log)
+    }
+
     /// [`Serve::start`], or `Err` with what the server printed and logged when it stopped
     /// (or did not say where it listens within 30 s) instead.
     pub fn try_start(fleet_file: &Path, args: &[&str], log: &Path) -> Result<Serve, String> {
