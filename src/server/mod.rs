@@ -4,7 +4,8 @@
 //!
 //! - the binary cache (`cache::serve`), its `/metrics` rendering the process's one
 //!   metrics registry: the cache's metrics, the SFTP server's and the fleet gauges;
-//! - the SFTP server (`sftp::server::serve`);
+//! - the SFTP server (`sftp::server::serve`), on a runtime of its own at a lower CPU
+//!   priority (`apart`), so that report uploads never queue in front of hosts' downloads;
 //! - the dashboard (`status::web::serve`), when it has a listener;
 //! - the fleet file followed (`reload`): on SIGHUP or when it changes, hosts are added and
 //!   removed without dropping the others' sessions;
@@ -43,6 +44,7 @@ use crate::sftp::server::{
 };
 use crate::status::{self, StatusSource};
 
+mod apart;
 mod reload;
 pub mod shown;
 pub mod wake;
@@ -64,6 +66,8 @@ pub enum ServerError {
     SftpStart(#[source] SessionsError),
     #[error("the binary cache stopped")]
     CacheStopped(#[source] CacheError),
+    #[error("the SFTP server stopped")]
+    SftpStopped(#[source] std::io::Error),
     #[error("the dashboard stopped")]
     DashboardStopped(#[source] std::io::Error),
     #[error("the git hook stopped")]
@@ -251,8 +255,8 @@ pub async fn run(
     sessions.show_releases(first_view.borrow().clone());
     let (stop, part) = (shutdown.clone(), sessions.clone());
     parts.spawn(async move {
-        sftp::serve(listeners.sftp, part, stop).await;
-        Ok(())
+        let served = apart::serve(listeners.sftp, part, stop).await;
+        served.map_err(ServerError::SftpStopped)
     });
     if let Some(listener) = listeners.dashboard {
         let (stop, part) = (shutdown.clone(), status.clone());
