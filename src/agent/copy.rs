@@ -9,8 +9,9 @@
 //! - `auto` with an `http://` cache: the transfer. A server that answers the closure
 //!   request with 404, 405 or 501 (a route or method it does not have: a static file
 //!   server, a plain binary cache, an object store) is not `bento serve`: the copy is made
-//!   by substitution, and the cache URL is remembered for the life of the process, so
-//!   later attempts go straight to substitution. Any other failure of the request (no
+//!   by substitution, and the cache URL is remembered for [`PLAIN_FOR`], so later
+//!   attempts go straight to substitution until a server upgraded to `bento serve` is
+//!   asked again. Any other failure of the request (no
 //!   connection, a 5xx, a 401/403 from `bento serve` itself) is not taken for an answer
 //!   about what the server is: the copy fails and is tried again later. When the transfer
 //!   cannot be used for a reason of its own (a transfer request refused, a URL it cannot
@@ -21,8 +22,9 @@
 //!
 //! May import: `agent::{config, system, substitute, transfer}`, `transfer::client`.
 
-use std::collections::HashSet;
-use std::sync::{Mutex, PoisonError};
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use url::Url;
 
@@ -60,19 +62,23 @@ pub fn not_a_bento_server(e: &ClientError) -> bool {
     matches!(e, ClientError::Status { status, .. } if matches!(status, 404 | 405 | 501))
 }
 
-/// Cache URLs found not to be `bento serve` in this process.
-static PLAIN_CACHES: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+/// How long a cache found not to be `bento serve` is copied from by substitution without
+/// asking it again.
+pub const PLAIN_FOR: Duration = Duration::from_secs(3600);
+
+/// Cache URLs found not to be `bento serve` in this process, and when.
+static PLAIN_CACHES: LazyLock<Mutex<HashMap<String, Instant>>> = LazyLock::new(Mutex::default);
 
 fn known_plain(url: &Url) -> bool {
     let caches = PLAIN_CACHES.lock().unwrap_or_else(PoisonError::into_inner);
-    caches.as_ref().is_some_and(|c| c.contains(url.as_str()))
+    caches
+        .get(url.as_str())
+        .is_some_and(|found| found.elapsed() < PLAIN_FOR)
 }
 
 fn remember_plain(url: &Url) {
     let mut caches = PLAIN_CACHES.lock().unwrap_or_else(PoisonError::into_inner);
-    caches
-        .get_or_insert_with(HashSet::new)
-        .insert(url.as_str().to_owned());
+    caches.insert(url.as_str().to_owned(), Instant::now());
 }
 
 /// Copies `path`'s closure into this host's store by the method [`route`] chooses.
