@@ -49,6 +49,7 @@ const BATCH_QUIET: Duration = Duration::from_millis(30);
 const BATCH_GATHER: Duration = Duration::from_millis(500);
 
 mod batch;
+mod deliver;
 use batch::Imports;
 
 /// What to fetch and what to copy, decided from the closure, the store and the staging
@@ -142,6 +143,23 @@ pub async fn transfer(agent: &Agent, path: &str, log: &mut String) -> Result<(),
         })
     };
 
+    let staging = agent.state_dir.join(STAGING_DIR);
+    std::fs::create_dir_all(staging.join("nar"))
+        .and_then(|()| {
+            std::fs::write(
+                staging.join("nix-cache-info"),
+                format!("StoreDir: {}\n", store::STORE_DIR),
+            )
+        })
+        .map_err(|e| transfer_failed(format!("cannot prepare {}: {e}", staging.display())))?;
+    match deliver::deliver(agent, &target, &top, &staging, log).await? {
+        deliver::Delivered::Done => {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Ok(());
+        }
+        deliver::Delivered::Incomplete(why) => push_line(log, &why),
+    }
+
     let started = std::time::Instant::now();
     let ms = || started.elapsed().as_millis();
     let (kept, closure) = async {
@@ -167,15 +185,6 @@ pub async fn transfer(agent: &Agent, path: &str, log: &mut String) -> Result<(),
     let invalid = invalid_paths(agent, &closure, log)
         .await
         .map_err(transfer_failed)?;
-    let staging = agent.state_dir.join(STAGING_DIR);
-    std::fs::create_dir_all(staging.join("nar"))
-        .and_then(|()| {
-            std::fs::write(
-                staging.join("nix-cache-info"),
-                format!("StoreDir: {}\n", store::STORE_DIR),
-            )
-        })
-        .map_err(|e| transfer_failed(format!("cannot prepare {}: {e}", staging.display())))?;
     let staged = staged_entries(&staging, &closure, &invalid);
     let plan = plan(&closure, &invalid, &staged.keys().cloned().collect());
     push_line(
@@ -465,7 +474,8 @@ async fn fetch(
         let mut decoder = wire::Decoder::new(max_file);
         let mut writer = Writer {
             staging,
-            sizes: &sizes,
+            wanted: Wanted::Asked(&sizes),
+            tag: 0,
             current: None,
             done: HashSet::new(),
             tell: done,
@@ -492,22 +502,38 @@ async fn fetch(
         .map_err(|_| FetchError::Broken(format!("not done within {} s", deadline.as_secs())))?
 }
 
+/// Which entries a [`Writer`] takes.
+enum Wanted<'a> {
+    /// The paths asked for, each at most this many bytes.
+    Asked(&'a HashMap<&'a StorePath, u64>),
+    /// Any path of at most this many bytes (a delivery: the cache chose what to send), each
+    /// once among the writers sharing the set (the shards of one delivery).
+    Any(u64, &'a std::sync::Mutex<HashSet<StorePath>>),
+}
+
 /// Writes decoded entries into the staging directory.
 struct Writer<'a> {
     staging: &'a Path,
-    sizes: &'a HashMap<&'a StorePath, u64>,
-    /// The entry being received: its narinfo, where its file goes, the open file (writes
-    /// gathered in a buffer).
-    current: Option<(
-        narinfo::NarInfo,
-        Vec<u8>,
-        PathBuf,
-        std::io::BufWriter<std::fs::File>,
-    )>,
+    wanted: Wanted<'a>,
+    /// Tells this writer's part files from another's (the shards of a delivery write at once).
+    tag: usize,
+    /// The entry being received (writes gathered in a buffer; the bytes of an entry another
+    /// writer has are dropped).
+    current: Option<Receiving>,
     done: HashSet<StorePath>,
     /// Told of each complete entry: its path and references.
     tell: mpsc::UnboundedSender<(StorePath, Vec<StorePath>)>,
 }
+
+/// An entry being received: its narinfo (parsed and raw), its file's final name, its part
+/// file, and the open part file (`None`: another writer has the entry).
+type Receiving = (
+    narinfo::NarInfo,
+    Vec<u8>,
+    PathBuf,
+    PathBuf,
+    Option<std::io::BufWriter<std::fs::File>>,
+);
 
 /// Bytes gathered before a write to a staged file.
 const WRITE_BUFFER: usize = 1024 * 1024;
@@ -524,7 +550,10 @@ impl Writer<'_> {
                     .map_err(|e| format!("the cache sent a bad narinfo: {e}"))?;
                 let path = ni.store_path().clone();
                 let shown = store::render(&path);
-                let most = self.sizes.get(&path).copied();
+                let most = match &self.wanted {
+                    Wanted::Asked(sizes) => sizes.get(&path).copied(),
+                    Wanted::Any(most, _) => Some(*most),
+                };
                 if most.is_none_or(|m| file_len > m) || self.done.contains(&path) {
                     return Err(format!(
                         "the cache sent {shown} ({file_len} bytes), which was not asked for"
@@ -537,26 +566,47 @@ impl Writer<'_> {
                         "the cache sent {shown} as {file_len} bytes, its narinfo says otherwise"
                     ));
                 }
-                // Under its final name at once: without its narinfo, and of the size
-                // announced, a NAR file is not taken for a complete entry.
-                let part = self.staging.join("nar").join(name);
-                let file = std::fs::File::create(&part)
-                    .map_err(|e| format!("cannot write {}: {e}", part.display()))?;
-                let capacity = (file_len as usize).clamp(1, WRITE_BUFFER);
-                let file = std::io::BufWriter::with_capacity(capacity, file);
-                self.current = Some((ni, raw.to_vec(), part, file));
+                let mine = match &self.wanted {
+                    Wanted::Asked(_) => true,
+                    Wanted::Any(_, claimed) => claimed
+                        .lock()
+                        .map_err(|_| "a writer of this transfer failed".to_owned())?
+                        .insert(path.clone()),
+                };
+                // Written aside and renamed whole: two entries may share a NAR file (same
+                // contents), and without its narinfo a NAR file is not taken for an entry.
+                let target = self.staging.join("nar").join(name);
+                let part = self
+                    .staging
+                    .join("nar")
+                    .join(format!("{name}.part{}", self.tag));
+                let file = if mine {
+                    let file = std::fs::File::create(&part)
+                        .map_err(|e| format!("cannot write {}: {e}", part.display()))?;
+                    let capacity = (file_len as usize).clamp(1, WRITE_BUFFER);
+                    Some(std::io::BufWriter::with_capacity(capacity, file))
+                } else {
+                    None
+                };
+                self.current = Some((ni, raw.to_vec(), target, part, file));
             }
             Event::Data(bytes) => {
-                let (_, _, part, file) = self.current.as_mut().ok_or("data outside an entry")?;
-                file.write_all(&bytes)
-                    .map_err(|e| format!("cannot write {}: {e}", part.display()))?;
+                let (_, _, _, part, file) = self.current.as_mut().ok_or("data outside an entry")?;
+                if let Some(file) = file {
+                    file.write_all(&bytes)
+                        .map_err(|e| format!("cannot write {}: {e}", part.display()))?;
+                }
             }
             Event::EntryEnd => {
-                let (ni, raw, part, mut file) =
+                let (ni, raw, target, part, file) =
                     self.current.take().ok_or("an entry end outside an entry")?;
+                let Some(mut file) = file else {
+                    return Ok(());
+                };
                 // No fsync: Nix checks every NAR's hash when it imports it, and a later
                 // attempt takes a staged entry only if its size and hash are right.
                 file.flush()
+                    .and_then(|()| std::fs::rename(&part, &target))
                     .map_err(|e| format!("cannot write {}: {e}", part.display()))?;
                 drop(file);
                 let path = ni.store_path().clone();
@@ -564,7 +614,7 @@ impl Writer<'_> {
                     |e: std::io::Error| format!("cannot stage {}: {e}", store::render(&path));
                 // The narinfo last: its presence means the entry is complete.
                 let file = narinfo_file(self.staging, &path);
-                let tmp = file.with_extension("narinfo.part");
+                let tmp = file.with_extension(format!("narinfo.part{}", self.tag));
                 std::fs::write(&tmp, &raw)
                     .and_then(|()| std::fs::rename(&tmp, &file))
                     .map_err(fail)?;
@@ -582,7 +632,7 @@ impl Writer<'_> {
 
 impl Drop for Writer<'_> {
     fn drop(&mut self) {
-        if let Some((_, _, part, _)) = self.current.take() {
+        if let Some((_, _, _, part, Some(_))) = self.current.take() {
             let _ = std::fs::remove_file(part);
         }
     }

@@ -77,6 +77,7 @@ pub fn router(cache: Arc<Cache>) -> axum::Router {
     axum::Router::new()
         .route(crate::transfer::CLOSURE_PATH, post(transfer::closure))
         .route(crate::transfer::NARS_PATH, post(transfer::nars))
+        .route(crate::transfer::DELIVER_PATH, post(transfer::deliver))
         .fallback(handler::handle)
         // One limit, tower-http's, instead of axum's per-extractor default.
         .layer(DefaultBodyLimit::disable())

@@ -25,7 +25,7 @@ use super::index::{Index, Lookup, ServablePath};
 use super::refresh::Cache;
 use super::request::Endpoint;
 use crate::nix::{nar, store};
-use crate::transfer::{MAX_PATHS, order, wire};
+use crate::transfer::{MAX_PATHS, deliver, order, wire};
 
 /// Most bytes of files one transfer request may ask for.
 pub const MAX_TRANSFER_BYTES: u64 = 64 * 1024 * 1024 * 1024;
@@ -121,29 +121,44 @@ fn finish(cache: &Cache, result: Result<Response, TransferServeError>) -> Respon
     response
 }
 
+/// The closure of `top` as `caller` may see it, dependencies first (404 as a whole when
+/// any of it is not visible).
+fn closure_of(
+    index: &Index,
+    caller: &access::Caller,
+    top: &crate::nix::StorePath,
+) -> Result<Vec<Arc<ServablePath>>, TransferServeError> {
+    let mut todo = visible(index, caller, std::slice::from_ref(top))?;
+    let mut seen: std::collections::HashSet<[u8; 20]> = todo.iter().map(|e| e.hash_part).collect();
+    let mut all = Vec::new();
+    while let Some(e) = todo.pop() {
+        let refs: Vec<_> = e
+            .info
+            .references
+            .iter()
+            .filter(|r| seen.insert(*r.digest()))
+            .cloned()
+            .collect();
+        todo.extend(visible(index, caller, &refs)?);
+        all.push(e);
+    }
+    Ok(order::dependency_order(
+        all,
+        |e| &e.info.path,
+        |e| &e.info.references,
+    ))
+}
+
 /// `POST /_bento/v1/closure`: the closure of the one path in the body, dependencies first.
 pub async fn closure(State(cache): State<Arc<Cache>>, headers: HeaderMap, body: Bytes) -> Response {
     let result = (|| {
         let asked = wire::parse_paths(&body, 1)?;
         let index = cache.index();
         let caller = caller_of(&index, &headers);
-        let mut todo = visible(&index, &caller, &asked)?;
-        let mut seen: std::collections::HashSet<[u8; 20]> =
-            todo.iter().map(|e| e.hash_part).collect();
-        let mut all = Vec::new();
-        while let Some(e) = todo.pop() {
-            let refs: Vec<_> = e
-                .info
-                .references
-                .iter()
-                .filter(|r| seen.insert(*r.digest()))
-                .cloned()
-                .collect();
-            todo.extend(visible(&index, &caller, &refs)?);
-            all.push(e);
-        }
-        let all = order::dependency_order(all, |e| &e.info.path, |e| &e.info.references);
-        let entries: Vec<wire::ClosureEntry> = all
+        let Some(top) = asked.first() else {
+            return Err(TransferServeError::NotFound);
+        };
+        let entries: Vec<wire::ClosureEntry> = closure_of(&index, &caller, top)?
             .iter()
             .map(|e| wire::ClosureEntry {
                 path: e.info.path.clone(),
@@ -153,6 +168,49 @@ pub async fn closure(State(cache): State<Arc<Cache>>, headers: HeaderMap, body: 
             .collect();
         Ok(wire::encode_closure(&entries).into_response())
     })();
+    finish(&cache, result)
+}
+
+/// `POST /_bento/v1/deliver`: one shard of the closure of a top path, less what the host
+/// says it holds, as a NAR stream after a line of counts (`crate::transfer::deliver`).
+pub async fn deliver(
+    State(cache): State<Arc<Cache>>,
+    extensions: axum::http::Extensions,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let peer = extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
+    let result = async {
+        let asked = deliver::parse_request(&body)?;
+        let index = cache.index();
+        let caller = caller_of(&index, &headers);
+        let missing: Vec<Arc<ServablePath>> = closure_of(&index, &caller, &asked.top)?
+            .into_iter()
+            .filter(|e| !asked.have.contains(&deliver::hint(&e.info.path)))
+            .collect();
+        let sizes: Vec<u64> = missing.iter().map(|e| e.info.nar_size).collect();
+        let head = deliver::Head {
+            shard_entries: 0,
+            entries: missing.len() as u64,
+            file_bytes: missing.iter().map(|e| file_size(e)).sum(),
+            nar_bytes: sizes.iter().sum(),
+        };
+        let mine: Vec<Arc<ServablePath>> = missing
+            .into_iter()
+            .zip(deliver::split(&sizes, asked.shards))
+            .filter(|(_, s)| *s == asked.shard)
+            .map(|(e, _)| e)
+            .collect();
+        let head = deliver::Head {
+            shard_entries: mine.len() as u64,
+            ..head
+        };
+        drop(index);
+        stream(&cache, peer, caller, mine, deliver::encode_head(&head)).await
+    }
+    .await;
     finish(&cache, result)
 }
 
@@ -181,6 +239,20 @@ async fn start_nars(
     let index = cache.index();
     let caller = caller_of(&index, headers);
     let entries = visible(&index, &caller, &asked)?;
+    let entries = order::dependency_order(entries, |e| &e.info.path, |e| &e.info.references);
+    drop(index);
+    stream(cache, peer, caller, entries, Vec::new()).await
+}
+
+/// Answers with `prefix` then the NAR stream of `entries` (in the order given), holding a
+/// NAR-stream permit of `peer` and `caller` throughout.
+async fn stream(
+    cache: &Arc<Cache>,
+    peer: Option<std::net::IpAddr>,
+    caller: access::Caller,
+    entries: Vec<Arc<ServablePath>>,
+    prefix: Vec<u8>,
+) -> Result<Response, TransferServeError> {
     let bytes: u64 = entries.iter().map(|e| file_size(e)).sum();
     if bytes > MAX_TRANSFER_BYTES {
         return Err(TransferServeError::TooLarge {
@@ -188,13 +260,12 @@ async fn start_nars(
             max: MAX_TRANSFER_BYTES,
         });
     }
-    let entries = order::dependency_order(entries, |e| &e.info.path, |e| &e.info.references);
-    let len = wire::nars_len(entries.iter().map(|e| (e.narinfo().len(), file_size(e))));
+    let len = prefix.len() as u64
+        + wire::nars_len(entries.iter().map(|e| (e.narinfo().len(), file_size(e))));
     let host = match caller {
         access::Caller::Host(h) => Some(h),
         access::Caller::Anyone | access::Caller::Unauthenticated => None,
     };
-    drop(index);
     let permit = cache
         .nar_places
         .claim(peer, host.as_deref())
@@ -208,7 +279,7 @@ async fn start_nars(
     tokio::task::spawn_blocking(move || {
         let _permit = permit;
         me.metrics.stream_started();
-        let result = produce(&me, &entries, &tx);
+        let result = produce(&me, &entries, &prefix, &tx);
         if let Err(why) = &result
             && !tx.is_closed()
         {
@@ -266,6 +337,7 @@ impl std::io::Write for Out<'_> {
 fn produce(
     cache: &Cache,
     entries: &[Arc<ServablePath>],
+    prefix: &[u8],
     tx: &mpsc::Sender<Result<Bytes, std::io::Error>>,
 ) -> Result<(), String> {
     use std::io::Write as _;
@@ -276,6 +348,7 @@ fn produce(
         written: 0,
     };
     let io = |e: std::io::Error| e.to_string();
+    out.write_all(prefix).map_err(io)?;
     out.write_all(&wire::nars_start()).map_err(io)?;
     for e in entries {
         let size = file_size(e);

@@ -14,6 +14,7 @@
 //! May import: `nix`. Both `cache` (the server side) and `agent` use it.
 
 pub mod client;
+pub mod deliver;
 pub mod order;
 pub mod wire;
 
@@ -21,6 +22,9 @@ pub mod wire;
 pub const CLOSURE_PATH: &str = "/_bento/v1/closure";
 /// `POST`, body: store path lines. Answer: their entries ([`wire::Decoder`]).
 pub const NARS_PATH: &str = "/_bento/v1/nars";
+/// `POST`, body: a top path, a shard and the paths held ([`deliver`]). Answer: a line of
+/// counts, then that shard's entries of the rest of the closure ([`wire::Decoder`]).
+pub const DELIVER_PATH: &str = "/_bento/v1/deliver";
 /// Most store paths one request may name.
 pub const MAX_PATHS: usize = 200_000;
 /// Most bytes of a request body (`MAX_PATHS` lines of the longest store paths fit).

@@ -21,6 +21,9 @@ pub struct Imports {
     pending: Vec<StorePath>,
     /// Complete staged entries not imported yet, with their references.
     complete: HashMap<StorePath, Vec<StorePath>>,
+    /// Whether `pending` grows as entries arrive (the paths to import are not known
+    /// beforehand: a delivery, `super::deliver`).
+    growing: bool,
 }
 
 impl Imports {
@@ -30,31 +33,56 @@ impl Imports {
             have,
             pending: copy.to_vec(),
             complete: HashMap::new(),
+            growing: false,
+        }
+    }
+
+    /// Every entry that arrives is to be imported, in whatever order they come; `have` is
+    /// already in the store.
+    pub fn growing(have: HashSet<StorePath>) -> Self {
+        Imports {
+            growing: true,
+            ..Imports::new(have, &[])
         }
     }
 
     /// The entry of `path`, referring to `references`, is complete in the staging directory.
     pub fn staged(&mut self, path: StorePath, references: Vec<StorePath>) {
+        if self.growing && !self.have.contains(&path) && !self.complete.contains_key(&path) {
+            self.pending.push(path.clone());
+        }
         self.complete.insert(path, references);
+    }
+
+    /// Whether `path` is in the store (there before, or imported).
+    pub fn holds(&self, path: &StorePath) -> bool {
+        self.have.contains(path)
     }
 
     /// What may be imported now, dependencies first; empty when nothing may.
     pub fn next_batch(&self) -> Vec<StorePath> {
         let mut chosen: HashSet<&StorePath> = HashSet::new();
         let mut batch = Vec::new();
-        for p in &self.pending {
-            let Some(refs) = self.complete.get(p) else {
-                continue;
-            };
-            if refs
-                .iter()
-                .all(|r| r == p || self.have.contains(r) || chosen.contains(r))
-            {
-                chosen.insert(p);
-                batch.push(p.clone());
+        // Passes until nothing more may join: one when `pending` is in dependency order.
+        loop {
+            let before = batch.len();
+            for p in &self.pending {
+                let Some(refs) = self.complete.get(p) else {
+                    continue;
+                };
+                if !chosen.contains(p)
+                    && refs
+                        .iter()
+                        .all(|r| r == p || self.have.contains(r) || chosen.contains(r))
+                {
+                    chosen.insert(p);
+                    batch.push(p.clone());
+                }
+            }
+            if batch.len() == before {
+                return batch;
             }
         }
-        batch
     }
 
     /// `batch` is now in the store.
@@ -123,6 +151,44 @@ mod tests {
             );
             imports.imported(&got);
             assert_eq!(imports.left(), order.len() - imported.len() - want.len());
+        }
+    }
+
+    #[test]
+    fn a_growing_import_takes_entries_in_any_order() {
+        // top → b → a; c stands alone; "x" is in the store already.
+        let refs = |n: &str| -> Vec<StorePath> {
+            match n {
+                "a" => vec![p("x")],
+                "b" => vec![p("a"), p("b")],
+                "top" => vec![p("b"), p("c")],
+                _ => vec![],
+            }
+        };
+        type Names<'a> = &'a [&'a str];
+        let cases: &[(Names, Names, usize)] = &[
+            // arrived (in this order) → next batch, paths left
+            (&[], &[], 0),
+            (&["top"], &[], 1),
+            (&["top", "b", "a"], &["a", "b"], 1),
+            (&["top", "c", "b", "a"], &["c", "a", "b", "top"], 0),
+            (&["b", "x"], &[], 1),
+        ];
+        for (arrived, want, left) in cases {
+            let mut imports = Imports::growing([p("x")].into_iter().collect());
+            for n in *arrived {
+                imports.staged(p(n), refs(n));
+            }
+            let got = imports.next_batch();
+            assert_eq!(
+                got,
+                want.iter().map(|n| p(n)).collect::<Vec<_>>(),
+                "{arrived:?}"
+            );
+            imports.imported(&got);
+            assert_eq!(imports.left(), *left, "{arrived:?}");
+            assert!(imports.holds(&p("x")));
+            assert_eq!(imports.holds(&p("top")), want.contains(&"top"));
         }
     }
 }

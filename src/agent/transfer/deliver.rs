@@ -1,0 +1,344 @@
+//! The agent's side of a delivery (`crate::transfer::deliver`): the release's closure in
+//! about the round trips of one GET, where asking for the closure first costs two more.
+//!
+//! 1. List what this host holds: the closures of its current, booted and profile systems
+//!    (one `nix-store` call), and what an interrupted attempt left staged.
+//! 2. Ask [`SHARDS`] connections at once for a share each of the rest of the closure (the
+//!    cache splits it by size; each connection starts its own TCP window, so together they
+//!    reach a far link's speed in fewer round trips than one does).
+//! 3. Check the disk against the sizes the first answer line gives; stage the entries as
+//!    they arrive (`super::Writer`), and import them batch after batch (`super::import`):
+//!    Nix verifies every signature and hash, as in the two-request form.
+//!
+//! The delivery is done when the top path is in the store. Anything short of that (a shard
+//! refused or cut, a path the host was thought to hold but lacks, a cache without this
+//! route) is [`Delivered::Incomplete`]: the two-request form follows, reusing every entry
+//! staged here. A refusal by Nix ends the copy as it does there.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use super::super::children;
+use super::super::config::Agent;
+use super::super::system::{SystemError, push_line};
+use super::{Failed, Imports, Plan, Wanted, Writer, declared_size, hash_matches, narinfo_file};
+use crate::nix::cmd::Command;
+use crate::nix::narinfo;
+use crate::nix::store::{self, StorePath};
+use crate::transfer::DELIVER_PATH;
+use crate::transfer::client::{ClientError, Response, Target};
+use crate::transfer::deliver::{self as wire_deliver, Head};
+use crate::transfer::wire;
+
+/// Connections a delivery is spread over.
+pub const SHARDS: usize = 4;
+/// Where the systems this host holds are found.
+const SYSTEM_ROOTS: [&str; 2] = ["/run/current-system", "/run/booted-system"];
+const PROFILES: &str = "/nix/var/nix/profiles";
+
+/// How a delivery ended, when Nix refused nothing.
+pub enum Delivered {
+    /// The top path is in the store.
+    Done,
+    /// Why not: the two-request form takes over.
+    Incomplete(String),
+}
+
+/// Delivers `top`'s closure into this host's store through the staging directory.
+pub async fn deliver(
+    agent: &Agent,
+    target: &Target,
+    top: &StorePath,
+    staging: &Path,
+    log: &mut String,
+) -> Result<Delivered, Failed> {
+    let started = Instant::now();
+    let ms = || started.elapsed().as_millis();
+    let held = held_paths(agent, log).await;
+    if held.contains(top) {
+        return Ok(Delivered::Done);
+    }
+    let staged = staged_here(staging, &held);
+    let idle = agent.copy_timeout.min(Duration::from_secs(60));
+    let hints: Vec<&StorePath> = held.iter().chain(staged.keys()).collect();
+    let requests = (0..SHARDS).map(|i| {
+        let body = wire_deliver::encode_request(top, i, SHARDS, hints.iter().copied());
+        async move {
+            let mut r = target
+                .post(DELIVER_PATH, &body, idle, false)
+                .await?
+                .ok()
+                .await?;
+            let (head, rest) = read_head(&mut r).await?;
+            Ok::<_, ClientError>((r, head, rest))
+        }
+    });
+    let answers = futures::future::join_all(requests).await;
+    let mut failures = Vec::new();
+    let mut streams = Vec::new();
+    for (i, answer) in answers.into_iter().enumerate() {
+        match answer {
+            Ok(s) => streams.push(s),
+            Err(e) => failures.push(format!("shard {i}: {e}")),
+        }
+    }
+    let Some((_, head, _)) = streams.first() else {
+        return Ok(Delivered::Incomplete(format!(
+            "the delivery was not answered ({}); asking for the closure instead",
+            failures.join("; ")
+        )));
+    };
+    let head = *head;
+    push_line(
+        log,
+        &format!(
+            "delivery: {} paths held here, {} staged by an earlier attempt; {} connections bring the {} others ({} bytes) ({} ms)",
+            held.len(),
+            staged.len(),
+            streams.len(),
+            head.entries,
+            head.file_bytes,
+            ms()
+        ),
+    );
+    let plan = Plan {
+        copy: vec![],
+        fetch: vec![],
+        fetch_bytes: head.file_bytes,
+        store_bytes: head.nar_bytes,
+    };
+    super::check_space(staging, &plan).map_err(|why| {
+        Failed::Copy(SystemError::Transfer {
+            path: store::render(top),
+            cache: agent.cache_url.to_string(),
+            why,
+        })
+    })?;
+
+    let mut imports = Imports::growing(held);
+    for (p, refs) in staged {
+        imports.staged(p, refs);
+    }
+    let claimed = Mutex::new(HashSet::new());
+    let (tx, rx) = mpsc::unbounded_channel();
+    // The most bytes one entry may take: the whole delivery's, with room for a cache that
+    // compressed a path between the answer line and its entry.
+    let most = head
+        .file_bytes
+        .saturating_add(head.nar_bytes / 64)
+        .saturating_add(64 * 1024);
+    let fetched = async {
+        let runs = streams
+            .into_iter()
+            .enumerate()
+            .map(|(tag, (r, head, rest))| {
+                let writer = Writer {
+                    staging,
+                    wanted: Wanted::Any(most, &claimed),
+                    tag,
+                    current: None,
+                    done: HashSet::new(),
+                    tell: tx.clone(),
+                };
+                shard(r, head, rest, writer, most, agent.copy_timeout)
+            });
+        let results = futures::future::join_all(runs).await;
+        drop(tx);
+        let cut: Vec<String> = results.into_iter().filter_map(Result::err).collect();
+        Ok::<_, Failed>((cut, ms()))
+    };
+    let mut import_log = String::new();
+    let source = format!("file://{}", staging.display());
+    let path = store::render(top);
+    let imported = super::import(agent, &path, &source, &mut imports, rx, &mut import_log);
+    let joined = tokio::try_join!(fetched, imported);
+    log.push_str(&import_log);
+    let ((cut, fetched_ms), batches) = match joined {
+        Ok(done) => done,
+        Err(e) => {
+            if let Failed::Copy(
+                SystemError::CopyRefused { .. } | SystemError::CopyTampered { .. },
+            ) = &e
+            {
+                // Nothing refused is kept for the next attempt.
+                let _ = std::fs::remove_dir_all(staging);
+            }
+            return Err(e);
+        }
+    };
+    failures.extend(cut);
+    if imports.holds(top) {
+        push_line(
+            log,
+            &format!(
+                "delivered ({fetched_ms} ms) and copied into the store in {batches} batches ({} ms)",
+                ms()
+            ),
+        );
+        return Ok(Delivered::Done);
+    }
+    let why = if failures.is_empty() {
+        format!(
+            "{} delivered paths wait for references this host lacks",
+            imports.left()
+        )
+    } else {
+        failures.join("; ")
+    };
+    Ok(Delivered::Incomplete(format!(
+        "the delivery is incomplete ({why}); asking for the rest of the closure"
+    )))
+}
+
+/// Reads the answer line of a delivery; returns it and the body bytes read after it.
+async fn read_head(r: &mut Response) -> Result<(Head, Vec<u8>), ClientError> {
+    let mut buf = Vec::new();
+    loop {
+        let parsed = wire_deliver::parse_head(&buf).map_err(|e| ClientError::Malformed {
+            addr: String::new(),
+            why: leak_free(&e),
+        })?;
+        if let Some((head, len)) = parsed {
+            return Ok((head, buf.split_off(len)));
+        }
+        match r.chunk().await? {
+            Some(c) => buf.extend_from_slice(&c),
+            None => {
+                return Err(ClientError::Malformed {
+                    addr: String::new(),
+                    why: "the delivery answer ended before its first line",
+                });
+            }
+        }
+    }
+}
+
+/// A static reason for a malformed answer line (`ClientError::Malformed` carries one).
+fn leak_free(e: &wire::WireError) -> &'static str {
+    match e {
+        wire::WireError::Magic(_) => "the delivery answer is not a Bento delivery",
+        _ => "the delivery answer's first line is malformed",
+    }
+}
+
+/// Receives one shard's entries into the staging directory.
+async fn shard(
+    mut r: Response,
+    head: Head,
+    rest: Vec<u8>,
+    mut writer: Writer<'_>,
+    most: u64,
+    deadline: Duration,
+) -> Result<(), String> {
+    let work = async {
+        let mut decoder = wire::Decoder::new(most);
+        decoder.push(&rest);
+        loop {
+            while let Some(event) = decoder.next_event().map_err(|e| e.to_string())? {
+                writer.take(event)?;
+            }
+            match r.chunk().await.map_err(|e| e.to_string())? {
+                Some(chunk) => decoder.push(&chunk),
+                None => break,
+            }
+        }
+        decoder.finish().map_err(|e| e.to_string())?;
+        if writer.done.len() as u64 != head.shard_entries {
+            return Err(format!(
+                "the cache sent {} of the {} entries it announced",
+                writer.done.len(),
+                head.shard_entries
+            ));
+        }
+        Ok(())
+    };
+    tokio::time::timeout(deadline, work)
+        .await
+        .map_err(|_| format!("not done within {} s", deadline.as_secs()))?
+}
+
+/// The paths of the systems this host holds (current, booted, every system profile
+/// generation); empty when there are none or they cannot be listed (then the delivery
+/// brings the whole closure, as to a new host).
+async fn held_paths(agent: &Agent, log: &mut String) -> HashSet<StorePath> {
+    let mut roots: Vec<String> = SYSTEM_ROOTS
+        .iter()
+        .filter(|r| Path::new(r).exists())
+        .map(|r| (*r).to_owned())
+        .collect();
+    if let Ok(dir) = std::fs::read_dir(PROFILES) {
+        for e in dir.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with("system-") && name.ends_with("-link") {
+                roots.push(e.path().display().to_string());
+            }
+        }
+    }
+    if roots.is_empty() {
+        return HashSet::new();
+    }
+    let query = Command::new("nix-store")
+        .args(["--query", "--requisites"])
+        .args(&roots)
+        .timeout(agent.copy_timeout);
+    match children::run(&agent.state_dir, query, |l| push_line(log, l)).await {
+        Ok(out) => String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| store::parse(l.trim()).ok())
+            .collect(),
+        Err(e) => {
+            push_line(
+                log,
+                &format!(
+                    "cannot list the paths of this host's systems ({e}); asking for the whole closure"
+                ),
+            );
+            HashSet::new()
+        }
+    }
+}
+
+/// The entries an earlier attempt completed in `staging` (a narinfo naming a NAR file of
+/// the declared size and hash) for paths not in `held`, with their references. Anything
+/// else staged is removed.
+fn staged_here(staging: &Path, held: &HashSet<StorePath>) -> HashMap<StorePath, Vec<StorePath>> {
+    let mut staged = HashMap::new();
+    let Ok(dir) = std::fs::read_dir(staging) else {
+        return staged;
+    };
+    for e in dir.flatten() {
+        let file = e.path();
+        if file.extension().is_none_or(|x| x != "narinfo") {
+            continue;
+        }
+        let complete = std::fs::read(&file).ok().and_then(|bytes| {
+            let ni = narinfo::parse(&bytes).ok()?;
+            let name = wire::nar_file_name(ni.url())?;
+            let nar = staging.join("nar").join(name);
+            let size = std::fs::metadata(&nar).ok()?.len();
+            (narinfo_file(staging, ni.store_path()) == file
+                && Some(size) == declared_size(&ni)
+                && hash_matches(&ni, &nar))
+            .then(|| {
+                (
+                    ni.store_path().clone(),
+                    ni.references().iter().cloned().collect::<Vec<_>>(),
+                )
+            })
+        });
+        match complete {
+            Some((p, refs)) if !held.contains(&p) => {
+                staged.insert(p, refs);
+            }
+            Some(_) => {}
+            None => {
+                let _ = std::fs::remove_file(&file);
+            }
+        }
+    }
+    staged
+}
