@@ -138,22 +138,27 @@ async fn a_copy_cut_by_a_server_restart_is_retried_with_only_what_is_missing() {
     let outcomes: Vec<&str> = reports.iter().map(|r| r.outcome.as_str()).collect();
     assert_eq!(outcomes, ["copy-failed", "applied"], "{reports:?}");
     let applied = reports.last().unwrap();
+    // One delivery over its connections, for what is neither in the store nor staged.
     let asked = format!(
-        "{} missing here, {} of them staged by an earlier attempt; fetching {} (",
-        missing.len(),
-        missing.len() - to_fetch.len(),
+        "{} connections bring the {} others (",
+        bento::agent::transfer::SHARDS,
         to_fetch.len()
     );
     assert!(applied.log.contains(&asked), "{asked}\n{}", applied.log);
+    assert!(!applied.log.contains("asking for"), "{}", applied.log);
 
-    // The restarted server saw exactly the two transfer requests (no path-by-path copy).
+    // The restarted server saw exactly the delivery's requests (no path-by-path copy).
     let metrics = harness::http::curl(&metrics_url);
     let other = metric(
         &metrics,
         "bento_cache_requests_total{endpoint=\"other\",status=\"200\"}",
     );
     let narinfos = narinfo_requests(&metrics) - narinfos_before;
-    assert_eq!((other, narinfos), (2.0, 0.0), "{metrics}");
+    assert_eq!(
+        (other, narinfos),
+        (bento::agent::transfer::SHARDS as f64, 0.0),
+        "{metrics}"
+    );
     // And sent what is missing, not the closure again: each leaf is 128 KiB of random data
     // (zstd adds a few bytes), the other paths a few hundred bytes.
     let sent = metric(&metrics, "bento_cache_bytes_sent_total{endpoint=\"other\"}");

@@ -1,20 +1,24 @@
-//! The agent copies a release's closure with the whole-closure transfer: one request for
-//! the closure, one for every missing path, no narinfo fetched one by one; a transfer cut
-//! short (the server going away mid-stream) imports its complete entries and the next
-//! attempt asks only for the rest; a server without the transfer (an older `bento serve`)
-//! is copied from by substitution (`agent::copy`).
+//! The agent copies a release's closure with the whole-closure transfer: one delivery
+//! (a request per connection, each naming the top path and what the host holds), no
+//! narinfo fetched one by one; a delivery cut short (the server going away mid-stream)
+//! imports its complete entries and the next attempt asks only for the rest; a server with
+//! only the two-request form (closure, then NARs) is copied from with it; a server without
+//! the transfer (not `bento serve`) is copied from by substitution (`agent::copy`).
 //!
 //! Real agent in a host namespace, real cache and SFTP server, real Nix. Between the host
 //! and the cache sits `harness::relay`, which records every request and can cut the
-//! transfer's answer 20 bytes before its end, or answer the transfer's requests as an older
-//! server does (405).
+//! transfer's answers 20 bytes before their end, answer the delivery 404, or answer every
+//! transfer request as a server without them does (405).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod harness;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use bento::agent::transfer::SHARDS;
+use bento::transfer::deliver;
 use harness::fake::Behaviour;
 use harness::relay::Relay;
 use harness::scene::{OneHost, agent_once};
@@ -25,9 +29,17 @@ fn paths_named(request: &str) -> Vec<String> {
     body.lines().map(str::to_owned).collect()
 }
 
+/// The delivery request in a recorded request.
+fn delivery(request: &[u8]) -> deliver::Request {
+    let at = request.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    deliver::parse_request(&request[at..]).unwrap()
+}
+
 async fn setup(salt: &str) -> Option<(OneHost, Arc<Relay>)> {
-    let systems = [(Behaviour::Good, 0), (Behaviour::Good, 4)];
-    let mut t = OneHost::start_sized(salt, &systems, "").await?;
+    // Generation 2 brings 12 leaves of its own: enough entries for every connection to
+    // carry several.
+    let systems = [(Behaviour::Good, 0, 0), (Behaviour::Good, 1, 12)];
+    let mut t = OneHost::start_leaves(salt, &systems, "").await?;
     let (relay, url) = Relay::start(&t.net.server_ip(), t.server.cache.addr).await;
     t.config = t
         .server
@@ -35,74 +47,128 @@ async fn setup(salt: &str) -> Option<(OneHost, Arc<Relay>)> {
     Some((t, relay))
 }
 
+/// The hash parts of the entries staged whole (narinfo written) in `staging`.
+fn staged(staging: &std::path::Path) -> HashSet<String> {
+    std::fs::read_dir(staging)
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    name.strip_suffix(".narinfo").map(str::to_owned)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_closure_comes_in_one_request_and_a_cut_transfer_resumes_with_the_rest() {
+async fn a_closure_comes_in_one_delivery_and_a_cut_one_resumes_with_the_rest() {
     let Some((t, relay)) = setup("wholeclosure").await else {
         return;
     };
     let new = t.publish(2).await;
     let closure = harness::nix::closure(&new);
-    let missing: Vec<&String> = closure
-        .iter()
-        .filter(|p| !t.host.root.join(p.trim_start_matches('/')).exists())
-        .collect();
+    let in_store = |p: &str| t.host.root.join(p.trim_start_matches('/')).exists();
+    let missing: Vec<&String> = closure.iter().filter(|p| !in_store(p)).collect();
     assert!(
-        missing.len() >= 2,
+        missing.len() >= 3,
         "the test needs paths to move: {missing:?}"
     );
 
-    // The stream is cut 20 bytes before its end: inside the last entry, the top path.
-    relay.cut_next.store(true, Ordering::SeqCst);
+    // Every answer is cut 20 bytes before its end: inside the last entry of each.
+    relay.cut.store(true, Ordering::SeqCst);
     let (code, log) = agent_once(&t.host, &t.config).await;
     assert_ne!(code, 0, "{log}");
     assert_eq!(t.host.running().as_deref(), Some(t.systems[0].as_str()));
     let r = t.server.final_reports("web1").pop().unwrap();
     assert_eq!(r.outcome.as_str(), "copy-failed", "{r:?}");
-    let first = relay.requests_to("POST /_bento/v1/nars");
-    assert_eq!(first.len(), 1, "one request for every missing path");
-    let mut asked = paths_named(&first[0]);
-    asked.sort();
-    let mut want: Vec<String> = missing.iter().map(|p| (*p).clone()).collect();
-    want.sort();
-    assert_eq!(asked, want, "the first attempt asks for every missing path");
-    let imported: Vec<&&String> = missing
+    let first = relay.requests_raw("POST /_bento/v1/deliver");
+    assert_eq!(first.len(), SHARDS, "one delivery request per connection");
+    let mut shards: Vec<usize> = first.iter().map(|r| delivery(r).shard).collect();
+    shards.sort();
+    assert_eq!(shards, (0..SHARDS).collect::<Vec<_>>());
+    // What the host holds (its current system) is named, so only the missing paths move.
+    let held = harness::nix::closure(&t.systems[0]);
+    for r in &first {
+        let d = delivery(r);
+        assert_eq!(bento::nix::store::render(&d.top), new);
+        assert_eq!(d.shards, SHARDS);
+        let named: HashSet<_> = held
+            .iter()
+            .map(|p| deliver::hint(&bento::nix::store::parse(p).unwrap()))
+            .collect();
+        assert_eq!(d.have, named, "the hints are the current system's closure");
+    }
+    assert!(!in_store(&new), "the top path comes last: not imported");
+    // The complete entries stayed (imported, or staged for their references).
+    let staging = t.host.root.join("agent-state/transfer");
+    let kept = staged(&staging);
+    let to_fetch: Vec<&&String> = missing
         .iter()
-        .filter(|p| t.host.root.join(p.trim_start_matches('/')).exists())
+        .filter(|p| !kept.contains(&harness::nix::hash_part(p)))
         .collect();
-    let mut want_imported: Vec<&&String> = missing.iter().filter(|p| **p != &new).collect();
-    want_imported.sort();
-    let mut imported_sorted = imported.clone();
-    imported_sorted.sort();
-    assert_eq!(
-        imported_sorted, want_imported,
-        "every complete entry is imported, the cut one is not"
+    assert!(
+        !to_fetch.is_empty() && to_fetch.len() < missing.len(),
+        "the first attempt kept part of the closure: {} to fetch of {}",
+        to_fetch.len(),
+        missing.len()
     );
+    relay.cut.store(false, Ordering::SeqCst);
     relay.clear();
 
-    // The next attempt asks only for the entry that was cut, and applies.
+    // The next attempt asks only for what was cut, in one delivery, and applies.
     let (code, log) = agent_once(&t.host, &t.config).await;
     assert_eq!(code, 0, "{log}");
     assert_eq!(t.host.running().as_deref(), Some(new.as_str()));
-    assert_eq!(relay.requests_to("POST /_bento/v1/closure").len(), 1);
-    let second = relay.requests_to("POST /_bento/v1/nars");
-    assert_eq!(second.len(), 1);
-    assert_eq!(
-        paths_named(&second[0]),
-        vec![new.clone()],
-        "only the cut entry"
-    );
+    let second = relay.requests_to("POST /_bento/v1/deliver");
+    assert_eq!(second.len(), SHARDS);
+    assert!(relay.requests_to("POST /_bento/v1/closure").is_empty());
+    assert!(relay.requests_to("POST /_bento/v1/nars").is_empty());
     assert!(
         relay.requests_to("GET").is_empty(),
         "nothing fetched path by path: {:?}",
         relay.requests_to("GET")
     );
     let r = t.server.final_reports("web1").pop().unwrap();
-    let staged = "1 missing here, 0 of them staged by an earlier attempt; fetching 1 (";
-    assert!(r.log.contains(staged), "{}", r.log);
+    let asked = format!(
+        "{} connections bring the {} others (",
+        SHARDS,
+        to_fetch.len()
+    );
+    assert!(r.log.contains(&asked), "{asked}\n{}", r.log);
     assert!(
         !t.host.root.join("agent-state/transfer").exists(),
         "the staging directory is emptied after the copy"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_without_the_delivery_is_copied_from_with_two_requests() {
+    let Some((t, relay)) = setup("nodelivery").await else {
+        return;
+    };
+    relay.no_delivery.store(true, Ordering::SeqCst);
+    let new = t.publish(2).await;
+    let closure = harness::nix::closure(&new);
+    let mut missing: Vec<String> = closure
+        .iter()
+        .filter(|p| !t.host.root.join(p.trim_start_matches('/')).exists())
+        .cloned()
+        .collect();
+    let (code, log) = agent_once(&t.host, &t.config).await;
+    assert_eq!(code, 0, "{log}");
+    assert_eq!(t.host.running().as_deref(), Some(new.as_str()));
+    assert_eq!(relay.requests_to("POST /_bento/v1/deliver").len(), SHARDS);
+    assert_eq!(relay.requests_to("POST /_bento/v1/closure").len(), 1);
+    let nars = relay.requests_to("POST /_bento/v1/nars");
+    assert_eq!(nars.len(), 1, "one request for every missing path");
+    let mut asked = paths_named(&nars[0]);
+    asked.sort();
+    missing.sort();
+    assert_eq!(asked, missing);
+    assert!(relay.requests_to("GET").is_empty());
+    let r = t.server.final_reports("web1").pop().unwrap();
+    assert!(r.log.contains("the delivery was not answered"), "{}", r.log);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -115,7 +181,9 @@ async fn a_server_without_the_transfer_is_copied_from_with_nix() {
     let (code, log) = agent_once(&t.host, &t.config).await;
     assert_eq!(code, 0, "{log}");
     assert_eq!(t.host.running().as_deref(), Some(new.as_str()));
-    // The agent asked once, was told no, and Nix fetched the narinfos itself.
+    // The agent asked (a delivery, then the closure), was told no, and Nix fetched the
+    // narinfos itself.
+    assert_eq!(relay.requests_to("POST /_bento/v1/deliver").len(), SHARDS);
     assert_eq!(relay.requests_to("POST /_bento/v1/closure").len(), 1);
     assert!(relay.requests_to("POST /_bento/v1/nars").is_empty());
     assert!(

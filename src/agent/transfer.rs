@@ -51,6 +51,7 @@ const BATCH_GATHER: Duration = Duration::from_millis(500);
 mod batch;
 mod deliver;
 use batch::Imports;
+pub use deliver::SHARDS;
 
 /// What to fetch and what to copy, decided from the closure, the store and the staging
 /// directory.

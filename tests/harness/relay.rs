@@ -1,7 +1,8 @@
 //! A relay between a simulated host and the binary cache that records every request and can
-//! misbehave on the whole-closure transfer's routes: cut the next NAR stream 20 bytes
-//! before its end (a server going away mid-stream), or answer them 405 as a server without
-//! them (an older `bento serve`) does, so that the agent copies with `nix copy`.
+//! misbehave on the whole-closure transfer's routes: cut every NAR stream (a delivery's or
+//! the two-request form's) 20 bytes before its end (a server going away mid-stream), answer
+//! the delivery 404 as a `bento serve` from before it does, or answer every transfer route
+//! 405 as a server without them (not `bento serve`) does, so that the agent substitutes.
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
@@ -15,8 +16,10 @@ use tokio::net::{TcpListener, TcpStream};
 pub struct Relay {
     /// Each request's head and body, as the agent or Nix sent it.
     pub requests: Mutex<Vec<Vec<u8>>>,
-    /// Cut the next NAR stream 20 bytes before its end.
-    pub cut_next: AtomicBool,
+    /// Cut every NAR stream 20 bytes before its end while set.
+    pub cut: AtomicBool,
+    /// Answer the delivery 404, as a server that has only the two-request form does.
+    pub no_delivery: AtomicBool,
     /// Answer the transfer's requests 405, as a server without them does.
     pub old_server: AtomicBool,
 }
@@ -83,11 +86,23 @@ impl Relay {
                 let _ = client.write_all(answer.as_bytes()).await;
                 return;
             }
+            if request.starts_with(b"POST /_bento/v1/deliver")
+                && self.no_delivery.load(Ordering::SeqCst)
+            {
+                let body = "not in this cache\n";
+                let answer = format!(
+                    "HTTP/1.1 404 Not Found\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = client.write_all(answer.as_bytes()).await;
+                return;
+            }
             if server.write_all(&request).await.is_err() {
                 return;
             }
-            let cut = request.starts_with(b"POST /_bento/v1/nars")
-                && self.cut_next.swap(false, Ordering::SeqCst);
+            let cut = (request.starts_with(b"POST /_bento/v1/nars")
+                || request.starts_with(b"POST /_bento/v1/deliver"))
+                && self.cut.load(Ordering::SeqCst);
             let answer = read_answer(&mut server).await;
             if cut {
                 // The answer up to 20 bytes before its end, then both sides dropped.
@@ -113,6 +128,17 @@ impl Relay {
             .iter()
             .map(|r| String::from_utf8_lossy(r).into_owned())
             .filter(|r| r.starts_with(prefix))
+            .collect()
+    }
+
+    /// [`Relay::requests_to`], as the bytes sent (a delivery's hints are binary).
+    pub fn requests_raw(&self, prefix: &str) -> Vec<Vec<u8>> {
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.starts_with(prefix.as_bytes()))
+            .cloned()
             .collect()
     }
 

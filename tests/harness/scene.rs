@@ -295,11 +295,35 @@ impl OneHost {
         if !super::needs_root("network and mount namespaces, the machine's Nix store") {
             return None;
         }
+        let leaves: Vec<(Behaviour, u32, u32)> = systems
+            .iter()
+            .map(|(b, mib)| (b.clone(), *mib, 0))
+            .collect();
+        OneHost::start_leaves(salt, &leaves, extra).await
+    }
+
+    /// [`OneHost::start_sized`] with systems of `(behaviour, blob MiB, leaves)`: each leaf
+    /// one more store path of 128 KiB (`fake::expression_with_leaves`).
+    pub async fn start_leaves(
+        salt: &str,
+        systems: &[(Behaviour, u32, u32)],
+        extra: &str,
+    ) -> Option<OneHost> {
+        if !super::needs_root("network and mount namespaces, the machine's Nix store") {
+            return None;
+        }
         let systems: Vec<String> = systems
             .iter()
             .enumerate()
-            .map(|(i, (b, mib))| {
-                fake::build_expression(&fake::expression("web1", i as u64 + 1, b, salt, *mib))
+            .map(|(i, (b, mib, leaves))| {
+                fake::build_expression(&fake::expression_with_leaves(
+                    "web1",
+                    i as u64 + 1,
+                    b,
+                    salt,
+                    *mib,
+                    *leaves,
+                ))
             })
             .collect();
         let net = Net::new();
