@@ -1,11 +1,13 @@
 //! What the whole-closure transfer brings is judged by Nix as any copy is: a NAR with one
 //! byte flipped, or narinfos signed by another key of the same name, are refused (exit 4,
-//! nothing activated, a `refused` report), and nothing refused stays staged. Positive
-//! control: the same server with honest entries is applied.
+//! nothing activated, a `refused` report), and nothing refused stays staged; so by the
+//! delivery, by the two-request form, and for a large entry imported as it arrives (through
+//! a pipe). Positive controls: the same server with honest entries is applied.
 //!
-//! The server here speaks the transfer's two routes (`bento::transfer::wire`) from a binary
-//! cache that Nix itself wrote (`nix copy --to file://…?secret-key=…`), altered by the test:
-//! a cache that lies, which `bento serve` cannot be made to be. Real agent, real Nix.
+//! The server here speaks the transfer's routes (`bento::transfer::wire`, `deliver`) from a
+//! binary cache that Nix itself wrote (`nix copy --to file://…?secret-key=…`), altered by
+//! the test: a cache that lies, which `bento serve` cannot be made to be. Real agent, real
+//! Nix.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod harness;
@@ -18,7 +20,7 @@ use axum::routing::post;
 use bento::nix::SecretKey;
 use bento::nix::store::{self, StorePath};
 use bento::transfer::wire::{self, ClosureEntry};
-use bento::transfer::{CLOSURE_PATH, NARS_PATH, order};
+use bento::transfer::{CLOSURE_PATH, DELIVER_PATH, NARS_PATH, deliver, order};
 use bytes::Bytes;
 use harness::fake::Behaviour;
 use harness::scene::{OneHost, agent_once};
@@ -39,6 +41,17 @@ fn entries(
     key: &SecretKey,
     alter: impl FnOnce(&mut Vec<u8>),
 ) -> Vec<Entry> {
+    entries_altering(scratch, top, top, key, alter)
+}
+
+/// [`entries`], `alter` changing the file of `target` (a path of the closure).
+fn entries_altering(
+    scratch: &Path,
+    top: &str,
+    target: &str,
+    key: &SecretKey,
+    alter: impl FnOnce(&mut Vec<u8>),
+) -> Vec<Entry> {
     let dir = scratch.join(format!("cache-{}", harness::nix::nonce()));
     harness::nix::signed_file_cache(&dir, key, top);
     let mut alter = Some(alter);
@@ -50,7 +63,7 @@ fn entries(
                 std::fs::read(dir.join(format!("{}.narinfo", store::hash_part(&path)))).unwrap();
             let ni = bento::nix::narinfo::parse(&narinfo).unwrap();
             let mut file = std::fs::read(dir.join(ni.url())).unwrap();
-            if p == top {
+            if p == target {
                 (alter.take().unwrap())(&mut file);
             }
             Entry {
@@ -65,11 +78,25 @@ fn entries(
     out
 }
 
-/// Serves `entries` on the transfer's routes at `ip`; returns the cache URL.
-async fn serve(ip: &str, entries: Vec<Entry>) -> String {
+/// The NAR stream of `chosen`.
+fn stream(chosen: &[&Entry]) -> Vec<u8> {
+    let mut out = wire::nars_start();
+    for e in chosen {
+        out.extend(wire::entry_header(e.narinfo.len(), e.file.len() as u64));
+        out.extend(&e.narinfo);
+        out.extend(&e.file);
+    }
+    out.extend(wire::nars_end(chosen.len() as u64));
+    out
+}
+
+/// Serves `entries` on the transfer's routes at `ip` (the delivery's too when `delivery`);
+/// returns the cache URL.
+async fn serve(ip: &str, entries: Vec<Entry>, delivery: bool) -> String {
     let entries: Arc<HashMap<StorePath, Entry>> =
         Arc::new(entries.into_iter().map(|e| (e.path.clone(), e)).collect());
     let for_closure = entries.clone();
+    let for_delivery = entries.clone();
     let closure = move |body: Bytes| {
         let entries = for_closure.clone();
         async move {
@@ -93,28 +120,51 @@ async fn serve(ip: &str, entries: Vec<Entry>) -> String {
             let asked = wire::parse_paths(&body, 1000).unwrap();
             let chosen: Vec<&Entry> = asked.iter().map(|p| &entries[p]).collect();
             let chosen = order::dependency_order(chosen, |e| &e.path, |e| &e.refs);
-            let mut out = wire::nars_start();
-            for e in &chosen {
-                out.extend(wire::entry_header(e.narinfo.len(), e.file.len() as u64));
-                out.extend(&e.narinfo);
-                out.extend(&e.file);
-            }
-            out.extend(wire::nars_end(chosen.len() as u64));
+            stream(&chosen)
+        }
+    };
+    let delivered = move |body: Bytes| {
+        let entries = for_delivery.clone();
+        async move {
+            let asked = deliver::parse_request(&body).unwrap();
+            let all: Vec<&Entry> = entries
+                .values()
+                .filter(|e| !asked.have.contains(&deliver::hint(&e.path)))
+                .collect();
+            let all = order::dependency_order(all, |e| &e.path, |e| &e.refs);
+            let sizes: Vec<u64> = all.iter().map(|e| e.file.len() as u64).collect();
+            let mine: Vec<&Entry> = all
+                .iter()
+                .zip(deliver::split(&sizes, asked.shards))
+                .filter(|(_, s)| *s == asked.shard)
+                .map(|(e, _)| *e)
+                .collect();
+            let mut out = deliver::encode_head(&deliver::Head {
+                shard_entries: mine.len() as u64,
+                entries: all.len() as u64,
+                file_bytes: sizes.iter().sum(),
+                nar_bytes: sizes.iter().sum(),
+            });
+            out.extend(stream(&mine));
             out
         }
     };
-    let app = axum::Router::new()
+    let mut app = axum::Router::new()
         .route(CLOSURE_PATH, post(closure))
         .route(NARS_PATH, post(nars));
+    if delivery {
+        app = app.route(DELIVER_PATH, post(delivered));
+    }
     let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
     url
 }
 
-/// Points the agent at a lying server with `entries`, runs it, and checks the refusal.
-async fn refused(t: &mut OneHost, entries: Vec<Entry>, why: &str) {
-    let url = serve(&t.net.server_ip(), entries).await;
+/// Points the agent at a lying server with `entries` (`delivery`: speaking the delivery
+/// too), runs it, and checks the refusal.
+async fn refused(t: &mut OneHost, entries: Vec<Entry>, why: &str, delivery: bool) {
+    let url = serve(&t.net.server_ip(), entries, delivery).await;
     t.config = t
         .server
         .agent_config(&t.host, &format!("cache_url = \"{url}\""));
@@ -127,11 +177,12 @@ async fn refused(t: &mut OneHost, entries: Vec<Entry>, why: &str) {
     assert_eq!(reports.len(), before + 1);
     let r = reports.last().unwrap();
     assert_eq!(r.outcome.as_str(), "refused", "{r:?}");
-    assert!(
-        r.log.contains("in one request"),
-        "the transfer ran: {}",
-        r.log
-    );
+    let ran = if delivery {
+        "connections bring the"
+    } else {
+        "in one request"
+    };
+    assert!(r.log.contains(ran), "the transfer ran ({ran}): {}", r.log);
     assert!(r.log.contains(why), "{why:?} not in {}", r.log);
     assert!(
         !t.host.root.join("agent-state/transfer").exists(),
@@ -154,20 +205,88 @@ async fn what_the_transfer_brings_is_verified_by_nix() {
         let i = b.len() / 2;
         b[i] ^= 0x20;
     });
-    refused(&mut t, flipped, "hash mismatch").await;
+    refused(&mut t, flipped, "hash mismatch", true).await;
+    // The two-request form, from a server without the delivery.
+    let flipped = entries(&scratch, &new, &key, |b| {
+        let i = b.len() / 2;
+        b[i] ^= 0x20;
+    });
+    refused(&mut t, flipped, "hash mismatch", false).await;
 
     // Same key name as the fleet's, other bytes.
     let impostor = SecretKey::generate(key.name()).unwrap();
     let foreign = entries(&scratch, &new, &impostor, |_| {});
-    refused(&mut t, foreign, "lacks a valid signature").await;
+    refused(&mut t, foreign, "lacks a valid signature", true).await;
+    let foreign = entries(&scratch, &new, &impostor, |_| {});
+    refused(&mut t, foreign, "lacks a valid signature", false).await;
 
     // Positive control: honest entries from the same server are applied.
     let honest = entries(&scratch, &new, &key, |_| {});
-    let url = serve(&t.net.server_ip(), honest).await;
+    let url = serve(&t.net.server_ip(), honest, true).await;
     t.config = t
         .server
         .agent_config(&t.host, &format!("cache_url = \"{url}\""));
     let (code, log) = agent_once(&t.host, &t.config).await;
     assert_eq!(code, 0, "{log}");
     assert_eq!(t.host.running().as_deref(), Some(new.as_str()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_entry_imported_as_it_arrives_is_verified_by_nix() {
+    // Generation 2's etc path holds 20 MiB and refers to nothing: the agent imports it
+    // through a pipe while it arrives.
+    let Some(mut t) = OneHost::start_sized(
+        "lyingpipe",
+        &[(Behaviour::Good, 0), (Behaviour::Good, 20)],
+        "",
+    )
+    .await
+    else {
+        return;
+    };
+    let new = t.publish(2).await;
+    let big = harness::nix::closure(&new)
+        .into_iter()
+        .find(|p| p.ends_with("-web1-etc-2"))
+        .unwrap();
+    let scratch = t.server.dir.scratch().to_owned();
+    let key = t.server.dir.key.clone();
+
+    let flipped = entries_altering(&scratch, &new, &big, &key, |b| {
+        let i = b.len() - 1000;
+        b[i] ^= 0x20;
+    });
+    refused(&mut t, flipped, "hash mismatch", true).await;
+    // Nix may have unpacked it before the hash failed; it is not valid in the store.
+    let valid = t
+        .host
+        .command(Path::new("nix-store"), &["--check-validity", &big])
+        .status()
+        .unwrap();
+    assert!(!valid.success(), "{big} is not valid after the refusal");
+    let impostor = SecretKey::generate(key.name()).unwrap();
+    let foreign = entries(&scratch, &new, &impostor, |_| {});
+    refused(&mut t, foreign, "lacks a valid signature", true).await;
+
+    // Positive control: the honest entry is imported as it arrives, and applied.
+    let honest = entries(&scratch, &new, &key, |_| {});
+    let url = serve(&t.net.server_ip(), honest, true).await;
+    t.config = t
+        .server
+        .agent_config(&t.host, &format!("cache_url = \"{url}\""));
+    let (code, log) = agent_once(&t.host, &t.config).await;
+    assert_eq!(code, 0, "{log}");
+    assert_eq!(t.host.running().as_deref(), Some(new.as_str()));
+    let r = t.server.final_reports("web1").pop().unwrap();
+    assert!(
+        r.log.contains(&format!("imported {big} as it arrived")),
+        "{}",
+        r.log
+    );
+    let valid = t
+        .host
+        .command(Path::new("nix-store"), &["--check-validity", &big])
+        .status()
+        .unwrap();
+    assert!(valid.success(), "{big} is valid once applied");
 }

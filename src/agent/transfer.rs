@@ -274,6 +274,23 @@ pub fn copy_command(agent: &Agent, source: &str, paths: &[StorePath]) -> Command
         .timeout(agent.copy_timeout)
 }
 
+/// What the importer is told of as the stream arrives.
+enum Arrived {
+    /// A complete entry in the staging directory, with its references.
+    Staged(StorePath, Vec<StorePath>),
+    /// A path Nix imported as it arrived (`deliver::piped`).
+    Imported(StorePath),
+}
+
+impl Arrived {
+    fn note(self, imports: &mut Imports) {
+        match self {
+            Arrived::Staged(p, refs) => imports.staged(p, refs),
+            Arrived::Imported(p) => imports.imported(&[p]),
+        }
+    }
+}
+
 /// Imports staged paths batch after batch as `rx` says entries are complete, until the
 /// stream has ended and nothing more can be imported. Returns how many batches ran.
 async fn import(
@@ -281,18 +298,18 @@ async fn import(
     path: &str,
     source: &str,
     imports: &mut Imports,
-    mut rx: mpsc::UnboundedReceiver<(StorePath, Vec<StorePath>)>,
+    mut rx: mpsc::UnboundedReceiver<Arrived>,
     log: &mut String,
 ) -> Result<usize, Failed> {
     let mut open = true;
     let mut batches = 0;
     loop {
-        while let Ok((p, refs)) = rx.try_recv() {
-            imports.staged(p, refs);
+        while let Ok(a) = rx.try_recv() {
+            a.note(imports);
         }
         if open && imports.next_batch().is_empty() {
             match rx.recv().await {
-                Some((p, refs)) => imports.staged(p, refs),
+                Some(a) => a.note(imports),
                 None => open = false,
             }
             continue;
@@ -301,7 +318,7 @@ async fn import(
         let gathering = tokio::time::Instant::now();
         while open && gathering.elapsed() < BATCH_GATHER {
             match tokio::time::timeout(BATCH_QUIET, rx.recv()).await {
-                Ok(Some((p, refs))) => imports.staged(p, refs),
+                Ok(Some(a)) => a.note(imports),
                 Ok(None) => open = false,
                 Err(_) => break,
             }
@@ -457,7 +474,7 @@ async fn fetch(
     kept: Response,
     staging: &Path,
     wanted: &[ClosureEntry],
-    done: mpsc::UnboundedSender<(StorePath, Vec<StorePath>)>,
+    done: mpsc::UnboundedSender<Arrived>,
     deadline: Duration,
 ) -> Result<(), FetchError> {
     let sizes: HashMap<&StorePath, u64> = wanted.iter().map(|e| (&e.path, largest(e))).collect();
@@ -523,7 +540,7 @@ struct Writer<'a> {
     current: Option<Receiving>,
     done: HashSet<StorePath>,
     /// Told of each complete entry: its path and references.
-    tell: mpsc::UnboundedSender<(StorePath, Vec<StorePath>)>,
+    tell: mpsc::UnboundedSender<Arrived>,
 }
 
 /// An entry being received: its narinfo (parsed and raw), its file's final name, its part
@@ -620,9 +637,10 @@ impl Writer<'_> {
                     .and_then(|()| std::fs::rename(&tmp, &file))
                     .map_err(fail)?;
                 // The importer may have ended (a refusal); the stream is then dropped too.
-                let _ = self
-                    .tell
-                    .send((path.clone(), ni.references().iter().cloned().collect()));
+                let _ = self.tell.send(Arrived::Staged(
+                    path.clone(),
+                    ni.references().iter().cloned().collect(),
+                ));
                 self.done.insert(path);
             }
             Event::End { .. } => {}

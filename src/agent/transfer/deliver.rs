@@ -24,15 +24,17 @@ use tokio::sync::mpsc;
 
 use super::super::children;
 use super::super::config::Agent;
-use super::super::system::{SystemError, push_line};
-use super::{Failed, Imports, Plan, Wanted, Writer, declared_size, hash_matches, narinfo_file};
+use super::super::system::{self, SystemError, push_line};
+use super::{
+    Arrived, Failed, Imports, Plan, Wanted, Writer, declared_size, hash_matches, narinfo_file,
+};
 use crate::nix::cmd::Command;
 use crate::nix::narinfo;
 use crate::nix::store::{self, StorePath};
 use crate::transfer::DELIVER_PATH;
 use crate::transfer::client::{ClientError, Response, Target};
 use crate::transfer::deliver::{self as wire_deliver, Head};
-use crate::transfer::wire;
+use crate::transfer::wire::{self, Event};
 
 /// Connections a delivery is spread over.
 pub const SHARDS: usize = 4;
@@ -119,7 +121,9 @@ pub async fn deliver(
         })
     })?;
 
-    let mut imports = Imports::growing(held);
+    let imports_have = held;
+    let top_path = store::render(top);
+    let mut imports = Imports::growing(imports_have.clone());
     for (p, refs) in staged {
         imports.staged(p, refs);
     }
@@ -131,6 +135,14 @@ pub async fn deliver(
         .file_bytes
         .saturating_add(head.nar_bytes / 64)
         .saturating_add(64 * 1024);
+    let held_before = imports_have.clone();
+    let ctx = ShardCtx {
+        agent,
+        top: &top_path,
+        staging,
+        held: &held_before,
+        most,
+    };
     let fetched = async {
         let runs = streams
             .into_iter()
@@ -144,26 +156,54 @@ pub async fn deliver(
                     done: HashSet::new(),
                     tell: tx.clone(),
                 };
-                shard(r, head, rest, writer, most, agent.copy_timeout)
+                let ctx = &ctx;
+                async move {
+                    let mut log = String::new();
+                    let result = shard(ctx, r, head, rest, writer, &mut log).await;
+                    (result, log)
+                }
             });
         let results = futures::future::join_all(runs).await;
         drop(tx);
-        let cut: Vec<String> = results.into_iter().filter_map(Result::err).collect();
-        Ok::<_, Failed>((cut, ms()))
+        let mut cut = Vec::new();
+        let mut refused = None;
+        let mut logs = String::new();
+        for (result, log) in results {
+            logs.push_str(&log);
+            match result {
+                Ok(()) => {}
+                Err(ShardError::Cut(why)) => cut.push(why),
+                Err(ShardError::Refused(e)) => refused = Some(e),
+            }
+        }
+        Ok::<_, Failed>((cut, refused, logs, ms()))
     };
     let mut import_log = String::new();
     let source = format!("file://{}", staging.display());
-    let path = store::render(top);
-    let imported = super::import(agent, &path, &source, &mut imports, rx, &mut import_log);
+    let imported = super::import(agent, &top_path, &source, &mut imports, rx, &mut import_log);
     let joined = tokio::try_join!(fetched, imported);
     log.push_str(&import_log);
+    let refusal = |e: &Failed| {
+        matches!(
+            e,
+            Failed::Copy(SystemError::CopyRefused { .. } | SystemError::CopyTampered { .. })
+        )
+    };
+    let joined = match joined {
+        Ok(((_, Some(refused), logs, _), _)) => {
+            log.push_str(&logs);
+            Err(refused)
+        }
+        Ok(((cut, None, logs, fetched_ms), batches)) => {
+            log.push_str(&logs);
+            Ok(((cut, fetched_ms), batches))
+        }
+        Err(e) => Err(e),
+    };
     let ((cut, fetched_ms), batches) = match joined {
         Ok(done) => done,
         Err(e) => {
-            if let Failed::Copy(
-                SystemError::CopyRefused { .. } | SystemError::CopyTampered { .. },
-            ) = &e
-            {
+            if refusal(&e) {
                 // Nothing refused is kept for the next attempt.
                 let _ = std::fs::remove_dir_all(staging);
             }
@@ -225,40 +265,231 @@ fn leak_free(e: &wire::WireError) -> &'static str {
     }
 }
 
-/// Receives one shard's entries into the staging directory.
+/// Why a shard did not bring all its entries.
+enum ShardError {
+    /// Cut, malformed, or an import as it arrived that failed for another reason than a
+    /// refusal: the two-request form brings the rest.
+    Cut(String),
+    /// Nix refused an entry imported as it arrived.
+    Refused(Failed),
+}
+
+impl From<String> for ShardError {
+    fn from(why: String) -> Self {
+        ShardError::Cut(why)
+    }
+}
+
+/// What a shard needs besides its answer.
+struct ShardCtx<'a> {
+    agent: &'a Agent,
+    /// The top path, as the copy's judgement names it.
+    top: &'a str,
+    staging: &'a Path,
+    /// Paths in the store before the delivery: an entry referring only to these may be
+    /// imported as it arrives.
+    held: &'a HashSet<StorePath>,
+    most: u64,
+}
+
+/// The next event of a shard's stream, reading the answer as needed; `None` at its end.
+async fn next(decoder: &mut wire::Decoder, r: &mut Response) -> Result<Option<Event>, String> {
+    loop {
+        if let Some(e) = decoder.next_event().map_err(|e| e.to_string())? {
+            return Ok(Some(e));
+        }
+        match r.chunk().await.map_err(|e| e.to_string())? {
+            Some(chunk) => decoder.push(&chunk),
+            None => return Ok(None),
+        }
+    }
+}
+
+/// Receives one shard's entries into the staging directory, or into the store through a
+/// pipe ([`piped`]) for a large one whose references are there.
 async fn shard(
+    ctx: &ShardCtx<'_>,
     mut r: Response,
     head: Head,
     rest: Vec<u8>,
     mut writer: Writer<'_>,
-    most: u64,
-    deadline: Duration,
-) -> Result<(), String> {
+    log: &mut String,
+) -> Result<(), ShardError> {
+    let deadline = ctx.agent.copy_timeout;
     let work = async {
-        let mut decoder = wire::Decoder::new(most);
+        let mut decoder = wire::Decoder::new(ctx.most);
         decoder.push(&rest);
-        loop {
-            while let Some(event) = decoder.next_event().map_err(|e| e.to_string())? {
-                writer.take(event)?;
+        while let Some(event) = next(&mut decoder, &mut r).await? {
+            if let Event::Entry {
+                narinfo: raw,
+                file_len,
+            } = &event
+                && *file_len >= PIPE_MIN
+                && let Some(ni) = pipeable(&writer, raw, ctx.held)
+            {
+                piped(ctx, ni, raw, &mut decoder, &mut r, &mut writer, log).await?;
+                continue;
             }
-            match r.chunk().await.map_err(|e| e.to_string())? {
-                Some(chunk) => decoder.push(&chunk),
-                None => break,
-            }
+            writer.take(event)?;
         }
         decoder.finish().map_err(|e| e.to_string())?;
         if writer.done.len() as u64 != head.shard_entries {
-            return Err(format!(
+            return Err(ShardError::Cut(format!(
                 "the cache sent {} of the {} entries it announced",
                 writer.done.len(),
                 head.shard_entries
-            ));
+            )));
         }
         Ok(())
     };
     tokio::time::timeout(deadline, work)
         .await
-        .map_err(|_| format!("not done within {} s", deadline.as_secs()))?
+        .map_err(|_| ShardError::Cut(format!("not done within {} s", deadline.as_secs())))?
+}
+
+/// Entries at least this large are imported as they arrive when they can be: Nix reads
+/// them from a pipe the stream fills, instead of from a file written whole first.
+const PIPE_MIN: u64 = 16 * 1024 * 1024;
+/// The pipe's buffer (Linux allows up to `/proc/sys/fs/pipe-max-size`, 1 MiB by default).
+const PIPE_BYTES: usize = 1024 * 1024;
+
+/// The narinfo of an entry that may be imported as it arrives: it parses, every reference
+/// is in the store already (or itself), and no other shard has it (it is then this one's).
+fn pipeable(
+    writer: &Writer<'_>,
+    raw: &[u8],
+    held: &HashSet<StorePath>,
+) -> Option<narinfo::NarInfo> {
+    let ni = narinfo::parse(raw).ok()?;
+    let path = ni.store_path();
+    if !ni
+        .references()
+        .iter()
+        .all(|r| r == path || held.contains(r))
+    {
+        return None;
+    }
+    wire::nar_file_name(ni.url())?;
+    let Wanted::Any(_, claimed) = &writer.wanted else {
+        return None;
+    };
+    claimed.lock().ok()?.insert(path.clone()).then_some(ni)
+}
+
+/// Imports the entry of `ni` while it arrives: a one-entry `file://` cache whose NAR file
+/// is a FIFO the stream is written into, and `nix copy` from it, judged as any copy is (Nix
+/// verifies the signature and the hash). A stream cut inside the entry leaves the path out
+/// (the two-request form fetches it again); a refusal ends the copy.
+async fn piped(
+    ctx: &ShardCtx<'_>,
+    ni: narinfo::NarInfo,
+    raw: &[u8],
+    decoder: &mut wire::Decoder,
+    r: &mut Response,
+    writer: &mut Writer<'_>,
+    log: &mut String,
+) -> Result<(), ShardError> {
+    use tokio::io::AsyncWriteExt as _;
+    let path = ni.store_path().clone();
+    let dir = ctx.staging.join(format!("pipe{}", writer.tag));
+    let fail =
+        |e: std::io::Error| ShardError::Cut(format!("cannot prepare {}: {e}", dir.display()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("nar")).map_err(fail)?;
+    std::fs::write(
+        dir.join("nix-cache-info"),
+        format!("StoreDir: {}\n", store::STORE_DIR),
+    )
+    .map_err(fail)?;
+    std::fs::write(narinfo_file(&dir, &path), raw).map_err(fail)?;
+    let name = wire::nar_file_name(ni.url()).unwrap_or_default();
+    let fifo = dir.join("nar").join(name);
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &fifo,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .map_err(|e| fail(e.into()))?;
+    // Read-write: opening never waits for Nix, and a Nix that never reads is seen by its
+    // exit, not by a write that fails.
+    let mut sender = tokio::net::unix::pipe::OpenOptions::new()
+        .read_write(true)
+        .open_sender(&fifo)
+        .map_err(fail)?;
+    // A larger pipe: Nix and the stream switch turns every pipe-full (64 KiB by default).
+    let _ = rustix::pipe::fcntl_setpipe_size(&sender, PIPE_BYTES);
+    let source = format!("file://{}", dir.display());
+    let copy = super::copy_command(ctx.agent, &source, std::slice::from_ref(&path));
+    let mut import_log = String::new();
+    let (verdict, cut) = {
+        let import = system::copy_judged(ctx.agent, copy, ctx.top, &mut import_log);
+        tokio::pin!(import);
+        let mut verdict = None;
+        let mut cut = None;
+        loop {
+            let event = match next(decoder, r).await {
+                Ok(Some(e)) => e,
+                Ok(None) => {
+                    cut = Some("the stream ended inside an entry".to_owned());
+                    break;
+                }
+                Err(e) => {
+                    cut = Some(e);
+                    break;
+                }
+            };
+            match event {
+                Event::Data(bytes) if verdict.is_none() => {
+                    tokio::select! {
+                        written = sender.write_all(&bytes) => {
+                            if let Err(e) = written {
+                                cut = Some(format!("cannot write {}: {e}", fifo.display()));
+                                break;
+                            }
+                        }
+                        v = &mut import => verdict = Some(v),
+                    }
+                }
+                Event::Data(_) => {}
+                Event::EntryEnd => break,
+                Event::Entry { .. } | Event::End { .. } => {
+                    cut = Some("an entry without its end".to_owned());
+                    break;
+                }
+            }
+        }
+        drop(sender);
+        let verdict = match verdict {
+            Some(v) => v,
+            None => import.await,
+        };
+        (verdict, cut)
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    log.push_str(&import_log);
+    if let Some(why) = cut {
+        return Err(ShardError::Cut(why));
+    }
+    match verdict {
+        Ok(()) => {
+            push_line(
+                log,
+                &format!("imported {} as it arrived", store::render(&path)),
+            );
+            let _ = writer.tell.send(Arrived::Imported(path.clone()));
+            writer.done.insert(path);
+            Ok(())
+        }
+        Err(e @ (SystemError::CopyRefused { .. } | SystemError::CopyTampered { .. })) => {
+            Err(ShardError::Refused(Failed::Copy(e)))
+        }
+        Err(e) => Err(ShardError::Cut(format!(
+            "importing {} as it arrived failed: {e}",
+            store::render(&path)
+        ))),
+    }
 }
 
 /// The paths of the systems this host holds (current, booted, every system profile
