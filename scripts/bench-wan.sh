@@ -17,8 +17,9 @@
 #       fleet key (src/agent/substitute.rs)
 #   (4) the floor: one GET of the closure (its narinfos and compressed NARs concatenated,
 #       served statically by nginx) with curl
-#   (5) bento whole-closure transfer: `bento agent copy` (the agent's copy step alone:
-#       closure, one store query, one stream into a staging file:// cache, nix copy from it)
+#   (5) bento whole-closure transfer: `bento agent copy` (the agent's copy step alone: one
+#       delivery over 4 connections into a staging file:// cache, nix copy from it batch by
+#       batch, a large entry piped into nix copy as it arrives)
 #   (6) a whole `bento agent --once` applying the release: SSH (through the link too),
 #       release, transfer, switch-to-configuration, fresh-session confirmation, report
 # Per cell: median of BENCH_REPS runs (default 3; BENCH_QUICK=1 makes it 1), the HTTP
@@ -258,7 +259,7 @@ declare -A LABEL=(
   [plain]="(2) plain \`nix copy --from\`"
   [subst]="(3) the agent's substitution (\`bento agent copy\`, \`copy_method = \"substitute\"\`: \`nix-store --realise\`, max-jobs 16, http-connections 25)"
   [floor]="(4) one GET of the whole closure (floor reference)"
-  [bento]="(5) bento whole-closure transfer (\`bento agent copy\`)"
+  [bento]="(5) bento whole-closure transfer (\`bento agent copy\`: a delivery over 4 connections)"
   [once]="(6) a whole \`bento agent --once\` applying the release (SSH, release, transfer, switch, fresh-session confirmation, report)"
 )
 

@@ -190,6 +190,18 @@ async fn refused(t: &mut OneHost, entries: Vec<Entry>, why: &str, delivery: bool
     );
 }
 
+/// Points the agent at a server with honest `entries` (the delivery too) and checks that
+/// `new` is applied.
+async fn applied(t: &mut OneHost, entries: Vec<Entry>, new: &str) {
+    let url = serve(&t.net.server_ip(), entries, true).await;
+    t.config = t
+        .server
+        .agent_config(&t.host, &format!("cache_url = \"{url}\""));
+    let (code, log) = agent_once(&t.host, &t.config).await;
+    assert_eq!(code, 0, "{log}");
+    assert_eq!(t.host.running().as_deref(), Some(new));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_the_transfer_brings_is_verified_by_nix() {
     let Some(mut t) =
@@ -222,13 +234,7 @@ async fn what_the_transfer_brings_is_verified_by_nix() {
 
     // Positive control: honest entries from the same server are applied.
     let honest = entries(&scratch, &new, &key, |_| {});
-    let url = serve(&t.net.server_ip(), honest, true).await;
-    t.config = t
-        .server
-        .agent_config(&t.host, &format!("cache_url = \"{url}\""));
-    let (code, log) = agent_once(&t.host, &t.config).await;
-    assert_eq!(code, 0, "{log}");
-    assert_eq!(t.host.running().as_deref(), Some(new.as_str()));
+    applied(&mut t, honest, &new).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -270,13 +276,7 @@ async fn a_large_entry_imported_as_it_arrives_is_verified_by_nix() {
 
     // Positive control: the honest entry is imported as it arrives, and applied.
     let honest = entries(&scratch, &new, &key, |_| {});
-    let url = serve(&t.net.server_ip(), honest, true).await;
-    t.config = t
-        .server
-        .agent_config(&t.host, &format!("cache_url = \"{url}\""));
-    let (code, log) = agent_once(&t.host, &t.config).await;
-    assert_eq!(code, 0, "{log}");
-    assert_eq!(t.host.running().as_deref(), Some(new.as_str()));
+    applied(&mut t, honest, &new).await;
     let r = t.server.final_reports("web1").pop().unwrap();
     assert!(
         r.log.contains(&format!("imported {big} as it arrived")),

@@ -171,6 +171,13 @@ pub async fn closure(State(cache): State<Arc<Cache>>, headers: HeaderMap, body: 
     finish(&cache, result)
 }
 
+/// The connection's peer, for the per-address share of NAR streams (as plain NARs).
+fn peer_of(extensions: &axum::http::Extensions) -> Option<std::net::IpAddr> {
+    extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip())
+}
+
 /// `POST /_bento/v1/deliver`: one shard of the closure of a top path, less what the host
 /// says it holds, as a NAR stream after a line of counts (`crate::transfer::deliver`).
 pub async fn deliver(
@@ -179,9 +186,7 @@ pub async fn deliver(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let peer = extensions
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0.ip());
+    let peer = peer_of(&extensions);
     let result = async {
         let asked = deliver::parse_request(&body)?;
         let index = cache.index();
@@ -221,10 +226,7 @@ pub async fn nars(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    // The connection's peer, for the per-address share of NAR streams (as plain NARs).
-    let peer = extensions
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0.ip());
+    let peer = peer_of(&extensions);
     let result = start_nars(&cache, peer, &headers, &body).await;
     finish(&cache, result)
 }

@@ -106,17 +106,19 @@ mod tests {
     use super::*;
     use crate::transfer::test_path as p;
 
+    /// The references of the test's paths: top → b → a → x, top → c, b → itself.
+    fn refs(n: &str) -> Vec<StorePath> {
+        match n {
+            "a" => vec![p("x")],
+            "b" => vec![p("a"), p("b")],
+            "top" => vec![p("b"), p("c")],
+            _ => vec![],
+        }
+    }
+
     #[test]
     fn a_batch_takes_what_is_staged_and_whose_references_are_there() {
         // top → b → a, top → c; d stands alone. "x" is in the store already.
-        let refs = |n: &str| -> Vec<StorePath> {
-            match n {
-                "a" => vec![p("x")],
-                "b" => vec![p("a"), p("b")],
-                "top" => vec![p("b"), p("c")],
-                _ => vec![],
-            }
-        };
         let order = ["a", "b", "c", "d", "top"];
         type Names<'a> = &'a [&'a str];
         let cases: &[(Names, Names, Names)] = &[
@@ -157,14 +159,6 @@ mod tests {
     #[test]
     fn a_growing_import_takes_entries_in_any_order() {
         // top → b → a; c stands alone; "x" is in the store already.
-        let refs = |n: &str| -> Vec<StorePath> {
-            match n {
-                "a" => vec![p("x")],
-                "b" => vec![p("a"), p("b")],
-                "top" => vec![p("b"), p("c")],
-                _ => vec![],
-            }
-        };
         type Names<'a> = &'a [&'a str];
         let cases: &[(Names, Names, usize)] = &[
             // arrived (in this order) → next batch, paths left
