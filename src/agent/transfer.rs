@@ -43,10 +43,12 @@ const SPARE_BYTES: u64 = 64 * 1024 * 1024;
 /// Longest closure answer read (about 100 bytes a path).
 const MAX_CLOSURE_ANSWER: usize = 64 * 1024 * 1024;
 /// While the stream runs, entries arriving closer together than this join the next import
-/// batch (a burst of the stream is one batch; on a LAN, the whole stream is).
+/// batch (a burst of the stream, one TCP window, is one batch on a far link).
 const BATCH_QUIET: Duration = Duration::from_millis(30);
-/// The longest a batch waits for more entries while the stream keeps arriving.
-const BATCH_GATHER: Duration = Duration::from_millis(500);
+/// The longest a batch waits for more entries while the stream keeps arriving: on a LAN,
+/// or a link of 20 ms where bursts come closer than [`BATCH_QUIET`], Nix imports what came
+/// so far every this often instead of after the whole stream.
+const BATCH_GATHER: Duration = Duration::from_millis(100);
 
 mod batch;
 mod deliver;
@@ -504,6 +506,8 @@ async fn fetch(
             while let Some(event) = decoder.next_event().map_err(|e| broken(&e))? {
                 writer.take(event).map_err(FetchError::Broken)?;
             }
+            // The importer runs in this task: let it see what was staged.
+            tokio::task::yield_now().await;
         }
         decoder.finish().map_err(|e| broken(&e))?;
         if writer.done.len() != wanted.len() {
@@ -526,7 +530,15 @@ enum Wanted<'a> {
     Asked(&'a HashMap<&'a StorePath, u64>),
     /// Any path of at most this many bytes (a delivery: the cache chose what to send), each
     /// once among the writers sharing the set (the shards of one delivery).
-    Any(u64, &'a std::sync::Mutex<HashSet<StorePath>>),
+    Any(u64, &'a std::sync::Mutex<Claims>),
+}
+
+/// What the writers of one delivery have started: paths, and NAR file names (two paths of
+/// the same contents share one).
+#[derive(Default)]
+struct Claims {
+    paths: HashSet<StorePath>,
+    files: HashSet<String>,
 }
 
 /// Writes decoded entries into the staging directory.
@@ -584,20 +596,29 @@ impl Writer<'_> {
                         "the cache sent {shown} as {file_len} bytes, its narinfo says otherwise"
                     ));
                 }
-                let mine = match &self.wanted {
-                    Wanted::Asked(_) => true,
-                    Wanted::Any(_, claimed) => claimed
-                        .lock()
-                        .map_err(|_| "a writer of this transfer failed".to_owned())?
-                        .insert(path.clone()),
+                let (mine, alone) = match &self.wanted {
+                    Wanted::Asked(_) => (true, true),
+                    Wanted::Any(_, claims) => {
+                        let mut c = claims
+                            .lock()
+                            .map_err(|_| "a writer of this transfer failed".to_owned())?;
+                        (
+                            c.paths.insert(path.clone()),
+                            c.files.insert(name.to_owned()),
+                        )
+                    }
                 };
-                // Written aside and renamed whole: two entries may share a NAR file (same
-                // contents), and without its narinfo a NAR file is not taken for an entry.
+                // Under its final name when no other writer of this transfer writes that file
+                // (without its narinfo a NAR file is not taken for an entry); else aside,
+                // renamed whole.
                 let target = self.staging.join("nar").join(name);
-                let part = self
-                    .staging
-                    .join("nar")
-                    .join(format!("{name}.part{}", self.tag));
+                let part = if alone {
+                    target.clone()
+                } else {
+                    self.staging
+                        .join("nar")
+                        .join(format!("{name}.part{}", self.tag))
+                };
                 let file = if mine {
                     let file = std::fs::File::create(&part)
                         .map_err(|e| format!("cannot write {}: {e}", part.display()))?;
@@ -624,7 +645,13 @@ impl Writer<'_> {
                 // No fsync: Nix checks every NAR's hash when it imports it, and a later
                 // attempt takes a staged entry only if its size and hash are right.
                 file.flush()
-                    .and_then(|()| std::fs::rename(&part, &target))
+                    .and_then(|()| {
+                        if part == target {
+                            Ok(())
+                        } else {
+                            std::fs::rename(&part, &target)
+                        }
+                    })
                     .map_err(|e| format!("cannot write {}: {e}", part.display()))?;
                 drop(file);
                 let path = ni.store_path().clone();

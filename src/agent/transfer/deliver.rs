@@ -26,7 +26,8 @@ use super::super::children;
 use super::super::config::Agent;
 use super::super::system::{self, SystemError, push_line};
 use super::{
-    Arrived, Failed, Imports, Plan, Wanted, Writer, declared_size, hash_matches, narinfo_file,
+    Arrived, Claims, Failed, Imports, Plan, Wanted, Writer, declared_size, hash_matches,
+    narinfo_file,
 };
 use crate::nix::cmd::Command;
 use crate::nix::narinfo;
@@ -127,7 +128,7 @@ pub async fn deliver(
     for (p, refs) in staged {
         imports.staged(p, refs);
     }
-    let claimed = Mutex::new(HashSet::new());
+    let claimed = Mutex::new(Claims::default());
     let (tx, rx) = mpsc::unbounded_channel();
     // The most bytes one entry may take: the whole delivery's, with room for a cache that
     // compressed a path between the answer line and its entry.
@@ -330,7 +331,12 @@ async fn shard(
                 piped(ctx, ni, raw, &mut decoder, &mut r, &mut writer, log).await?;
                 continue;
             }
+            let entry_end = matches!(event, Event::EntryEnd);
             writer.take(event)?;
+            if entry_end {
+                // The importer and the other shards run in this task: let them see it.
+                tokio::task::yield_now().await;
+            }
         }
         decoder.finish().map_err(|e| e.to_string())?;
         if writer.done.len() as u64 != head.shard_entries {
@@ -370,10 +376,11 @@ fn pipeable(
         return None;
     }
     wire::nar_file_name(ni.url())?;
-    let Wanted::Any(_, claimed) = &writer.wanted else {
+    let Wanted::Any(_, claims) = &writer.wanted else {
         return None;
     };
-    claimed.lock().ok()?.insert(path.clone()).then_some(ni)
+    // Its NAR file is a FIFO in a directory of its own: the file name needs no claim.
+    claims.lock().ok()?.paths.insert(path.clone()).then_some(ni)
 }
 
 /// Imports the entry of `ni` while it arrives: a one-entry `file://` cache whose NAR file
