@@ -4,9 +4,11 @@
 //! bytes than an entry announced.
 //!
 //! Input: one byte choosing where to split, then the bytes (read as a NAR stream, a
-//! closure answer, a request body and a narinfo URL).
+//! closure answer, a request body, a delivery request, a delivery answer's first line and a
+//! narinfo URL).
 #![no_main]
 
+use bento::transfer::deliver;
 use bento::transfer::wire::{self, Event};
 use libfuzzer_sys::fuzz_target;
 
@@ -43,6 +45,15 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(paths) = wire::parse_paths(bytes, 1000) {
         assert_eq!(wire::parse_paths(&wire::encode_paths(&paths), 1000), Ok(paths));
+    }
+    if let Ok(r) = deliver::parse_request(bytes) {
+        assert!(r.shard < r.shards && r.shards <= deliver::MAX_SHARDS);
+        assert!(r.have.len() <= deliver::MAX_HINTS);
+    }
+    if let Ok(Some((head, len))) = deliver::parse_head(bytes) {
+        assert!(len <= bytes.len() && head.shard_entries <= head.entries);
+        let again = deliver::encode_head(&head);
+        assert_eq!(deliver::parse_head(&again), Ok(Some((head, again.len()))));
     }
     if let Ok(url) = std::str::from_utf8(bytes)
         && let Some(name) = wire::nar_file_name(url)
