@@ -93,6 +93,12 @@ fn stream(chosen: &[&Entry]) -> Vec<u8> {
 /// Serves `entries` on the transfer's routes at `ip` (the delivery's too when `delivery`);
 /// returns the cache URL.
 async fn serve(ip: &str, entries: Vec<Entry>, delivery: bool) -> String {
+    serve_cutting(ip, entries, delivery, false).await
+}
+
+/// [`serve`]; with `cut`, a delivery answer holding an entry of 16 MiB or more ends in the
+/// middle of it (a server gone mid-entry).
+async fn serve_cutting(ip: &str, entries: Vec<Entry>, delivery: bool, cut: bool) -> String {
     let entries: Arc<HashMap<StorePath, Entry>> =
         Arc::new(entries.into_iter().map(|e| (e.path.clone(), e)).collect());
     let for_closure = entries.clone();
@@ -145,7 +151,11 @@ async fn serve(ip: &str, entries: Vec<Entry>, delivery: bool) -> String {
                 file_bytes: sizes.iter().sum(),
                 nar_bytes: sizes.iter().sum(),
             });
+            let big = mine.iter().any(|e| e.file.len() >= 16 << 20);
             out.extend(stream(&mine));
+            if cut && big {
+                out.truncate(out.len() / 2);
+            }
             out
         }
     };
@@ -289,4 +299,42 @@ async fn a_large_entry_imported_as_it_arrives_is_verified_by_nix() {
         .status()
         .unwrap();
     assert!(valid.success(), "{big} is valid once applied");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_entry_cut_while_piped_is_fetched_again_not_refused() {
+    // As above, but the delivery stops in the middle of the 20 MiB entry Nix is reading from
+    // the pipe: Nix sees a truncated NAR, which is the cut's fault, not the cache's.
+    let Some(mut t) = OneHost::start_sized(
+        "cutpipe",
+        &[(Behaviour::Good, 0), (Behaviour::Good, 20)],
+        "",
+    )
+    .await
+    else {
+        return;
+    };
+    let new = t.publish(2).await;
+    let scratch = t.server.dir.scratch().to_owned();
+    let key = t.server.dir.key.clone();
+    let honest = entries(&scratch, &new, &key, |_| {});
+    let url = serve_cutting(&t.net.server_ip(), honest, true, true).await;
+    t.config = t
+        .server
+        .agent_config(&t.host, &format!("cache_url = \"{url}\""));
+    let (code, log) = agent_once(&t.host, &t.config).await;
+    assert_eq!(code, 0, "{log}");
+    assert_eq!(t.host.running().as_deref(), Some(new.as_str()));
+    let r = t.server.final_reports("web1").pop().unwrap();
+    assert_eq!(r.outcome.as_str(), "applied", "{r:?}");
+    assert!(
+        r.log.contains("the stream ended inside an entry"),
+        "the pipe was cut: {}",
+        r.log
+    );
+    assert!(
+        r.log.contains("in one request"),
+        "the two-request form followed: {}",
+        r.log
+    );
 }
