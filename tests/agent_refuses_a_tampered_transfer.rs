@@ -247,24 +247,32 @@ async fn what_the_transfer_brings_is_verified_by_nix() {
     applied(&mut t, honest, &new).await;
 }
 
+/// A host whose generation 2 brings an etc path of 20 MiB referring to nothing (so the
+/// agent imports it through a pipe while it arrives), and that generation's path.
+async fn with_a_large_entry(salt: &str) -> Option<(OneHost, String)> {
+    let t = OneHost::start_sized(salt, &[(Behaviour::Good, 0), (Behaviour::Good, 20)], "").await?;
+    let new = t.publish(2).await;
+    Some((t, new))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_entry_imported_as_it_arrives_is_verified_by_nix() {
     // Generation 2's etc path holds 20 MiB and refers to nothing: the agent imports it
     // through a pipe while it arrives.
-    let Some(mut t) = OneHost::start_sized(
-        "lyingpipe",
-        &[(Behaviour::Good, 0), (Behaviour::Good, 20)],
-        "",
-    )
-    .await
-    else {
+    let Some((mut t, new)) = with_a_large_entry("lyingpipe").await else {
         return;
     };
-    let new = t.publish(2).await;
     let big = harness::nix::closure(&new)
         .into_iter()
         .find(|p| p.ends_with("-web1-etc-2"))
         .unwrap();
+    let valid = |t: &OneHost| {
+        t.host
+            .command(Path::new("nix-store"), &["--check-validity", &big])
+            .status()
+            .unwrap()
+            .success()
+    };
     let scratch = t.server.dir.scratch().to_owned();
     let key = t.server.dir.key.clone();
 
@@ -274,12 +282,7 @@ async fn a_large_entry_imported_as_it_arrives_is_verified_by_nix() {
     });
     refused(&mut t, flipped, "hash mismatch", true).await;
     // Nix may have unpacked it before the hash failed; it is not valid in the store.
-    let valid = t
-        .host
-        .command(Path::new("nix-store"), &["--check-validity", &big])
-        .status()
-        .unwrap();
-    assert!(!valid.success(), "{big} is not valid after the refusal");
+    assert!(!valid(&t), "{big} is not valid after the refusal");
     let impostor = SecretKey::generate(key.name()).unwrap();
     let foreign = entries(&scratch, &new, &impostor, |_| {});
     refused(&mut t, foreign, "lacks a valid signature", true).await;
@@ -293,28 +296,16 @@ async fn a_large_entry_imported_as_it_arrives_is_verified_by_nix() {
         "{}",
         r.log
     );
-    let valid = t
-        .host
-        .command(Path::new("nix-store"), &["--check-validity", &big])
-        .status()
-        .unwrap();
-    assert!(valid.success(), "{big} is valid once applied");
+    assert!(valid(&t), "{big} is valid once applied");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_entry_cut_while_piped_is_fetched_again_not_refused() {
     // As above, but the delivery stops in the middle of the 20 MiB entry Nix is reading from
     // the pipe: Nix sees a truncated NAR, which is the cut's fault, not the cache's.
-    let Some(mut t) = OneHost::start_sized(
-        "cutpipe",
-        &[(Behaviour::Good, 0), (Behaviour::Good, 20)],
-        "",
-    )
-    .await
-    else {
+    let Some((mut t, new)) = with_a_large_entry("cutpipe").await else {
         return;
     };
-    let new = t.publish(2).await;
     let scratch = t.server.dir.scratch().to_owned();
     let key = t.server.dir.key.clone();
     let honest = entries(&scratch, &new, &key, |_| {});

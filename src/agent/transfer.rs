@@ -383,19 +383,12 @@ fn staged_entries(
     let mut staged = HashMap::new();
     for e in closure.iter().filter(|e| invalid.contains(&e.path)) {
         let file = narinfo_file(staging, &e.path);
-        let Ok(bytes) = std::fs::read(&file) else {
+        if !file.exists() {
             continue;
-        };
-        let complete = narinfo::parse(&bytes).ok().and_then(|ni| {
-            let name = wire::nar_file_name(ni.url())?;
-            let file = staging.join("nar").join(name);
-            let size = std::fs::metadata(&file).ok()?.len();
-            (*ni.store_path() == e.path
-                && Some(size) == declared_size(&ni)
-                && size <= largest(e)
-                && hash_matches(&ni, &file))
-            .then(|| ni.references().iter().cloned().collect::<Vec<_>>())
-        });
+        }
+        let complete = staged_whole(staging, &file)
+            .filter(|(ni, size)| *ni.store_path() == e.path && *size <= largest(e))
+            .map(|(ni, _)| ni.references().iter().cloned().collect::<Vec<_>>());
         match complete {
             Some(refs) => {
                 staged.insert(e.path.clone(), refs);
@@ -406,6 +399,19 @@ fn staged_entries(
         }
     }
     staged
+}
+
+/// The entry whose narinfo is `file` in `staging`, when it is complete: the narinfo parses,
+/// is filed under its own path's name, and points at a NAR file there of the size and hash
+/// it declares. With the NAR file's size.
+fn staged_whole(staging: &Path, file: &Path) -> Option<(narinfo::NarInfo, u64)> {
+    let ni = narinfo::parse(&std::fs::read(file).ok()?).ok()?;
+    let nar = staging.join("nar").join(wire::nar_file_name(ni.url())?);
+    let size = std::fs::metadata(&nar).ok()?.len();
+    (narinfo_file(staging, ni.store_path()) == file
+        && Some(size) == declared_size(&ni)
+        && hash_matches(&ni, &nar))
+    .then_some((ni, size))
 }
 
 /// The size of the file a narinfo describes: its `FileSize`, or its `NarSize` for a plain

@@ -271,6 +271,11 @@ impl Response {
         }
     }
 
+    /// Where the answer comes from (`host:port`), for error messages.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
     /// The next bytes of the body; `None` at its end (the announced length, or EOF).
     pub async fn chunk(&mut self) -> Result<Option<Bytes>, ClientError> {
         if !self.buffered.is_empty() {

@@ -25,10 +25,7 @@ use tokio::sync::mpsc;
 use super::super::children;
 use super::super::config::Agent;
 use super::super::system::{self, SystemError, push_line};
-use super::{
-    Arrived, Claims, Failed, Imports, Plan, Wanted, Writer, declared_size, hash_matches,
-    narinfo_file,
-};
+use super::{Arrived, Claims, Failed, Imports, Plan, Wanted, Writer, narinfo_file};
 use crate::nix::cmd::Command;
 use crate::nix::narinfo;
 use crate::nix::store::{self, StorePath};
@@ -240,7 +237,7 @@ async fn read_head(r: &mut Response) -> Result<(Head, Vec<u8>), ClientError> {
     let mut buf = Vec::new();
     loop {
         let parsed = wire_deliver::parse_head(&buf).map_err(|e| ClientError::Malformed {
-            addr: String::new(),
+            addr: r.addr().to_owned(),
             why: leak_free(&e),
         })?;
         if let Some((head, len)) = parsed {
@@ -250,7 +247,7 @@ async fn read_head(r: &mut Response) -> Result<(Head, Vec<u8>), ClientError> {
             Some(c) => buf.extend_from_slice(&c),
             None => {
                 return Err(ClientError::Malformed {
-                    addr: String::new(),
+                    addr: r.addr().to_owned(),
                     why: "the delivery answer ended before its first line",
                 });
             }
@@ -553,20 +550,11 @@ fn staged_here(staging: &Path, held: &HashSet<StorePath>) -> HashMap<StorePath, 
         if file.extension().is_none_or(|x| x != "narinfo") {
             continue;
         }
-        let complete = std::fs::read(&file).ok().and_then(|bytes| {
-            let ni = narinfo::parse(&bytes).ok()?;
-            let name = wire::nar_file_name(ni.url())?;
-            let nar = staging.join("nar").join(name);
-            let size = std::fs::metadata(&nar).ok()?.len();
-            (narinfo_file(staging, ni.store_path()) == file
-                && Some(size) == declared_size(&ni)
-                && hash_matches(&ni, &nar))
-            .then(|| {
-                (
-                    ni.store_path().clone(),
-                    ni.references().iter().cloned().collect::<Vec<_>>(),
-                )
-            })
+        let complete = super::staged_whole(staging, &file).map(|(ni, _)| {
+            (
+                ni.store_path().clone(),
+                ni.references().iter().cloned().collect::<Vec<_>>(),
+            )
         });
         match complete {
             Some((p, refs)) if !held.contains(&p) => {
