@@ -5,10 +5,12 @@
 
 mod harness;
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use harness::fake::{self, Behaviour};
 use harness::ran::wait_for;
+use harness::relay::Relay;
 use harness::scene::{OneHost, agent_once, spawn_agent_once, wait_running};
 
 /// SIGKILL to the agent and everything it started, as systemd stopping the unit would.
@@ -53,35 +55,31 @@ fn deadline_in(v: &serde_json::Value) -> Option<u64> {
     }
 }
 
-/// Whether a `nix copy` of `host`'s new system runs (any namespace: the store path name
-/// is unique to this test).
-fn copy_running(new: &str) -> bool {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return false;
-    };
-    dir.filter_map(Result::ok).any(|e| {
-        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-        let cmd = String::from_utf8_lossy(&cmd);
-        cmd.contains("copy\0--from") && cmd.contains(new)
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_during_the_copy_it_copies_again_and_activates_once() {
+    // The new system holds a 64 MiB path, which the agent imports while it arrives. Every
+    // NAR stream stalls halfway at the relay, so the agent is killed in the middle of the
+    // transfer (and of Nix's import of that path), however fast this machine is.
     let systems = [(Behaviour::Good, 0), (Behaviour::Good, 64)];
-    let Some(t) = OneHost::start_sized("killcopy", &systems, "").await else {
+    let Some(mut t) = OneHost::start_sized("killcopy", &systems, "").await else {
         return;
     };
+    let (relay, url) = Relay::start(&t.net.server_ip(), t.server.cache.addr).await;
+    t.config = t
+        .server
+        .agent_config(&t.host, &format!("cache_url = \"{url}\""));
     let (host, server, config) = (&t.host, &t.server, &t.config);
     let (old, new) = (&t.systems[0], &t.systems[1]);
     server.publish_release("web1", 2, new).await;
 
+    relay.stall.store(true, Ordering::SeqCst);
     let agent = spawn_agent_once(host, config);
     assert!(
-        wait_for(60, || copy_running(new)).await,
-        "never saw the copy"
+        wait_for(60, || relay.stalled.load(Ordering::SeqCst) > 0).await,
+        "the agent never started the transfer"
     );
     kill(&agent);
+    relay.stall.store(false, Ordering::SeqCst);
     let _ = agent.wait_with_output().await;
     assert!(host.activations().is_empty(), "killed before activation");
     assert_eq!(host.running().as_deref(), Some(old.as_str()));

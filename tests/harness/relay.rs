@@ -1,12 +1,14 @@
 //! A relay between a simulated host and the binary cache that records every request and can
 //! misbehave on the whole-closure transfer's routes: cut every NAR stream (a delivery's or
-//! the two-request form's) 20 bytes before its end (a server going away mid-stream), answer
+//! the two-request form's) 20 bytes before its end (a server going away mid-stream), stall
+//! every NAR stream halfway and hold it open (a transfer in progress, for as long as a test
+//! needs one), answer
 //! the delivery 404 as a `bento serve` from before it does, or answer every transfer route
 //! 405 as a server without them (not `bento serve`) does, so that the agent substitutes.
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -18,6 +20,10 @@ pub struct Relay {
     pub requests: Mutex<Vec<Vec<u8>>>,
     /// Cut every NAR stream 20 bytes before its end while set.
     pub cut: AtomicBool,
+    /// Send half of every NAR stream, then hold the connection open, while set.
+    pub stall: AtomicBool,
+    /// How many NAR streams are held halfway now or were.
+    pub stalled: AtomicUsize,
     /// Answer the delivery 404, as a server that has only the two-request form does.
     pub no_delivery: AtomicBool,
     /// Answer the transfer's requests 405, as a server without them does.
@@ -100,10 +106,18 @@ impl Relay {
             if server.write_all(&request).await.is_err() {
                 return;
             }
-            let cut = (request.starts_with(b"POST /_bento/v1/nars")
-                || request.starts_with(b"POST /_bento/v1/deliver"))
-                && self.cut.load(Ordering::SeqCst);
+            let stream = request.starts_with(b"POST /_bento/v1/nars")
+                || request.starts_with(b"POST /_bento/v1/deliver");
+            let cut = stream && self.cut.load(Ordering::SeqCst);
             let answer = read_answer(&mut server).await;
+            if stream && self.stall.load(Ordering::SeqCst) {
+                // Half of the answer, then nothing more until the client goes away.
+                let _ = client.write_all(&answer[..answer.len() / 2]).await;
+                self.stalled.fetch_add(1, Ordering::SeqCst);
+                let mut rest = [0u8; 1];
+                while matches!(client.read(&mut rest).await, Ok(n) if n > 0) {}
+                return;
+            }
             if cut {
                 // The answer up to 20 bytes before its end, then both sides dropped.
                 let keep = answer.len().saturating_sub(20);
