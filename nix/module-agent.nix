@@ -228,6 +228,8 @@ in
           substitute_jobs = optional (types.ints.between 1 256) "Paths substituted at once when copying by substitution (default 16).";
           instant_updates = optional types.bool "Keep one SSH session open to learn of new releases at once (default true).";
           files_dir = optional types.str "Where delivered files are installed (default /run/bento/files); a directory Bento owns.";
+          memory_staging_dir = optional types.str "Where a small delivery is staged, on a memory file system (default /run/bento-agent/transfer).";
+          memory_staging_max_mib = optional types.ints.unsigned "The largest delivery staged in memory_staging_dir, in MiB; 0 stages every delivery in the state directory (default 64).";
           trigger_socket = optional types.str "Socket of `bento agent trigger` (default /run/bento-agent/trigger.sock).";
           trigger_group = optional types.str "Group that may use the trigger socket (default: root only).";
           http_trigger = optional types.str "Loopback address of a local \"check now\" page, e.g. 127.0.0.1:51337 (default off).";

@@ -2,7 +2,8 @@
 # WAN benchmark: how long a host far from the server takes to get a closure, by method, at
 # RTT 0 / 20 / 100 ms. The host is a network + mount namespace behind the emulated link
 # (examples/wan_link.rs = tests/link/mod.rs: a delaying, pacing TCP relay; this kernel has
-# no netem), with an empty /nix and Nix cache for every run. The server side is real:
+# no netem), with an empty /nix and Nix cache for every run, and /run a fresh tmpfs as on
+# NixOS (the agent stages small deliveries there). The server side is real:
 # closures built by Nix from a flake of fake NixOS systems, published by `bento deploy`,
 # served by `bento serve`.
 #
@@ -18,10 +19,13 @@
 #   (4) the floor: one GET of the closure (its narinfos and compressed NARs concatenated,
 #       served statically by nginx) with curl
 #   (5) bento whole-closure transfer: `bento agent copy` (the agent's copy step alone: one
-#       delivery over 4 connections into a staging file:// cache, nix copy from it batch by
-#       batch, a large entry piped into nix copy as it arrives)
+#       delivery over 4 connections into a staging file:// cache, in /run for a small one,
+#       nix copy from it batch by batch, a large entry piped into nix copy as it arrives)
 #   (6) a whole `bento agent --once` applying the release: SSH (through the link too),
 #       release, transfer, switch-to-configuration, fresh-session confirmation, report
+#   (7) the store's floor: no network at all, `nix copy --from file://` of the same closure
+#       (the cache's narinfos and NARs, put on the host's disk beforehand) with the agent's
+#       trust options: what Nix's import alone costs on this disk, in the same run
 # Per cell: median of BENCH_REPS runs (default 3; BENCH_QUICK=1 makes it 1), the HTTP
 # requests of the median run (from `bento serve`'s /metrics counters, or nginx's access
 # log for (4)) and the TCP connections it opened (counted by the link, which sees them all).
@@ -29,7 +33,7 @@
 #
 #   BENCH_RTTS        RTTs in ms (default "0 20 100")
 #   BENCH_RATE_MBIT   bandwidth cap of the link each way (default 0: none)
-#   BENCH_METHODS     which methods (default "agent plain subst floor bento once")
+#   BENCH_METHODS     which methods (default "agent plain subst floor bento once import")
 #   BENCH_NO_BUILD=1  use the existing release build
 #   BENCH_SHOW_LOG=1  print what each client command printed
 #   BENCH_SMALL_PATHS, BENCH_BIG_MIB  closure sizes (default 300, 200)
@@ -43,7 +47,7 @@ for tool in ip unshare nix nix-store curl nginx git ssh-keygen; do
 done
 
 read -r -a RTTS <<< "${BENCH_RTTS:-0 20 100}"
-read -r -a METHODS <<< "${BENCH_METHODS:-agent plain subst floor bento once}"
+read -r -a METHODS <<< "${BENCH_METHODS:-agent plain subst floor bento once import}"
 REPS=${BENCH_REPS:-3}
 [ -n "${BENCH_QUICK:-}" ] && REPS=1
 RATE=${BENCH_RATE_MBIT:-0}
@@ -144,10 +148,16 @@ cache_requests() {
 # ---------------------------------------------------------------- the floor: one static file per closure
 mkdir -p "$work/static" "$work/nginx/tmp"
 for c in small big; do
+  # The same files, as a file:// cache on this disk, for the store's floor (7).
+  local_cache=$work/local-$c
+  mkdir -p "$local_cache/nar"
+  printf 'StoreDir: /nix/store\n' > "$local_cache/nix-cache-info"
   for p in $(nix-store -qR "${TOP[$c]}"); do
-    info=$(curl -sf "http://127.0.0.1:$P_CACHE/$(basename "$p" | cut -c1-32).narinfo")
-    printf '%s\n' "$info"
-    curl -sf "http://127.0.0.1:$P_CACHE/$(sed -n 's/^URL: //p' <<< "$info")"
+    hash=$(basename "$p" | cut -c1-32)
+    info=$(curl -sf "http://127.0.0.1:$P_CACHE/$hash.narinfo")
+    url=$(sed -n 's/^URL: //p' <<< "$info")
+    printf '%s\n' "$info" | tee "$local_cache/$hash.narinfo"
+    curl -sf "http://127.0.0.1:$P_CACHE/$url" | tee "$local_cache/$url"
   done > "$work/static/$c.closure"
 done
 declare -A FLOOR_SIZE=([small]=$(stat -c %s "$work/static/small.closure") [big]=$(stat -c %s "$work/static/big.closure"))
@@ -191,7 +201,9 @@ cat > "$work/client.sh" <<'SH'
 run=$1 check=$2
 shift 2
 mount --bind "$run/nix" /nix || exit 1
-mount --bind "$run/run" /run || exit 1 # the agent's files_dir, activations, current-system
+# The agent's files_dir, staging of small deliveries, activations, current-system: a
+# tmpfs, as NixOS's /run is.
+mount -t tmpfs -o mode=0755,size=1g bench-run /run || exit 1
 export XDG_CACHE_HOME=$run/cache
 nix store ping >/dev/null 2>&1 || { echo "1 0 0"; exit 0; }
 start=$(date +%s%N)
@@ -252,6 +264,9 @@ fleet_public_key = "$PUB"
 state_dir = "$3/agent-state"
 EOF
       CMD=("$BENTO" agent --once --config "$3/agent.toml") ;;
+    import) # no network: Nix's import of the closure from a file:// cache on this disk
+      CMD=(nix copy --from "file://$work/local-$2" --option require-sigs true
+        --option trusted-public-keys "$PUB" "$top") ;;
   esac
 }
 declare -A LABEL=(
@@ -261,6 +276,7 @@ declare -A LABEL=(
   [floor]="(4) one GET of the whole closure (floor reference)"
   [bento]="(5) bento whole-closure transfer (\`bento agent copy\`: a delivery over 4 connections)"
   [once]="(6) a whole \`bento agent --once\` applying the release (SSH, release, transfer, switch, fresh-session confirmation, report)"
+  [import]="(7) the store's floor: Nix's import alone, no network (\`nix copy --from file://\` on the host's disk)"
 )
 
 # measure METHOD CLOSURE RTT REP: one run; appends "SECONDS REQUESTS CONNECTIONS" to R.

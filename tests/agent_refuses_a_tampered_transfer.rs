@@ -93,12 +93,24 @@ fn stream(chosen: &[&Entry]) -> Vec<u8> {
 /// Serves `entries` on the transfer's routes at `ip` (the delivery's too when `delivery`);
 /// returns the cache URL.
 async fn serve(ip: &str, entries: Vec<Entry>, delivery: bool) -> String {
-    serve_cutting(ip, entries, delivery, false).await
+    serve_cutting(ip, entries, delivery, Cut::No).await
 }
 
 /// [`serve`]; with `cut`, a delivery answer holding an entry of 16 MiB or more ends in the
 /// middle of it (a server gone mid-entry).
-async fn serve_cutting(ip: &str, entries: Vec<Entry>, delivery: bool, cut: bool) -> String {
+/// Where a lying server's delivery answer holding an entry of 16 MiB or more ends.
+#[derive(Clone, Copy, PartialEq)]
+enum Cut {
+    /// Whole.
+    No,
+    /// Halfway: in the middle of that entry, while Nix reads it from the pipe.
+    Half,
+    /// 64 KiB after its first line: the start of that entry, which the agent has written
+    /// into the pipe's buffer before the `nix copy` reading the pipe has even opened it.
+    Early,
+}
+
+async fn serve_cutting(ip: &str, entries: Vec<Entry>, delivery: bool, cut: Cut) -> String {
     let entries: Arc<HashMap<StorePath, Entry>> =
         Arc::new(entries.into_iter().map(|e| (e.path.clone(), e)).collect());
     let for_closure = entries.clone();
@@ -152,9 +164,12 @@ async fn serve_cutting(ip: &str, entries: Vec<Entry>, delivery: bool, cut: bool)
                 nar_bytes: sizes.iter().sum(),
             });
             let big = mine.iter().any(|e| e.file.len() >= 16 << 20);
+            let head = out.len();
             out.extend(stream(&mine));
-            if cut && big {
-                out.truncate(out.len() / 2);
+            match cut {
+                Cut::Half if big => out.truncate(out.len() / 2),
+                Cut::Early if big => out.truncate(head + 64 * 1024),
+                _ => {}
             }
             out
         }
@@ -194,10 +209,12 @@ async fn refused(t: &mut OneHost, entries: Vec<Entry>, why: &str, delivery: bool
     };
     assert!(r.log.contains(ran), "the transfer ran ({ran}): {}", r.log);
     assert!(r.log.contains(why), "{why:?} not in {}", r.log);
-    assert!(
-        !t.host.root.join("agent-state/transfer").exists(),
-        "nothing refused stays staged"
-    );
+    for staging in ["agent-state/transfer", "run/bento-agent/transfer"] {
+        assert!(
+            !t.host.root.join(staging).exists(),
+            "nothing refused stays staged ({staging})"
+        );
+    }
 }
 
 /// Points the agent at a server with honest `entries` (the delivery too) and checks that
@@ -309,11 +326,49 @@ async fn a_large_entry_cut_while_piped_is_fetched_again_not_refused() {
     let scratch = t.server.dir.scratch().to_owned();
     let key = t.server.dir.key.clone();
     let honest = entries(&scratch, &new, &key, |_| {});
-    let url = serve_cutting(&t.net.server_ip(), honest, true, true).await;
+    let url = serve_cutting(&t.net.server_ip(), honest, true, Cut::Half).await;
     t.config = t
         .server
         .agent_config(&t.host, &format!("cache_url = \"{url}\""));
     let (code, log) = agent_once(&t.host, &t.config).await;
+    assert_eq!(code, 0, "{log}");
+    assert_eq!(t.host.running().as_deref(), Some(new.as_str()));
+    let r = t.server.final_reports("web1").pop().unwrap();
+    assert_eq!(r.outcome.as_str(), "applied", "{r:?}");
+    assert!(
+        r.log.contains("the stream ended inside an entry"),
+        "the pipe was cut: {}",
+        r.log
+    );
+    assert!(
+        r.log.contains("in one request"),
+        "the two-request form followed: {}",
+        r.log
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_entry_cut_before_nix_opens_the_pipe_leaves_no_copy_waiting() {
+    // The delivery stops 64 KiB into the 20 MiB entry: the agent sees the cut before the
+    // `nix copy` it started for that entry has opened the pipe. That copy must not wait for
+    // a writer that will never come (an hour, the copy's deadline): the two-request form
+    // follows at once and applies.
+    let Some((mut t, new)) = with_a_large_entry("earlycut").await else {
+        return;
+    };
+    let scratch = t.server.dir.scratch().to_owned();
+    let key = t.server.dir.key.clone();
+    let honest = entries(&scratch, &new, &key, |_| {});
+    let url = serve_cutting(&t.net.server_ip(), honest, true, Cut::Early).await;
+    t.config = t
+        .server
+        .agent_config(&t.host, &format!("cache_url = \"{url}\""));
+    let (code, log) = tokio::time::timeout(
+        std::time::Duration::from_secs(90),
+        agent_once(&t.host, &t.config),
+    )
+    .await
+    .expect("the agent still waits for the copy reading the pipe");
     assert_eq!(code, 0, "{log}");
     assert_eq!(t.host.running().as_deref(), Some(new.as_str()));
     let r = t.server.final_reports("web1").pop().unwrap();

@@ -84,7 +84,8 @@ async fn a_copy_cut_by_a_server_restart_is_retried_with_only_what_is_missing() {
         "agent.toml",
     );
     let root = fleet.host("web1").root.clone();
-    let staging = root.join("agent-state/transfer");
+    // A small delivery: staged in memory (the host's /run).
+    let staging = root.join("run/bento-agent/transfer");
     let in_store = |p: &str| root.join(p.trim_start_matches('/')).exists();
     let closure = harness::nix::closure(&new);
     assert!(closure.len() > 60, "{closure:?}");

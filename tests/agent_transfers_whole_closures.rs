@@ -1,7 +1,8 @@
 //! The agent copies a release's closure with the whole-closure transfer: one delivery
 //! (a request per connection, each naming the top path and what the host holds), no
 //! narinfo fetched one by one; a delivery cut short (the server going away mid-stream)
-//! imports its complete entries and the next attempt asks only for the rest; a server with
+//! imports its complete entries and the next attempt asks only for the rest (a small
+//! delivery staged in memory, the host's /run; a larger one on the disk); a server with
 //! only the two-request form (closure, then NARs) is copied from with it; a server without
 //! the transfer (not `bento serve`) is copied from by substitution (`agent::copy`).
 //!
@@ -36,16 +37,26 @@ fn delivery(request: &[u8]) -> deliver::Request {
 }
 
 async fn setup(salt: &str) -> Option<(OneHost, Arc<Relay>)> {
+    setup_with(salt, "").await
+}
+
+/// [`setup`] with more lines of agent configuration.
+async fn setup_with(salt: &str, extra: &str) -> Option<(OneHost, Arc<Relay>)> {
     // Generation 2 brings 12 leaves of its own: enough entries for every connection to
-    // carry several.
+    // carry several (2.5 MiB in all, with its 1 MiB blob).
     let systems = [(Behaviour::Good, 0, 0), (Behaviour::Good, 1, 12)];
     let mut t = OneHost::start_leaves(salt, &systems, "").await?;
     let (relay, url) = Relay::start(&t.net.server_ip(), t.server.cache.addr).await;
     t.config = t
         .server
-        .agent_config(&t.host, &format!("cache_url = \"{url}\""));
+        .agent_config(&t.host, &format!("cache_url = \"{url}\"\n{extra}"));
     Some((t, relay))
 }
+
+/// Where the agent stages a delivery: in memory (the host's /run, `memory_staging_dir`'s
+/// default) or in its state directory.
+const MEMORY_STAGING: &str = "run/bento-agent/transfer";
+const DISK_STAGING: &str = "agent-state/transfer";
 
 /// The hash parts of the entries staged whole (narinfo written) in `staging`.
 fn staged(staging: &std::path::Path) -> HashSet<String> {
@@ -63,7 +74,26 @@ fn staged(staging: &std::path::Path) -> HashSet<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closure_comes_in_one_delivery_and_a_cut_one_resumes_with_the_rest() {
-    let Some((t, relay)) = setup("wholeclosure").await else {
+    // A small delivery is staged in memory (the host's /run).
+    cut_then_resumed("wholeclosure", "", MEMORY_STAGING, DISK_STAGING).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_larger_than_the_memory_staging_is_staged_and_resumed_on_the_disk() {
+    cut_then_resumed(
+        "diskstaged",
+        "memory_staging_max_mib = 1",
+        DISK_STAGING,
+        MEMORY_STAGING,
+    )
+    .await;
+}
+
+/// A delivery cut at the end of every connection's answer keeps its complete entries in
+/// `staged_in` (under the host's root) and none in `not_in`; the next attempt asks for the
+/// rest only, applies, and leaves nothing staged.
+async fn cut_then_resumed(salt: &str, extra: &str, staged_in: &str, not_in: &str) {
+    let Some((t, relay)) = setup_with(salt, extra).await else {
         return;
     };
     let new = t.publish(2).await;
@@ -101,7 +131,19 @@ async fn a_closure_comes_in_one_delivery_and_a_cut_one_resumes_with_the_rest() {
     }
     assert!(!in_store(&new), "the top path comes last: not imported");
     // The complete entries stayed (imported, or staged for their references).
-    let staging = t.host.root.join("agent-state/transfer");
+    let staging = t.host.root.join(staged_in);
+    // As the agent names it: the host's /run is bound on its own directory.
+    let shown = match staged_in {
+        MEMORY_STAGING => std::path::PathBuf::from("/").join(staged_in),
+        _ => t.host.root.join(staged_in),
+    };
+    let into = format!("into {} (", shown.display());
+    assert!(r.log.contains(&into), "{into}\n{}", r.log);
+    assert_eq!(r.log.contains(" (memory)"), staged_in == MEMORY_STAGING);
+    assert!(
+        staged(&t.host.root.join(not_in)).is_empty(),
+        "nothing staged in {not_in}"
+    );
     let kept = staged(&staging);
     let to_fetch: Vec<&&String> = missing
         .iter()
@@ -136,10 +178,13 @@ async fn a_closure_comes_in_one_delivery_and_a_cut_one_resumes_with_the_rest() {
         to_fetch.len()
     );
     assert!(r.log.contains(&asked), "{asked}\n{}", r.log);
-    assert!(
-        !t.host.root.join("agent-state/transfer").exists(),
-        "the staging directory is emptied after the copy"
-    );
+    assert!(r.log.contains(&into), "{into}\n{}", r.log);
+    for dir in [staged_in, not_in] {
+        assert!(
+            !t.host.root.join(dir).exists(),
+            "{dir} is removed after the copy"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

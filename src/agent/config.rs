@@ -123,6 +123,12 @@ fn default_state_dir() -> PathBuf {
 fn default_files_dir() -> PathBuf {
     PathBuf::from("/run/bento/files")
 }
+fn default_memory_staging_dir() -> PathBuf {
+    PathBuf::from("/run/bento-agent/transfer")
+}
+fn default_memory_staging_max_mib() -> u64 {
+    64
+}
 fn default_trigger_socket() -> PathBuf {
     PathBuf::from("/run/bento-agent/trigger.sock")
 }
@@ -195,6 +201,17 @@ struct AgentFile {
     /// it installed, and puts them back from its state directory after a reboot.
     #[serde(default = "default_files_dir")]
     files_dir: PathBuf,
+    /// Where a delivery of at most `memory_staging_max_mib` is staged instead of the state
+    /// directory: a memory file system (NixOS's /run is a tmpfs), so a small update is
+    /// written to the disk once, by Nix into the store. Staged entries there last until a
+    /// reboot; a larger delivery, or one that would fill more than half of that file system,
+    /// is staged in the state directory.
+    #[serde(default = "default_memory_staging_dir")]
+    memory_staging_dir: PathBuf,
+    /// The largest delivery staged in `memory_staging_dir`, in MiB; 0 stages every
+    /// delivery in the state directory.
+    #[serde(default = "default_memory_staging_max_mib")]
+    memory_staging_max_mib: u64,
     /// Unix socket for `bento agent trigger`; writable by root (and `trigger_group`).
     #[serde(default = "default_trigger_socket")]
     trigger_socket: PathBuf,
@@ -257,6 +274,9 @@ pub struct Agent {
     pub state_dir: PathBuf,
     /// Where delivered files are installed; Bento owns the directory.
     pub files_dir: PathBuf,
+    /// Where small deliveries are staged (a memory file system), with the largest staged
+    /// there in bytes; `None` when every delivery is staged in the state directory.
+    pub memory_staging: Option<(PathBuf, u64)>,
     /// Unix socket for `bento agent trigger`.
     pub trigger_socket: PathBuf,
     pub trigger_group: Option<String>,
@@ -331,6 +351,14 @@ impl Agent {
             ));
         }
         check_files_dir(&raw.files_dir, &raw.state_dir).map_err(|m| field("files_dir", m))?;
+        check_memory_staging_dir(&raw.memory_staging_dir, &raw.state_dir)
+            .map_err(|m| field("memory_staging_dir", m))?;
+        let memory_staging = (raw.memory_staging_max_mib > 0).then(|| {
+            (
+                raw.memory_staging_dir.clone(),
+                raw.memory_staging_max_mib.saturating_mul(1024 * 1024),
+            )
+        });
         if let Some(empty) = raw.health_checks.iter().position(Vec::is_empty) {
             return Err(field(
                 "health_checks",
@@ -360,6 +388,7 @@ impl Agent {
             retry_base: Duration::from_secs(raw.retry_base_secs.max(1)),
             state_dir: raw.state_dir,
             files_dir: raw.files_dir,
+            memory_staging,
             trigger_socket: raw.trigger_socket,
             trigger_group: raw.trigger_group,
             http_trigger: raw.http_trigger,
@@ -459,6 +488,22 @@ pub fn check_files_dir(files_dir: &Path, state_dir: &Path) -> Result<(), String>
 
 /// Whether `method` can copy from `cache_url`: the transfer speaks only to `bento serve`
 /// over `http://`.
+/// `memory_staging_dir` is emptied after each copy: an absolute path that neither holds
+/// the state directory nor lies in it.
+fn check_memory_staging_dir(dir: &Path, state_dir: &Path) -> Result<(), String> {
+    if !dir.is_absolute() {
+        return Err(format!("{} is not an absolute path", dir.display()));
+    }
+    if state_dir.starts_with(dir) || dir.starts_with(state_dir) {
+        return Err(format!(
+            "{} overlaps the state directory {} (the agent empties it after each copy); use a directory of its own on a memory file system, e.g. /run/bento-agent/transfer",
+            dir.display(),
+            state_dir.display()
+        ));
+    }
+    Ok(())
+}
+
 fn check_copy_method(method: CopyMethod, cache_url: &Url) -> Result<(), String> {
     if method == CopyMethod::Transfer && cache_url.scheme() != "http" {
         return Err(format!(
@@ -527,6 +572,51 @@ fleet_public_key = "{KEY}"
         assert_eq!(a.poll_interval, Duration::from_secs(60));
         assert_eq!(a.fleet_key.to_string(), KEY);
         assert!(a.instant_updates);
+    }
+
+    #[test]
+    fn small_deliveries_are_staged_in_run_unless_told_otherwise() {
+        let with = |extra: &str| {
+            Agent::parse(Path::new("a"), &format!("{}\n{extra}\n", minimal()))
+                .map(|a| a.memory_staging)
+                .map_err(|e| e.to_string())
+        };
+        const MIB: u64 = 1024 * 1024;
+        let run = || PathBuf::from("/run/bento-agent/transfer");
+        type Want = Result<Option<(PathBuf, u64)>, &'static str>;
+        let cases: &[(&str, Want)] = &[
+            ("", Ok(Some((run(), 64 * MIB)))),
+            ("memory_staging_max_mib = 0", Ok(None)),
+            ("memory_staging_max_mib = 512", Ok(Some((run(), 512 * MIB)))),
+            (
+                "memory_staging_dir = \"/dev/shm/bento\"",
+                Ok(Some((PathBuf::from("/dev/shm/bento"), 64 * MIB))),
+            ),
+            (
+                "memory_staging_dir = \"run/x\"",
+                Err("not an absolute path"),
+            ),
+            (
+                "memory_staging_dir = \"/var/lib/bento-agent/transfer\"",
+                Err("overlaps the state directory"),
+            ),
+            (
+                "memory_staging_dir = \"/var/lib\"",
+                Err("overlaps the state directory"),
+            ),
+            (
+                "state_dir = \"/run/bento-agent\"",
+                Err("overlaps the state directory"),
+            ),
+            ("memory_staging_max_mib = -1", Err("memory_staging_max_mib")),
+        ];
+        for (extra, want) in cases {
+            match (want, with(extra)) {
+                (Ok(w), Ok(got)) => assert_eq!(&got, w, "{extra}"),
+                (Err(w), Err(e)) => assert!(e.contains(w), "{extra}: {e}"),
+                (w, got) => panic!("{extra}: wanted {w:?}, got {got:?}"),
+            }
+        }
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! 3. Leave out what an earlier, interrupted transfer already staged; check that the disk
 //!    has room for the rest (sizes from the closure answer); ask for all of it at once.
 //! 4. Write the entries as they arrive into a `file://` binary cache in the state directory
-//!    (`transfer/`), each NAR first, its narinfo (written aside and renamed) last. The
+//!    (`transfer/`), or for a small delivery in memory ([`Stagings`]), each NAR first, its
+//!    narinfo (written aside and renamed) last. The
 //!    closure request's connection carries this one (no new handshake, a warm window).
 //! 5. Meanwhile, `nix copy --from file://<state_dir>/transfer --no-recursive` of the paths
 //!    staged so far whose references are there (`batch`), batch after batch while the
@@ -36,6 +37,77 @@ use crate::transfer::{CLOSURE_PATH, NARS_PATH};
 
 /// The staging cache, under the state directory.
 pub const STAGING_DIR: &str = "transfer";
+/// Where a transfer stages entries: the state directory, and for a small delivery a
+/// directory on a memory file system (`memory_staging_dir`), so that its bytes reach the
+/// disk once, written by Nix into the store, and a slow disk delays only Nix's import.
+pub struct Stagings {
+    pub disk: PathBuf,
+    /// The memory directory and the largest delivery staged there, in bytes.
+    pub memory: Option<(PathBuf, u64)>,
+}
+
+/// One of the [`Stagings`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    Memory,
+    Disk,
+}
+
+impl Stagings {
+    pub fn of(agent: &Agent) -> Stagings {
+        Stagings {
+            disk: agent.state_dir.join(STAGING_DIR),
+            memory: agent.memory_staging.clone(),
+        }
+    }
+
+    pub fn dir(&self, place: Place) -> &Path {
+        match (&self.memory, place) {
+            (Some((dir, _)), Place::Memory) => dir,
+            _ => &self.disk,
+        }
+    }
+
+    /// Removes everything staged, in both places.
+    pub fn clear(&self) {
+        let _ = std::fs::remove_dir_all(&self.disk);
+        if let Some((dir, _)) = &self.memory {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// Pure: where a delivery whose files take `file_bytes` is staged. Entries an earlier
+/// attempt left on the disk keep it there (the import reads one directory); otherwise in
+/// memory when the delivery is at most the memory staging's largest and takes at most half
+/// of that file system's free bytes (`memory`: `(largest, free)`, `None` when there is no
+/// memory staging or its directory cannot be made).
+pub fn staging_place(earlier: Option<Place>, file_bytes: u64, memory: Option<(u64, u64)>) -> Place {
+    if earlier == Some(Place::Disk) {
+        return Place::Disk;
+    }
+    match memory {
+        Some((largest, free)) if file_bytes <= largest && file_bytes <= free / 2 => Place::Memory,
+        _ => Place::Disk,
+    }
+}
+
+/// Makes `staging` a `file://` binary cache (its `nar/` directory and `nix-cache-info`).
+fn prepare(staging: &Path) -> Result<(), String> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(staging.join("nar"))
+        .and_then(|()| {
+            std::fs::write(
+                staging.join("nix-cache-info"),
+                format!("StoreDir: {}\n", store::STORE_DIR),
+            )
+        })
+        .map_err(|e| format!("cannot prepare {}: {e}", staging.display()))
+}
+
 /// Most paths one `nix copy` is given on its command line.
 const PATHS_PER_COPY: usize = 4000;
 /// Room left free on a disk beyond what the transfer needs.
@@ -146,22 +218,18 @@ pub async fn transfer(agent: &Agent, path: &str, log: &mut String) -> Result<(),
         })
     };
 
-    let staging = agent.state_dir.join(STAGING_DIR);
-    std::fs::create_dir_all(staging.join("nar"))
-        .and_then(|()| {
-            std::fs::write(
-                staging.join("nix-cache-info"),
-                format!("StoreDir: {}\n", store::STORE_DIR),
-            )
-        })
-        .map_err(|e| transfer_failed(format!("cannot prepare {}: {e}", staging.display())))?;
-    match deliver::deliver(agent, &target, &top, &staging, log).await? {
-        deliver::Delivered::Done => {
-            let _ = std::fs::remove_dir_all(&staging);
+    let stagings = Stagings::of(agent);
+    let staging = match deliver::deliver(agent, &target, &top, &stagings, log).await? {
+        (deliver::Delivered::Done, _) => {
+            stagings.clear();
             return Ok(());
         }
-        deliver::Delivered::Incomplete(why) => push_line(log, &why),
-    }
+        (deliver::Delivered::Incomplete(why), staging) => {
+            push_line(log, &why);
+            staging
+        }
+    };
+    prepare(&staging).map_err(transfer_failed)?;
 
     let started = std::time::Instant::now();
     let ms = || started.elapsed().as_millis();
@@ -257,7 +325,7 @@ pub async fn transfer(agent: &Agent, path: &str, log: &mut String) -> Result<(),
             imports.left()
         )));
     }
-    let _ = std::fs::remove_dir_all(&staging);
+    stagings.clear();
     push_line(
         log,
         &format!(
@@ -701,6 +769,38 @@ mod tests {
             path: p(name),
             file_size,
             nar_size,
+        }
+    }
+
+    #[test]
+    fn a_small_delivery_is_staged_in_memory_unless_the_disk_holds_an_earlier_attempt() {
+        use Place::{Disk, Memory};
+        const MIB: u64 = 1024 * 1024;
+        type Room = Option<(u64, u64)>;
+        let cases: &[(Option<Place>, u64, Room, Place)] = &[
+            // earlier attempt's place, delivery bytes, memory (largest, free) → place
+            (None, 2 * MIB, Some((64 * MIB, 1024 * MIB)), Memory),
+            (None, 0, Some((64 * MIB, 1024 * MIB)), Memory),
+            (None, 64 * MIB, Some((64 * MIB, 1024 * MIB)), Memory),
+            (None, 64 * MIB + 1, Some((64 * MIB, 1024 * MIB)), Disk),
+            // at most half of the memory file system's free bytes
+            (None, 10 * MIB, Some((64 * MIB, 20 * MIB)), Memory),
+            (None, 10 * MIB + 1, Some((64 * MIB, 20 * MIB)), Disk),
+            (None, 2 * MIB, Some((64 * MIB, 0)), Disk),
+            (None, 2 * MIB, None, Disk),
+            (None, u64::MAX, Some((u64::MAX, u64::MAX)), Disk),
+            // entries left on the disk stay there; those in memory stay if it still fits
+            (Some(Disk), 2 * MIB, Some((64 * MIB, 1024 * MIB)), Disk),
+            (Some(Memory), 2 * MIB, Some((64 * MIB, 1024 * MIB)), Memory),
+            (Some(Memory), 100 * MIB, Some((64 * MIB, 1024 * MIB)), Disk),
+            (Some(Memory), 2 * MIB, None, Disk),
+        ];
+        for (earlier, bytes, memory, want) in cases {
+            assert_eq!(
+                staging_place(*earlier, *bytes, *memory),
+                *want,
+                "{earlier:?} {bytes} {memory:?}"
+            );
         }
     }
 

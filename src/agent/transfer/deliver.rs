@@ -6,7 +6,8 @@
 //! 2. Ask [`SHARDS`] connections at once for a share each of the rest of the closure (the
 //!    cache splits it by size; each connection starts its own TCP window, so together they
 //!    reach a far link's speed in fewer round trips than one does).
-//! 3. Check the disk against the sizes the first answer line gives; stage the entries as
+//! 3. Choose the staging directory by the sizes the first answer line gives (in memory for
+//!    a small delivery, `super::staging_place`) and check its disk; stage the entries as
 //!    they arrive (`super::Writer`), and import them batch after batch (`super::import`):
 //!    Nix verifies every signature and hash, as in the two-request form.
 //!
@@ -16,7 +17,7 @@
 //! staged here. A refusal by Nix ends the copy as it does there.
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -25,7 +26,9 @@ use tokio::sync::mpsc;
 use super::super::children;
 use super::super::config::Agent;
 use super::super::system::{self, SystemError, push_line};
-use super::{Arrived, Claims, Failed, Imports, Plan, Wanted, Writer, narinfo_file};
+use super::{
+    Arrived, Claims, Failed, Imports, Place, Plan, Stagings, Wanted, Writer, narinfo_file,
+};
 use crate::nix::cmd::Command;
 use crate::nix::narinfo;
 use crate::nix::store::{self, StorePath};
@@ -48,21 +51,39 @@ pub enum Delivered {
     Incomplete(String),
 }
 
-/// Delivers `top`'s closure into this host's store through the staging directory.
+/// Delivers `top`'s closure into this host's store through a staging directory, chosen
+/// from `stagings` once the answer says how large the delivery is; returns it with the
+/// outcome (the two-request form goes on there).
 pub async fn deliver(
     agent: &Agent,
     target: &Target,
     top: &StorePath,
-    staging: &Path,
+    stagings: &Stagings,
     log: &mut String,
-) -> Result<Delivered, Failed> {
+) -> Result<(Delivered, PathBuf), Failed> {
     let started = Instant::now();
     let ms = || started.elapsed().as_millis();
     let held = held_paths(agent, log).await;
     if held.contains(top) {
-        return Ok(Delivered::Done);
+        return Ok((Delivered::Done, stagings.disk.clone()));
     }
-    let staged = staged_here(staging, &held);
+    // What an earlier attempt left: on the disk, else in memory (one place is kept).
+    let on_disk = staged_here(&stagings.disk, &held);
+    let in_memory = match &stagings.memory {
+        Some((dir, _)) if on_disk.is_empty() => staged_here(dir, &held),
+        Some((dir, _)) => {
+            let _ = std::fs::remove_dir_all(dir);
+            HashMap::new()
+        }
+        None => HashMap::new(),
+    };
+    let (earlier, staged) = if !on_disk.is_empty() {
+        (Some(Place::Disk), on_disk)
+    } else if !in_memory.is_empty() {
+        (Some(Place::Memory), in_memory)
+    } else {
+        (None, HashMap::new())
+    };
     let idle = agent.copy_timeout.min(Duration::from_secs(60));
     let hints: Vec<&StorePath> = held.iter().chain(staged.keys()).collect();
     let requests = (0..SHARDS).map(|i| {
@@ -87,24 +108,57 @@ pub async fn deliver(
         }
     }
     let Some((_, head, _)) = streams.first() else {
-        return Ok(Delivered::Incomplete(format!(
-            "the delivery was not answered ({}); asking for the closure instead",
-            failures.join("; ")
-        )));
+        let staging = stagings.dir(earlier.unwrap_or(Place::Disk)).to_owned();
+        return Ok((
+            Delivered::Incomplete(format!(
+                "the delivery was not answered ({}); asking for the closure instead",
+                failures.join("; ")
+            )),
+            staging,
+        ));
     };
     let head = *head;
+    let memory_room = stagings.memory.as_ref().and_then(|(dir, largest)| {
+        super::prepare(dir).ok()?;
+        let (free, _) = super::free_space(dir).ok()?;
+        Some((*largest, free))
+    });
+    let place = super::staging_place(earlier, head.file_bytes, memory_room);
+    let staged = if earlier.is_some_and(|e| e != place) {
+        // Entries staged in memory, and a delivery too large for it now: they are fetched
+        // again (the two-request form brings what the hints left out).
+        let _ = std::fs::remove_dir_all(stagings.dir(Place::Memory));
+        HashMap::new()
+    } else {
+        staged
+    };
+    let staging = stagings.dir(place).to_owned();
     push_line(
         log,
         &format!(
-            "delivery: {} paths held here, {} staged by an earlier attempt; {} connections bring the {} others ({} bytes) ({} ms)",
+            "delivery: {} paths held here, {} staged by an earlier attempt; {} connections bring the {} others ({} bytes) into {}{} ({} ms)",
             held.len(),
             staged.len(),
             streams.len(),
             head.entries,
             head.file_bytes,
+            staging.display(),
+            if place == Place::Memory {
+                " (memory)"
+            } else {
+                ""
+            },
             ms()
         ),
     );
+    let staging = staging.as_path();
+    super::prepare(staging).map_err(|why| {
+        Failed::Copy(SystemError::Transfer {
+            path: store::render(top),
+            cache: agent.cache_url.to_string(),
+            why,
+        })
+    })?;
     let plan = Plan {
         copy: vec![],
         fetch: vec![],
@@ -217,7 +271,7 @@ pub async fn deliver(
                 ms()
             ),
         );
-        return Ok(Delivered::Done);
+        return Ok((Delivered::Done, staging.to_owned()));
     }
     let why = if failures.is_empty() {
         format!(
@@ -227,9 +281,12 @@ pub async fn deliver(
     } else {
         failures.join("; ")
     };
-    Ok(Delivered::Incomplete(format!(
-        "the delivery is incomplete ({why}); asking for the rest of the closure"
-    )))
+    Ok((
+        Delivered::Incomplete(format!(
+            "the delivery is incomplete ({why}); asking for the rest of the closure"
+        )),
+        staging.to_owned(),
+    ))
 }
 
 /// Reads the answer line of a delivery; returns it and the body bytes read after it.
@@ -465,17 +522,21 @@ async fn piped(
             }
         }
         drop(sender);
-        let verdict = match verdict {
-            Some(v) => v,
-            None => import.await,
+        let verdict = match (verdict, &cut) {
+            (Some(v), _) => Some(v),
+            // Cut: Nix's verdict no longer matters, and a `nix copy` that has not opened
+            // the pipe yet would wait for a writer until its deadline. Dropping the import
+            // kills it (a path is valid only once Nix has imported it whole).
+            (None, Some(_)) => None,
+            (None, None) => Some(import.await),
         };
         (verdict, cut)
     };
     let _ = std::fs::remove_dir_all(&dir);
     log.push_str(&import_log);
-    if let Some(why) = cut {
-        return Err(ShardError::Cut(why));
-    }
+    let (Some(verdict), None) = (verdict, &cut) else {
+        return Err(ShardError::Cut(cut.unwrap_or_default()));
+    };
     match verdict {
         Ok(()) => {
             push_line(
