@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 use harness::fake::{self, Behaviour};
 use harness::ran::{processes_with, wait_for};
 use harness::relay::Relay;
-use harness::scene::{OneHost, agent_once, spawn_agent_once};
+use harness::scene::{OneHost, spawn_agent_once};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_switch_that_hangs_is_killed_at_its_deadline_and_rolled_back() {
@@ -120,14 +120,27 @@ async fn a_copy_left_by_an_agent_killed_alone_is_killed_by_the_next_one() {
         copy,
         "the copy went on without its agent"
     );
-    host.unthrottle();
 
+    // The next agent, with the link still slow: the leftover copy cannot finish on its own
+    // before that agent has killed it (unthrottled, it would, in a fraction of a second).
     let started = Instant::now();
-    let (code, log) = agent_once(host, config).await;
+    let next = spawn_agent_once(host, config);
+    let killed = wait_for(60, || {
+        let running = copy_running(new);
+        copy.iter().all(|pid| !running.contains(pid))
+    })
+    .await;
+    host.unthrottle();
+    let out = next.wait_with_output().await.unwrap();
+    let (code, log) = (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
     eprintln!(
         "next agent, with a leftover copy to kill: {:?}",
         started.elapsed()
     );
+    assert!(killed, "the leftover copy still runs: {log}");
     assert_eq!(code, 0, "{log}");
     assert!(
         log.contains("killed process group") && log.contains("left by an earlier agent"),

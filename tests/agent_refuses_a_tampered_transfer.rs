@@ -320,46 +320,27 @@ async fn a_large_entry_imported_as_it_arrives_is_verified_by_nix() {
 async fn a_large_entry_cut_while_piped_is_fetched_again_not_refused() {
     // As above, but the delivery stops in the middle of the 20 MiB entry Nix is reading from
     // the pipe: Nix sees a truncated NAR, which is the cut's fault, not the cache's.
-    let Some((mut t, new)) = with_a_large_entry("cutpipe").await else {
-        return;
-    };
-    let scratch = t.server.dir.scratch().to_owned();
-    let key = t.server.dir.key.clone();
-    let honest = entries(&scratch, &new, &key, |_| {});
-    let url = serve_cutting(&t.net.server_ip(), honest, true, Cut::Half).await;
-    t.config = t
-        .server
-        .agent_config(&t.host, &format!("cache_url = \"{url}\""));
-    let (code, log) = agent_once(&t.host, &t.config).await;
-    assert_eq!(code, 0, "{log}");
-    assert_eq!(t.host.running().as_deref(), Some(new.as_str()));
-    let r = t.server.final_reports("web1").pop().unwrap();
-    assert_eq!(r.outcome.as_str(), "applied", "{r:?}");
-    assert!(
-        r.log.contains("the stream ended inside an entry"),
-        "the pipe was cut: {}",
-        r.log
-    );
-    assert!(
-        r.log.contains("in one request"),
-        "the two-request form followed: {}",
-        r.log
-    );
+    cut_in_the_large_entry("cutpipe", Cut::Half).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_entry_cut_before_nix_opens_the_pipe_leaves_no_copy_waiting() {
     // The delivery stops 64 KiB into the 20 MiB entry: the agent sees the cut before the
     // `nix copy` it started for that entry has opened the pipe. That copy must not wait for
-    // a writer that will never come (an hour, the copy's deadline): the two-request form
-    // follows at once and applies.
-    let Some((mut t, new)) = with_a_large_entry("earlycut").await else {
+    // a writer that will never come (an hour, the copy's deadline).
+    cut_in_the_large_entry("earlycut", Cut::Early).await;
+}
+
+/// A delivery cut (`cut`) in its 20 MiB entry: the agent reports the cut and, at once, the
+/// two-request form brings the rest and the new system is applied.
+async fn cut_in_the_large_entry(salt: &str, cut: Cut) {
+    let Some((mut t, new)) = with_a_large_entry(salt).await else {
         return;
     };
     let scratch = t.server.dir.scratch().to_owned();
     let key = t.server.dir.key.clone();
     let honest = entries(&scratch, &new, &key, |_| {});
-    let url = serve_cutting(&t.net.server_ip(), honest, true, Cut::Early).await;
+    let url = serve_cutting(&t.net.server_ip(), honest, true, cut).await;
     t.config = t
         .server
         .agent_config(&t.host, &format!("cache_url = \"{url}\""));
