@@ -144,6 +144,11 @@ async fn cut_then_resumed(salt: &str, extra: &str, staged_in: &str, not_in: &str
         staged(&t.host.root.join(not_in)).is_empty(),
         "nothing staged in {not_in}"
     );
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&staging).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{staged_in} is root's alone");
+    }
     let kept = staged(&staging);
     let to_fetch: Vec<&&String> = missing
         .iter()

@@ -486,8 +486,6 @@ pub fn check_files_dir(files_dir: &Path, state_dir: &Path) -> Result<(), String>
     Ok(())
 }
 
-/// Whether `method` can copy from `cache_url`: the transfer speaks only to `bento serve`
-/// over `http://`.
 /// `memory_staging_dir` is emptied after each copy: an absolute path that neither holds
 /// the state directory nor lies in it.
 fn check_memory_staging_dir(dir: &Path, state_dir: &Path) -> Result<(), String> {
@@ -504,6 +502,8 @@ fn check_memory_staging_dir(dir: &Path, state_dir: &Path) -> Result<(), String> 
     Ok(())
 }
 
+/// Whether `method` can copy from `cache_url`: the transfer speaks only to `bento serve`
+/// over `http://`.
 fn check_copy_method(method: CopyMethod, cache_url: &Url) -> Result<(), String> {
     if method == CopyMethod::Transfer && cache_url.scheme() != "http" {
         return Err(format!(

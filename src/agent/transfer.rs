@@ -92,13 +92,19 @@ pub fn staging_place(earlier: Option<Place>, file_bytes: u64, memory: Option<(u6
     }
 }
 
-/// Makes `staging` a `file://` binary cache (its `nar/` directory and `nix-cache-info`).
+/// Makes `staging` a `file://` binary cache (its `nar/` directory and `nix-cache-info`),
+/// readable by root alone; the directories above it keep the modes they are made with.
 fn prepare(staging: &Path) -> Result<(), String> {
     use std::os::unix::fs::DirBuilderExt as _;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(staging.join("nar"))
+    staging
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(staging.join("nar"))
+        })
         .and_then(|()| {
             std::fs::write(
                 staging.join("nix-cache-info"),

@@ -456,12 +456,7 @@ async fn piped(
     let fail =
         |e: std::io::Error| ShardError::Cut(format!("cannot prepare {}: {e}", dir.display()));
     let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(dir.join("nar")).map_err(fail)?;
-    std::fs::write(
-        dir.join("nix-cache-info"),
-        format!("StoreDir: {}\n", store::STORE_DIR),
-    )
-    .map_err(fail)?;
+    super::prepare(&dir)?;
     std::fs::write(narinfo_file(&dir, &path), raw).map_err(fail)?;
     let name = wire::nar_file_name(ni.url()).unwrap_or_default();
     let fifo = dir.join("nar").join(name);
